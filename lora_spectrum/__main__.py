@@ -1,0 +1,8 @@
+"""``python -m lora_spectrum``: the command line (see ``cli.py``)."""
+
+import sys
+
+from lora_spectrum.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""Everything about the files in the loras folder: listing, ``.bak`` hiding, epochs, series, headers, metadata,
+states and hashes.
+
+This module is the only code that looks at the loras folder. It reads safetensors headers and metadata only
+(``safe_open``; never a tensor's data, never a pickle) and never loads anything into a model.
+
+Rules a user can rely on:
+- ``*.safetensors`` files are listed; a name ending in ``.bak`` is hidden (rename it back to see it again).
+- ``.ckpt``, ``.pt``, ``.pth``, ``.bin`` are listed as ``ignored``: pickle-based formats can run code when loaded.
+- Symlinks are followed only when their target stays inside the loras folder; others are ``unreadable``.
+- Order: series in natural order; inside a series by epoch (9 < 10 < 100), then by step; natural order for ties.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import struct
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from natsort import natsort_keygen
+from safetensors import SafetensorError, safe_open
+
+from lora_spectrum.errors import CatalogError
+
+READY, UNREADABLE, INCOMPLETE, IGNORED = "ready", "unreadable", "incomplete", "ignored"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+HEADER_LIMIT = 100_000_000  # safetensors refuses JSON headers larger than this
+SETTLE_SECONDS = 2.0  # a file whose size changed this recently is taken as still being copied
+METADATA_KEYS = (
+    "ss_epoch", "ss_steps", "ss_network_dim", "ss_network_alpha", "ss_base_model_version", "ss_output_name",
+    "ss_learning_rate", "ss_num_epochs", "ss_network_module", "ss_session_id", "ss_training_comment",
+    "modelspec.architecture", "modelspec.title", "modelspec.trigger_phrase", "sshs_model_hash",
+)  # fmt: skip
+TE_PREFIXES = ("lora_te", "text_encoder", "te1.", "te2.", "te.")
+DENOISER_PREFIXES = ("lora_unet_", "unet.", "transformer.", "diffusion_model.", "lora_transformer_")
+
+# <series>-step<N> / <series>_step<N>: a step count.   <series>_e<N>, <series>-000010, <series>_20: an epoch.
+_STEP_RE = re.compile(r"^(?P<series>.+?)[-_.]step[-_]?(?P<n>\d+)$", re.IGNORECASE)
+_EPOCH_RE = re.compile(r"^(?P<series>.+?)[-_.](?:e|ep|epoch)?[-_]?(?P<n>\d+)$", re.IGNORECASE)
+_natural = natsort_keygen()
+
+
+@dataclass
+class LoraEntry:
+    """One file in the loras folder, described from its name and header."""
+
+    name: str
+    path: str
+    series: str
+    epoch: int | None
+    step: int | None
+    state: str
+    reason: str
+    format: str = "unknown"
+    ranks: list[int] = field(default_factory=list)
+    alpha: float | None = None
+    denoiser_keys: int = 0
+    text_encoder_keys: int = 0
+    other_keys: int = 0
+    family_hint: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    trigger_words: list[str] = field(default_factory=list)
+    size: int = 0
+    mtime_ns: int = 0
+
+    @property
+    def rank(self) -> int | None:
+        return max(self.ranks) if self.ranks else None
+
+    @property
+    def selectable(self) -> bool:
+        return self.state == READY
+
+    @property
+    def label(self) -> str:
+        if self.epoch is not None:
+            return f"epoch {self.epoch}"
+        if self.step is not None:
+            return f"step {self.step}"
+        return self.name
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["rank"] = self.rank
+        return out
+
+
+def parse_name(stem: str) -> tuple[str, int | None, int | None]:
+    """Return (series, epoch, step) read from a file name without its suffix."""
+    m = _STEP_RE.match(stem)
+    if m:
+        return m["series"], None, int(m["n"])
+    m = _EPOCH_RE.match(stem)
+    if m:
+        return m["series"], int(m["n"]), None
+    return stem, None, None
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+def _trigger_words(meta: dict[str, str]) -> list[str]:
+    phrase = (meta.get("modelspec.trigger_phrase") or "").strip()
+    if phrase:
+        return [w.strip() for w in phrase.split(",") if w.strip()]
+    try:
+        freq = json.loads(meta.get("ss_tag_frequency") or "{}")
+    except json.JSONDecodeError:
+        return []
+    counts: Counter[str] = Counter()
+    if isinstance(freq, dict):
+        for tags in freq.values():
+            if isinstance(tags, dict):
+                for tag, n in tags.items():
+                    if isinstance(n, (int, float)):
+                        counts[str(tag).strip()] += n
+    return [t for t, _ in counts.most_common(5) if t]
+
+
+def key_format(keys: list[str]) -> str:
+    """Name the key layout of a LoRA file: kohya, musubi/ai-toolkit, diffusers/peft or unknown."""
+    if not keys:
+        return "empty"
+    if all(k.startswith(("lora_unet_", "lora_te")) for k in keys):
+        return "kohya"
+    if any(k.startswith("diffusion_model.") for k in keys):
+        return "musubi/ai-toolkit"
+    if any(".lora_A." in k or ".lora_B." in k or ".lora.down." in k or ".lora_down." in k for k in keys):
+        return "diffusers/peft"
+    return "unknown"
+
+
+def _family_hint(keys: list[str], meta: dict[str, str]) -> str | None:
+    version = (meta.get("ss_base_model_version") or meta.get("modelspec.architecture") or "").lower()
+    if "xl" in version:
+        return "sdxl"
+    if "z-image" in version or "zimage" in version or "z_image" in version:
+        return "z-image"
+    if version.startswith(("sd_v1", "sd_v2", "stable-diffusion-v1")):
+        return "sd1/2"
+    joined = " ".join(keys[:2000])
+    if "lora_te2_" in joined or "text_encoder_2" in joined or "add_embedding" in joined:
+        return "sdxl"
+    if "context_refiner" in joined or "noise_refiner" in joined or "adaLN_modulation" in joined:
+        return "z-image"
+    return None
+
+
+def _diagnose(path: Path, size: int) -> tuple[str, str] | None:
+    """Read the 8-byte header length ourselves to tell *incomplete* from *unreadable* before safe_open.
+
+    Hand-written because safetensors' errors do not say which of the two it is, and a file still being copied
+    must be looked at again later rather than reported as corrupt.
+    """
+    if size == 0:
+        return INCOMPLETE, "empty file (zero bytes); still being written, or the copy failed"
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            return UNREADABLE, "a pickle/PyTorch file renamed to .safetensors; pickle files are never loaded"
+        if size < 8:
+            return UNREADABLE, f"not a safetensors file (only {size} bytes)"
+        (n,) = struct.unpack("<Q", head)
+        if n > HEADER_LIMIT:
+            if n > 10 * HEADER_LIMIT:
+                return UNREADABLE, "not a safetensors file (no valid header)"
+            return UNREADABLE, f"header too large ({n} bytes; safetensors allows at most {HEADER_LIMIT})"
+        if 8 + n > size:
+            return INCOMPLETE, f"header claims {n} bytes but the file has {size}; cut off or still being copied"
+        first = fh.read(1)
+        if first != b"{":
+            return UNREADABLE, "not a safetensors file (header is not JSON)"
+        fh.seek(8)
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return UNREADABLE, "corrupt header (not valid JSON)"
+    if not isinstance(header, dict):
+        return UNREADABLE, "corrupt header (not a JSON object)"
+    ends = [v.get("data_offsets", [0, 0])[1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    data_needed = max(ends, default=0)
+    if isinstance(data_needed, int) and 8 + n + data_needed > size:
+        return INCOMPLETE, f"truncated: tensor data needs {8 + n + data_needed} bytes, file has {size}"
+    return None
+
+
+def read_entry(path: Path, previous: LoraEntry | None = None, now: float | None = None) -> LoraEntry:
+    """Describe one file from its name and header. Never raises for a bad file: the state says what is wrong."""
+    # 1. Name: series, epoch, step.
+    name = path.name
+    stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else path.stem
+    series, epoch, step = parse_name(stem)
+    base = LoraEntry(name=name, path=str(path), series=series, epoch=epoch, step=step, state=READY, reason="")
+
+    # 2. Files we never open.
+    if name.lower().endswith(PICKLE_SUFFIXES):
+        base.state, base.reason = IGNORED, "pickle-based format; only .safetensors files are loaded"
+        return base
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        base.state, base.reason = UNREADABLE, "file disappeared while the folder was being read"
+        return base
+    except OSError as exc:
+        base.state, base.reason = UNREADABLE, f"cannot stat the file ({exc.strerror or exc})"
+        return base
+    base.size, base.mtime_ns = st.st_size, st.st_mtime_ns
+    now = time.time() if now is None else now
+    if previous is not None and previous.size != st.st_size and now - st.st_mtime_ns / 1e9 < SETTLE_SECONDS:
+        base.state, base.reason = INCOMPLETE, "file is still growing (being copied); looked at again on the next scan"
+        return base
+
+    # 3. Header sanity, then safetensors' own validation of header and offsets.
+    try:
+        verdict = _diagnose(path, st.st_size)
+        if verdict:
+            base.state, base.reason = verdict
+            return base
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            keys = list(f.keys())
+            ranks: set[int] = set()
+            alphas: set[float] = set()
+            for k in keys:
+                if k.endswith((".lora_down.weight", ".lora_A.weight", ".lora.down.weight")):
+                    shape = f.get_slice(k).get_shape()
+                    if shape:
+                        ranks.add(int(shape[0]))
+                elif k.endswith(".alpha"):
+                    alphas.add(float(f.get_tensor(k).float().item()))
+    except SafetensorError as exc:
+        base.state, base.reason = UNREADABLE, f"not a valid safetensors file ({exc})"
+        return base
+    except FileNotFoundError:
+        base.state, base.reason = UNREADABLE, "file disappeared while the folder was being read"
+        return base
+    except OSError as exc:
+        base.state, base.reason = UNREADABLE, f"cannot read the file ({exc.strerror or exc})"
+        return base
+    st2 = path.stat() if path.exists() else None
+    if st2 is None or st2.st_size != st.st_size:
+        base.state, base.reason = INCOMPLETE, "file changed while being read (still being copied)"
+        return base
+
+    # 4. What the header says.
+    base.format = key_format(keys)
+    base.denoiser_keys = sum(1 for k in keys if k.startswith(DENOISER_PREFIXES))
+    base.text_encoder_keys = sum(1 for k in keys if k.startswith(TE_PREFIXES))
+    base.other_keys = len(keys) - base.denoiser_keys - base.text_encoder_keys
+    base.ranks = sorted(ranks)
+    if alphas:
+        base.alpha = max(alphas)
+    elif _int_or_none(meta.get("ss_network_alpha")) is not None:
+        base.alpha = float(meta["ss_network_alpha"])
+    base.metadata = {k: meta[k] for k in METADATA_KEYS if k in meta}
+    base.trigger_words = _trigger_words(meta)
+    base.family_hint = _family_hint(keys, meta)
+
+    # 5. Epoch from metadata when the name has none (kohya's final file is <name>.safetensors).
+    if base.epoch is None and base.step is None:
+        base.epoch = _int_or_none(meta.get("ss_epoch"))
+        if base.epoch is not None and meta.get("ss_output_name"):
+            base.series = meta["ss_output_name"]
+    if not keys:
+        base.state, base.reason = UNREADABLE, "the file holds no tensors"
+    return base
+
+
+def sort_key(entry: LoraEntry):
+    number = entry.epoch if entry.epoch is not None else entry.step
+    return (_natural(entry.series), entry.epoch is None, entry.step is None, number or 0, _natural(entry.name))
+
+
+class Catalog:
+    """The listing of one loras folder. ``scan()`` is cheap when nothing changed (entries are kept by
+    (size, mtime)); sha256 is computed on first request and cached the same way. Thread-safe."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self._entries: dict[str, LoraEntry] = {}
+        self._hashes: dict[tuple[str, int, int], str] = {}
+        self._lock = threading.Lock()
+        self.hidden: list[str] = []
+        self.generation = 0  # changes whenever the listing changes
+
+    def scan(self) -> list[LoraEntry]:
+        """List the folder again: new, renamed and removed files are picked up."""
+        if not self.folder.is_dir():
+            raise CatalogError(f"{self.folder}: loras folder does not exist")
+        root = self.folder.resolve()
+        fresh: dict[str, LoraEntry] = {}
+        hidden: list[str] = []
+        with os.scandir(self.folder) as it:
+            items = list(it)
+        for item in items:
+            name = item.name
+            low = name.lower()
+            if low.endswith(".bak"):
+                hidden.append(name)
+                continue
+            if not (low.endswith(".safetensors") or low.endswith(PICKLE_SUFFIXES)):
+                continue
+            path = self.folder / name
+            if item.is_symlink():
+                try:
+                    target = path.resolve(strict=True)
+                except (OSError, RuntimeError):
+                    target = None
+                if target is None or not target.is_relative_to(root):
+                    series, epoch, step = parse_name(name.rsplit(".", 1)[0])
+                    fresh[name] = LoraEntry(name, str(path), series, epoch, step, UNREADABLE,
+                                            "symlink points outside the loras folder (or nowhere); not followed")
+                    continue
+            try:
+                st = path.stat()
+            except OSError:
+                continue  # removed between listing and stat: it is simply gone
+            old = self._entries.get(name)
+            if old and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns and old.state != INCOMPLETE:
+                fresh[name] = old
+            else:
+                fresh[name] = read_entry(path, previous=old)
+        with self._lock:
+            if set(fresh) != set(self._entries) or any(fresh[n] is not self._entries.get(n) for n in fresh):
+                self.generation += 1
+            self._entries = fresh
+            self.hidden = sorted(hidden, key=_natural)
+        return self.entries
+
+    @property
+    def entries(self) -> list[LoraEntry]:
+        with self._lock:
+            return sorted(self._entries.values(), key=sort_key)
+
+    def series(self) -> dict[str, list[LoraEntry]]:
+        """Entries grouped by series, each group in epoch order."""
+        out: dict[str, list[LoraEntry]] = {}
+        for e in self.entries:
+            if e.state != IGNORED:
+                out.setdefault(e.series, []).append(e)
+        return out
+
+    def get(self, name: str) -> LoraEntry:
+        """The entry for a file name in this folder; names with path parts are refused."""
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise CatalogError(f"{name!r}: not a file name in the loras folder")
+        with self._lock:
+            entry = self._entries.get(name)
+        if entry is None:
+            raise CatalogError(f"{name}: no such LoRA in {self.folder} (rescan, or it was renamed or removed)")
+        return entry
+
+    def sha256(self, entry: LoraEntry) -> str:
+        """The file's sha256, computed once per (size, mtime)."""
+        try:
+            st = os.stat(entry.path)
+        except FileNotFoundError as exc:
+            raise CatalogError(f"{entry.name}: file was removed after the last scan") from exc
+        key = (entry.path, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if key in self._hashes:
+                return self._hashes[key]
+        digest = file_sha256(entry.path)
+        with self._lock:
+            self._hashes[key] = digest
+        return digest
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    except FileNotFoundError as exc:
+        raise CatalogError(f"{Path(path).name}: file was removed") from exc
+    return h.hexdigest()

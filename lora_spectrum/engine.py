@@ -1,0 +1,276 @@
+"""The one resident pipeline: device, dtype, offload, memory reservation, the process-wide lock and ``render()``.
+
+Nothing here parses file names or decides fallbacks (the caller picks the demo when the configured base cannot
+load), and nothing here knows about Streamlit. One ``Engine`` is shared by every browser session of the app; all
+of its state changes (swap + render) happen under ``Engine.lock``, because diffusers pipelines are not thread-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lora_spectrum.errors import BaseLoadError, BusyError, CancelledError, LoraSpectrumError, RenderError
+from lora_spectrum.families import Family, detect_family, get_family
+from lora_spectrum.hotswap import HotSwapper, SwapRecord
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    """What to render; the LoRA and its strength are passed separately to ``Engine.render``."""
+
+    prompt: str
+    negative_prompt: str = ""
+    seeds: tuple[int, ...] = (0,)
+    steps: int = 8
+    guidance: float = 0.0
+    width: int = 64
+    height: int = 64
+    sampler: str = ""
+
+
+@dataclass
+class RenderResult:
+    images: list  # PIL images, one per seed
+    swap: SwapRecord
+    seconds: float
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BaseLoadError("device cuda was asked for, but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device, family: Family) -> torch.dtype:
+    if dtype == "auto":
+        return getattr(torch, family.defaults.dtype_cuda) if device.type == "cuda" else torch.float32
+    try:
+        return {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+                "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[dtype]
+    except KeyError as exc:
+        raise BaseLoadError(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16") from exc
+
+
+class Engine:
+    """A resident base pipeline plus its hot-swapper, shared by every caller of this process."""
+
+    def __init__(self, pipe, family: Family, base_id: str, device: torch.device | None = None,
+                 resident_adapters: int = 4, empty_cache_after_swap: bool = False, max_queued: int = 2,
+                 max_sequence_length: int = 512, offload: str = "none", note: str = ""):
+        self.pipe = pipe
+        self.family = family
+        self.base_id = base_id
+        self.device = device or next(family.denoiser(pipe).parameters()).device
+        self.dtype = next(family.denoiser(pipe).parameters()).dtype
+        self.offload = offload
+        self.note = note  # shown by the UI, e.g. why the demo is in use
+        self.max_sequence_length = max_sequence_length
+        self.lock = threading.Lock()
+        self._admission = threading.BoundedSemaphore(max(1, max_queued))
+        self.hotswap = HotSwapper(pipe, family, resident=resident_adapters, empty_cache=empty_cache_after_swap)
+        self._scheduler_config = pipe.scheduler.config
+        self._embeds: OrderedDict[tuple, tuple] = OrderedDict()
+        self.prompt_encodings = 0  # encode_prompt calls actually run (cache misses)
+        self.text_encoder_forwards = 0  # forwards of any text encoder, counted by hooks that change nothing
+        for te in family.text_encoders(pipe):
+            te.register_forward_hook(self._count_te_forward)
+        pipe.set_progress_bar_config(disable=True)
+
+    def _count_te_forward(self, *_):
+        self.text_encoder_forwards += 1
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, base: str, family: str = "auto", device: str = "auto", dtype: str = "auto",
+             offload: str = "none", local_files_only: bool = True, reserve_vram_gb: float = 0.0, **kwargs) -> Engine:
+        """Load a base: a Hugging Face repo id, a local diffusers folder, or a single-file SDXL checkpoint.
+
+        Raises ``BaseLoadError`` with the reason; with ``local_files_only`` a base missing from the local cache
+        fails in seconds instead of waiting on the network.
+        """
+        # 1. Family and device.
+        fam = get_family(detect_family(base, local_files_only) if family == "auto" else family)
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev, fam)
+        # 2. Load with diffusers.
+        path = Path(base).expanduser()
+        try:
+            if path.is_file():
+                if fam.name != "sdxl":
+                    raise BaseLoadError(f"{base}: single-file checkpoints are supported for SDXL only")
+                pipe = fam.pipeline_cls().from_single_file(str(path), torch_dtype=torch_dtype,
+                                                           local_files_only=local_files_only)
+            else:
+                pipe = fam.pipeline_cls().from_pretrained(base, torch_dtype=torch_dtype,
+                                                          local_files_only=local_files_only)
+        except BaseLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - hub, OS and diffusers errors are all "cannot load"; translated
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise BaseLoadError(f"{base}: cannot load the {fam.name} base ({reason})") from exc
+        # 3. Place it: resident on the device, or offloaded for small cards.
+        if dev.type == "cuda" and offload == "model":
+            pipe.enable_model_cpu_offload()
+        elif dev.type == "cuda" and offload == "sequential":
+            pipe.enable_sequential_cpu_offload()
+        else:
+            pipe.to(dev)
+        if dev.type == "cuda" and reserve_vram_gb > 0:
+            # Allocate and free: the memory stays in torch's caching allocator, reserved for this process.
+            block = torch.empty(int(reserve_vram_gb * 2**30), dtype=torch.uint8, device=dev)
+            del block
+        return cls(pipe, fam, base, device=dev, offload=offload, **kwargs)
+
+    @classmethod
+    def from_settings(cls, settings) -> Engine:
+        return cls.load(settings.base, family=settings.family, device=settings.device, dtype=settings.dtype,
+                        offload=settings.offload, local_files_only=settings.local_files_only,
+                        reserve_vram_gb=settings.reserve_vram_gb, resident_adapters=settings.resident_adapters,
+                        empty_cache_after_swap=settings.empty_cache_after_swap,
+                        max_queued=settings.max_queued_renders)
+
+    # ------------------------------------------------------------------ admission
+    @contextlib.contextmanager
+    def admit(self):
+        """Admit one run (a grid, a render): at most ``max_queued`` at once; more raise ``BusyError`` at once."""
+        if not self._admission.acquire(blocking=False):
+            raise BusyError("the workbench is busy with other renders; try again when they finish")
+        try:
+            yield self
+        finally:
+            self._admission.release()
+
+    # ------------------------------------------------------------------ prompts
+    def encode(self, prompt: str, negative_prompt: str, guidance: float) -> tuple:
+        """Prompt embeddings, computed once per (prompt, negative, guidance on/off) and reused for every epoch,
+        strength and seed: the text encoders are never modified, so this is exact."""
+        cfg = self._uses_cfg(guidance)
+        key = (prompt, negative_prompt if cfg else "", cfg)
+        if key in self._embeds:
+            self._embeds.move_to_end(key)
+            return self._embeds[key]
+        self.prompt_encodings += 1
+        with torch.no_grad():
+            if self.family.name == "sdxl":
+                out = self.pipe.encode_prompt(prompt, device=self._exec_device, num_images_per_prompt=1,
+                                              do_classifier_free_guidance=cfg, negative_prompt=negative_prompt or None)
+            else:
+                out = self.pipe.encode_prompt(prompt, device=self._exec_device, do_classifier_free_guidance=cfg,
+                                              negative_prompt=negative_prompt or None,
+                                              max_sequence_length=self.max_sequence_length)
+        self._embeds[key] = out
+        while len(self._embeds) > 16:
+            self._embeds.popitem(last=False)
+        return out
+
+    @property
+    def _exec_device(self):
+        return getattr(self.pipe, "_execution_device", self.device)
+
+    def _uses_cfg(self, guidance: float) -> bool:
+        if self.family.name == "sdxl":
+            return guidance > 1.0 and self.pipe.unet.config.time_cond_proj_dim is None
+        return guidance > 0.0
+
+    # ------------------------------------------------------------------ render
+    def set_lora(self, lora_path: str | None, strength: float = 1.0) -> SwapRecord:
+        """Swap (must hold ``lock``). ``None`` or strength 0 renders the base."""
+        if lora_path is None:
+            return self.hotswap.use_base()
+        return self.hotswap.activate(lora_path, strength)
+
+    def render(self, request: RenderRequest, lora_path: str | None = None, strength: float = 1.0,
+               cancel: threading.Event | None = None, on_step: Callable[[int, int], None] | None = None
+               ) -> RenderResult:
+        """Swap in ``lora_path`` at ``strength`` (``None``: the base) and render one image per seed.
+
+        The swap and the render happen under the engine lock, so no other caller can change the adapter between
+        them. Every call states its own adapter, so a failed call never leaves a LoRA active for the next one.
+        """
+        with self.lock:
+            t0 = time.perf_counter()
+            swap = self.set_lora(lora_path, strength)
+            images = self._render_locked(request, cancel, on_step)
+            return RenderResult(images, swap, time.perf_counter() - t0)
+
+    def _render_locked(self, req: RenderRequest, cancel=None, on_step=None) -> list:
+        # 1. Scheduler: a fresh one per render, so no state carries over between renders.
+        self.pipe.scheduler = self.family.make_scheduler(req.sampler or self.family.defaults.sampler,
+                                                         self._scheduler_config)
+        # 2. Prompt embeddings from the cache.
+        embeds = self.encode(req.prompt, req.negative_prompt, req.guidance)
+        n = len(req.seeds)
+        generators = [torch.Generator("cpu").manual_seed(int(s)) for s in req.seeds]
+
+        def step_end(pipe, i, t, kwargs):
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("cancelled")
+            if on_step is not None:
+                on_step(i + 1, req.steps)
+            return kwargs
+
+        common = dict(num_inference_steps=req.steps, guidance_scale=req.guidance, width=req.width,
+                      height=req.height, num_images_per_prompt=n, generator=generators,
+                      callback_on_step_end=step_end, output_type="pil")
+        # 3. Denoise and decode; an out-of-memory error frees what it can and says what to change.
+        try:
+            with torch.no_grad():
+                if self.family.name == "sdxl":
+                    pe, npe, ppe, nppe = embeds
+                    out = self.pipe(prompt_embeds=pe, negative_prompt_embeds=npe, pooled_prompt_embeds=ppe,
+                                    negative_pooled_prompt_embeds=nppe, **common)
+                else:
+                    pe, npe = embeds
+                    out = self.pipe(prompt_embeds=list(pe), negative_prompt_embeds=list(npe) if npe else None,
+                                    max_sequence_length=self.max_sequence_length, **common)
+        except LoraSpectrumError:
+            raise
+        except torch.OutOfMemoryError as exc:
+            self.free_memory()
+            raise RenderError(f"out of memory rendering {n} image(s) at {req.width}x{req.height}: use a smaller "
+                              f"size or fewer seeds, or set offload: model in the config") from exc
+        except RuntimeError as exc:
+            if "out of memory" in str(exc).lower():
+                self.free_memory()
+                raise RenderError(f"out of memory rendering {n} image(s) at {req.width}x{req.height}: use a "
+                                  f"smaller size or fewer seeds, or set offload: model in the config") from exc
+            raise RenderError(f"render failed: {exc}") from exc
+        return list(out.images)
+
+    def free_memory(self) -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def memory(self) -> dict:
+        """Process and (on CUDA) allocator figures, in MB."""
+        import psutil
+
+        out = {"rss_mb": psutil.Process().memory_info().rss / 2**20,
+               "resident_adapters_mb": self.hotswap.resident_bytes() / 2**20}
+        if torch.cuda.is_available():
+            out["cuda_allocated_mb"] = torch.cuda.memory_allocated() / 2**20
+            out["cuda_reserved_mb"] = torch.cuda.memory_reserved() / 2**20
+        return out
+
+
+@dataclass
+class EngineChoice:
+    """What ``open_engine`` decided: the engine, whether it is the demo, and why."""
+
+    engine: Engine
+    loras_dir: Path
+    is_demo: bool
+    reason: str = ""
+    extra: dict = field(default_factory=dict)

@@ -1,0 +1,111 @@
+"""What differs between SDXL and Z-Image-Turbo: pipeline class, denoiser attribute, LoRA prefix, key conversion,
+samplers and defaults. Holds no state."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_spectrum.errors import BaseLoadError, ConfigError
+from lora_spectrum.settings import FamilyDefaults, load_family_defaults
+
+FAMILY_NAMES = ("sdxl", "z-image")
+_PIPELINE_TO_FAMILY = {
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "ZImagePipeline": "z-image",
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    pipeline_class: str
+    denoiser_attr: str
+    text_encoder_attrs: tuple[str, ...]
+    defaults: FamilyDefaults
+
+    @property
+    def lora_prefix(self) -> str:
+        """The prefix diffusers' ``lora_state_dict`` puts in front of the denoiser's keys."""
+        return self.denoiser_attr
+
+    def pipeline_cls(self):
+        import diffusers
+
+        return getattr(diffusers, self.pipeline_class)
+
+    def denoiser(self, pipe):
+        return getattr(pipe, self.denoiser_attr)
+
+    def text_encoders(self, pipe) -> list:
+        return [m for m in (getattr(pipe, a, None) for a in self.text_encoder_attrs) if m is not None]
+
+    def convert_lora(self, raw: dict, pipe) -> tuple[dict, dict | None]:
+        """Turn a LoRA file's tensors into diffusers' key layout with diffusers' own converters.
+
+        Returns ``(state_dict, network_alphas)``; keys are prefixed ``unet.``/``transformer.``/``text_encoder*.``.
+        """
+        cls = type(pipe)
+        if self.name == "sdxl":
+            sd, alphas = cls.lora_state_dict(dict(raw), unet_config=pipe.unet.config)
+            return sd, alphas
+        return cls.lora_state_dict(dict(raw)), None
+
+    def make_scheduler(self, sampler: str, base_config):
+        """A fresh scheduler for ``sampler``, built from the base's own scheduler config."""
+        import diffusers as d
+
+        if self.name == "z-image":
+            if sampler not in self.defaults.samplers:
+                raise ConfigError(f"sampler {sampler!r} is not offered for z-image; choose {self.defaults.samplers}")
+            return d.FlowMatchEulerDiscreteScheduler.from_config(base_config)
+        table = {
+            "DPM++ 2M Karras": (d.DPMSolverMultistepScheduler, {"use_karras_sigmas": True,
+                                                                 "algorithm_type": "dpmsolver++"}),
+            "DPM++ 2M": (d.DPMSolverMultistepScheduler, {"use_karras_sigmas": False, "algorithm_type": "dpmsolver++"}),
+            "Euler": (d.EulerDiscreteScheduler, {}),
+            "Euler a": (d.EulerAncestralDiscreteScheduler, {}),
+            "DDIM": (d.DDIMScheduler, {}),
+        }
+        if sampler not in table:
+            raise ConfigError(f"sampler {sampler!r} is not offered for sdxl; choose one of {', '.join(table)}")
+        cls, kwargs = table[sampler]
+        return cls.from_config(base_config, **kwargs)
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILY_NAMES:
+        raise ConfigError(f"unknown model family {name!r}; choose one of {', '.join(FAMILY_NAMES)}")
+    defaults = load_family_defaults(name)
+    if name == "sdxl":
+        return Family(name, defaults.pipeline, defaults.denoiser, ("text_encoder", "text_encoder_2"), defaults)
+    return Family(name, defaults.pipeline, defaults.denoiser, ("text_encoder",), defaults)
+
+
+def detect_family(base: str, local_files_only: bool = True) -> str:
+    """Read the family from the base's ``model_index.json`` (folder, or repo id in the local HF cache).
+
+    A single ``.safetensors``/``.ckpt`` file is taken as SDXL (the only single-file family supported).
+    """
+    path = Path(base).expanduser()
+    if path.is_file():
+        return "sdxl"
+    index = path / "model_index.json"
+    if not index.is_file():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            index = Path(hf_hub_download(base, "model_index.json", local_files_only=local_files_only))
+        except Exception as exc:  # noqa: BLE001 - any hub failure means "cannot tell"; translated here
+            raise BaseLoadError(f"{base}: cannot read model_index.json to detect the family ({exc}); "
+                                f"set family: sdxl or z-image in the config") from exc
+    try:
+        class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BaseLoadError(f"{index}: unreadable model_index.json ({exc})") from exc
+    if class_name not in _PIPELINE_TO_FAMILY:
+        raise BaseLoadError(f"{base}: pipeline {class_name!r} is not supported; LoRA Spectrum supports "
+                            f"{', '.join(sorted(_PIPELINE_TO_FAMILY))}")
+    return _PIPELINE_TO_FAMILY[class_name]
