@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -243,3 +244,66 @@ def write_demo(out: str | Path, family: str = "sdxl", seed: int = 0) -> tuple[Pa
         encoding="utf-8",
     )
     return base_dir, loras_dir
+
+
+# ---------------------------------------------------------------------------------------------- fallback
+DEMO_PROMPT = "a red circle on a white background"
+# The tiny random demo renders small and fast on a CPU; the family YAML's 1024x1024 x 30 steps is for real bases.
+TINY_DEFAULTS = {"width": 64, "height": 64, "steps": 8, "guidance": 5.0, "sampler": "Euler"}
+
+
+@dataclass
+class EngineChoice:
+    """What ``open_engine`` decided: the engine, its loras folder, whether it is the demo, and why."""
+
+    engine: object
+    loras_dir: Path
+    is_demo: bool
+    reason: str = ""
+    prompt: str = ""
+
+
+def ensure_demo(demo_dir: str | Path, family: str = "sdxl") -> tuple[Path, Path]:
+    """The demo base folder and loras folder, written on first use (seconds, no download)."""
+    demo_dir = Path(demo_dir)
+    base, loras = demo_dir / f"base-{family}", demo_dir / "loras"
+    if not (base / "model_index.json").is_file() or not any(loras.glob("*.safetensors")):
+        write_demo(demo_dir, family)
+    return base, loras
+
+
+def demo_engine(settings, reason: str = "") -> EngineChoice:
+    """The offline demo engine on the CPU (or the configured device), with its own loras folder."""
+    from lora_spectrum.engine import Engine
+
+    base, loras = ensure_demo(settings.path(settings.demo_dir), "sdxl")
+    engine = Engine.load(str(base), family="sdxl", device=settings.device, dtype="auto", local_files_only=True,
+                         resident_adapters=settings.resident_adapters, max_queued=settings.max_queued_renders,
+                         defaults=TINY_DEFAULTS)
+    note = "Demo mode: a tiny base with random weights and demo epochs (not a real model)."
+    engine.note = f"{note} Reason: {reason}" if reason else note
+    return EngineChoice(engine, loras, True, reason, DEMO_PROMPT)
+
+
+def open_engine(settings, allow_demo: bool = True, loras_given: bool = False) -> EngineChoice:
+    """Load the configured base; when it cannot load and ``allow_demo``, fall back to the demo, saying why.
+
+    ``settings.base == "demo"`` asks for the demo directly. ``loras_given`` keeps the configured loras folder
+    for the demo too (by default the demo uses its own epochs, since real LoRAs do not fit the tiny base).
+    """
+    from lora_spectrum.engine import Engine
+    from lora_spectrum.errors import BaseLoadError
+
+    if settings.base != "demo":
+        try:
+            engine = Engine.from_settings(settings)
+            return EngineChoice(engine, settings.path(settings.loras), False)
+        except BaseLoadError as exc:
+            if not allow_demo:
+                raise
+            choice = demo_engine(settings, reason=str(exc))
+    else:
+        choice = demo_engine(settings)
+    if loras_given:
+        choice.loras_dir = settings.path(settings.loras)
+    return choice

@@ -8,12 +8,13 @@ of its state changes (swap + render) happen under ``Engine.lock``, because diffu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -67,7 +68,8 @@ class Engine:
 
     def __init__(self, pipe, family: Family, base_id: str, device: torch.device | None = None,
                  resident_adapters: int = 4, empty_cache_after_swap: bool = False, max_queued: int = 2,
-                 max_sequence_length: int = 512, offload: str = "none", note: str = ""):
+                 max_sequence_length: int = 512, offload: str = "none", note: str = "",
+                 defaults: dict | None = None):
         self.pipe = pipe
         self.family = family
         self.base_id = base_id
@@ -75,6 +77,8 @@ class Engine:
         self.dtype = next(family.denoiser(pipe).parameters()).dtype
         self.offload = offload
         self.note = note  # shown by the UI, e.g. why the demo is in use
+        # Render defaults: the family's YAML, overridden for bases that need others (the tiny demo).
+        self.defaults = dataclasses.replace(family.defaults, **(defaults or {}))
         self.max_sequence_length = max_sequence_length
         self.lock = threading.Lock()
         self._admission = threading.BoundedSemaphore(max(1, max_queued))
@@ -263,14 +267,3 @@ class Engine:
             out["cuda_allocated_mb"] = torch.cuda.memory_allocated() / 2**20
             out["cuda_reserved_mb"] = torch.cuda.memory_reserved() / 2**20
         return out
-
-
-@dataclass
-class EngineChoice:
-    """What ``open_engine`` decided: the engine, whether it is the demo, and why."""
-
-    engine: Engine
-    loras_dir: Path
-    is_demo: bool
-    reason: str = ""
-    extra: dict = field(default_factory=dict)
