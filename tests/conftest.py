@@ -1,0 +1,20 @@
+"""Shared fixtures: demo epoch files for tiny real pipelines of both families."""
+
+from __future__ import annotations
+
+import pytest
+
+from lora_spectrum import demo
+from lora_spectrum.families import get_family
+from tests.tiny import FAMILIES
+
+
+@pytest.fixture(scope="session")
+def demo_loras(tmp_path_factory):
+    """Demo epoch files for each family, written once: {family: [paths in epoch order]}."""
+    out = {}
+    for family in FAMILIES:
+        pipe = demo.build_tiny(family, seed=0)
+        folder = tmp_path_factory.mktemp(f"loras-{family}")
+        out[family] = demo.write_demo_loras(get_family(family).denoiser(pipe), folder, family)
+    return out

@@ -1,0 +1,29 @@
+"""Helpers for tests: tiny real pipelines of both families (random, seeded weights; nothing downloaded)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lora_spectrum import demo
+from lora_spectrum.engine import Engine, RenderRequest
+from lora_spectrum.families import get_family
+
+FAMILIES = ("sdxl", "z-image")
+SIZE = {"sdxl": 64, "z-image": 32}
+GUIDANCE = {"sdxl": 5.0, "z-image": 0.0}
+
+
+def new_engine(family: str, resident: int = 4, **kwargs) -> Engine:
+    """A fresh tiny pipeline (identical weights every time: seeded) wrapped in an engine."""
+    pipe = demo.build_tiny(family, seed=0)
+    return Engine(pipe, get_family(family), f"tiny-{family}", resident_adapters=resident, max_sequence_length=32,
+                  **kwargs)
+
+
+def request(family: str, seeds=(1, 2), prompt="a red circle", steps=2) -> RenderRequest:
+    sampler = "Euler" if family == "sdxl" else "Euler (flow)"
+    return RenderRequest(prompt, "", tuple(seeds), steps, GUIDANCE[family], SIZE[family], SIZE[family], sampler)
+
+
+def pixels(images) -> np.ndarray:
+    return np.stack([np.asarray(im) for im in images])
