@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (CPU torch, the package with its test extras, Debian's chromium for the
+# real-browser test) and runs ruff and the whole test suite. Safe to run again: installed parts are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -r requirements-test.txt
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "could not install chromium: the browser test will fail" >&2
+  else
+    echo "chromium is missing: run 'sudo apt-get install chromium' for the browser test" >&2
+  fi
+fi
+python -m ruff check lora_spectrum tests app.py
+python -m pytest -q "$@"
