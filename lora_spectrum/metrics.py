@@ -19,7 +19,7 @@ LoHa/LoKr/DoRA-magnitude keys are not low-rank products of this kind; they are c
 Public functions:
 
 ``folder_insight(loras, series=None, logs=None, grid=None, *, cache=None, clip_model=None, use_clip=True,
-progress=None) -> dict``
+allow_download=False, progress=None) -> dict``
     everything for one series of a loras folder (a path or a ``Catalog``)::
 
         {"series": str, "folder": str,
@@ -35,7 +35,8 @@ progress=None) -> dict``
                                        "cosine_to_last", "relative_change_to_last", "modules"}},
                      "kinds": {...same shape, by layer kind: attn1, attn2, attention, ff, modulation, other},
                      "image": None | {"measure", "strength", "distance_from_base", "seed_spread",
-                                      "change_from_previous", "clip_score"}}],
+                                      "change_from_previous", "clip_score"},   # at the strength nearest 1.0
+                     "epoch_loss": None | {tag: value}}],  # per-epoch loss tags of the log at this epoch
          "skipped": [{"file": str, "reason": str}],        # files of the series that are not ready
          "loss": None | training_log.read_loss(...) + {"markers": training_log.place_entries(...)},
          "image": None | image_measures(...),
@@ -50,7 +51,7 @@ progress=None) -> dict``
     the same as readable tables.
 ``weight_curves(entries, *, catalog=None, cache=None, progress=None) -> list[dict]``
     the ``epochs`` list above (without ``image``) for catalog entries given in epoch order.
-``image_measures(grid, *, clip_model=None, use_clip=True, progress=None) -> dict``
+``image_measures(grid, *, clip_model=None, use_clip=True, allow_download=False, progress=None) -> dict``
     measures over a grid folder's ``manifest.json`` (written by ``runs.write_outputs``)::
 
         {"grid": str, "measure": "pixel" | "clip",   # the measure behind distance_from_base, seed_spread, change
@@ -70,8 +71,13 @@ progress=None) -> dict``
 
     The pixel measure always works: mean absolute difference of 64x64 grayscale images in 0..1, and
     ``dssim_from_base = (1 - SSIM) / 2`` on the same images. The CLIP measure (``1 - cosine`` of image embeddings)
-    and the text alignment are used only when a CLIP model is on this machine already (``local_files_only``); the
-    model id is ``clip_model``, else ``$LORA_SPECTRUM_CLIP_MODEL``, else ``openai/clip-vit-base-patch32``.
+    and the text alignment are used only when a CLIP model is on this machine already (``local_files_only``;
+    ``allow_download=True`` lets transformers fetch it once); ``clip_model`` is a model id or local folder, else
+    ``$LORA_SPECTRUM_CLIP_MODEL``, else ``openai/clip-vit-base-patch32``, or the tuple ``load_clip`` returned (so a
+    UI can keep one loaded model in ``st.cache_resource``). Without a model the CLIP parts say
+    ``{"skipped": True, "reason": ...}`` and everything else still works.
+``load_clip(model_id=None, allow_download=False) -> (model, processor, model_id)``
+    raises ``ClipUnavailable`` (a ``LoraSpectrumError``) with the reason.
 ``suggest_epoch(epochs, image=None, loss=None, settled=0.05, near_last=0.10) -> dict``
     ``{"label": "suggestion", "epoch", "file", "rule", "reason", "numbers": {...}}``; the rules are in its docstring.
 ``read_lora_factors(path) -> (dict[str, LowRank], dict)`` and ``WeightCache(cache_dir=None)``
@@ -423,20 +429,23 @@ class ClipUnavailable(LoraSpectrumError):
     ``{"skipped": True, "reason": ...}``."""
 
 
-def load_clip(model_id: str | None = None):
-    """``(model, processor, model_id)`` from local files only; raises ``ClipUnavailable`` with the reason."""
+def load_clip(model_id: str | None = None, allow_download: bool = False):
+    """``(model, processor, model_id)``, from local files only unless ``allow_download``; raises
+    ``ClipUnavailable`` with the reason."""
     model_id = model_id or os.environ.get(CLIP_MODEL_ENV) or DEFAULT_CLIP_MODEL
     try:
         from transformers import CLIPModel, CLIPProcessor
     except ImportError as exc:
         raise ClipUnavailable(f"transformers is not installed ({exc})") from exc
     try:
-        model = CLIPModel.from_pretrained(model_id, local_files_only=True)
-        processor = CLIPProcessor.from_pretrained(model_id, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ClipUnavailable(f"CLIP model {model_id!r} is not available locally ({first_line}); download it once "
-                              f"with `hf download {model_id}` or set ${CLIP_MODEL_ENV} to a local folder") from exc
+        model = CLIPModel.from_pretrained(model_id, local_files_only=not allow_download)
+        processor = CLIPProcessor.from_pretrained(model_id, local_files_only=not allow_download)
+    except OSError as exc:  # not in the local cache (or, when downloading, not reachable)
+        where = "could not be downloaded" if allow_download else "is not on this machine (no download attempted)"
+        raise ClipUnavailable(f"CLIP model {model_id!r} {where}; fetch it once with `hf download {model_id}` or set "
+                              f"${CLIP_MODEL_ENV} to a local folder holding a CLIP model") from exc
+    except (ValueError, KeyError) as exc:
+        raise ClipUnavailable(f"CLIP model {model_id!r} could not be loaded ({exc})") from exc
     model.eval()
     return model, processor, model_id
 
@@ -497,8 +506,8 @@ def _std(values) -> float | None:
     return float(np.std(values)) if len(values) >= 2 else None
 
 
-def image_measures(grid: str | Path, *, clip_model: str | None = None, use_clip: bool = True,
-                   progress: Progress | None = None) -> dict:
+def image_measures(grid: str | Path, *, clip_model: str | tuple | None = None, use_clip: bool = True,
+                   allow_download: bool = False, progress: Progress | None = None) -> dict:
     """Image measures over a rendered grid; see the module docstring for the shape."""
     # 1. Read the manifest and keep the cells whose image exists inside the grid folder.
     folder, manifest = read_manifest(grid)
@@ -530,7 +539,8 @@ def image_measures(grid: str | Path, *, clip_model: str | None = None, use_clip:
     clip: dict = {"skipped": True, "reason": "turned off (use_clip=False)"}
     if use_clip:
         try:
-            model, processor, model_id = load_clip(clip_model)
+            loaded = clip_model if isinstance(clip_model, tuple) else load_clip(clip_model, allow_download)
+            model, processor, model_id = loaded
             img, txt = clip_embeddings(model, processor, [c["path"] for c in cells], [c["prompt"] for c in cells])
             for i, c in enumerate(cells):
                 c["emb"] = img[i]
@@ -709,8 +719,8 @@ def suggest_epoch(epochs: list[dict], image: dict | None = None, loss: dict | No
     if img and img["distance_from_base"] is not None:
         numbers.update({"image_measure": img["measure"], "distance_from_base": img["distance_from_base"],
                         "seed_spread": img["seed_spread"]})
-        why += (f"; its images are {img['distance_from_base']:.3f} from the base ({img['measure']} measure)"
-                + (f" with a spread of {img['seed_spread']:.3f} across seeds" if img["seed_spread"] is not None
+        why += (f"; its images are {img['distance_from_base']:.3g} from the base ({img['measure']} measure)"
+                + (f" with a spread of {img['seed_spread']:.2g} across seeds" if img["seed_spread"] is not None
                    else ""))
     if loss and row.get("epoch") is not None:
         for tag in ("loss/validation/epoch_average", "loss/epoch_average", "loss/epoch"):
@@ -725,6 +735,14 @@ def suggest_epoch(epochs: list[dict], image: dict | None = None, loss: dict | No
 
 
 # ---------------------------------------------------------------------------------------------- one folder
+def _epoch_loss(loss: dict | None, epoch: int | None) -> dict[str, float] | None:
+    """``{tag: value}`` of the per-epoch loss tags at ``epoch`` (they use the epoch number as step)."""
+    if not loss or epoch is None:
+        return None
+    found = {tag: v for tag in loss["per_epoch"] for s, v in loss["series"][tag] if s == epoch}
+    return found or None
+
+
 def _choose_series(catalog: Catalog, series: str | None) -> tuple[str, list[LoraEntry]]:
     groups = catalog.series()
     if not groups:
@@ -740,8 +758,9 @@ def _choose_series(catalog: Catalog, series: str | None) -> tuple[str, list[Lora
 
 
 def folder_insight(loras: str | Path | Catalog, series: str | None = None, logs: str | Path | None = None,
-                   grid: str | Path | None = None, *, cache: WeightCache | None = None, clip_model: str | None = None,
-                   use_clip: bool = True, progress: Progress | None = None) -> dict:
+                   grid: str | Path | None = None, *, cache: WeightCache | None = None,
+                   clip_model: str | tuple | None = None, use_clip: bool = True, allow_download: bool = False,
+                   progress: Progress | None = None) -> dict:
     """Weight curves, loss curve, image measures and a suggestion for one series; see the module docstring."""
     from lora_spectrum import training_log
 
@@ -763,9 +782,12 @@ def folder_insight(loras: str | Path | Catalog, series: str | None = None, logs:
     if logs:
         loss = training_log.read_loss(logs)
         loss["markers"] = training_log.place_entries(ready)
+    for row in epochs:
+        row["epoch_loss"] = _epoch_loss(loss, row["epoch"])
 
     # 4. Image measures from a rendered grid.
-    image = image_measures(grid, clip_model=clip_model, use_clip=use_clip, progress=progress) if grid else None
+    image = (image_measures(grid, clip_model=clip_model, use_clip=use_clip, allow_download=allow_download,
+                            progress=progress) if grid else None)
     for row in epochs:
         row["image"] = _image_row_for(image, row["file"])
 
@@ -794,8 +816,11 @@ def format_insight(result: dict) -> str:
 
     # 1. One row per epoch: weights, then images when a grid was given.
     head = ["epoch", "file", "norm", "change", "cos prev", "cos last", "to last"]
+    loss_tags = list(dict.fromkeys(t for e in result["epochs"] for t in (e.get("epoch_loss") or {})))
+    clip_scores = bool(image) and not image["text_alignment"]["skipped"]
     if image:
-        head += ["img from base", "seed spread", "img change"]
+        head += ["img from base", "seed spread", "img change"] + (["clip score"] if clip_scores else [])
+    head += loss_tags
     rows = [head]
     for e in result["epochs"]:
         row = [str(e["epoch"]) if e["epoch"] is not None else e["label"], e["file"], _fmt(e["weight_norm"]),
@@ -804,8 +829,10 @@ def format_insight(result: dict) -> str:
                _pct(e["relative_change_to_last"])]
         if image:
             im = e.get("image") or {}
-            row += [_fmt(im.get("distance_from_base")), _fmt(im.get("seed_spread")),
-                    _fmt(im.get("change_from_previous"))]
+            row += [_fmt(im.get("distance_from_base"), ".3g"), _fmt(im.get("seed_spread"), ".2g"),
+                    _fmt(im.get("change_from_previous"), ".3g")]
+            row += [_fmt(im.get("clip_score"), ".1f")] if clip_scores else []
+        row += [_fmt((e.get("epoch_loss") or {}).get(t)) for t in loss_tags]
         rows.append(row)
     lines += _table(rows)
 

@@ -298,8 +298,8 @@ def test_insight_command_prints_the_documented_json(demo_loras, tmp_path):
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(tmp_path / "logs")) as w:
-        for epoch in (1, 2):
-            w.add_scalar("loss/epoch", 1.0 / epoch, epoch)
+        for epoch in (20, 50):  # per-epoch tags use the epoch number as step
+            w.add_scalar("loss/epoch", 20.0 / epoch, epoch)
     cmd = [sys.executable, "-m", "lora_spectrum", "insight", "--loras", str(demo_loras), "--logs",
            str(tmp_path / "logs"), "--json"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -309,7 +309,9 @@ def test_insight_command_prints_the_documented_json(demo_loras, tmp_path):
     assert {"epoch", "file", "weight_norm", "relative_change", "cosine_to_previous", "cosine_to_last",
             "relative_change_to_last", "groups"} <= set(result["epochs"][0])
     assert result["series"] == "jimeng" and result["image"] is None
-    assert result["loss"]["series"]["loss/epoch"] == [[1, 1.0], [2, 0.5]]
+    assert result["loss"]["series"]["loss/epoch"] == [[20, 1.0], [50, pytest.approx(0.4)]]  # float32 in the file
+    assert [e["epoch_loss"] for e in result["epochs"][:3]] == [{"loss/epoch": 1.0},
+                                                               {"loss/epoch": pytest.approx(0.4)}, None]
     assert [m["step"] for m in result["loss"]["markers"]] == [10 * e for e in demo.DEMO_EPOCHS]
 
 
