@@ -815,7 +815,7 @@ def format_insight(result: dict) -> str:
     image = result.get("image")
 
     # 1. One row per epoch: weights, then images when a grid was given.
-    head = ["epoch", "file", "norm", "change", "cos prev", "cos last", "to last"]
+    head = ["epoch", "file", "norm", "change", "per epoch", "cos prev", "cos last", "to last"]
     loss_tags = list(dict.fromkeys(t for e in result["epochs"] for t in (e.get("epoch_loss") or {})))
     clip_scores = bool(image) and not image["text_alignment"]["skipped"]
     if image:
@@ -825,6 +825,7 @@ def format_insight(result: dict) -> str:
     for e in result["epochs"]:
         row = [str(e["epoch"]) if e["epoch"] is not None else e["label"], e["file"], _fmt(e["weight_norm"]),
                _pct(e["relative_change"]) if e["relative_change"] is not None else "-",
+               _pct(e.get("relative_change_per_epoch")) if e.get("relative_change_per_epoch") is not None else "-",
                _fmt(e["cosine_to_previous"], ".3f"), _fmt(e["cosine_to_last"], ".3f"),
                _pct(e["relative_change_to_last"])]
         if image:
