@@ -1,0 +1,560 @@
+"""A demo that learns: a tiny SDXL-architecture base trained on procedural shapes, and a style LoRA trained on top
+of it with a checkpoint per epoch, in kohya's file and log formats. Nothing here downloads anything.
+
+This module owns the procedural data sets, the training of the tiny base (VAE, UNet, text encoders) and of the
+``jimeng`` LoRA, and the shipped result in ``lora_spectrum/demo_assets/``::
+
+    demo_assets/base-sdxl/                 a diffusers StableDiffusionXLPipeline folder (fp16 safetensors, tokenizers)
+    demo_assets/loras/jimeng_<epoch>.safetensors   kohya-format epoch LoRAs with kohya metadata
+    demo_assets/logs/jimeng/network_train/  the TensorBoard log of the LoRA run (kohya's loss tags)
+
+It never imports streamlit and never decides fallbacks: ``app.py``/the CLI call ``assets_available()`` and load the
+folders above. Reproduce the shipped files with ``python -m lora_spectrum.demo_training --out DIR`` (about 20 minutes
+on a 2-core CPU); ``--quick`` runs a few steps of everything as a smoke test.
+
+The base draws "a <colour> <shape> on a <background> background" (colours: red, orange, yellow, green, blue,
+purple; shapes: circle, square, triangle; backgrounds: white, gray, cream). The style is "ink": the same shapes
+with a thick near-black outline. Its measure, ``ink_fraction``, is the share of dark pixels (HSV value < 0.35),
+which is ~0 for the base (no colour in its palette is dark) and grows epoch by epoch under the LoRA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ASSETS_DIR = Path(__file__).resolve().parent / "demo_assets"
+BASE_DIRNAME = "base-sdxl"
+LORAS_DIRNAME = "loras"
+LOGS_DIRNAME = "logs"
+SERIES = "jimeng"
+TRIGGER = "jimeng style"
+SIZE = 64  # pixels; the VAE downsamples by 4, so latents are 16x16
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "orange": (240, 135, 30),
+    "yellow": (235, 205, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 225),
+    "purple": (150, 60, 195),
+}
+HUES = {"red": 0.0, "orange": 28.0, "yellow": 51.0, "green": 128.0, "blue": 223.0, "purple": 282.0}  # degrees
+SHAPES = ("circle", "square", "triangle")
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {"white": (250, 250, 250), "gray": (218, 218, 218),
+                                                "cream": (245, 236, 214)}
+INK = (22, 20, 30)
+
+# What the app's demo should render with (see the module's final report / README).
+RECOMMENDED = {"steps": 20, "guidance": 4.0, "sampler": "Euler", "width": SIZE, "height": SIZE,
+               "strength": 1.0,
+               "prompts": ("jimeng style, a red circle on a white background",
+                           "jimeng style, a blue square on a cream background",
+                           "jimeng style, a green triangle on a gray background")}
+
+
+def assets_available(folder: str | Path = ASSETS_DIR) -> bool:
+    """True when the shipped base, at least one epoch LoRA and the training log are all in ``folder``."""
+    folder = Path(folder)
+    base = folder / BASE_DIRNAME
+    return ((base / "model_index.json").is_file() and (base / "unet").is_dir()
+            and any((folder / LORAS_DIRNAME).glob(f"{SERIES}_*.safetensors"))
+            and any((folder / LOGS_DIRNAME).rglob("events.out.tfevents.*")))
+
+
+def caption(colour: str, shape: str, background: str, styled: bool = False) -> str:
+    text = f"a {colour} {shape} on a {background} background"
+    return f"{TRIGGER}, {text}" if styled else text
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def draw(colour: str, shape: str, background: str, rng: np.random.Generator, ink: bool = False,
+         size: int = SIZE) -> np.ndarray:
+    """One image, ``size`` x ``size`` x 3, float32 in [0, 1]: a shape with anti-aliased edges on a plain colour."""
+    # 1. Random placement and size (kept inside the frame).
+    r = rng.uniform(0.2, 0.3) * size
+    cx, cy = (size / 2 + rng.uniform(-0.12, 0.12, 2) * size)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    dx, dy = x - cx, y - cy
+    # 2. Signed distance to the outline (negative inside).
+    if shape == "circle":
+        sd = np.hypot(dx, dy) - r
+    elif shape == "square":
+        sd = np.maximum(np.abs(dx), np.abs(dy)) - r * 0.85
+    elif shape == "triangle":  # upright equilateral, centroid at (cx, cy)
+        n = [(0.0, 1.0), (math.sqrt(3) / 2, -0.5), (-math.sqrt(3) / 2, -0.5)]
+        sd = np.max([nx * dx + ny * dy for nx, ny in n], axis=0) - r * 0.7
+    else:
+        raise ValueError(f"unknown shape {shape!r}; choose one of {SHAPES}")
+    # 3. Composite: background, fill, and for the "ink" style a thick dark outline.
+    bg = np.array(BACKGROUNDS[background], np.float32) / 255
+    fill = np.array(COLOURS[colour], np.float32) / 255
+    alpha = np.clip(0.5 - sd, 0.0, 1.0)[..., None]
+    img = bg * (1 - alpha) + fill * alpha
+    if ink:
+        band = np.clip(2.6 - np.abs(sd + 0.5), 0.0, 1.0)[..., None]  # ~5 px, centred on the edge
+        img = img * (1 - band) + np.array(INK, np.float32) / 255 * band
+    return img.astype(np.float32)
+
+
+def make_dataset(n: int, seed: int, ink: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """``n`` images (N, 3, H, W in [-1, 1]) cycling through every (colour, shape, background), with captions."""
+    rng = np.random.default_rng(seed)
+    combos = [(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
+    images, captions = [], []
+    for i in range(n):
+        c, s, b = combos[i % len(combos)]
+        images.append(draw(c, s, b, rng, ink=ink))
+        captions.append(caption(c, s, b, styled=ink))
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1
+    return x.contiguous(), captions
+
+
+# ---------------------------------------------------------------------------------------------------- measures
+def _hsv(image) -> np.ndarray:
+    a = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, np.float32)
+    if a.max() > 1.5:
+        a = a / 255
+    mx, mn = a.max(-1), a.min(-1)
+    delta = mx - mn
+    r, g, b = a[..., 0], a[..., 1], a[..., 2]
+    safe = np.where(delta > 1e-6, delta, 1.0)
+    h = np.where(mx == r, ((g - b) / safe) % 6, np.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4)) * 60
+    s = np.where(mx > 1e-6, delta / np.maximum(mx, 1e-6), 0.0)
+    return np.stack([h, s, mx], -1)
+
+
+def dominant_hue(image, min_saturation: float = 0.4, min_value: float = 0.35) -> tuple[float, float]:
+    """(circular mean hue in degrees, share of pixels used) over the saturated, not dark pixels: the shape's fill.
+
+    The backgrounds are light and nearly grey (saturation < 0.15) and the ink is dark, so neither counts.
+    """
+    hsv = _hsv(image)
+    mask = (hsv[..., 1] >= min_saturation) & (hsv[..., 2] >= min_value)
+    if not mask.any():
+        return float("nan"), 0.0
+    ang = np.deg2rad(hsv[..., 0][mask])
+    hue = math.degrees(math.atan2(np.sin(ang).mean(), np.cos(ang).mean())) % 360
+    return hue, float(mask.mean())
+
+
+def hue_distance(a: float, b: float) -> float:
+    d = abs(a - b) % 360
+    return min(d, 360 - d)
+
+
+def closest_colour(image) -> str | None:
+    hue, share = dominant_hue(image)
+    if share == 0:
+        return None
+    return min(HUES, key=lambda name: hue_distance(hue, HUES[name]))
+
+
+def ink_fraction(image, max_value: float = 0.35) -> float:
+    """The style measure: the share of dark pixels (HSV value < ``max_value``). The base palette has none."""
+    return float((_hsv(image)[..., 2] < max_value).mean())
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def build_pipeline(seed: int = 0, workdir: str | Path | None = None):
+    """The untrained tiny StableDiffusionXLPipeline: a 2-level UNet with attention at both levels (so an
+    attention-only LoRA reaches the full latent resolution), a 3-level VAE (factor 4), two tiny CLIP encoders and
+    the byte-level tokenizer from ``demo.py``."""
+    import tempfile
+
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from lora_spectrum.demo import _clip_tokenizer
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="lora_spectrum_tok_"))
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=SIZE // 4, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=(2, 4),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80, cross_attention_dim=64,
+        norm_num_groups=32,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=[16, 32, 64], in_channels=3, out_channels=3, layers_per_block=1,
+        down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3, latent_channels=4,
+        norm_num_groups=16, sample_size=SIZE,
+    )  # fmt: skip
+    te_config = CLIPTextConfig(
+        bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=64, layer_norm_eps=1e-05,
+        num_attention_heads=4, num_hidden_layers=3, pad_token_id=1, vocab_size=520, hidden_act="gelu",
+        projection_dim=32, max_position_embeddings=77,
+    )  # fmt: skip
+    text_encoder = CLIPTextModel(te_config)
+    text_encoder_2 = CLIPTextModelWithProjection(te_config)
+    tokenizer = _clip_tokenizer(workdir / "clip_tokenizer")
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear",
+        timestep_spacing="leading",
+    )  # fmt: skip
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+    )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def encode_text(pipe, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt_embeds, pooled) exactly as ``StableDiffusionXLPipeline.encode_prompt`` computes them, with grad."""
+    ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+    out1 = pipe.text_encoder(ids, output_hidden_states=True)
+    out2 = pipe.text_encoder_2(ids, output_hidden_states=True)
+    embeds = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)
+    return embeds, out2.text_embeds
+
+
+def _time_ids(n: int) -> torch.Tensor:
+    # original_size + crops_coords_top_left + target_size, as the pipeline passes them at SIZE x SIZE.
+    return torch.tensor([[SIZE, SIZE, 0, 0, SIZE, SIZE]], dtype=torch.float32).repeat(n, 1)
+
+
+# ---------------------------------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class Budget:
+    """How much of each stage to run. ``FULL`` reproduces the shipped assets; ``QUICK`` is a smoke test."""
+
+    vae_steps: int = 500
+    vae_batch: int = 8
+    base_images: int = 3240  # 60 per (colour, shape, background)
+    unet_steps: int = 1600
+    unet_batch: int = 24
+    style_images: int = 162  # 3 per (colour, shape, background): a small LoRA data set, as in real life
+    lora_epochs: int = 12
+    lora_batch: int = 6
+    lora_save_every: int = 2
+    lora_rank: int = 8
+    lora_alpha: float = 8.0
+    lora_lr: float = 4e-4
+
+
+FULL = Budget()
+QUICK = Budget(vae_steps=3, vae_batch=4, base_images=54, unet_steps=3, unet_batch=4, style_images=18,
+               lora_epochs=2, lora_batch=6, lora_save_every=1)
+
+
+def _log(msg: str) -> None:
+    print(f"[demo_training {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _lr_at(step: int, total: int, peak: float, warmup: int = 100) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+def train_vae(vae, images: torch.Tensor, budget: Budget, seed: int) -> float:
+    """Train the VAE as a near-deterministic autoencoder (tiny KL), then set its ``scaling_factor`` so the scaled
+    latents have unit standard deviation, as the diffusion schedule assumes. Returns the final L1 error."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    vae.train()
+    l1 = float("nan")
+    for step in range(budget.vae_steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, budget.vae_steps, 2e-3, warmup=50)
+        idx = torch.randint(0, len(images), (budget.vae_batch,), generator=gen)
+        x = images[idx]
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        l1_t = (rec - x).abs().mean()
+        loss = l1_t + F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        l1 = l1_t.item()
+        if step % 100 == 0 or step == budget.vae_steps - 1:
+            _log(f"vae step {step + 1}/{budget.vae_steps} l1 {l1:.4f}")
+    vae.eval()
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(images[i:i + 64]).latent_dist.mean for i in range(0, min(len(images), 512), 64)])
+    vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
+    return l1
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std of every image, unscaled (cached once; the UNet stages sample from them)."""
+    means, stds = [], []
+    for i in range(0, len(images), 64):
+        post = vae.encode(images[i:i + 64]).latent_dist
+        means.append(post.mean)
+        stds.append(post.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def _noisy(latents: torch.Tensor, alphas_cumprod: torch.Tensor, gen: torch.Generator):
+    t = torch.randint(0, len(alphas_cumprod), (len(latents),), generator=gen)
+    noise = torch.randn(latents.shape, generator=gen)
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    return a.sqrt() * latents + (1 - a).sqrt() * noise, noise, t
+
+
+def train_base(pipe, means, stds, captions: list[str], budget: Budget, seed: int) -> float:
+    """Train the UNet and both text encoders together (epsilon prediction, the pipeline's own noise schedule),
+    dropping 10% of the captions to zero embeddings so classifier-free guidance works with an empty negative
+    prompt (SDXL's ``force_zeros_for_empty_prompt``). Keeps an EMA of the weights and loads it at the end."""
+    gen = torch.Generator().manual_seed(seed)
+    scale = pipe.vae.config.scaling_factor
+    alphas_cumprod = pipe.scheduler.alphas_cumprod.float()
+    modules = [pipe.unet, pipe.text_encoder, pipe.text_encoder_2]
+    params = [p for m in modules for p in m.parameters()]
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    for m in modules:
+        m.train()
+    avg = None
+    for step in range(budget.unet_steps):
+        # 1. A batch of latents (sampled from the cached posterior), noised at random timesteps.
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, budget.unet_steps, 1e-3)
+        idx = torch.randint(0, len(means), (budget.unet_batch,), generator=gen)
+        latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
+        noisy, noise, t = _noisy(latents, alphas_cumprod, gen)
+        # 2. Captions, 10% dropped to zeros.
+        embeds, pooled = encode_text(pipe, [captions[i] for i in idx.tolist()])
+        keep = (torch.rand(len(idx), generator=gen) > 0.1).float()
+        embeds, pooled = embeds * keep.view(-1, 1, 1), pooled * keep.view(-1, 1)
+        # 3. Predict the noise, step, update the EMA.
+        pred = pipe.unet(noisy, t, embeds, added_cond_kwargs={"text_embeds": pooled,
+                                                               "time_ids": _time_ids(len(idx))}).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(0.998, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
+        if step % 100 == 0 or step == budget.unet_steps - 1:
+            _log(f"unet step {step + 1}/{budget.unet_steps} loss {avg:.4f}")
+    with torch.no_grad():
+        for p, e in zip(params, ema, strict=True):
+            p.copy_(e)
+    for m in modules:
+        m.eval()
+        m.requires_grad_(False)
+    return float(avg)
+
+
+def lora_state_dict_kohya(unet) -> dict[str, torch.Tensor]:
+    """The peft adapter of ``unet`` as kohya writes it: ``lora_unet_<module path with _>.lora_down/.lora_up/.alpha``."""
+    from peft import get_peft_model_state_dict
+
+    peft_sd = get_peft_model_state_dict(unet)
+    alpha = float(unet.peft_config["default"].lora_alpha)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in peft_sd.items():
+        module, _, kind = key.rpartition(".lora_")
+        kohya = "lora_unet_" + module.replace(".", "_")
+        name = {"A.weight": "lora_down.weight", "B.weight": "lora_up.weight"}[kind]
+        out[f"{kohya}.{name}"] = value.detach().to(torch.float16).contiguous()
+        out[f"{kohya}.alpha"] = torch.tensor(alpha)
+    return out
+
+
+def _kohya_metadata(epoch: int, steps: int, budget: Budget, tag_frequency: dict) -> dict[str, str]:
+    return {
+        "ss_output_name": SERIES,
+        "ss_epoch": str(epoch),
+        "ss_steps": str(steps),
+        "ss_num_epochs": str(budget.lora_epochs),
+        "ss_network_dim": str(budget.lora_rank),
+        "ss_network_alpha": str(budget.lora_alpha),
+        "ss_network_module": "networks.lora",
+        "ss_learning_rate": str(budget.lora_lr),
+        "ss_unet_lr": str(budget.lora_lr),
+        "ss_text_encoder_lr": "0.0",
+        "ss_train_batch_size": str(budget.lora_batch),
+        "ss_num_train_images": str(budget.style_images),
+        "ss_resolution": f"({SIZE}, {SIZE})",
+        "ss_base_model_version": "sdxl_base_v1-0",
+        "ss_sd_model_name": "lora_spectrum demo base-sdxl",
+        "ss_tag_frequency": json.dumps(tag_frequency),
+        "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
+        "modelspec.trigger_phrase": TRIGGER,
+        "modelspec.title": f"{SERIES} epoch {epoch}",
+        "modelspec.description": "LoRA Spectrum demo: thick dark ink outlines, learned epoch by epoch",
+    }
+
+
+def train_lora(pipe, means, stds, captions: list[str], budget: Budget, seed: int, loras_dir: Path,
+               logs_dir: Path) -> list[Path]:
+    """Train a peft LoRA on the UNet attention projections, kohya-style: fixed epochs over a small data set, a
+    checkpoint every ``lora_save_every`` epochs, TensorBoard tags ``loss/current``, ``loss/average`` (mean of the
+    last epoch's losses, as kohya) and ``lr/unet`` per step, and ``loss/epoch`` with the epoch as its step."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+    from torch.utils.tensorboard import SummaryWriter
+
+    # 1. The adapter: the attention projections kohya's networks.lora trains in the UNet.
+    torch.manual_seed(seed)
+    pipe.unet.add_adapter(LoraConfig(r=budget.lora_rank, lora_alpha=budget.lora_alpha, init_lora_weights="gaussian",
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=budget.lora_lr, weight_decay=0.0)
+    # 2. Text embeddings are fixed (the encoders are frozen), so compute them once.
+    with torch.no_grad():
+        embeds, pooled = encode_text(pipe, captions)
+    tags: dict[str, int] = {}
+    for c in captions:
+        for tag in (t.strip() for t in c.split(",")):
+            tags[tag] = tags.get(tag, 0) + 1
+    tag_frequency = {f"10_{SERIES}": tags}
+    # 3. Epochs: shuffle, step, log; save a kohya file every few epochs.
+    gen = torch.Generator().manual_seed(seed)
+    scale = pipe.vae.config.scaling_factor
+    alphas_cumprod = pipe.scheduler.alphas_cumprod.float()
+    loras_dir.mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(str(logs_dir / SERIES / "network_train"))
+    steps_per_epoch = math.ceil(len(means) / budget.lora_batch)
+    saved, step, window = [], 0, []
+    pipe.unet.train()
+    for epoch in range(1, budget.lora_epochs + 1):
+        order = torch.randperm(len(means), generator=gen)
+        epoch_losses = []
+        for b in range(steps_per_epoch):
+            idx = order[b * budget.lora_batch:(b + 1) * budget.lora_batch]
+            latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
+            noisy, noise, t = _noisy(latents, alphas_cumprod, gen)
+            pred = pipe.unet(noisy, t, embeds[idx], added_cond_kwargs={"text_embeds": pooled[idx],
+                                                                        "time_ids": _time_ids(len(idx))}).sample
+            loss = F.mse_loss(pred, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            current = loss.item()
+            epoch_losses.append(current)
+            window = (window + [current])[-steps_per_epoch:]
+            writer.add_scalar("loss/current", current, step)
+            writer.add_scalar("loss/average", sum(window) / len(window), step)
+            writer.add_scalar("lr/unet", budget.lora_lr, step)
+        epoch_loss = sum(epoch_losses) / len(epoch_losses)
+        writer.add_scalar("loss/epoch", epoch_loss, epoch)
+        _log(f"lora epoch {epoch}/{budget.lora_epochs} loss {epoch_loss:.4f}")
+        if epoch % budget.lora_save_every == 0 or epoch == budget.lora_epochs:
+            path = loras_dir / f"{SERIES}_{epoch}.safetensors"
+            save_file(lora_state_dict_kohya(pipe.unet), str(path),
+                      metadata=_kohya_metadata(epoch, step, budget, tag_frequency))
+            saved.append(path)
+    writer.close()
+    pipe.unet.eval()
+    return saved
+
+
+def save_base(pipe, folder: Path, fp16: bool = True) -> Path:
+    """Write the base (without any adapter) as a diffusers folder, fp16 safetensors, tokenizers included."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if fp16:
+        pipe.to(torch.float16)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    if fp16:
+        pipe.to(torch.float32)
+    return folder
+
+
+def write_readme(out: Path, report: dict) -> None:
+    text = (
+        "# LoRA Spectrum demo assets\n\n"
+        "Made by `python -m lora_spectrum.demo_training --out lora_spectrum/demo_assets` (seeded; CPU).\n\n"
+        f"- `{BASE_DIRNAME}/`: a tiny StableDiffusionXLPipeline trained on procedural shapes. Prompt "
+        "\"a <colour> <shape> on a <background> background\" with colours "
+        f"{', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; backgrounds {', '.join(BACKGROUNDS)}.\n"
+        f"- `{LORAS_DIRNAME}/`: `{SERIES}_<epoch>.safetensors`, a style LoRA (thick dark ink outlines, trigger "
+        f"\"{TRIGGER}\") in kohya format with kohya metadata, one file per saved epoch.\n"
+        f"- `{LOGS_DIRNAME}/{SERIES}/network_train/`: its TensorBoard log (loss/current, loss/average, loss/epoch).\n\n"
+        f"Render at {SIZE}x{SIZE}, {RECOMMENDED['steps']} steps, guidance {RECOMMENDED['guidance']}, "
+        f"sampler {RECOMMENDED['sampler']}.\n\n"
+        "Training report:\n\n```json\n" + json.dumps(report, indent=2) + "\n```\n"
+    )
+    (out / "README.md").write_text(text, encoding="utf-8")
+
+
+def run(out: str | Path, budget: Budget = FULL, seed: int = 0) -> dict:
+    """Train everything and write ``out/base-sdxl``, ``out/loras``, ``out/logs`` and ``out/README.md``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    report: dict = {"seed": seed, "budget": budget.__dict__, "minutes": {}}
+    torch.manual_seed(seed)
+    # 1. Data: the base set (plain shapes) and the style set (ink outlines), both procedural and seeded.
+    base_x, base_captions = make_dataset(budget.base_images, seed=seed + 1)
+    style_x, style_captions = make_dataset(budget.style_images, seed=seed + 2, ink=True)
+    # 2. The untrained pipeline.
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="lora_spectrum_tok_") as tok_dir:
+        pipe = build_pipeline(seed, tok_dir)
+        report["parameters"] = {name: sum(p.numel() for p in getattr(pipe, name).parameters())
+                                for name in ("unet", "vae", "text_encoder", "text_encoder_2")}
+        # 3. VAE on both sets (it is a codec: it must reproduce outlines it will be asked to decode).
+        t0 = time.perf_counter()
+        report["vae_l1"] = train_vae(pipe.vae, torch.cat([base_x, style_x[: len(style_x) // 2]]), budget, seed)
+        pipe.vae.requires_grad_(False)
+        report["minutes"]["vae"] = round((time.perf_counter() - t0) / 60, 2)
+        # 4. UNet + text encoders on the base set.
+        t0 = time.perf_counter()
+        means, stds = encode_latents(pipe.vae, base_x)
+        report["unet_loss"] = train_base(pipe, means, stds, base_captions, budget, seed)
+        report["minutes"]["unet"] = round((time.perf_counter() - t0) / 60, 2)
+        # 5. Save the base before any adapter is added.
+        save_base(pipe, out / BASE_DIRNAME)
+        # 6. The style LoRA, from the saved (fp16-rounded) base so the epochs fit the shipped weights exactly.
+        from diffusers import StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline.from_pretrained(str(out / BASE_DIRNAME), torch_dtype=torch.float32,
+                                                         local_files_only=True)
+        pipe.set_progress_bar_config(disable=True)
+        for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+            m.requires_grad_(False)
+        t0 = time.perf_counter()
+        s_means, s_stds = encode_latents(pipe.vae, style_x)
+        saved = train_lora(pipe, s_means, s_stds, style_captions, budget, seed, out / LORAS_DIRNAME,
+                           out / LOGS_DIRNAME)
+        report["minutes"]["lora"] = round((time.perf_counter() - t0) / 60, 2)
+    report["epochs"] = [p.name for p in saved]
+    report["minutes"]["total"] = round((time.perf_counter() - t_start) / 60, 2)
+    write_readme(out, report)
+    _log(f"done in {report['minutes']['total']} min: {out}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lora_spectrum.demo_training", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(ASSETS_DIR), help="output folder (default: the shipped demo_assets)")
+    parser.add_argument("--quick", action="store_true", help="a few steps of everything (smoke test)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unet-steps", type=int, default=None, help="override the UNet step count")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 is often fastest on a busy, shared CPU)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    budget = QUICK if args.quick else FULL
+    if args.unet_steps is not None:
+        budget = replace(budget, unet_steps=args.unet_steps)
+    run(args.out, budget, args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
