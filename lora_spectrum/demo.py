@@ -288,8 +288,9 @@ def demo_engine(settings, reason: str = "") -> EngineChoice:
 def open_engine(settings, allow_demo: bool = True, loras_given: bool = False) -> EngineChoice:
     """Load the configured base; when it cannot load and ``allow_demo``, fall back to the demo, saying why.
 
-    ``settings.base == "demo"`` asks for the demo directly. ``loras_given`` keeps the configured loras folder
-    for the demo too (by default the demo uses its own epochs, since real LoRAs do not fit the tiny base).
+    ``settings.base == "demo"`` asks for the demo directly; it then uses the configured loras folder when that
+    holds LoRA files (or ``loras_given``), else the demo's epochs. A fallback always uses the demo's epochs, since
+    LoRAs made for the real base do not fit the tiny one.
     """
     from lora_spectrum.engine import Engine
     from lora_spectrum.errors import BaseLoadError
@@ -302,8 +303,11 @@ def open_engine(settings, allow_demo: bool = True, loras_given: bool = False) ->
             if not allow_demo:
                 raise
             choice = demo_engine(settings, reason=str(exc))
-    else:
-        choice = demo_engine(settings)
-    if loras_given:
-        choice.loras_dir = settings.path(settings.loras)
+            if loras_given:
+                choice.loras_dir = settings.path(settings.loras)
+            return choice
+    choice = demo_engine(settings)
+    configured = settings.path(settings.loras)
+    if loras_given or (configured.is_dir() and any(configured.glob("*.safetensors"))):
+        choice.loras_dir = configured
     return choice

@@ -1,0 +1,29 @@
+"""LoRA Spectrum's Streamlit entry: sets the page, gets the shared engine, routes to the views. Nothing else."""
+
+import streamlit as st
+
+from lora_spectrum.ui.compare import compare_view
+from lora_spectrum.ui.controls import render_controls
+from lora_spectrum.ui.inspector import inspector_view
+from lora_spectrum.ui.insight import insight_view
+from lora_spectrum.ui.resources import config_path, get_workbench
+
+st.set_page_config(page_title="LoRA Spectrum", layout="wide")
+settings, choice, catalog = get_workbench(config_path())
+engine = choice.engine
+
+st.title("LoRA Spectrum")
+if choice.is_demo:
+    st.warning(engine.note)
+st.caption(f"Base: {engine.base_id} ({engine.family.name}, {engine.device.type}, {str(engine.dtype)[6:]}) · "
+           f"LoRAs: {catalog.folder}")
+
+controls = render_controls(catalog, engine.defaults, choice.prompt)
+view = st.segmented_control("View", ["Compare", "Insight", "Inspector"], default="Compare", key="view",
+                            label_visibility="collapsed") or "Compare"
+if view == "Compare":
+    compare_view(settings, choice, catalog, controls)
+elif view == "Insight":
+    insight_view(settings, choice, catalog, controls)
+else:
+    inspector_view(catalog)

@@ -1,0 +1,194 @@
+"""The side-by-side view: render the plan with a progress bar and a cancel button, draw the grid with captions,
+errors in place and swap times, offer downloads and closer looks (synchronised zoom, two-epoch overlay)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import threading
+import zipfile
+from pathlib import Path
+
+import streamlit as st
+from PIL import Image, ImageChops
+
+from lora_spectrum.errors import BusyError, LoraSpectrumError
+from lora_spectrum.runs import BASE_LABEL, RenderCache, cell_filename, compose_grid, make_plan, run_plan, write_outputs
+from lora_spectrum.ui.controls import Controls, caption_for
+from lora_spectrum.ui.text import md_escape
+
+RESULT = "compare_result"
+
+
+def _column_label(entry) -> str:
+    return BASE_LABEL if entry is None else entry.label
+
+
+def run_render(engine, catalog, settings, controls: Controls) -> None:
+    """Validate, render with progress, store the result in the session (kept when cancelled)."""
+    try:
+        plan = make_plan(engine.defaults, controls.columns, controls.seeds, controls.strengths, [controls.prompt],
+                         controls.negative_prompt, controls.steps, controls.guidance, controls.width,
+                         controls.height, controls.sampler)
+    except LoraSpectrumError as exc:
+        st.error(str(exc))
+        return
+    cancel = threading.Event()
+    st.session_state["cancel_event"] = cancel
+    cache = RenderCache(settings.path(settings.cache_dir), settings.cache_max_mb)
+    bar = st.progress(0.0, text="Waiting for the engine...")
+    state = {"plan": plan, "cells": [], "status": "running"}
+    st.session_state[RESULT] = state
+
+    def progress(done, total, cell):
+        state["cells"].append(cell)
+        what = "cached" if cell.cached else ("failed" if cell.error else f"{cell.seconds:.2f} s")
+        bar.progress(done / total, text=f"{done}/{total}: {cell.label}, seed {cell.seed} ({what})")
+
+    try:
+        cells = run_plan(engine, plan, catalog, cache, progress, cancel)
+    except BusyError as exc:
+        bar.empty()
+        st.warning(str(exc))
+        state["status"] = "busy"
+        return
+    bar.empty()
+    state["cells"] = cells
+    state["status"] = "cancelled" if any(c.error == "cancelled" for c in cells) else "done"
+    out = Path(tempfile.mkdtemp(prefix="lora_spectrum_grid_"))
+    state["manifest"] = write_outputs(out, plan, cells, engine.base_id, engine.family.name)
+    state["out_dir"] = str(out)
+
+
+def draw_grid(state: dict) -> None:
+    plan, cells = state["plan"], state["cells"]
+    if state.get("status") == "running":
+        st.info("The last render was interrupted; showing the cells it finished.")
+    elif state.get("status") == "cancelled":
+        st.info("Cancelled; showing the cells that finished.")
+    by_pos = {(c.column, c.prompt, c.seed, c.strength): c for c in cells}
+    # Header: one column per epoch, with the time its swap took.
+    cols = st.columns(len(plan.columns))
+    for ci, entry in enumerate(plan.columns):
+        swaps = [c.swap_seconds for c in cells if c.column == ci and c.swap_seconds is not None]
+        cols[ci].markdown(f"**{md_escape(_column_label(entry))}**")
+        if swaps:
+            cols[ci].caption(f"swap {min(swaps) * 1000:.1f} ms")
+    for prompt, seed, strength in plan.rows:
+        cols = st.columns(len(plan.columns))
+        for ci, entry in enumerate(plan.columns):
+            c = by_pos.get((ci, prompt, seed, 0.0 if entry is None else strength))
+            with cols[ci]:
+                if c is not None and c.image is not None:
+                    st.image(c.image, caption=caption_for(_column_label(entry), None if entry is None else strength,
+                                                          seed), width="stretch")
+                elif c is not None and c.error:
+                    st.error(f"{_column_label(entry)}, seed {seed}: {c.error}")
+                else:
+                    st.caption("not rendered")
+
+
+def downloads(state: dict) -> None:
+    plan, cells = state["plan"], state["cells"]
+    grid = io.BytesIO()
+    compose_grid(plan, cells).save(grid, format="PNG")
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w") as zf:
+        for c in cells:
+            if c.png is not None:
+                zf.writestr(f"cells/{cell_filename(c)}", c.png)
+        zf.writestr("manifest.json", json.dumps(state.get("manifest", {}), indent=2, ensure_ascii=False))
+    cols = st.columns(4)
+    cols[0].download_button("Grid PNG", grid.getvalue(), "grid.png", "image/png", key="dl_grid")
+    cols[1].download_button("Manifest", json.dumps(state.get("manifest", {}), indent=2, ensure_ascii=False),
+                            "manifest.json", "application/json", key="dl_manifest")
+    cols[2].download_button("All cells (zip)", zbuf.getvalue(), "cells.zip", "application/zip", key="dl_zip")
+    rendered = [c for c in cells if c.png is not None]
+    if rendered:
+        with cols[3].popover("One cell"):
+            pick = st.selectbox("Cell", range(len(rendered)), key="dl_cell_pick",
+                                format_func=lambda i: f"{rendered[i].label}, seed {rendered[i].seed}, "
+                                                      f"strength {rendered[i].strength:g}")
+            c = rendered[pick]
+            st.download_button("Download PNG (with parameters)", c.png, cell_filename(c), "image/png",
+                               key="dl_cell")
+
+
+def closer_looks(state: dict) -> None:
+    plan, cells = state["plan"], state["cells"]
+    done = [c for c in cells if c.image is not None]
+    if not done:
+        return
+    rows = plan.rows
+    zoom_tab, overlay_tab = st.tabs(["Synchronised zoom", "Overlay two epochs"])
+    with zoom_tab:
+        ri = st.selectbox("Row", range(len(rows)), key="zoom_row",
+                          format_func=lambda i: f"seed {rows[i][1]}, strength {rows[i][2]:g}")
+        prompt, seed, strength = rows[ri]
+        c1, c2, c3 = st.columns(3)
+        fx = c1.slider("Centre x (%)", 0, 100, 50, key="zoom_x")
+        fy = c2.slider("Centre y (%)", 0, 100, 50, key="zoom_y")
+        factor = c3.select_slider("Zoom", [2, 3, 4, 6, 8], value=4, key="zoom_f")
+        row_cells = [c for c in done if c.prompt == prompt and c.seed == seed and (c.file is None or
+                                                                                  c.strength == strength)]
+        crops = [zoom(c.image, fx / 100, fy / 100, factor) for c in row_cells]
+        if crops:
+            st.image(crops, caption=[caption_for(c.label, None, seed) for c in row_cells], width=220)
+    with overlay_tab:
+        labels = sorted({(c.column, c.label) for c in done})
+        if len(labels) < 2:
+            st.caption("Render at least two columns to overlay them.")
+            return
+        names = [lab for _, lab in labels]
+        a, b = st.columns(2)
+        first = a.selectbox("Epoch A", names, index=0, key="ov_a")
+        second = b.selectbox("Epoch B", names, index=len(names) - 1, key="ov_b")
+        seed = st.selectbox("Seed", plan.seeds, key="ov_seed")
+        mix = st.slider("A ← blend → B", 0.0, 1.0, 0.5, 0.05, key="ov_mix")
+        diff = st.toggle("Show the difference instead", key="ov_diff")
+        pick = {c.label: c for c in done if c.seed == seed and c.strength in (plan.strengths[0], 0.0)}
+        if first in pick and second in pick:
+            ia, ib = pick[first].image, pick[second].image
+            shown = amplified_difference(ia, ib) if diff else Image.blend(ia, ib, mix)
+            st.image(shown, caption=md_escape(f"{first} vs {second}, seed {seed}"), width=420)
+
+
+def zoom(image: Image.Image, cx: float, cy: float, factor: int) -> Image.Image:
+    """The same crop of every image: a window 1/factor of the size around (cx, cy), enlarged."""
+    w, h = image.size
+    cw, ch = max(1, w // factor), max(1, h // factor)
+    left = min(max(0, int(cx * w - cw / 2)), w - cw)
+    top = min(max(0, int(cy * h - ch / 2)), h - ch)
+    return image.crop((left, top, left + cw, top + ch)).resize((cw * factor, ch * factor), Image.NEAREST)
+
+
+def amplified_difference(a: Image.Image, b: Image.Image, gain: float = 4.0) -> Image.Image:
+    return ImageChops.difference(a.convert("RGB"), b.convert("RGB")).point(lambda v: min(255, int(v * gain)))
+
+
+def compare_view(settings, choice, catalog, controls: Controls | None) -> None:
+    engine = choice.engine
+    left, right = st.columns([1, 1])
+    go = left.button("Render", type="primary", disabled=controls is None or not controls.columns, key="render")
+    if right.button("Cancel", key="cancel", help="stop after the image being rendered"):
+        event = st.session_state.get("cancel_event")
+        if event is not None:
+            event.set()
+        state = st.session_state.get(RESULT)
+        if state and state.get("status") == "running":
+            state["status"] = "cancelled"
+    if go and controls is not None:
+        run_render(engine, catalog, settings, controls)
+    state = st.session_state.get(RESULT)
+    if not state or not state.get("cells"):
+        if controls is not None and not controls.columns:
+            st.info("Choose at least one epoch (or the base column) in the sidebar.")
+        else:
+            st.caption("Pick epochs in the sidebar and press Render.")
+        return
+    draw_grid(state)
+    if state.get("manifest"):
+        downloads(state)
+    with st.expander("Closer looks", expanded=False):
+        closer_looks(state)
