@@ -4,8 +4,8 @@ import streamlit as st
 
 from lora_spectrum.ui.compare import compare_view
 from lora_spectrum.ui.controls import render_controls
-from lora_spectrum.ui.inspector import inspector_view
 from lora_spectrum.ui.insight import insight_view
+from lora_spectrum.ui.inspector import inspector_view
 from lora_spectrum.ui.resources import config_path, get_workbench
 
 st.set_page_config(page_title="LoRA Spectrum", layout="wide")
@@ -19,7 +19,8 @@ st.caption(f"Base: {engine.base_id} ({engine.family.name}, {engine.device.type},
            f"LoRAs: {catalog.folder}")
 
 controls = render_controls(catalog, engine.defaults, choice.prompt)
-view = st.segmented_control("View", ["Compare", "Insight", "Inspector"], default="Compare", key="view",
+st.session_state.setdefault("view", "Compare")
+view = st.segmented_control("View", ["Compare", "Insight", "Inspector"], key="view",
                             label_visibility="collapsed") or "Compare"
 if view == "Compare":
     compare_view(settings, choice, catalog, controls)

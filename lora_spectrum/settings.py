@@ -38,6 +38,7 @@ class Settings:
     base: str = "Tongyi-MAI/Z-Image-Turbo"
     family: str = "z-image"
     loras: str = "loras"
+    logs: str = ""
     device: str = "auto"
     dtype: str = "auto"
     offload: str = "none"

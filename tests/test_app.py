@@ -131,3 +131,16 @@ def test_inspector_shows_metadata_as_plain_text(app_config):
     values = [v for df in at.main.dataframe for v in df.value.astype(str).to_numpy().ravel()]
     assert nasty in values
     assert not any("<script>" in m.value for m in at.main.markdown)
+
+
+def test_insight_view_shows_curves_a_suggestion_and_opens_an_epoch(app_config):
+    at = start()
+    at.button(key="render").click().run()  # a grid with the base column adds image measures
+    at.segmented_control(key="view").set_value("Insight").run()
+    assert not at.exception, at.exception
+    assert any("Suggestion" in s.value for s in at.success)
+    assert any("measure used: pixel" in c.value for c in at.main.caption)
+    at.selectbox(key="insight_pick").set_value("jimeng_150.safetensors")
+    at.button(key="insight_open").click().run()
+    assert at.segmented_control(key="view").value == "Compare"
+    assert at.sidebar.multiselect(key="epochs").value == ["jimeng_150.safetensors"]

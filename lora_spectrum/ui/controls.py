@@ -51,7 +51,7 @@ def _insert_word(word: str) -> None:
 def epoch_picker(catalog: Catalog) -> tuple[str | None, list[LoraEntry]]:
     """Series and epochs; files that cannot be used are listed with their reason and are not selectable."""
     sb = st.sidebar
-    top = sb.columns([3, 1])
+    top = sb.columns([2, 1])
     top[0].subheader("Epochs")
     if top[1].button("Rescan", help="look at the loras folder again (also done on every rerun)"):
         st.toast("Rescanned the loras folder")

@@ -1,6 +1,111 @@
-"""Placeholder replaced below."""
+"""The Insight view: weight-space curves, image measures of the last grid, the training loss with a marker per
+epoch file, and a suggested epoch with its reason. Numbers come from ``metrics``; this file only draws them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import altair as alt
+import pandas as pd
 import streamlit as st
+
+from lora_spectrum import metrics
+from lora_spectrum.errors import LoraSpectrumError
+from lora_spectrum.ui.compare import RESULT
+from lora_spectrum.ui.text import md_escape
+
+
+@st.cache_resource
+def _weight_cache() -> metrics.WeightCache:
+    """Weight measures keyed by file hash, shared by every session (the cache is thread-safe)."""
+    return metrics.WeightCache()
+
+
+def logs_folder(settings, catalog) -> Path | None:
+    """The training log folder: the configured one, else ``<loras>/logs``. Never a path typed in the browser."""
+    candidates = [settings.path(settings.logs)] if settings.logs else []
+    candidates.append(Path(catalog.folder) / "logs")
+    return next((p for p in candidates if p.is_dir()), None)
+
+
+def _open_in_compare() -> None:
+    st.session_state["epochs"] = [st.session_state["insight_pick"]]
+    st.session_state["view"] = "Compare"
+
+
+def _line(df: pd.DataFrame, y: str, title: str, fmt: str = ".3g"):
+    return (alt.Chart(df, title=title).mark_line(point=True)
+            .encode(x=alt.X("epoch:Q", title="epoch"), y=alt.Y(f"{y}:Q", title=title),
+                    tooltip=["epoch", alt.Tooltip(f"{y}:Q", format=fmt)])
+            .properties(height=220))
 
 
 def insight_view(settings, choice, catalog, controls) -> None:
-    st.info("Insight view: coming with the metrics module.")
+    series = controls.series if controls is not None else None
+    if series is None:
+        st.info("No usable series in the loras folder.")
+        return
+    result_state = st.session_state.get(RESULT) or {}
+    grid = result_state.get("out_dir")
+    logs = logs_folder(settings, catalog)
+    try:
+        with st.spinner("Measuring the epochs..."):
+            result = metrics.folder_insight(catalog, series=series, logs=logs, grid=grid, cache=_weight_cache())
+    except LoraSpectrumError as exc:
+        st.error(str(exc))
+        return
+    epochs = result["epochs"]
+    st.subheader(f"How {series} grew")
+    # 1. The suggestion, with the numbers behind it.
+    if result.get("suggested_epoch") is not None or result.get("suggested_file"):
+        st.success(md_escape(result["reason"]))
+    df = pd.DataFrame([{"epoch": e["epoch"], "file": e["file"], "weight norm": e["weight_norm"],
+                        "change from previous": e["relative_change"], "cosine to last": e["cosine_to_last"]}
+                       for e in epochs if e["epoch"] is not None])
+    # 2. Weight-space curves.
+    if not df.empty:
+        cols = st.columns(3)
+        cols[0].altair_chart(_line(df, "weight norm", "update norm"), width="stretch")
+        cols[1].altair_chart(_line(df, "change from previous", "change from previous epoch", ".1%"),
+                             width="stretch")
+        cols[2].altair_chart(_line(df, "cosine to last", "cosine to last epoch"), width="stretch")
+    # 3. Image measures of the last rendered grid.
+    image = result.get("image")
+    if image and image.get("rows"):
+        rows = pd.DataFrame([{"epoch": r["epoch"], "from base": r["distance_from_base"],
+                              "seed spread": r["seed_spread"], "change": r["change_from_previous"]}
+                             for r in image["rows"] if r["epoch"] is not None])
+        st.caption(f"Image measures of the last grid, measure used: {image['measure']} "
+                   f"({image.get('measure_description', '')})")
+        if image.get("clip", {}).get("skipped"):
+            st.caption(f"CLIP skipped: {image['clip'].get('reason', '')}")
+        if not rows.empty:
+            cols = st.columns(3)
+            cols[0].altair_chart(_line(rows, "from base", "distance from base"), width="stretch")
+            cols[1].altair_chart(_line(rows, "seed spread", "spread across seeds"), width="stretch")
+            cols[2].altair_chart(_line(rows, "change", "change from previous epoch"), width="stretch")
+    else:
+        st.caption("Render a grid with the base column in the Compare view to add image measures.")
+    # 4. The training loss, with a marker for each epoch file.
+    loss = result.get("loss")
+    if loss and loss.get("series"):
+        points = pd.DataFrame([{"step": s, "loss": v, "tag": tag} for tag, series_ in loss["series"].items()
+                               for s, v in series_ if tag != "loss/epoch"])
+        layers = []
+        if not points.empty:
+            layers.append(alt.Chart(points).mark_line().encode(x="step:Q", y="loss:Q", color="tag:N"))
+        markers = pd.DataFrame([m for m in loss.get("markers", []) if m.get("step") is not None])
+        if not markers.empty:
+            layers.append(alt.Chart(markers).mark_rule(strokeDash=[4, 3], color="gray")
+                          .encode(x="step:Q", tooltip=["file", "epoch", "step"]))
+        if layers:
+            st.altair_chart(alt.layer(*layers).properties(title=f"Training loss ({logs})", height=260),
+                            width="stretch")
+    elif logs is None:
+        st.caption("No training log: set `logs:` in the config or put TensorBoard event files in <loras>/logs.")
+    # 5. The table, and a way back to the side-by-side view for any epoch.
+    if not df.empty:
+        st.dataframe(df, hide_index=True, width="stretch")
+        st.selectbox("Open an epoch in the side-by-side view", df["file"].tolist(), key="insight_pick",
+                            format_func=lambda f: f"epoch {df.loc[df['file'] == f, 'epoch'].iloc[0]}")
+        st.button("Open in Compare", key="insight_open", on_click=_open_in_compare)
