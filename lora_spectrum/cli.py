@@ -143,8 +143,19 @@ COMMANDS = {"inspect": _cmd_inspect, "demo": _cmd_demo, "grid": _cmd_grid, "benc
             "insight": _cmd_insight}
 
 
+def _quiet_libraries() -> None:
+    """Our own progress lines are the only ones printed; the libraries' loading bars would bury them."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("grid", "bench", "demo"):
+        _quiet_libraries()
     try:
         return COMMANDS[args.command](args)
     except LoraSpectrumError as exc:

@@ -1,0 +1,168 @@
+"""Comparison runs and the ``grid`` command on the tiny demo base: files, manifest, PNG parameters, cache, a
+corrupt epoch, bad arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from PIL import Image
+
+from lora_spectrum.cli import main
+from lora_spectrum.errors import PlanError
+from lora_spectrum.runs import Cell, Plan, make_plan, parameters_text, parse_parameters
+from lora_spectrum.settings import load_family_defaults
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    from lora_spectrum.demo import ensure_demo
+
+    folder = tmp_path_factory.mktemp("demo")
+    ensure_demo(folder, "sdxl")
+    return folder
+
+
+@pytest.fixture
+def setup(tmp_path, demo_dir):
+    loras = tmp_path / "loras"
+    shutil.copytree(demo_dir / "loras", loras)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"base: demo\ndemo_dir: {demo_dir}\ncache_dir: {tmp_path / 'cache'}\ndevice: cpu\n",
+                      encoding="utf-8")
+    return config, loras, tmp_path / "out"
+
+
+def grid(config, loras, out, *extra):
+    return main(["grid", "--config", str(config), "--loras", str(loras), "--out", str(out), "--steps", "2",
+                 *extra])
+
+
+def test_grid_writes_cells_grid_and_manifest(setup, capsys):
+    config, loras, out = setup
+    code = grid(config, loras, out, "--include-base", "--seeds", "1,2", "--epochs", "20,80,150,220,300",
+                "--prompt", "a red circle, on white")
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    cells = manifest["cells"]
+    assert manifest["settings"]["columns"] == ["base", "jimeng_20.safetensors", "jimeng_80.safetensors",
+                                                "jimeng_150.safetensors", "jimeng_220.safetensors",
+                                                "jimeng_300.safetensors"]
+    assert len(cells) == 12  # (base + 5 epochs) x 2 seeds
+    assert [c["epoch"] for c in cells[::2]] == [None, 20, 80, 150, 220, 300], "epoch-major order"
+    for c in cells:
+        assert {"epoch", "file", "sha256", "seed", "strength", "image", "seconds", "cached", "error"} <= set(c)
+        assert c["error"] is None and not c["cached"] and (out / c["image"]).is_file()
+    base = cells[0]
+    assert base["file"] is None and base["sha256"] is None
+    assert len(cells[2]["sha256"]) == 64
+    grid_png = Image.open(out / "grid.png")
+    one = Image.open(out / cells[0]["image"])
+    assert grid_png.width > 6 * one.width and grid_png.height > 2 * one.height
+    assert "insight" in manifest and manifest["insight"].get("suggested_epoch") is not None
+    err = capsys.readouterr().err
+    assert "[12/12]" in err
+
+
+def test_parameters_chunk_round_trips(setup):
+    config, loras, out = setup
+    assert grid(config, loras, out, "--epochs", "150", "--seeds", "7", "--strengths", "0.6",
+                "--prompt", "a red circle, on white", "--negative", "blurry, dark", "--cfg", "4.5") == 0
+    cell = json.loads((out / "manifest.json").read_text())["cells"][0]
+    params = parse_parameters(Image.open(out / cell["image"]).text["parameters"])
+    assert params["prompt"] == "a red circle, on white <lora:jimeng_150:0.6>"
+    assert params["negative_prompt"] == "blurry, dark"
+    assert (params["Steps"], params["Sampler"], params["CFG scale"], params["Seed"], params["Size"]) == \
+        ("2", "Euler", "4.5", "7", "64x64")
+    assert params["Lora"] == "jimeng_150" and params["Lora epoch"] == "150" and params["Lora strength"] == "0.6"
+    assert params["Lora hashes"] == f"jimeng_150: {cell['sha256'][:12]}"
+    assert params["Model"].endswith("base-sdxl")
+
+
+def test_parse_parameters_reads_a1111_text():
+    text = ('a cat, <lora:x:0.8>\nNegative prompt: ugly, bad\nSteps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7, '
+            'Seed: 1, Size: 1024x1024, Model: sdxl, Lora hashes: "x: abcdef123456"')
+    p = parse_parameters(text)
+    assert p["prompt"] == "a cat, <lora:x:0.8>" and p["negative_prompt"] == "ugly, bad"
+    assert p["Sampler"] == "DPM++ 2M Karras" and p["Lora hashes"] == "x: abcdef123456"
+    cell = Cell(0, None, None, None, 3, 0.0, "only a prompt")
+    plan = Plan([None], [3], [1.0], ["only a prompt"], "", 8, 5.0, 64, 64, "Euler")
+    back = parse_parameters(parameters_text(cell, plan, "m"))
+    assert back["prompt"] == "only a prompt" and back["Seed"] == "3" and "Lora" not in back
+
+
+def test_cache_hits_and_changed_content_is_rendered_again(setup):
+    config, loras, out = setup
+    args = ("--epochs", "20,300", "--seeds", "1", "--prompt", "p")
+    assert grid(config, loras, out, *args) == 0
+    first = json.loads((out / "manifest.json").read_text())["cells"]
+    assert grid(config, loras, out, *args) == 0
+    second = json.loads((out / "manifest.json").read_text())["cells"]
+    assert [c["cached"] for c in second] == [True, True]
+    # New content under the same name: that epoch is rendered again, the other still comes from the cache.
+    shutil.copy(loras / "jimeng_150.safetensors", loras / "jimeng_20.safetensors")
+    os.utime(loras / "jimeng_20.safetensors")
+    assert grid(config, loras, out, *args) == 0
+    third = json.loads((out / "manifest.json").read_text())["cells"]
+    assert [c["cached"] for c in third] == [False, True]
+    assert third[0]["sha256"] != first[0]["sha256"]
+    assert grid(config, loras, out, *args, "--no-cache") == 0
+    assert not any(c["cached"] for c in json.loads((out / "manifest.json").read_text())["cells"])
+
+
+def test_a_corrupt_epoch_fails_only_its_own_cells(setup, capsys):
+    config, loras, out = setup
+    # Valid header, unusable content: it passes the catalog (ready) but fails at swap time with NaN weights.
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(loras / "jimeng_80.safetensors"))
+    save_file({k: v.clone().fill_(float("nan")) for k, v in sd.items()}, str(loras / "jimeng_80.safetensors"),
+              metadata={"ss_epoch": "80"})
+    code = grid(config, loras, out, "--epochs", "20,80,150", "--seeds", "1,2", "--prompt", "p")
+    assert code == 1
+    cells = json.loads((out / "manifest.json").read_text())["cells"]
+    bad = [c for c in cells if c["epoch"] == 80]
+    assert all("jimeng_80.safetensors" in c["error"] and "NaN" in c["error"] for c in bad)
+    assert all(c["error"] is None and (out / c["image"]).is_file() for c in cells if c["epoch"] != 80)
+    assert "NaN" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, words", [
+    (("--seeds", "-1"), "seed"),
+    (("--strengths", "nan"), "strength"),
+    (("--width", "65"), "multiple of 8"),
+    (("--epochs", "21"), "not in series"),
+    (("--prompt", "  "), "prompt"),
+    (("--sampler", "Nope"), "sampler"),
+])
+def test_bad_arguments_exit_2_and_render_nothing(setup, capsys, extra, words):
+    config, loras, out = setup
+    args = {"--prompt": "p"}
+    code = grid(config, loras, out, *[x for kv in args.items() for x in kv if kv[0] not in extra], *extra)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_several_series_need_a_choice_and_an_unloadable_base_exits_2(setup, capsys):
+    config, loras, out = setup
+    shutil.copy(loras / "jimeng_20.safetensors", loras / "other_20.safetensors")
+    assert grid(config, loras, out, "--prompt", "p") == 2
+    assert "--series" in capsys.readouterr().err
+    assert main(["grid", "--config", str(config), "--base", str(out / "missing"), "--family", "sdxl", "--loras",
+                 str(loras), "--out", str(out), "--prompt", "p"]) == 2
+    assert "cannot load" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_plan_validation_messages():
+    d = load_family_defaults("sdxl")
+    with pytest.raises(PlanError, match="steps"):
+        make_plan(d, [None], [1], steps=0, prompts=["p"])
+    with pytest.raises(PlanError, match="at least one epoch"):
+        make_plan(d, [], [1], prompts=["p"])
+    plan = make_plan(d, [None], [1, 2], prompts=["p"])
+    assert (plan.steps, plan.guidance, plan.width, plan.sampler) == (30, 7.0, 1024, "DPM++ 2M Karras")
