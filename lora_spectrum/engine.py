@@ -227,7 +227,10 @@ class Engine:
         common = dict(num_inference_steps=req.steps, guidance_scale=req.guidance, width=req.width,
                       height=req.height, num_images_per_prompt=n, generator=generators,
                       callback_on_step_end=step_end, output_type="pil")
-        # 3. Denoise and decode; an out-of-memory error frees what it can and says what to change.
+        # 3. Denoise and decode. Any library error becomes a ``RenderError`` (the caller fails this cell and goes
+        #    on). Out of memory is answered after the except block: until then the exception's traceback holds the
+        #    failed render's tensors (latents, activations), and freeing memory while they are alive frees nothing.
+        out_of_memory = False
         try:
             with torch.no_grad():
                 if self.family.name == "sdxl":
@@ -240,16 +243,16 @@ class Engine:
                                     max_sequence_length=self.max_sequence_length, **common)
         except LoraSpectrumError:
             raise
-        except torch.OutOfMemoryError as exc:
+        except torch.OutOfMemoryError:
+            out_of_memory = True
+        except Exception as exc:  # noqa: BLE001 - diffusers/torch raise many types; translated for the caller
+            if not ("out of memory" in str(exc).lower() and isinstance(exc, RuntimeError)):
+                raise RenderError(f"render failed ({type(exc).__name__}: {exc})") from exc
+            out_of_memory = True
+        if out_of_memory:
             self.free_memory()
             raise RenderError(f"out of memory rendering {n} image(s) at {req.width}x{req.height}: use a smaller "
-                              f"size or fewer seeds, or set offload: model in the config") from exc
-        except RuntimeError as exc:
-            if "out of memory" in str(exc).lower():
-                self.free_memory()
-                raise RenderError(f"out of memory rendering {n} image(s) at {req.width}x{req.height}: use a "
-                                  f"smaller size or fewer seeds, or set offload: model in the config") from exc
-            raise RenderError(f"render failed: {exc}") from exc
+                              f"size or fewer seeds, or set offload: model in the config")
         return list(out.images)
 
     def free_memory(self) -> None:
