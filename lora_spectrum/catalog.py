@@ -217,13 +217,19 @@ def read_entry(path: Path, previous: LoraEntry | None = None, now: float | None 
         return base
     base.size, base.mtime_ns = st.st_size, st.st_mtime_ns
     now = time.time() if now is None else now
-    if previous is not None and previous.size != st.st_size and now - st.st_mtime_ns / 1e9 < SETTLE_SECONDS:
-        base.state, base.reason = INCOMPLETE, "file is still growing (being copied); looked at again on the next scan"
-        return base
 
-    # 3. Header sanity, then safetensors' own validation of header and offsets.
+    # 3. Header sanity, then safetensors' own validation of header and offsets. What no amount of copying can
+    #    make valid (a pickle, garbage, a header over the limit) is said first; a file that changed size within
+    #    the last seconds is otherwise taken as still being copied.
     try:
         verdict = _diagnose(path, st.st_size)
+        if verdict and verdict[0] == UNREADABLE:
+            base.state, base.reason = verdict
+            return base
+        if previous is not None and previous.size != st.st_size and now - st.st_mtime_ns / 1e9 < SETTLE_SECONDS:
+            base.state, base.reason = INCOMPLETE, ("file is still growing (being copied); looked at again on the "
+                                                   "next scan")
+            return base
         if verdict:
             base.state, base.reason = verdict
             return base
