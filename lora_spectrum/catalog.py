@@ -7,7 +7,8 @@ This module is the only code that looks at the loras folder. It reads safetensor
 Rules a user can rely on:
 - ``*.safetensors`` files are listed; a name ending in ``.bak`` is hidden (rename it back to see it again).
 - ``.ckpt``, ``.pt``, ``.pth``, ``.bin`` are listed as ``ignored``: pickle-based formats can run code when loaded.
-- Symlinks are followed only when their target stays inside the loras folder; others are ``unreadable``.
+- Symlinks are followed only when their target stays inside the loras folder; others are ``unreadable``. The
+  rule is checked again right before a swap (``Catalog.verify``), so a link changed after the scan is not followed.
 - Order: series in natural order; inside a series by epoch (9 < 10 < 100), then by step; natural order for ties.
 """
 
@@ -283,6 +284,18 @@ def read_entry(path: Path, previous: LoraEntry | None = None, now: float | None 
     return base
 
 
+SYMLINK_OUTSIDE = "symlink points outside the loras folder (or nowhere); not followed"
+
+
+def _escapes(path: Path, root: Path) -> bool:
+    """True when the symlink ``path`` resolves to nothing or to something outside ``root`` (a resolved folder)."""
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return True
+    return not target.is_relative_to(root)
+
+
 def sort_key(entry: LoraEntry):
     number = entry.epoch if entry.epoch is not None else entry.step
     return (_natural(entry.series), entry.epoch is None, entry.step is None, number or 0, _natural(entry.name))
@@ -318,16 +331,10 @@ class Catalog:
             if not (low.endswith(".safetensors") or low.endswith(PICKLE_SUFFIXES)):
                 continue
             path = self.folder / name
-            if item.is_symlink():
-                try:
-                    target = path.resolve(strict=True)
-                except (OSError, RuntimeError):
-                    target = None
-                if target is None or not target.is_relative_to(root):
-                    series, epoch, step = parse_name(name.rsplit(".", 1)[0])
-                    fresh[name] = LoraEntry(name, str(path), series, epoch, step, UNREADABLE,
-                                            "symlink points outside the loras folder (or nowhere); not followed")
-                    continue
+            if item.is_symlink() and _escapes(path, root):
+                series, epoch, step = parse_name(name.rsplit(".", 1)[0])
+                fresh[name] = LoraEntry(name, str(path), series, epoch, step, UNREADABLE, SYMLINK_OUTSIDE)
+                continue
             try:
                 st = path.stat()
             except OSError:
@@ -366,6 +373,34 @@ class Catalog:
         if entry is None:
             raise CatalogError(f"{name}: no such LoRA in {self.folder} (rescan, or it was renamed or removed)")
         return entry
+
+    def verify(self, entry: LoraEntry) -> None:
+        """Check, just before ``entry`` is swapped in, that its file is still the one the last scan read.
+
+        Raises ``CatalogError`` naming the file and the cause when it is not: removed, turned into a symlink out of
+        the folder, cut off, still being copied, not a safetensors file, or replaced by another file. A replaced
+        file is refused too, even a valid one: its label, epoch and hash come from the scan and would describe
+        other weights. The UI and the CLI scan right before a run, so this only fires for files changed mid-run.
+        """
+        path = Path(entry.path)
+        if path.is_symlink() and _escapes(path, self.folder.resolve()):
+            raise CatalogError(f"{entry.name}: {SYMLINK_OUTSIDE}")
+        try:
+            st = path.stat()
+        except FileNotFoundError as exc:
+            raise CatalogError(f"{entry.name}: file was removed after the last scan") from exc
+        except OSError as exc:
+            raise CatalogError(f"{entry.name}: cannot stat the file ({exc.strerror or exc})") from exc
+        if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+            now = read_entry(path)  # what the file is now, complete or not
+            if now.state == READY:
+                raise CatalogError(f"{entry.name}: the file was replaced after the last scan; rescan to use the "
+                                   f"new file")
+            if now.state == INCOMPLETE:  # a copy still in progress, or one that stopped
+                now = read_entry(path, previous=entry)
+            raise CatalogError(f"{entry.name}: {now.state} since the last scan: {now.reason}")
+        if entry.state != READY:
+            raise CatalogError(f"{entry.name}: {entry.state}, {entry.reason}")
 
     def sha256(self, entry: LoraEntry) -> str:
         """The file's sha256, computed once per (size, mtime)."""

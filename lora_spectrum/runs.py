@@ -290,8 +290,19 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
             if cancel is not None and cancel.is_set():
                 break
             entry = plan.columns[ci]
+            # The file must still be the one the scan read (label, epoch and hash come from it): one removed,
+            # replaced or broken since fails its own cells with the cause, and a symlink is never followed out of
+            # the folder. Checked before the cache too, so that no cached image is shown under a stale label.
+            problem = None
+            if entry is not None and catalog is not None:
+                try:
+                    catalog.verify(entry)
+                except LoraSpectrumError as exc:
+                    problem = str(exc)
             todo = []
             for c in group:
+                if c.error is None and problem is not None:
+                    c.error = problem
                 if c.error:
                     report(c)
                     continue
