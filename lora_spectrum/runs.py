@@ -391,8 +391,21 @@ def compose_grid(plan: Plan, cells: list[Cell], min_cell: int = 160) -> Image.Im
 
 
 def cell_filename(cell: Cell) -> str:
-    stem = "base" if cell.file is None else re.sub(r"[^\w.-]+", "_", cell.file.removesuffix(".safetensors"))
-    return f"{stem}_s{cell.seed}_w{cell.strength:g}_p{abs(hash(cell.prompt)) % 10**6:06d}.png"
+    """The cell's PNG name: unique per (file, seed, strength, prompt), the same in every run, at most ~170 bytes.
+
+    A file name that had to be changed (spaces, punctuation) or shortened gets a digest of the real name, so that
+    ``a b_1`` and ``a_b_1`` do not overwrite each other, and a 250-byte LoRA name still fits a file system's
+    255-byte limit.
+    """
+    if cell.file is None:
+        stem = "base"
+    else:
+        name = cell.file.removesuffix(".safetensors")
+        stem = re.sub(r"[^\w.-]+", "_", name).encode("utf-8")[:100].decode("utf-8", errors="ignore")
+        if stem != name:
+            stem += "-" + hashlib.sha256(cell.file.encode("utf-8")).hexdigest()[:8]
+    prompt = hashlib.sha256(cell.prompt.encode("utf-8")).hexdigest()[:6]
+    return f"{stem}_s{cell.seed}_w{cell.strength:g}_p{prompt}.png"
 
 
 def write_outputs(out_dir: str | Path, plan: Plan, cells: list[Cell], base: str, family: str) -> dict:
