@@ -6,6 +6,7 @@ Nothing here imports streamlit: progress goes out through a callback, cancellati
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -214,17 +215,35 @@ class RenderCache:
         except OSError:
             return None
 
-    def put(self, key: str, png: bytes) -> None:
+    def put(self, key: str, png: bytes) -> bool:
+        """Store one cell; False when the cache folder cannot be written (full disk, not a folder). The cache only
+        saves time, so a failure here never costs the caller its render.
+
+        Every session of the app has its own ``RenderCache`` on the one folder, so writers of the same key can
+        meet: each writes its own temporary file, and pruning skips files another writer removed meanwhile.
+        """
         path = self._path(key)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         with self._lock:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(png)
-            os.replace(tmp, path)  # readers never see a half-written file
-            self._prune()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(png)
+                os.replace(tmp, path)  # readers never see a half-written file
+                self._prune()
+            except OSError:
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+                return False
+        return True
 
     def _prune(self) -> None:
-        files = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.folder.glob("*/*.png")]
+        files = []
+        for p in self.folder.glob("*/*.png"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue  # removed by another session's prune
+            files.append((st.st_mtime, st.st_size, p))
         total = sum(s for _, s, _ in files)
         for _, size, p in sorted(files):
             if total <= self.max_bytes:
