@@ -107,21 +107,27 @@ class Engine:
         fam = get_family(detect_family(base, local_files_only) if family == "auto" else family)
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev, fam)
-        # 2. Load with diffusers.
+        # 2. Load with diffusers, from safetensors weights only: pickle-based weights (.bin, .ckpt, .pt) are
+        #    refused rather than handed to torch.load, whose restricted unpickler has had bypasses (CVE-2025-32434).
         path = Path(base).expanduser()
         try:
             if path.is_file():
                 if fam.name != "sdxl":
                     raise BaseLoadError(f"{base}: single-file checkpoints are supported for SDXL only")
+                if path.suffix.lower() != ".safetensors":
+                    raise BaseLoadError(f"{base}: only .safetensors checkpoints are loaded ({path.suffix or 'this'} "
+                                        f"files are pickles, which can run code); convert it to safetensors")
                 pipe = fam.pipeline_cls().from_single_file(str(path), torch_dtype=torch_dtype,
                                                            local_files_only=local_files_only)
             else:
                 pipe = fam.pipeline_cls().from_pretrained(base, torch_dtype=torch_dtype,
-                                                          local_files_only=local_files_only)
+                                                          local_files_only=local_files_only, use_safetensors=True)
         except BaseLoadError:
             raise
         except Exception as exc:  # noqa: BLE001 - hub, OS and diffusers errors are all "cannot load"; translated
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "safetensors" in reason:
+                reason += "; only safetensors weights are loaded, never pickle-based .bin files"
             raise BaseLoadError(f"{base}: cannot load the {fam.name} base ({reason})") from exc
         # 3. Place it: resident on the device, or offloaded for small cards.
         if dev.type == "cuda" and offload == "model":
