@@ -11,7 +11,8 @@ How a swap works (and why it is both atomic and residue-free):
    teaches a fast path: what diffusers' converter did to each tensor (a rename, maybe a constant factor) is
    learned by converting two probe state dicts and checked against the real conversion. Later files of that
    layout - every epoch of one run - skip the converter: their denoiser bytes are read with one ``readinto``
-   into one buffer, scaled, cast and checked with one grouped call each, and split into views. Hand-written
+   into one buffer (a reused pinned one when the denoiser is on CUDA), scaled, moved, cast and checked with one
+   grouped call each, and split into views. Hand-written
    because it is what makes a cold swap cost what reading the file costs (see ``python -m lora_spectrum bench``);
    anything it does not recognise goes through diffusers as above.
 2. *Install*: the first file of a given layout (same keys, shapes and alphas) is loaded through diffusers'
@@ -184,9 +185,8 @@ def _constant(t: torch.Tensor) -> float | None:
     """The value of a tensor whose elements are all equal, else None."""
     if t.numel() == 0:
         return None
-    first = float(t.reshape(-1)[0]) if all(s == 0 for s in t.stride()) else None
-    if first is not None:
-        return first
+    if all(s == 0 for s in t.stride()):  # an expanded scalar: constant by construction
+        return float(t[(0,) * t.ndim])
     lo, hi = torch.aminmax(t.reshape(-1))
     return float(lo) if bool(lo == hi) else None
 
