@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from lora_spectrum import demo
 from lora_spectrum.families import get_family
 from tests.tiny import FAMILIES
+
+# The tiny models are dominated by per-operation overhead, where one thread is fastest and least disturbed by
+# other processes on a 2-core machine. Results do not depend on it.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
