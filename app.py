@@ -7,6 +7,7 @@ from lora_spectrum.ui.controls import render_controls
 from lora_spectrum.ui.insight import insight_view
 from lora_spectrum.ui.inspector import inspector_view
 from lora_spectrum.ui.resources import config_path, get_workbench
+from lora_spectrum.ui.text import md_escape
 
 st.set_page_config(page_title="LoRA Spectrum", layout="wide")
 settings, choice, catalog = get_workbench(config_path())
@@ -14,9 +15,9 @@ engine = choice.engine
 
 st.title("LoRA Spectrum")
 if choice.is_demo:
-    st.warning(engine.note)
-st.caption(f"Base: {engine.base_id} ({engine.family.name}, {engine.device.type}, {str(engine.dtype)[6:]}) · "
-           f"LoRAs: {catalog.folder}")
+    st.warning(md_escape(engine.note))
+st.caption(md_escape(f"Base: {engine.base_id} ({engine.family.name}, {engine.device.type}, {str(engine.dtype)[6:]}) · "
+                     f"LoRAs: {catalog.folder}"))
 
 controls = render_controls(catalog, engine.defaults, choice.prompt)
 st.session_state.setdefault("view", "Compare")

@@ -438,7 +438,7 @@ def load_clip(model_id: str | None = None, allow_download: bool = False):
     except ImportError as exc:
         raise ClipUnavailable(f"transformers is not installed ({exc})") from exc
     try:
-        model = CLIPModel.from_pretrained(model_id, local_files_only=not allow_download)
+        model = CLIPModel.from_pretrained(model_id, local_files_only=not allow_download, use_safetensors=True)
         processor = CLIPProcessor.from_pretrained(model_id, local_files_only=not allow_download)
     except OSError as exc:  # not in the local cache (or, when downloading, not reachable)
         where = "could not be downloaded" if allow_download else "is not on this machine (no download attempted)"

@@ -144,3 +144,14 @@ def test_insight_view_shows_curves_a_suggestion_and_opens_an_epoch(app_config):
     at.button(key="insight_open").click().run()
     assert at.segmented_control(key="view").value == "Compare"
     assert at.sidebar.multiselect(key="epochs").value == ["jimeng_150.safetensors"]
+
+
+def test_md_escape_leaves_no_markdown_or_html_active():
+    from lora_spectrum.ui.text import md_escape
+
+    nasty = "![x](https://e.x/p.png) **b** <img src=x> `c` [l](http://x) # h"
+    escaped = md_escape(nasty)
+    for active in ("![", "](", "**", "`c`", "[l]"):
+        assert active not in escaped
+    assert "\\<img" in escaped  # Streamlit never renders raw HTML in markdown; the bracket is escaped too
+    assert escaped.replace("\\", "") == nasty

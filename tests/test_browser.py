@@ -81,7 +81,7 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
         body = page.inner_text("[data-testid='stMain']")
         for caption in ("base · seed 1", "epoch 20 · strength 1 · seed 1", "epoch 150 · strength 1 · seed 1"):
             assert caption in body
-        assert page.get_by_role("button", name="Grid PNG").count() == 1
+        page.get_by_role("button", name="Grid PNG").wait_for(timeout=60_000)
         shot = tmp_path / "workbench.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000

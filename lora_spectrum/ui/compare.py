@@ -32,7 +32,7 @@ def run_render(engine, catalog, settings, controls: Controls) -> None:
                          controls.negative_prompt, controls.steps, controls.guidance, controls.width,
                          controls.height, controls.sampler)
     except LoraSpectrumError as exc:
-        st.error(str(exc))
+        st.error(md_escape(str(exc)))
         return
     cancel = threading.Event()
     st.session_state["cancel_event"] = cancel
@@ -50,7 +50,7 @@ def run_render(engine, catalog, settings, controls: Controls) -> None:
         cells = run_plan(engine, plan, catalog, cache, progress, cancel)
     except BusyError as exc:
         bar.empty()
-        st.warning(str(exc))
+        st.warning(md_escape(str(exc)))
         state["status"] = "busy"
         return
     bar.empty()
@@ -84,7 +84,7 @@ def draw_grid(state: dict) -> None:
                     st.image(c.image, caption=caption_for(_column_label(entry), None if entry is None else strength,
                                                           seed), width="stretch")
                 elif c is not None and c.error:
-                    st.error(f"{_column_label(entry)}, seed {seed}: {c.error}")
+                    st.error(md_escape(f"{_column_label(entry)}, seed {seed}: {c.error}"))
                 else:
                     st.caption("not rendered")
 

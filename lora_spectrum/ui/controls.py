@@ -58,7 +58,7 @@ def epoch_picker(catalog: Catalog) -> tuple[str | None, list[LoraEntry]]:
     try:
         entries = catalog.scan()  # cheap when nothing changed: entries are kept by (size, mtime)
     except CatalogError as exc:
-        sb.error(str(exc))
+        sb.error(md_escape(str(exc)))
         return None, []
     groups: dict[str, list[LoraEntry]] = {}
     for e in entries:
@@ -72,7 +72,7 @@ def epoch_picker(catalog: Catalog) -> tuple[str | None, list[LoraEntry]]:
     if catalog.hidden:
         sb.caption(f"{len(catalog.hidden)} file(s) hidden as .bak")
     if not groups:
-        sb.info(f"No usable LoRA files in {catalog.folder}. Drop .safetensors epoch files there.")
+        sb.info(md_escape(f"No usable LoRA files in {catalog.folder}. Drop .safetensors epoch files there."))
         return None, []
     names = list(groups)
     series = sb.selectbox("Series", names, key="series") if len(names) > 1 else names[0]
@@ -100,7 +100,7 @@ def render_controls(catalog: Catalog, defaults, default_prompt: str) -> Controls
         sb.caption("Trigger words: click to add to the prompt")
         cols = sb.columns(min(len(words), 3))
         for i, w in enumerate(words):
-            cols[i % len(cols)].button(w, key=f"tw_{i}", on_click=_insert_word, args=(w,), help="add to the prompt")
+            cols[i % len(cols)].button(md_escape(w), key=f"tw_{i}", on_click=_insert_word, args=(w,), help="add to the prompt")
     prompt = sb.text_area("Prompt", key="prompt", height=80)
     negative = sb.text_input("Negative prompt", value=defaults.negative_prompt, key="negative")
     seeds = parse_list(sb.text_input("Seeds", value="1, 2", key="seeds"), int, "Seeds")

@@ -52,7 +52,7 @@ def insight_view(settings, choice, catalog, controls) -> None:
         with st.spinner("Measuring the epochs..."):
             result = metrics.folder_insight(catalog, series=series, logs=logs, grid=grid, cache=_weight_cache())
     except LoraSpectrumError as exc:
-        st.error(str(exc))
+        st.error(md_escape(str(exc)))
         return
     epochs = result["epochs"]
     st.subheader(f"How {series} grew")

@@ -9,12 +9,13 @@ import streamlit as st
 
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.errors import CatalogError
+from lora_spectrum.ui.text import md_escape
 
 
 def inspector_view(catalog: Catalog) -> None:
     entries = catalog.entries
     if not entries:
-        st.info(f"No LoRA files in {catalog.folder}.")
+        st.info(md_escape(f"No LoRA files in {catalog.folder}."))
         return
     names = [e.name for e in entries]
     name = st.selectbox("File", names, key="inspect_file")
