@@ -8,7 +8,8 @@ goes out through a callback. Timings belong here, never in tests.
 
 What is compared, per swap from one epoch file to another (files sit in the OS page cache, as after a first read):
 - the floor: read the file with safetensors and copy its bytes once into preallocated tensors on the device;
-- this project's swap, cold (the file is not resident) and warm (resident in the swapper's LRU);
+- this project's swap, cold (the file is not resident) and warm (resident in the swapper's LRU), and in fused mode
+  (the adapter merged into the base weights; its denoiser forward is then timed against the bare base's too);
 - diffusers' hotswap (``enable_lora_hotswap`` + ``load_lora_weights(..., hotswap=True)``);
 - diffusers' ``unload_lora_weights`` + ``load_lora_weights`` (what most scripts do);
 - a full pipeline reload per epoch (what restart-based tools do; tiny only, too slow to repeat otherwise).
@@ -308,8 +309,10 @@ def _measure_forward(forward: Callable, device: torch.device, repeats: int) -> t
     return times, out
 
 
-def _measure_ours(pipe, family, paths, device, swaps, forward, fwd_repeats, base_out, say) -> dict:
-    """This project's swapper: first install, cold and warm swaps, memory over ``swaps`` swaps, forwards."""
+def _measure_ours(pipe, family, paths, device, swaps, forward, fwd_repeats, base_out, say,
+                  fused_swap_repeats: int = 8) -> dict:
+    """This project's swapper: first install, cold and warm swaps, memory over ``swaps`` swaps, forwards unfused
+    and fused, fused swaps."""
     from lora_spectrum.hotswap import HotSwapper
 
     # 1. The first file installs the adapter slot through diffusers (once per layout) and teaches the fast path.
@@ -350,8 +353,29 @@ def _measure_ours(pipe, family, paths, device, swaps, forward, fwd_repeats, base
     active, active_out = _measure_forward(forward, device, fwd_repeats)
     swapper.use_base()
     base_exact = bool(torch.equal(forward(), base_out))
+    # 6. Fused mode: swaps among resident files (each one merges into the base weights), the forward with the
+    #    last epoch merged, then the base again, bit for bit, and after switching fused mode off.
+    say("fused mode: swaps and forward ...")
+    swapper.set_fuse(True)
+    for path in warm_set:
+        swapper.activate(path, 1.0)
+    fused_swaps = [_timed(lambda p=path: swapper.activate(p, 1.0), device)
+                   for path in _cycle(warm_set, fused_swap_repeats)]
+    swapper.activate(paths[-1], 1.0)
+    fused_merged = swapper.is_fused() and swapper.history[-1].fused
+    pristine_mb = swapper.fused_pristine_bytes() / MB
+    fused, fused_out = _measure_forward(forward, device, fwd_repeats)
+    swapper.use_base()
+    fused_base_exact = bool(torch.equal(forward(), base_out))
+    swapper.activate(paths[-1], 0.7)  # leave an epoch merged, then switch fused mode off
+    swapper.set_fuse(False)
+    swapper.use_base()
+    fused_base_exact = fused_base_exact and bool(torch.equal(forward(), base_out))
     swapper.unload()
     unloaded_exact = bool(torch.equal(forward(), base_out))
+    # 7. The bare base timed again, now that the original modules are back: the base figure is the median over
+    #    both sets, so that drift in the machine's load between the first and the last forwards cancels out.
+    base_again = [_timed(forward, device) for _ in range(fwd_repeats)]
     from peft.tuners.lora import LoraLayer
 
     residue = sum(isinstance(m, LoraLayer) for m in swapper.denoiser.modules())
@@ -360,6 +384,12 @@ def _measure_ours(pipe, family, paths, device, swaps, forward, fwd_repeats, base
         "after": after, "active": active, "active_differs": not bool(torch.equal(active_out, base_out)),
         "base_exact": base_exact and unloaded_exact and residue == 0, "fast_path": swapper.fast_path_note,
         "resident_mb": 4 * os.path.getsize(paths[0]) / MB,
+        "base_again": base_again, "fused_swaps": fused_swaps, "fused": fused, "fused_merged": bool(fused_merged),
+        "fused_base_exact": fused_base_exact and unloaded_exact and residue == 0,
+        "fused_pristine_mb": pristine_mb,
+        # How far the fused forward is from the unfused one, against how far the adapter moves it off the base.
+        "fused_vs_unfused_max_abs": float((fused_out.float() - active_out.float()).abs().max()),
+        "unfused_vs_base_max_abs": float((active_out.float() - base_out.float()).abs().max()),
     }
 
 
@@ -499,7 +529,8 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         forward = _forward_inputs(family_name, denoiser, dev, dtype, latent)
         base_times, base_out = _measure_forward(forward, dev, fwd_repeats)
         # 4. Ours on the pristine model; everything of ours is unloaded before diffusers' turn.
-        ours = _measure_ours(pipe, family, paths, dev, swaps, forward, fwd_repeats, base_out, say)
+        ours = _measure_ours(pipe, family, paths, dev, swaps, forward, fwd_repeats, base_out, say,
+                             fused_swap_repeats=8 if dev.type == "cuda" or model == "tiny" else 4)
         # 5. diffusers' ways, on the same model after our unload (which gives back the original modules).
         say("diffusers unload_lora_weights + load_lora_weights ...")
         reload_times = _measure_diffusers_reload(pipe, paths, dev, repeats)
@@ -522,7 +553,8 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
     # 8. Medians, ratios and targets.
     floor_s, cold_s, warm_s = _median(floor), _median(ours["cold"]), _median(ours["warm"])
     reload_s, hotswap_s, pipeline_s = _median(reload_times), _median(hotswap_times), _median(pipeline_times)
-    base_s, active_s = _median(base_times), _median(ours["active"])
+    base_s, active_s, fused_s = _median(base_times + ours["base_again"]), _median(ours["active"]), _median(ours["fused"])
+    swap_fused_s = _median(ours["fused_swaps"])
     growth = ours["after"]["rss_mb"] - ours["before"]["rss_mb"]
     if dev.type == "cuda":
         growth_cuda = ours["after"]["cuda_allocated_mb"] - ours["before"]["cuda_allocated_mb"]
@@ -531,7 +563,11 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         "swap_first_s": ours["first_s"],
         "diffusers_hotswap_s": hotswap_s, "diffusers_reload_s": reload_s, "pipeline_reload_s": pipeline_s,
         "forward_latent": f"{latent}x{latent}", "forward_image": f"{latent * 8}x{latent * 8}",
-        "forward_base_s": base_s, "forward_active_s": {"unfused": active_s},
+        "forward_base_s": base_s, "forward_active_s": {"unfused": active_s, "fused": fused_s},
+        "swap_fused_s": swap_fused_s, "fused_pristine_mb": ours["fused_pristine_mb"],
+        "fused_merged": ours["fused_merged"],
+        "fused_vs_unfused_max_abs": ours["fused_vs_unfused_max_abs"],
+        "unfused_vs_base_max_abs": ours["unfused_vs_base_max_abs"],
         "memory_growth_mb": growth,
         "memory": {"before_swaps": ours["before"], "after_swaps": ours["after"],
                    "resident_adapters_mb": ours["resident_mb"]},
@@ -544,27 +580,35 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
             "diffusers_hotswap": "pipe.enable_lora_hotswap(target_rank=rank) once, then "
                                  "pipe.load_lora_weights(file, adapter_name=slot, hotswap=True)",
             "pipeline_reload": "Pipeline.from_pretrained(saved base).to(device) + load_lora_weights(file)",
-            "forward": "one denoiser forward, batch 1; active = peft LoRA layers at strength 1 (unfused)",
+            "forward": "one denoiser forward, batch 1; base: the untouched model, timed before and after ours; "
+                       "active at strength 1: unfused = peft LoRA layers, fused = the adapter merged into the base "
+                       "weights (adapter layers bypassed)",
+            "swap_fused": "HotSwapper.activate in fused mode among 4 resident adapters: restore + merge in float32",
         },
         "repeats": {"floor": len(floor), "swap_cold": len(ours["cold"]), "swap_warm": len(ours["warm"]),
                     "diffusers_reload": len(reload_times), "diffusers_hotswap": len(hotswap_times),
-                    "pipeline_reload": len(pipeline_times), "forward": fwd_repeats},
+                    "pipeline_reload": len(pipeline_times), "forward": fwd_repeats,
+                    "swap_fused": len(ours["fused_swaps"])},
         "swap_kinds_seen": ours["kinds"],
         "fast_path": ours["fast_path"],
         "adapter_changes_output": ours["active_differs"],
         "base_bit_exact_after_swaps": ours["base_exact"],
+        "base_bit_exact_after_fused_swaps": ours["fused_base_exact"],
         "ratios": {
             "cold_vs_floor": _ratio(cold_s, floor_s), "warm_vs_floor": _ratio(warm_s, floor_s),
             "diffusers_hotswap_vs_cold": _ratio(hotswap_s, cold_s),
             "diffusers_reload_vs_cold": _ratio(reload_s, cold_s),
             "pipeline_reload_vs_cold": _ratio(pipeline_s, cold_s),
-            "forward_active_vs_base": {"unfused": _ratio(active_s, base_s)},
+            "forward_active_vs_base": {"unfused": _ratio(active_s, base_s), "fused": _ratio(fused_s, base_s)},
+            "swap_fused_vs_warm": _ratio(swap_fused_s, warm_s),
         },
         "targets": {
             "cold_le_2x_floor": cold_s <= 2 * floor_s,
             "warm_le_15ms": warm_s <= 0.015,
             "ge_4x_faster_than_diffusers_hotswap": hotswap_s >= 4 * cold_s,
             "memory_growth_le_one_adapter": growth <= result["adapter_mb"],
+            "fused_forward_within_2pct_of_base": fused_s <= 1.02 * base_s,
+            "fused_base_restored_bit_exact": ours["fused_base_exact"],
         },
         "text_encoder": te,
         "total_s": time.perf_counter() - t_start,
@@ -620,6 +664,8 @@ def format_table(result: dict) -> str:
         ("full pipeline reload per epoch", _s(r["pipeline_reload_s"]),
          _x(_ratio(r["pipeline_reload_s"], r["floor_s"]))),
         ("ours, first file (installs the slot)", _s(r["swap_first_s"]), _x(_ratio(r["swap_first_s"], r["floor_s"]))),
+        ("ours, fused (resident; merge into the weights)", _s(r["swap_fused_s"]),
+         _x(_ratio(r["swap_fused_s"], r["floor_s"]))),
     ]
     lines = [head, "", "| swap (median) | time | vs floor |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
@@ -642,12 +688,18 @@ def format_table(result: dict) -> str:
               f"| diffusers reload (naive) / ours cold | {_x(ratios['diffusers_reload_vs_cold'])} |",
               f"| pipeline reload / ours cold | {_x(ratios['pipeline_reload_vs_cold'])} |",
               f"| forward active / base (unfused) | {_x(ratios['forward_active_vs_base'].get('unfused'))} |",
+              f"| forward active / base (fused) | {_x(ratios['forward_active_vs_base'].get('fused'))} |",
+              f"| fused swap / warm swap | {_x(ratios['swap_fused_vs_warm'])} |",
               "",
               f"Text encoders, {te['plan']}: {te['text_encoder_forwards']} forwards over {te['text_encoders']} "
               f"encoder(s) = {te['text_encoder_forwards_per_encoder']:g} per encoder for {te['distinct_prompts']} "
               f"distinct prompt(s) ({te['prompt_encodings']} encoding(s)).",
               f"Base bit-exact after the swaps: {'yes' if r['base_bit_exact_after_swaps'] else 'NO'}; "
               f"fast path: {r['fast_path']}; resident adapters hold {mem['resident_adapters_mb']:.0f} MB by design.",
+              f"Fused mode: base bit-exact after fused swaps and switching it off: "
+              f"{'yes' if r['base_bit_exact_after_fused_swaps'] else 'NO'}; pristine copy of the targeted weights "
+              f"{r['fused_pristine_mb']:.1f} MB; forward max |fused - unfused| {r['fused_vs_unfused_max_abs']:.2g} "
+              f"(the adapter moves it {r['unfused_vs_base_max_abs']:.2g} off the base).",
               "Targets (issue 6, sdxl-size on CPU): " + ", ".join(
                   f"{k} {'met' if v else 'MISSED'}" for k, v in r["targets"].items()) + ".",
               f"Total {r['total_s']:.0f} s (build {r['build_s']:.1f} s); load average at start "

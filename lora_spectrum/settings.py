@@ -50,6 +50,7 @@ class Settings:
     cache_max_mb: int = 2048
     demo_dir: str = ".cache/demo"
     max_queued_renders: int = 2
+    fuse: str = "auto"  # auto | on | off: merge the active adapter into the base weights (auto: on for CUDA)
     root: Path = field(default=PROJECT_ROOT, compare=False)
 
     def path(self, value: str) -> Path:
@@ -87,6 +88,10 @@ def load_settings(path: str | Path | None = None) -> Settings:
     settings = _build(Settings, _read_yaml(path), path)
     if settings.offload not in ("none", "model", "sequential"):
         raise ConfigError(f"{path}: offload must be none, model or sequential, not {settings.offload!r}")
+    if isinstance(settings.fuse, bool):  # YAML 1.1 reads a bare on/off as a boolean
+        settings.fuse = "on" if settings.fuse else "off"
+    if settings.fuse not in ("auto", "on", "off"):
+        raise ConfigError(f"{path}: fuse must be auto, on or off, not {settings.fuse!r}")
     if settings.resident_adapters < 1:
         raise ConfigError(f"{path}: resident_adapters must be at least 1")
     return settings

@@ -36,7 +36,8 @@ def test_every_timing_is_a_positive_median(result):
     for key in ("floor_s", "read_only_s", "swap_cold_s", "swap_warm_s", "swap_first_s", "diffusers_hotswap_s",
                 "diffusers_reload_s", "pipeline_reload_s", "forward_base_s", "adapter_mb", "build_s", "total_s"):
         assert _positive(result[key]), (key, result.get(key))
-    assert set(result["forward_active_s"]) == {"unfused"}
+    assert set(result["forward_active_s"]) == {"unfused", "fused"}
+    assert _positive(result["swap_fused_s"]) and _positive(result["fused_pristine_mb"])
     assert all(_positive(v) for v in result["forward_active_s"].values())
     for name, n in result["repeats"].items():
         assert isinstance(n, int) and n >= 1, name
@@ -58,6 +59,8 @@ def test_ratios_and_targets_are_all_filled(result):
                 "pipeline_reload_vs_cold"):
         assert _positive(ratios[key]), key
     assert _positive(ratios["forward_active_vs_base"]["unfused"])
+    assert _positive(ratios["forward_active_vs_base"]["fused"]) and _positive(ratios["swap_fused_vs_warm"])
+    assert {"fused_forward_within_2pct_of_base", "fused_base_restored_bit_exact"} <= set(result["targets"])
     assert result["targets"] and all(isinstance(v, bool) for v in result["targets"].values())
 
 
@@ -74,6 +77,10 @@ def test_swaps_really_happened_and_the_base_came_back(result):
     assert result["fast_path"] == "learned"
     assert result["adapter_changes_output"] is True
     assert result["base_bit_exact_after_swaps"] is True
+    assert result["fused_merged"] is True, "fused mode merged the adapter (no unfused fallback)"
+    assert result["base_bit_exact_after_fused_swaps"] is True
+    # The fused forward is the unfused one up to rounding, far closer to it than the adapter is to the base.
+    assert result["fused_vs_unfused_max_abs"] < 0.01 * result["unfused_vs_base_max_abs"]
 
 
 def test_prompt_encoded_once_for_the_plan(result):
@@ -86,7 +93,7 @@ def test_prompt_encoded_once_for_the_plan(result):
 def test_table_and_json_are_printable(result):
     table = format_table(result)
     for words in ("floor", "ours, cold", "ours, warm", "diffusers hotswap", "unload + load_lora_weights",
-                  "pipeline reload", "bare base", "unfused", "process RSS", "Reproduce:", "Text encoders"):
+                  "pipeline reload", "bare base", "unfused", "fused", "process RSS", "Reproduce:", "Text encoders"):
         assert words in table, words
     assert json.loads(json.dumps(result)) == result
 
