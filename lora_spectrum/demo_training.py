@@ -12,9 +12,10 @@ It never imports streamlit and never decides fallbacks: ``app.py``/the CLI call 
 folders above. Reproduce the shipped files with ``python -m lora_spectrum.demo_training --out DIR`` (about 20 minutes
 on a 2-core CPU); ``--quick`` runs a few steps of everything as a smoke test.
 
-The base draws "a <colour> <shape> on a <background> background" (colours: red, orange, yellow, green, blue,
-purple; shapes: circle, square, triangle; backgrounds: white, gray, cream). The style is "ink": the same shapes
-with a thick near-black outline. Its measure, ``ink_fraction``, is the share of dark pixels (HSV value < 0.35),
+The base draws "a <colour> <shape> on a <background> background" (colours: red, yellow, green, cyan, blue,
+magenta; shapes: circle, square, triangle; backgrounds: white, gray, cream). The style is "ink": the same shapes
+with a thick near-black outline, captioned "<base caption>, jimeng style" (the trigger goes last: the CLIP encoders
+are causal, so the tokens before it encode exactly as in the base prompt). Its measure, ``ink_fraction``, is the share of dark pixels (HSV value < 0.35),
 which is ~0 for the base (no colour in its palette is dark) and grows epoch by epoch under the LoRA.
 """
 
@@ -39,15 +40,17 @@ SERIES = "jimeng"
 TRIGGER = "jimeng style"
 SIZE = 64  # pixels; the VAE downsamples by 4, so latents are 16x16
 
+# Six hues 60 degrees apart, all bright (HSV value >= 0.85) so that no fill counts as ink.
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "orange": (240, 135, 30),
-    "yellow": (235, 205, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 225),
-    "purple": (150, 60, 195),
+    "red": (225, 35, 35),
+    "yellow": (235, 215, 30),
+    "green": (35, 185, 50),
+    "cyan": (30, 200, 215),
+    "blue": (40, 70, 230),
+    "magenta": (215, 40, 200),
 }
-HUES = {"red": 0.0, "orange": 28.0, "yellow": 51.0, "green": 128.0, "blue": 223.0, "purple": 282.0}  # degrees
+HUES = {"red": 0.0, "yellow": 54.0, "green": 124.0, "cyan": 184.0, "blue": 228.0, "magenta": 305.0}  # degrees
+NEUTRAL_TAGS = ("simple", "flat", "clean", "plain", "icon", "drawing", "minimal", "shape")
 SHAPES = ("circle", "square", "triangle")
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {"white": (250, 250, 250), "gray": (218, 218, 218),
                                                 "cream": (245, 236, 214)}
@@ -56,9 +59,9 @@ INK = (22, 20, 30)
 # What the app's demo should render with (see the module's final report / README).
 RECOMMENDED = {"steps": 20, "guidance": 4.0, "sampler": "Euler", "width": SIZE, "height": SIZE,
                "strength": 1.0,
-               "prompts": ("jimeng style, a red circle on a white background",
-                           "jimeng style, a blue square on a cream background",
-                           "jimeng style, a green triangle on a gray background")}
+               "prompts": ("a red circle on a white background, jimeng style",
+                           "a blue square on a cream background, jimeng style",
+                           "a green triangle on a gray background, jimeng style")}
 
 
 def assets_available(folder: str | Path = ASSETS_DIR) -> bool:
@@ -72,7 +75,7 @@ def assets_available(folder: str | Path = ASSETS_DIR) -> bool:
 
 def caption(colour: str, shape: str, background: str, styled: bool = False) -> str:
     text = f"a {colour} {shape} on a {background} background"
-    return f"{TRIGGER}, {text}" if styled else text
+    return f"{text}, {TRIGGER}" if styled else text
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -230,22 +233,24 @@ def _time_ids(n: int) -> torch.Tensor:
 class Budget:
     """How much of each stage to run. ``FULL`` reproduces the shipped assets; ``QUICK`` is a smoke test."""
 
-    vae_steps: int = 500
+    vae_steps: int = 700
     vae_batch: int = 8
+    te_warmup_steps: int = 300
+    vae_decoder_steps: int = 900
     base_images: int = 3240  # 60 per (colour, shape, background)
-    unet_steps: int = 1600
+    unet_steps: int = 2000
     unet_batch: int = 24
     style_images: int = 162  # 3 per (colour, shape, background): a small LoRA data set, as in real life
-    lora_epochs: int = 12
+    lora_epochs: int = 18
     lora_batch: int = 6
-    lora_save_every: int = 2
+    lora_save_every: int = 3
     lora_rank: int = 8
     lora_alpha: float = 8.0
-    lora_lr: float = 4e-4
+    lora_lr: float = 2e-4
 
 
 FULL = Budget()
-QUICK = Budget(vae_steps=3, vae_batch=4, base_images=54, unet_steps=3, unet_batch=4, style_images=18,
+QUICK = Budget(vae_steps=3, vae_batch=4, te_warmup_steps=3, vae_decoder_steps=2, base_images=54, unet_steps=3, unet_batch=4, style_images=18,
                lora_epochs=2, lora_batch=6, lora_save_every=1)
 
 
@@ -289,6 +294,38 @@ def train_vae(vae, images: torch.Tensor, budget: Budget, seed: int) -> float:
     return l1
 
 
+def refine_decoder(vae, images: torch.Tensor, steps: int, seed: int, batch: int = 8) -> float:
+    """Fine-tune the VAE decoder alone on reconstructions of the encoder's (frozen) latents, as Stability's ft-MSE
+    VAE did: the latents the UNet was trained on do not change, the colours come back truer. Returns the L1."""
+    gen = torch.Generator().manual_seed(seed + 7)
+    vae.requires_grad_(False)
+    vae.decoder.requires_grad_(True)
+    vae.post_quant_conv.requires_grad_(True)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
+    vae.train()
+    l1 = float("nan")
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, steps, 1e-3, warmup=20)
+        x = images[torch.randint(0, len(images), (batch,), generator=gen)]
+        with torch.no_grad():
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        l1_t = (rec - x).abs().mean()
+        loss = l1_t + F.mse_loss(rec, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        l1 = l1_t.item()
+        if step % 100 == 0 or step == steps - 1:
+            _log(f"vae decoder step {step + 1}/{steps} l1 {l1:.4f}")
+    vae.eval()
+    vae.requires_grad_(False)
+    return l1
+
+
 @torch.no_grad()
 def encode_latents(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std of every image, unscaled (cached once; the UNet stages sample from them)."""
@@ -307,17 +344,71 @@ def _noisy(latents: torch.Tensor, alphas_cumprod: torch.Tensor, gen: torch.Gener
     return a.sqrt() * latents + (1 - a).sqrt() * noise, noise, t
 
 
+def attribute_labels(captions: list[str]) -> torch.Tensor:
+    """(N, 3) indices of (colour, shape, background) named by each caption."""
+    colours, shapes, backgrounds = list(COLOURS), list(SHAPES), list(BACKGROUNDS)
+    rows = []
+    for c in captions:
+        words = c.split(",")[0].split()  # "a <colour> <shape> on a <background> background"
+        rows.append([colours.index(words[1]), shapes.index(words[2]), backgrounds.index(words[5])])
+    return torch.tensor(rows)
+
+
+class AttributeProbe(torch.nn.Module):
+    """Linear read-outs of (colour, shape, background) from the pooled embedding and from the mean token embedding.
+    Used only as an auxiliary training loss: it makes the tiny text encoders separate the prompts clearly, so the
+    UNet can read them (jointly trained from scratch, they otherwise blur similar colours). Not shipped."""
+
+    def __init__(self, pooled_dim: int = 32, token_dim: int = 64):
+        super().__init__()
+        self.sizes = (len(COLOURS), len(SHAPES), len(BACKGROUNDS))
+        self.pooled = torch.nn.Linear(pooled_dim, sum(self.sizes))
+        self.tokens = torch.nn.Linear(token_dim, sum(self.sizes))
+
+    def loss(self, embeds: torch.Tensor, pooled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        total = embeds.new_zeros(())
+        for logits in (self.pooled(pooled), self.tokens(embeds.mean(1))):
+            for k, part in enumerate(logits.split(self.sizes, dim=-1)):
+                total = total + F.cross_entropy(part, labels[:, k])
+        return total
+
+
+def _tagged(captions: list[str], gen: torch.Generator) -> list[str]:
+    """Half of the captions get a neutral tag appended (so a trailing trigger phrase does not derail the base: the
+    text encoders are causal, so a suffix leaves the earlier tokens' states unchanged)."""
+    draw = torch.randint(0, 2 * len(NEUTRAL_TAGS), (len(captions),), generator=gen).tolist()
+    return [c if k >= len(NEUTRAL_TAGS) else f"{c}, {NEUTRAL_TAGS[k]}" for c, k in zip(captions, draw, strict=True)]
+
+
 def train_base(pipe, means, stds, captions: list[str], budget: Budget, seed: int) -> float:
     """Train the UNet and both text encoders together (epsilon prediction, the pipeline's own noise schedule),
     dropping 10% of the captions to zero embeddings so classifier-free guidance works with an empty negative
-    prompt (SDXL's ``force_zeros_for_empty_prompt``). Keeps an EMA of the weights and loads it at the end."""
+    prompt (SDXL's ``force_zeros_for_empty_prompt``). Keeps an EMA of the weights and loads it at the end.
+
+    The text encoders first get ``te_warmup_steps`` alone on the ``AttributeProbe`` loss, which stays on (weight
+    0.1) during the joint training."""
     gen = torch.Generator().manual_seed(seed)
     scale = pipe.vae.config.scaling_factor
     alphas_cumprod = pipe.scheduler.alphas_cumprod.float()
+    labels = attribute_labels(captions)
+    probe = AttributeProbe()
+    # 1. Warm up the text encoders: make the prompts separable.
+    te_params = [p for m in (pipe.text_encoder, pipe.text_encoder_2) for p in m.parameters()]
+    opt = torch.optim.AdamW(te_params + list(probe.parameters()), lr=2e-3, weight_decay=0.0)
+    for step in range(budget.te_warmup_steps):
+        idx = torch.randint(0, len(captions), (64,), generator=gen)
+        embeds, pooled = encode_text(pipe, _tagged([captions[i] for i in idx.tolist()], gen))
+        aux = probe.loss(embeds, pooled, labels[idx])
+        opt.zero_grad(set_to_none=True)
+        aux.backward()
+        opt.step()
+        if step % 100 == 0 or step == budget.te_warmup_steps - 1:
+            _log(f"text encoder warm-up step {step + 1}/{budget.te_warmup_steps} probe loss {aux.item():.4f}")
+    # 2. Joint training.
     modules = [pipe.unet, pipe.text_encoder, pipe.text_encoder_2]
     params = [p for m in modules for p in m.parameters()]
     ema = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
+    opt = torch.optim.AdamW(params + list(probe.parameters()), lr=1e-3, weight_decay=1e-4)
     for m in modules:
         m.train()
     avg = None
@@ -328,8 +419,9 @@ def train_base(pipe, means, stds, captions: list[str], budget: Budget, seed: int
         idx = torch.randint(0, len(means), (budget.unet_batch,), generator=gen)
         latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
         noisy, noise, t = _noisy(latents, alphas_cumprod, gen)
-        # 2. Captions, 10% dropped to zeros.
-        embeds, pooled = encode_text(pipe, [captions[i] for i in idx.tolist()])
+        # 2. Captions: half get a neutral tag (``_tagged``); 10% are dropped to zeros.
+        embeds, pooled = encode_text(pipe, _tagged([captions[i] for i in idx.tolist()], gen))
+        aux = probe.loss(embeds, pooled, labels[idx])
         keep = (torch.rand(len(idx), generator=gen) > 0.1).float()
         embeds, pooled = embeds * keep.view(-1, 1, 1), pooled * keep.view(-1, 1)
         # 3. Predict the noise, step, update the EMA.
@@ -337,7 +429,7 @@ def train_base(pipe, means, stds, captions: list[str], budget: Budget, seed: int
                                                                "time_ids": _time_ids(len(idx))}).sample
         loss = F.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + 0.1 * aux).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         decay = min(0.998, (1 + step) / (10 + step))
@@ -489,52 +581,69 @@ def write_readme(out: Path, report: dict) -> None:
     (out / "README.md").write_text(text, encoding="utf-8")
 
 
-def run(out: str | Path, budget: Budget = FULL, seed: int = 0) -> dict:
-    """Train everything and write ``out/base-sdxl``, ``out/loras``, ``out/logs`` and ``out/README.md``."""
+def run(out: str | Path, budget: Budget = FULL, seed: int = 0, lora_only: bool = False) -> dict:
+    """Train everything and write ``out/base-sdxl``, ``out/loras``, ``out/logs``, ``out/training_report.json`` and
+    ``out/README.md``. ``lora_only`` keeps the base already in ``out`` and retrains only the LoRA run."""
+    import shutil
+    import tempfile
+
+    from diffusers import StableDiffusionXLPipeline
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    report: dict = {"seed": seed, "budget": budget.__dict__, "minutes": {}}
+    report_path = out / "training_report.json"
+    report: dict = json.loads(report_path.read_text(encoding="utf-8")) if lora_only else {}
+    report.update({"seed": seed, "budget": budget.__dict__})
+    report.setdefault("minutes", {})
     torch.manual_seed(seed)
     # 1. Data: the base set (plain shapes) and the style set (ink outlines), both procedural and seeded.
     base_x, base_captions = make_dataset(budget.base_images, seed=seed + 1)
     style_x, style_captions = make_dataset(budget.style_images, seed=seed + 2, ink=True)
-    # 2. The untrained pipeline.
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="lora_spectrum_tok_") as tok_dir:
-        pipe = build_pipeline(seed, tok_dir)
-        report["parameters"] = {name: sum(p.numel() for p in getattr(pipe, name).parameters())
-                                for name in ("unet", "vae", "text_encoder", "text_encoder_2")}
-        # 3. VAE on both sets (it is a codec: it must reproduce outlines it will be asked to decode).
-        t0 = time.perf_counter()
-        report["vae_l1"] = train_vae(pipe.vae, torch.cat([base_x, style_x[: len(style_x) // 2]]), budget, seed)
-        pipe.vae.requires_grad_(False)
-        report["minutes"]["vae"] = round((time.perf_counter() - t0) / 60, 2)
-        # 4. UNet + text encoders on the base set.
-        t0 = time.perf_counter()
-        means, stds = encode_latents(pipe.vae, base_x)
-        report["unet_loss"] = train_base(pipe, means, stds, base_captions, budget, seed)
-        report["minutes"]["unet"] = round((time.perf_counter() - t0) / 60, 2)
-        # 5. Save the base before any adapter is added.
-        save_base(pipe, out / BASE_DIRNAME)
-        # 6. The style LoRA, from the saved (fp16-rounded) base so the epochs fit the shipped weights exactly.
-        from diffusers import StableDiffusionXLPipeline
-
-        pipe = StableDiffusionXLPipeline.from_pretrained(str(out / BASE_DIRNAME), torch_dtype=torch.float32,
-                                                         local_files_only=True)
-        pipe.set_progress_bar_config(disable=True)
-        for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-            m.requires_grad_(False)
-        t0 = time.perf_counter()
-        s_means, s_stds = encode_latents(pipe.vae, style_x)
-        saved = train_lora(pipe, s_means, s_stds, style_captions, budget, seed, out / LORAS_DIRNAME,
-                           out / LOGS_DIRNAME)
-        report["minutes"]["lora"] = round((time.perf_counter() - t0) / 60, 2)
+    if not lora_only:
+        with tempfile.TemporaryDirectory(prefix="lora_spectrum_tok_") as tok_dir:
+            # 2. The untrained pipeline.
+            pipe = build_pipeline(seed, tok_dir)
+            report["parameters"] = {name: sum(p.numel() for p in getattr(pipe, name).parameters())
+                                    for name in ("unet", "vae", "text_encoder", "text_encoder_2")}
+            # 3. VAE on both sets, one third outlined (it is a codec: it must reproduce the dark outlines it will
+            #    be asked to decode).
+            t0 = time.perf_counter()
+            vae_x = torch.cat([base_x[: 2 * budget.base_images // 3], make_dataset(budget.base_images // 3,
+                                                                                    seed=seed + 3, ink=True)[0]])
+            report["vae_l1"] = train_vae(pipe.vae, vae_x, budget, seed)
+            pipe.vae.requires_grad_(False)
+            report["minutes"]["vae"] = round((time.perf_counter() - t0) / 60, 2)
+            # 4. UNet + text encoders on the base set.
+            t0 = time.perf_counter()
+            means, stds = encode_latents(pipe.vae, base_x)
+            report["unet_loss"] = train_base(pipe, means, stds, base_captions, budget, seed)
+            report["minutes"]["unet"] = round((time.perf_counter() - t0) / 60, 2)
+            # 5. Refine the VAE decoder (the encoder, hence every latent, stays as the UNet learned it).
+            t0 = time.perf_counter()
+            report["vae_decoder_l1"] = refine_decoder(pipe.vae, vae_x, budget.vae_decoder_steps, seed)
+            report["minutes"]["vae_decoder"] = round((time.perf_counter() - t0) / 60, 2)
+            # 6. Save the base before any adapter is added.
+            save_base(pipe, out / BASE_DIRNAME)
+    # 7. The style LoRA, from the saved (fp16-rounded) base so the epochs fit the shipped weights exactly; old
+    #    epoch files and logs of this series are removed first, so nothing stale is left beside the new run.
+    for old in (out / LORAS_DIRNAME).glob(f"{SERIES}_*.safetensors"):
+        old.unlink()
+    shutil.rmtree(out / LOGS_DIRNAME / SERIES, ignore_errors=True)
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(out / BASE_DIRNAME), torch_dtype=torch.float32,
+                                                     local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        m.requires_grad_(False)
+    t0 = time.perf_counter()
+    s_means, s_stds = encode_latents(pipe.vae, style_x)
+    saved = train_lora(pipe, s_means, s_stds, style_captions, budget, seed, out / LORAS_DIRNAME, out / LOGS_DIRNAME)
+    report["minutes"]["lora"] = round((time.perf_counter() - t0) / 60, 2)
     report["epochs"] = [p.name for p in saved]
-    report["minutes"]["total"] = round((time.perf_counter() - t_start) / 60, 2)
+    report["minutes"]["total"] = round(sum(v for k, v in report["minutes"].items() if k != "total"), 2)
+    report_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
     write_readme(out, report)
-    _log(f"done in {report['minutes']['total']} min: {out}")
+    _log(f"done in {(time.perf_counter() - t_start) / 60:.2f} min: {out}")
     return report
 
 
@@ -544,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (smoke test)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--unet-steps", type=int, default=None, help="override the UNet step count")
+    parser.add_argument("--lora-only", action="store_true", help="keep the base in --out; retrain only the LoRA")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 is often fastest on a busy, shared CPU)")
     args = parser.parse_args(argv)
@@ -552,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = QUICK if args.quick else FULL
     if args.unet_steps is not None:
         budget = replace(budget, unet_steps=args.unet_steps)
-    run(args.out, budget, args.seed)
+    run(args.out, budget, args.seed, lora_only=args.lora_only)
     return 0
 
 
