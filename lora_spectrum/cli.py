@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="write the offline demo base and its epoch LoRAs")
     s.add_argument("--out", required=True)
     s.add_argument("--family", choices=["sdxl", "z-image"], default="sdxl")
+    s.add_argument("--random", action="store_true", help="the random-weight demo instead of the trained one")
 
     s = sub.add_parser("grid", help="render epochs x seeds x strengths side by side into a labelled grid")
     s.add_argument("--base", help="repo id, diffusers folder or single-file checkpoint; 'demo' for the demo base")
@@ -109,10 +110,14 @@ def _cmd_inspect(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from lora_spectrum.demo import write_demo
+    from lora_spectrum.demo import copy_trained_demo, write_demo
 
-    base, loras = write_demo(args.out, args.family)
-    print(f"demo base: {base}\ndemo loras: {loras}")
+    if args.random or args.family != "sdxl":
+        base, loras = write_demo(args.out, args.family)
+        print(f"demo base: {base}\ndemo loras: {loras}")
+    else:
+        base, loras, logs = copy_trained_demo(args.out)
+        print(f"demo base: {base}\ndemo loras: {loras}\ntraining log: {logs}")
     return 0
 
 

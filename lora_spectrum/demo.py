@@ -246,6 +246,23 @@ def write_demo(out: str | Path, family: str = "sdxl", seed: int = 0) -> tuple[Pa
     return base_dir, loras_dir
 
 
+def copy_trained_demo(out: str | Path) -> tuple[Path, Path, Path]:
+    """Copy the shipped trained demo (base, epochs, training log) to ``out``; returns (base, loras, logs)."""
+    import shutil
+
+    from lora_spectrum import demo_training as trained
+    from lora_spectrum.errors import LoraSpectrumError
+
+    if not trained.assets_available():
+        raise LoraSpectrumError(f"{trained.ASSETS_DIR}: the trained demo is missing; rebuild it with "
+                                f"python -m lora_spectrum.demo_training --out {trained.ASSETS_DIR}")
+    out = Path(out)
+    parts = (trained.BASE_DIRNAME, trained.LORAS_DIRNAME, trained.LOGS_DIRNAME)
+    for name in parts:
+        shutil.copytree(trained.ASSETS_DIR / name, out / name, dirs_exist_ok=True)
+    return tuple(out / name for name in parts)
+
+
 # ---------------------------------------------------------------------------------------------- fallback
 DEMO_PROMPT = "a red circle on a white background"
 # The tiny random demo renders small and fast on a CPU; the family YAML's 1024x1024 x 30 steps is for real bases.
@@ -261,10 +278,11 @@ class EngineChoice:
     is_demo: bool
     reason: str = ""
     prompt: str = ""
+    logs_dir: Path | None = None  # the demo's training log; None for a real base (the config names one)
 
 
 def ensure_demo(demo_dir: str | Path, family: str = "sdxl") -> tuple[Path, Path]:
-    """The demo base folder and loras folder, written on first use (seconds, no download)."""
+    """The random demo's base folder and loras folder, written on first use (seconds, no download)."""
     demo_dir = Path(demo_dir)
     base, loras = demo_dir / f"base-{family}", demo_dir / "loras"
     if not (base / "model_index.json").is_file() or not any(loras.glob("*.safetensors")):
@@ -273,16 +291,30 @@ def ensure_demo(demo_dir: str | Path, family: str = "sdxl") -> tuple[Path, Path]
 
 
 def demo_engine(settings, reason: str = "") -> EngineChoice:
-    """The offline demo engine on the CPU (or the configured device), with its own loras folder."""
+    """The offline demo engine: the shipped trained demo (a tiny base that draws coloured shapes and the epochs of
+    an ink-style LoRA, with its training log), or with ``demo: random`` (or when the assets are missing) the
+    random-weight tiny base with its synthetic epochs."""
+    from lora_spectrum import demo_training as trained
     from lora_spectrum.engine import Engine
 
-    base, loras = ensure_demo(settings.path(settings.demo_dir), "sdxl")
-    engine = Engine.load(str(base), family="sdxl", device=settings.device, dtype="auto", local_files_only=True,
-                         resident_adapters=settings.resident_adapters, max_queued=settings.max_queued_renders,
-                         defaults=TINY_DEFAULTS)
-    note = "Demo mode: a tiny base with random weights and demo epochs (not a real model)."
+    common = dict(family="sdxl", device=settings.device, dtype="auto", local_files_only=True,
+                  resident_adapters=settings.resident_adapters, max_queued=settings.max_queued_renders,
+                  fuse=settings.fuse)
+    if settings.demo == "trained" and trained.assets_available():
+        rec = trained.RECOMMENDED
+        defaults = {k: rec[k] for k in ("steps", "guidance", "sampler", "width", "height")}
+        engine = Engine.load(str(trained.ASSETS_DIR / trained.BASE_DIRNAME), defaults=defaults, **common)
+        note = ("Demo mode: a tiny base trained to draw coloured shapes, and the epochs of an ink-style LoRA "
+                "trained on it (jimeng_3 ... jimeng_18), with their training log. Not a real model.")
+        choice = EngineChoice(engine, trained.ASSETS_DIR / trained.LORAS_DIRNAME, True, reason, rec["prompts"][0],
+                              trained.ASSETS_DIR / trained.LOGS_DIRNAME)
+    else:
+        base, loras = ensure_demo(settings.path(settings.demo_dir), "sdxl")
+        engine = Engine.load(str(base), defaults=TINY_DEFAULTS, **common)
+        note = "Demo mode: a tiny base with random weights and synthetic demo epochs (not a real model)."
+        choice = EngineChoice(engine, loras, True, reason, DEMO_PROMPT)
     engine.note = f"{note} Reason: {reason}" if reason else note
-    return EngineChoice(engine, loras, True, reason, DEMO_PROMPT)
+    return choice
 
 
 def open_engine(settings, allow_demo: bool = True, loras_given: bool = False) -> EngineChoice:

@@ -48,6 +48,7 @@ class Settings:
     local_files_only: bool = True
     cache_dir: str = ".cache/renders"
     cache_max_mb: int = 2048
+    demo: str = "trained"
     demo_dir: str = ".cache/demo"
     max_queued_renders: int = 2
     fuse: str = "auto"  # auto | on | off: merge the active adapter into the base weights (auto: on for CUDA)
@@ -92,6 +93,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
         settings.fuse = "on" if settings.fuse else "off"
     if settings.fuse not in ("auto", "on", "off"):
         raise ConfigError(f"{path}: fuse must be auto, on or off, not {settings.fuse!r}")
+    if settings.demo not in ("trained", "random"):
+        raise ConfigError(f"{path}: demo must be trained or random, not {settings.demo!r}")
     if settings.resident_adapters < 1:
         raise ConfigError(f"{path}: resident_adapters must be at least 1")
     return settings

@@ -30,7 +30,7 @@ def app_config(tmp_path, demo_dir, monkeypatch):
     loras = tmp_path / "loras"
     shutil.copytree(demo_dir / "loras", loras)
     config = tmp_path / "config.yaml"
-    config.write_text(f"base: demo\nloras: {loras}\ncache_dir: {tmp_path / 'cache'}\ndemo_dir: {demo_dir}\n"
+    config.write_text(f"base: demo\ndemo: random\nloras: {loras}\ncache_dir: {tmp_path / 'cache'}\ndemo_dir: {demo_dir}\n"
                       f"device: cpu\n", encoding="utf-8")
     monkeypatch.setenv(CONFIG_ENV, str(config))
     return config, loras

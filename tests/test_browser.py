@@ -27,12 +27,9 @@ def free_port() -> int:
 
 @pytest.fixture
 def server(tmp_path):
-    from lora_spectrum.demo import ensure_demo
-
-    demo = tmp_path / "demo"
-    ensure_demo(demo, "sdxl")
+    # What a newcomer gets offline: the shipped trained demo (its own epochs and training log).
     config = tmp_path / "config.yaml"
-    config.write_text(f"base: demo\ndemo_dir: {demo}\ncache_dir: {tmp_path / 'cache'}\nloras: {tmp_path / 'none'}\n"
+    config.write_text(f"base: demo\ndemo: trained\ncache_dir: {tmp_path / 'cache'}\nloras: {tmp_path / 'none'}\n"
                       f"device: cpu\n", encoding="utf-8")
     port = free_port()
     env = {**os.environ, "LORA_SPECTRUM_CONFIG": str(config)}
@@ -75,14 +72,19 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
         seeds.press("Enter")
         page.wait_for_timeout(1500)
         page.get_by_role("button", name="Render").click()
-        page.get_by_text("epoch 300 · strength 1 · seed 1").first.wait_for(timeout=240_000)
+        page.get_by_text("epoch 18 · strength 1 · seed 1").first.wait_for(timeout=240_000)
         images = page.locator("[data-testid='stMain'] [data-testid='stImage'] img")
         assert images.count() >= 7  # base + six demo epochs
         body = page.inner_text("[data-testid='stMain']")
-        for caption in ("base · seed 1", "epoch 20 · strength 1 · seed 1", "epoch 150 · strength 1 · seed 1"):
+        for caption in ("base · seed 1", "epoch 3 · strength 1 · seed 1", "epoch 12 · strength 1 · seed 1"):
             assert caption in body
         page.get_by_role("button", name="Grid PNG").wait_for(timeout=60_000)
         shot = tmp_path / "workbench.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
+        # The Insight view: curves, the training loss of the run that made these epochs, a suggestion.
+        page.locator("[data-testid='stMain']").get_by_text("Insight", exact=True).first.click()
+        page.get_by_text("Suggestion").first.wait_for(timeout=120_000)
+        page.get_by_text("Training loss").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(tmp_path / "insight.png"), full_page=True)
         browser.close()

@@ -30,7 +30,7 @@ def setup(tmp_path, demo_dir):
     loras = tmp_path / "loras"
     shutil.copytree(demo_dir / "loras", loras)
     config = tmp_path / "config.yaml"
-    config.write_text(f"base: demo\ndemo_dir: {demo_dir}\ncache_dir: {tmp_path / 'cache'}\ndevice: cpu\n",
+    config.write_text(f"base: demo\ndemo: random\ndemo_dir: {demo_dir}\ncache_dir: {tmp_path / 'cache'}\ndevice: cpu\n",
                       encoding="utf-8")
     return config, loras, tmp_path / "out"
 

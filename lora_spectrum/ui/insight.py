@@ -21,9 +21,12 @@ def _weight_cache() -> metrics.WeightCache:
     return metrics.WeightCache()
 
 
-def logs_folder(settings, catalog) -> Path | None:
-    """The training log folder: the configured one, else ``<loras>/logs``. Never a path typed in the browser."""
+def logs_folder(settings, choice, catalog) -> Path | None:
+    """The training log folder: the configured one, else the demo's, else ``<loras>/logs``. Never a path typed
+    in the browser."""
     candidates = [settings.path(settings.logs)] if settings.logs else []
+    if choice.logs_dir is not None:
+        candidates.append(Path(choice.logs_dir))
     candidates.append(Path(catalog.folder) / "logs")
     return next((p for p in candidates if p.is_dir()), None)
 
@@ -47,7 +50,7 @@ def insight_view(settings, choice, catalog, controls) -> None:
         return
     result_state = st.session_state.get(RESULT) or {}
     grid = result_state.get("out_dir")
-    logs = logs_folder(settings, catalog)
+    logs = logs_folder(settings, choice, catalog)
     try:
         with st.spinner("Measuring the epochs..."):
             result = metrics.folder_insight(catalog, series=series, logs=logs, grid=grid, cache=_weight_cache())
