@@ -197,7 +197,7 @@ class RenderCache:
     @staticmethod
     def key(engine, plan: Plan, cell: Cell) -> str:
         fields = {"base": engine.base_id, "family": engine.family.name, "dtype": str(engine.dtype),
-                  "device": engine.device.type, "lora_sha256": cell.sha256,
+                  "device": engine.device.type, "fused": engine.fuse, "lora_sha256": cell.sha256,
                   "strength": cell.strength if cell.file else None, "prompt": cell.prompt,
                   "negative": plan.negative_prompt, "seed": cell.seed, "steps": plan.steps,
                   "guidance": plan.guidance, "width": plan.width, "height": plan.height, "sampler": plan.sampler}
