@@ -72,8 +72,8 @@ def build_tiny_sdxl(seed: int = 0, workdir: str | Path | None = None):
     """A tiny StableDiffusionXLPipeline (32/64-channel UNet, two tiny CLIP encoders) with seeded random weights."""
     import tempfile
 
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="lora_spectrum_tok_"))
     torch.manual_seed(seed)
@@ -94,6 +94,15 @@ def build_tiny_sdxl(seed: int = 0, workdir: str | Path | None = None):
         num_attention_heads=4, num_hidden_layers=5, pad_token_id=1, vocab_size=1000, hidden_act="gelu",
         projection_dim=32,
     )  # fmt: skip
+    return assemble_sdxl(unet, vae, te_config, workdir)
+
+
+def assemble_sdxl(unet, vae, te_config, workdir: Path):
+    """A StableDiffusionXLPipeline around ``unet`` and ``vae``: two CLIP encoders built from ``te_config`` (in
+    this order, so seeded weights are reproducible), the byte-level tokenizer, an Euler scheduler."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
     text_encoder = CLIPTextModel(te_config)
     text_encoder_2 = CLIPTextModelWithProjection(te_config)
     tokenizer = _clip_tokenizer(workdir / "clip_tokenizer")

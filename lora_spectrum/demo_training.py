@@ -173,10 +173,10 @@ def build_pipeline(seed: int = 0, workdir: str | Path | None = None):
     the byte-level tokenizer from ``demo.py``."""
     import tempfile
 
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig
 
-    from lora_spectrum.demo import _clip_tokenizer
+    from lora_spectrum.demo import assemble_sdxl
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="lora_spectrum_tok_"))
     torch.manual_seed(seed)
@@ -198,19 +198,7 @@ def build_pipeline(seed: int = 0, workdir: str | Path | None = None):
         num_attention_heads=4, num_hidden_layers=3, pad_token_id=1, vocab_size=520, hidden_act="gelu",
         projection_dim=32, max_position_embeddings=77,
     )  # fmt: skip
-    text_encoder = CLIPTextModel(te_config)
-    text_encoder_2 = CLIPTextModelWithProjection(te_config)
-    tokenizer = _clip_tokenizer(workdir / "clip_tokenizer")
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear",
-        timestep_spacing="leading",
-    )  # fmt: skip
-    pipe = StableDiffusionXLPipeline(
-        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-        tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
-    )  # fmt: skip
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return assemble_sdxl(unet, vae, te_config, workdir)
 
 
 def encode_text(pipe, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

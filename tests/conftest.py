@@ -23,3 +23,11 @@ def demo_loras(tmp_path_factory):
         folder = tmp_path_factory.mktemp(f"loras-{family}")
         out[family] = demo.write_demo_loras(get_family(family).denoiser(pipe), folder, family)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory):
+    """The random-weight demo (base folder and synthetic epochs jimeng_20 ... jimeng_300), written once."""
+    folder = tmp_path_factory.mktemp("demo")
+    demo.ensure_demo(folder, "sdxl")
+    return folder

@@ -15,15 +15,6 @@ from lora_spectrum.ui.resources import CONFIG_ENV, get_workbench
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
 
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    from lora_spectrum.demo import ensure_demo
-
-    folder = tmp_path_factory.mktemp("demo")
-    ensure_demo(folder, "sdxl")
-    return folder
-
-
 @pytest.fixture
 def app_config(tmp_path, demo_dir, monkeypatch):
     """A config of its own (so the shared engine is its own too) with the demo epochs copied into its loras."""

@@ -16,15 +16,6 @@ from lora_spectrum.runs import Cell, Plan, make_plan, parameters_text, parse_par
 from lora_spectrum.settings import load_family_defaults
 
 
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    from lora_spectrum.demo import ensure_demo
-
-    folder = tmp_path_factory.mktemp("demo")
-    ensure_demo(folder, "sdxl")
-    return folder
-
-
 @pytest.fixture
 def setup(tmp_path, demo_dir):
     loras = tmp_path / "loras"
