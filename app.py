@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.ui.compare import compare_view
 from lora_spectrum.ui.controls import render_controls
 from lora_spectrum.ui.insight import insight_view
@@ -10,7 +11,11 @@ from lora_spectrum.ui.resources import config_path, get_workbench
 from lora_spectrum.ui.text import md_escape
 
 st.set_page_config(page_title="LoRA Spectrum", layout="wide")
-settings, choice, catalog = get_workbench(config_path())
+try:
+    settings, choice, catalog = get_workbench(config_path())
+except LoraSpectrumError as exc:  # a bad config file, an unusable demo: one plain message, no traceback
+    st.error(md_escape(str(exc)))
+    st.stop()
 engine = choice.engine
 
 st.title("LoRA Spectrum")

@@ -306,7 +306,10 @@ def demo_engine(settings, reason: str = "") -> EngineChoice:
     from lora_spectrum import demo_training as trained
     from lora_spectrum.engine import Engine
 
-    common = dict(family="sdxl", device=settings.device, dtype="auto", local_files_only=True,
+    # The demo is tiny: it runs anywhere, so a configured device that is missing (the reason the base failed,
+    # perhaps) does not stop it.
+    device = settings.device if settings.device == "cpu" or torch.cuda.is_available() else "auto"
+    common = dict(family="sdxl", device=device, dtype="auto", local_files_only=True,
                   resident_adapters=settings.resident_adapters, max_queued=settings.max_queued_renders,
                   fuse=settings.fuse)
     if settings.demo == "trained" and trained.assets_available():

@@ -760,7 +760,7 @@ def _choose_series(catalog: Catalog, series: str | None) -> tuple[str, list[Lora
 def folder_insight(loras: str | Path | Catalog, series: str | None = None, logs: str | Path | None = None,
                    grid: str | Path | None = None, *, cache: WeightCache | None = None,
                    clip_model: str | tuple | None = None, use_clip: bool = True, allow_download: bool = False,
-                   progress: Progress | None = None) -> dict:
+                   progress: Progress | None = None, lenient: bool = False) -> dict:
     """Weight curves, loss curve, image measures and a suggestion for one series; see the module docstring."""
     from lora_spectrum import training_log
 
@@ -778,23 +778,37 @@ def folder_insight(loras: str | Path | Catalog, series: str | None = None, logs:
     epochs = weight_curves(ready, catalog=catalog, cache=cache, progress=progress)
 
     # 3. The loss curve, with a marker per epoch file.
-    loss = None
+    # With ``lenient`` (the UI), an unusable log folder or grid is reported in ``notes`` instead of failing the
+    # whole insight: the weight curves and the suggestion do not depend on them.
+    loss, notes = None, []
     if logs:
-        loss = training_log.read_loss(logs)
-        loss["markers"] = training_log.place_entries(ready)
+        try:
+            loss = training_log.read_loss(logs)
+            loss["markers"] = training_log.place_entries(ready)
+        except ConfigError as exc:
+            if not lenient:
+                raise
+            loss, notes = None, [*notes, f"training log not used: {exc}"]
     for row in epochs:
         row["epoch_loss"] = _epoch_loss(loss, row["epoch"])
 
     # 4. Image measures from a rendered grid.
-    image = (image_measures(grid, clip_model=clip_model, use_clip=use_clip, allow_download=allow_download,
-                            progress=progress) if grid else None)
+    image = None
+    if grid:
+        try:
+            image = image_measures(grid, clip_model=clip_model, use_clip=use_clip, allow_download=allow_download,
+                                   progress=progress)
+        except ConfigError as exc:
+            if not lenient:
+                raise
+            notes.append(f"image measures not available: {exc}")
     for row in epochs:
         row["image"] = _image_row_for(image, row["file"])
 
     # 5. The suggestion.
     suggestion = suggest_epoch(epochs, image=image, loss=loss)
     return {"series": series, "folder": str(catalog.folder), "epochs": epochs, "skipped": skipped, "loss": loss,
-            "image": image, "suggested_epoch": suggestion["epoch"], "suggested_file": suggestion["file"],
+            "image": image, "notes": notes, "suggested_epoch": suggestion["epoch"], "suggested_file": suggestion["file"],
             "reason": suggestion["reason"], "suggestion": suggestion}
 
 

@@ -119,10 +119,7 @@ class Cell:
     swap_seconds: float | None = None
     cached: bool = False
     error: str | None = None
-
-    @property
-    def label(self) -> str:
-        return BASE_LABEL if self.file is None else (f"epoch {self.epoch}" if self.epoch is not None else self.file)
+    label: str = ""  # the column's label: "base", "epoch 20", "step 1000" or the file name
 
     def record(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("image", "png", "image_path", "column")}
@@ -259,8 +256,23 @@ Progress = Callable[[int, int, Cell], None]
 def _column_cells(plan: Plan, ci: int, entry: LoraEntry | None, sha: str | None, error: str | None) -> list[Cell]:
     strengths = [0.0] if entry is None else plan.strengths  # strength does not apply to the base column
     return [Cell(ci, None if entry is None else entry.epoch, None if entry is None else entry.name, sha, seed,
-                 strength, prompt, error=error)
+                 strength, prompt, error=error, label=column_label(entry))
             for strength in strengths for prompt in plan.prompts for seed in plan.seeds]
+
+
+def column_label(entry: LoraEntry | None) -> str:
+    return BASE_LABEL if entry is None else entry.label
+
+
+def index_cells(cells: list[Cell]) -> dict[tuple, Cell]:
+    """Cells by grid position, for ``cell_at``."""
+    return {(c.column, c.prompt, c.seed, c.strength): c for c in cells}
+
+
+def cell_at(index: dict[tuple, Cell], ci: int, entry: LoraEntry | None, prompt: str, seed: int,
+            strength: float) -> Cell | None:
+    """The cell shown at column ``ci`` of row (prompt, seed, strength); the base column has one per seed."""
+    return index.get((ci, prompt, seed, 0.0 if entry is None else strength))
 
 
 def plan_cells(plan: Plan, catalog: Catalog | None = None) -> list[Cell]:
@@ -281,7 +293,8 @@ def plan_cells(plan: Plan, catalog: Catalog | None = None) -> list[Cell]:
 
 
 def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCache | None = None,
-             on_progress: Progress | None = None, cancel: threading.Event | None = None) -> list[Cell]:
+             on_progress: Progress | None = None, cancel: threading.Event | None = None,
+             on_step: Callable[[int, int, str], None] | None = None) -> list[Cell]:
     """Render every cell of ``plan``. A failing column is recorded cell by cell and the rest still renders.
 
     Seeds of one (column, strength, prompt) are rendered in one batched call; cached cells are skipped. When
@@ -337,7 +350,10 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
                                 plan.guidance, plan.width, plan.height, plan.sampler)
             t0 = time.perf_counter()
             try:
-                result = engine.render(req, None if entry is None else entry.path, strength, cancel=cancel)
+                label = column_label(entry)
+                step = (lambda i, n, label=label: on_step(i, n, label)) if on_step else None
+                result = engine.render(req, None if entry is None else entry.path, strength, cancel=cancel,
+                                       on_step=step)
             except CancelledError:
                 break
             except LoraSpectrumError as exc:
@@ -379,11 +395,8 @@ def compose_grid(plan: Plan, cells: list[Cell], min_cell: int = 160) -> Image.Im
     title = plan.prompts[0] if len(plan.prompts) == 1 else f"{len(plan.prompts)} prompts"
     draw.text((pad, 6), title[:200], fill="black", font=font)
     for ci, entry in enumerate(plan.columns):
-        label = BASE_LABEL if entry is None else (f"epoch {entry.epoch}" if entry.epoch is not None else entry.name)
-        draw.text((left + ci * (cw + pad) + 4, title_h + 4), label, fill="black", font=font)
-    by_pos = {}
-    for c in cells:
-        by_pos[(c.column, c.prompt, c.seed, c.strength)] = c
+        draw.text((left + ci * (cw + pad) + 4, title_h + 4), column_label(entry), fill="black", font=font)
+    index = index_cells(cells)
     for ri, (prompt, seed, strength) in enumerate(rows):
         y = title_h + head + ri * (ch + pad)
         row_label = f"seed {seed}\nstrength {strength:g}"
@@ -392,7 +405,7 @@ def compose_grid(plan: Plan, cells: list[Cell], min_cell: int = 160) -> Image.Im
         draw.multiline_text((pad, y + 4), row_label, fill="black", font=small)
         for ci, entry in enumerate(plan.columns):
             x = left + ci * (cw + pad)
-            c = by_pos.get((ci, prompt, seed, 0.0 if entry is None else strength))
+            c = cell_at(index, ci, entry, prompt, seed, strength)
             if c is not None and c.image is not None:
                 grid.paste(c.image.resize((cw, ch), Image.NEAREST), (x, y))
             else:
@@ -489,10 +502,10 @@ def grid_command(args, out, err) -> int:
             settings.family = args.family
         if args.device:
             settings.device = args.device
-        if args.loras:
-            settings.loras = args.loras
+        if args.loras:  # paths typed on the command line are relative to the current folder
+            settings.loras = str(Path(args.loras).resolve())
         if args.cache_dir:
-            settings.cache_dir = args.cache_dir
+            settings.cache_dir = str(Path(args.cache_dir).resolve())
         # 2. Check what is cheap to check before loading a base.
         for name in ("steps", "width", "height"):
             v = getattr(args, name)

@@ -72,11 +72,22 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+_PLAIN_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}
+_TYPE_WORDS = {"str": "text", "int": "a whole number", "float": "a number", "bool": "true or false"}
+
+
 def _build(cls, data: dict, path: Path):
     names = {f.name for f in dataclasses.fields(cls) if f.name != "root"}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    # Plain types are checked here, so a quoted number or a word where a number belongs is named at once.
+    for f in dataclasses.fields(cls):
+        value = data.get(f.name)
+        expected = _PLAIN_TYPES.get(f.type)
+        if f.name in data and expected and (not isinstance(value, expected) or
+                                            (isinstance(value, bool) and f.type in ("int", "float"))):
+            raise ConfigError(f"{path}: {f.name} must be {_TYPE_WORDS[f.type]}, not {value!r}")
     try:
         return cls(**data)
     except TypeError as exc:
@@ -86,13 +97,16 @@ def _build(cls, data: dict, path: Path):
 def load_settings(path: str | Path | None = None) -> Settings:
     """Read the app settings; ``path`` defaults to ``configs/default.yaml``."""
     path = Path(path) if path else CONFIG_DIR / "default.yaml"
-    settings = _build(Settings, _read_yaml(path), path)
+    data = _read_yaml(path)
+    if isinstance(data.get("fuse"), bool):  # YAML 1.1 reads a bare on/off as a boolean
+        data["fuse"] = "on" if data["fuse"] else "off"
+    settings = _build(Settings, data, path)
     if settings.offload not in ("none", "model", "sequential"):
         raise ConfigError(f"{path}: offload must be none, model or sequential, not {settings.offload!r}")
-    if isinstance(settings.fuse, bool):  # YAML 1.1 reads a bare on/off as a boolean
-        settings.fuse = "on" if settings.fuse else "off"
     if settings.fuse not in ("auto", "on", "off"):
         raise ConfigError(f"{path}: fuse must be auto, on or off, not {settings.fuse!r}")
+    if not (settings.device in ("auto", "cpu", "cuda") or str(settings.device).startswith("cuda:")):
+        raise ConfigError(f"{path}: device must be auto, cpu, cuda or cuda:N, not {settings.device!r}")
     if settings.demo not in ("trained", "random"):
         raise ConfigError(f"{path}: demo must be trained or random, not {settings.demo!r}")
     if settings.resident_adapters < 1:

@@ -146,3 +146,13 @@ def test_md_escape_leaves_no_markdown_or_html_active():
         assert active not in escaped
     assert "\\<img" in escaped  # Streamlit never renders raw HTML in markdown; the bracket is escaped too
     assert escaped.replace("\\", "") == nasty
+
+
+def test_a_bad_config_is_one_plain_message(tmp_path, monkeypatch):
+    config = tmp_path / "bad.yaml"
+    config.write_text("device: gpu\n", encoding="utf-8")
+    monkeypatch.setenv(CONFIG_ENV, str(config))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert any("device must be auto, cpu, cuda" in e.value for e in at.error)

@@ -331,3 +331,18 @@ def test_format_insight_is_a_table_with_the_suggestion(demo_result):
     text = metrics.format_insight(demo_result)
     assert "jimeng_300.safetensors" in text and "update norm per layer group" in text
     assert text.rstrip().endswith(".") and "Suggestion: epoch" in text
+
+
+def test_lenient_insight_keeps_the_curves_when_the_log_folder_is_empty(tmp_path):
+    from lora_spectrum.metrics import folder_insight
+
+    pipe = demo.build_tiny("sdxl")
+    demo.write_demo_loras(pipe.unet, tmp_path / "loras", "sdxl", epochs=(20, 50))
+    empty = tmp_path / "loras" / "logs"
+    empty.mkdir()
+    with pytest.raises(ConfigError):
+        folder_insight(tmp_path / "loras", logs=empty)
+    result = folder_insight(tmp_path / "loras", logs=empty, grid=tmp_path / "nogrid", lenient=True)
+    assert [e["epoch"] for e in result["epochs"]] == [20, 50] and result["loss"] is None
+    assert any("training log not used" in n for n in result["notes"])
+    assert any("image measures not available" in n for n in result["notes"])

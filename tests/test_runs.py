@@ -10,9 +10,10 @@ import shutil
 import pytest
 from PIL import Image
 
+from lora_spectrum.catalog import Catalog
 from lora_spectrum.cli import main
 from lora_spectrum.errors import PlanError
-from lora_spectrum.runs import Cell, Plan, make_plan, parameters_text, parse_parameters
+from lora_spectrum.runs import Cell, Plan, make_plan, parameters_text, parse_parameters, plan_cells
 from lora_spectrum.settings import load_family_defaults
 
 
@@ -157,3 +158,21 @@ def test_plan_validation_messages():
         make_plan(d, [], [1], prompts=["p"])
     plan = make_plan(d, [None], [1, 2], prompts=["p"])
     assert (plan.steps, plan.guidance, plan.width, plan.sampler) == (30, 7.0, 1024, "DPM++ 2M Karras")
+
+
+def test_relative_loras_and_cache_paths_are_relative_to_the_current_folder(setup, monkeypatch):
+    config, loras, out = setup
+    monkeypatch.chdir(loras.parent)
+    assert main(["grid", "--config", str(config), "--loras", "loras", "--cache-dir", "mycache", "--out", "rel",
+                 "--epochs", "20", "--seeds", "1", "--steps", "2", "--prompt", "p"]) == 0
+    assert (loras.parent / "rel" / "grid.png").is_file()
+    assert any((loras.parent / "mycache").rglob("*.png"))
+
+
+def test_step_checkpoints_are_labelled_by_step(tmp_path, demo_dir):
+    for n in (500, 1000):
+        shutil.copy(demo_dir / "loras" / "jimeng_20.safetensors", tmp_path / f"run-step{n}.safetensors")
+    catalog = Catalog(tmp_path)
+    entries = catalog.scan()
+    plan = make_plan(load_family_defaults("sdxl"), [None, *entries], [1], prompts=["p"], width=64, height=64)
+    assert [c.label for c in plan_cells(plan, catalog)] == ["base", "step 500", "step 1000"]

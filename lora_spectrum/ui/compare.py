@@ -4,9 +4,8 @@ errors in place and swap times, offer downloads and closer looks (synchronised z
 from __future__ import annotations
 
 import io
-import json
+import shutil
 import tempfile
-import threading
 import zipfile
 from pathlib import Path
 
@@ -14,19 +13,28 @@ import streamlit as st
 from PIL import Image, ImageChops
 
 from lora_spectrum.errors import BusyError, LoraSpectrumError
-from lora_spectrum.runs import BASE_LABEL, RenderCache, cell_filename, compose_grid, make_plan, run_plan, write_outputs
+from lora_spectrum.runs import (
+    RenderCache,
+    cell_at,
+    cell_filename,
+    column_label,
+    index_cells,
+    make_plan,
+    run_plan,
+    write_outputs,
+)
 from lora_spectrum.ui.controls import Controls, caption_for
 from lora_spectrum.ui.text import md_escape
 
 RESULT = "compare_result"
 
 
-def _column_label(entry) -> str:
-    return BASE_LABEL if entry is None else entry.label
-
-
 def run_render(engine, catalog, settings, controls: Controls) -> None:
-    """Validate, render with progress, store the result in the session (kept when cancelled)."""
+    """Validate, render with progress, store the result in the session (kept when cancelled).
+
+    Cancel works the Streamlit way: a click reruns the script, and this run stops at its next Streamlit call,
+    which the per-step progress update makes at most one denoising step away. Finished cells stay in the session.
+    """
     try:
         plan = make_plan(engine.defaults, controls.columns, controls.seeds, controls.strengths, [controls.prompt],
                          controls.negative_prompt, controls.steps, controls.guidance, controls.width,
@@ -34,20 +42,26 @@ def run_render(engine, catalog, settings, controls: Controls) -> None:
     except LoraSpectrumError as exc:
         st.error(md_escape(str(exc)))
         return
-    cancel = threading.Event()
-    st.session_state["cancel_event"] = cancel
     cache = RenderCache(settings.path(settings.cache_dir), settings.cache_max_mb)
     bar = st.progress(0.0, text="Waiting for the engine...")
+    previous = st.session_state.get(RESULT) or {}
+    if previous.get("out_dir"):
+        shutil.rmtree(previous["out_dir"], ignore_errors=True)  # one output folder per session, not one per render
     state = {"plan": plan, "cells": [], "status": "running"}
     st.session_state[RESULT] = state
+    counts = {"done": 0, "total": 1}
 
     def progress(done, total, cell):
         state["cells"].append(cell)
+        counts.update(done=done, total=total)
         what = "cached" if cell.cached else ("failed" if cell.error else f"{cell.seconds:.2f} s")
         bar.progress(done / total, text=f"{done}/{total}: {cell.label}, seed {cell.seed} ({what})")
 
+    def step(i, n, label):
+        bar.progress(counts["done"] / counts["total"], text=f"{label}: step {i}/{n}")
+
     try:
-        cells = run_plan(engine, plan, catalog, cache, progress, cancel)
+        cells = run_plan(engine, plan, catalog, cache, progress, on_step=step)
     except BusyError as exc:
         bar.empty()
         st.warning(md_escape(str(exc)))
@@ -59,6 +73,7 @@ def run_render(engine, catalog, settings, controls: Controls) -> None:
     out = Path(tempfile.mkdtemp(prefix="lora_spectrum_grid_"))
     state["manifest"] = write_outputs(out, plan, cells, engine.base_id, engine.family.name)
     state["out_dir"] = str(out)
+    state["downloads"] = _download_bytes(out, state)
 
 
 def draw_grid(state: dict) -> None:
@@ -67,43 +82,46 @@ def draw_grid(state: dict) -> None:
         st.info("The last render was interrupted; showing the cells it finished.")
     elif state.get("status") == "cancelled":
         st.info("Cancelled; showing the cells that finished.")
-    by_pos = {(c.column, c.prompt, c.seed, c.strength): c for c in cells}
+    index = index_cells(cells)
     # Header: one column per epoch, with the time its swap took.
     cols = st.columns(len(plan.columns))
     for ci, entry in enumerate(plan.columns):
         swaps = [c.swap_seconds for c in cells if c.column == ci and c.swap_seconds is not None]
-        cols[ci].markdown(f"**{md_escape(_column_label(entry))}**")
+        cols[ci].markdown(f"**{md_escape(column_label(entry))}**")
         if swaps:
             cols[ci].caption(f"swap {min(swaps) * 1000:.1f} ms")
     for prompt, seed, strength in plan.rows:
         cols = st.columns(len(plan.columns))
         for ci, entry in enumerate(plan.columns):
-            c = by_pos.get((ci, prompt, seed, 0.0 if entry is None else strength))
+            c = cell_at(index, ci, entry, prompt, seed, strength)
             with cols[ci]:
-                if c is not None and c.image is not None:
-                    st.image(c.image, caption=caption_for(_column_label(entry), None if entry is None else strength,
-                                                          seed), width="stretch")
+                if c is not None and c.png is not None:
+                    st.image(c.png, caption=caption_for(column_label(entry), None if entry is None else strength,
+                                                        seed), width="stretch")
                 elif c is not None and c.error:
-                    st.error(md_escape(f"{_column_label(entry)}, seed {seed}: {c.error}"))
+                    st.error(md_escape(f"{column_label(entry)}, seed {seed}: {c.error}"))
                 else:
                     st.caption("not rendered")
 
 
-def downloads(state: dict) -> None:
-    plan, cells = state["plan"], state["cells"]
-    grid = io.BytesIO()
-    compose_grid(plan, cells).save(grid, format="PNG")
+def _download_bytes(out: Path, state: dict) -> dict[str, bytes]:
+    """The grid, the manifest and a zip of the cells, made once per render (not on every rerun)."""
+    manifest = (out / "manifest.json").read_bytes()
     zbuf = io.BytesIO()
     with zipfile.ZipFile(zbuf, "w") as zf:
-        for c in cells:
+        for c in state["cells"]:
             if c.png is not None:
-                zf.writestr(f"cells/{cell_filename(c)}", c.png)
-        zf.writestr("manifest.json", json.dumps(state.get("manifest", {}), indent=2, ensure_ascii=False))
+                zf.writestr(c.image_path or f"cells/{cell_filename(c)}", c.png)
+        zf.writestr("manifest.json", manifest)
+    return {"grid": (out / "grid.png").read_bytes(), "manifest": manifest, "zip": zbuf.getvalue()}
+
+
+def downloads(state: dict) -> None:
+    cells, files = state["cells"], state["downloads"]
     cols = st.columns(4)
-    cols[0].download_button("Grid PNG", grid.getvalue(), "grid.png", "image/png", key="dl_grid")
-    cols[1].download_button("Manifest", json.dumps(state.get("manifest", {}), indent=2, ensure_ascii=False),
-                            "manifest.json", "application/json", key="dl_manifest")
-    cols[2].download_button("All cells (zip)", zbuf.getvalue(), "cells.zip", "application/zip", key="dl_zip")
+    cols[0].download_button("Grid PNG", files["grid"], "grid.png", "image/png", key="dl_grid")
+    cols[1].download_button("Manifest", files["manifest"], "manifest.json", "application/json", key="dl_manifest")
+    cols[2].download_button("All cells (zip)", files["zip"], "cells.zip", "application/zip", key="dl_zip")
     rendered = [c for c in cells if c.png is not None]
     if rendered:
         with cols[3].popover("One cell"):
@@ -171,10 +189,7 @@ def compare_view(settings, choice, catalog, controls: Controls | None) -> None:
     engine = choice.engine
     left, right = st.columns([1, 1])
     go = left.button("Render", type="primary", disabled=controls is None or not controls.columns, key="render")
-    if right.button("Cancel", key="cancel", help="stop after the image being rendered"):
-        event = st.session_state.get("cancel_event")
-        if event is not None:
-            event.set()
+    if right.button("Cancel", key="cancel", help="stop the render (within one denoising step); finished cells stay"):
         state = st.session_state.get(RESULT)
         if state and state.get("status") == "running":
             state["status"] = "cancelled"
@@ -188,7 +203,7 @@ def compare_view(settings, choice, catalog, controls: Controls | None) -> None:
             st.caption("Pick epochs in the sidebar and press Render.")
         return
     draw_grid(state)
-    if state.get("manifest"):
+    if state.get("downloads"):
         downloads(state)
     with st.expander("Closer looks", expanded=False):
         closer_looks(state)

@@ -79,10 +79,11 @@ def epoch_picker(catalog: Catalog) -> tuple[str | None, list[LoraEntry]]:
     ready = groups[series]
     by_name = {e.name: e for e in ready}
     # Keep the user's choice across rescans; files that went away (renamed to .bak, removed) drop out of it.
-    if "epochs" in st.session_state:
-        st.session_state["epochs"] = [n for n in st.session_state["epochs"] if n in by_name]
-    else:
-        st.session_state["epochs"] = list(by_name)[:6]
+    # A new series (or the first run) starts with its first six epochs; an emptied choice in the same series stays.
+    kept = [n for n in st.session_state.get("epochs", []) if n in by_name]
+    same_series = st.session_state.get("epochs_series") == series
+    st.session_state["epochs"] = kept if (kept or same_series) else list(by_name)[:6]
+    st.session_state["epochs_series"] = series
     chosen = sb.multiselect("Epochs to compare", list(by_name), key="epochs", format_func=lambda n: by_name[n].label)
     return series, [by_name[n] for n in by_name if n in chosen]
 

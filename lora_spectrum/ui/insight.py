@@ -53,11 +53,14 @@ def insight_view(settings, choice, catalog, controls) -> None:
     logs = logs_folder(settings, choice, catalog)
     try:
         with st.spinner("Measuring the epochs..."):
-            result = metrics.folder_insight(catalog, series=series, logs=logs, grid=grid, cache=_weight_cache())
+            result = metrics.folder_insight(catalog, series=series, logs=logs, grid=grid, cache=_weight_cache(),
+                                            lenient=True)
     except LoraSpectrumError as exc:
         st.error(md_escape(str(exc)))
         return
     epochs = result["epochs"]
+    for note in result.get("notes", []):
+        st.caption(md_escape(note))
     st.subheader(f"How {series} grew")
     # 1. The suggestion, with the numbers behind it.
     if result.get("suggested_epoch") is not None or result.get("suggested_file"):

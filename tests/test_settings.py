@@ -1,0 +1,42 @@
+"""Settings files: unknown keys, wrong types and bad values are named; YAML's on/off for fuse is understood."""
+
+from __future__ import annotations
+
+import pytest
+
+from lora_spectrum.errors import ConfigError
+from lora_spectrum.settings import load_settings
+
+
+def write(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_load_and_name_the_z_image_base():
+    s = load_settings()
+    assert (s.base, s.family, s.loras, s.fuse, s.demo) == ("Tongyi-MAI/Z-Image-Turbo", "z-image", "loras", "auto",
+                                                           "trained")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("colour: red\n", "unknown key(s) colour"),
+    ("resident_adapters: '4'\n", "resident_adapters must be a whole number"),
+    ("cache_max_mb: big\n", "cache_max_mb must be a whole number"),
+    ("local_files_only: 3\n", "local_files_only must be true or false"),
+    ("device: gpu\n", "device must be auto, cpu, cuda"),
+    ("offload: some\n", "offload must be none"),
+    ("demo: fancy\n", "demo must be trained or random"),
+    ("resident_adapters: 0\n", "at least 1"),
+    ("- a list\n", "mapping"),
+])
+def test_bad_values_are_named(tmp_path, text, words):
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        load_settings(write(tmp_path, text))
+
+
+def test_fuse_accepts_yaml_on_off_and_device_cuda_n(tmp_path):
+    assert load_settings(write(tmp_path, "fuse: on\ndevice: cuda:1\n")).fuse == "on"
+    assert load_settings(write(tmp_path, "fuse: off\n")).fuse == "off"
+    assert load_settings(write(tmp_path, "reserve_vram_gb: 2\n")).reserve_vram_gb == 2
