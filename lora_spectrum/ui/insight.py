@@ -51,13 +51,20 @@ def insight_view(settings, choice, catalog, controls) -> None:
     result_state = st.session_state.get(RESULT) or {}
     grid = result_state.get("out_dir")
     logs = logs_folder(settings, choice, catalog)
-    try:
-        with st.spinner("Measuring the epochs..."):
-            result = metrics.folder_insight(catalog, series=series, logs=logs, grid=grid, cache=_weight_cache(),
-                                            lenient=True)
-    except LoraSpectrumError as exc:
-        st.error(md_escape(str(exc)))
-        return
+    # Measured once per (folder contents, series, log folder, last grid) and kept for this session's reruns.
+    key = (catalog.generation, series, str(logs), grid)
+    cached = st.session_state.get("insight_cache")
+    if cached and cached[0] == key:
+        result = cached[1]
+    else:
+        try:
+            with st.spinner("Measuring the epochs..."):
+                result = metrics.folder_insight(catalog, series=series, logs=logs, grid=grid,
+                                                cache=_weight_cache(), lenient=True)
+        except LoraSpectrumError as exc:
+            st.error(md_escape(str(exc)))
+            return
+        st.session_state["insight_cache"] = (key, result)
     epochs = result["epochs"]
     for note in result.get("notes", []):
         st.caption(md_escape(note))
