@@ -290,14 +290,3 @@ class Engine:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-    def memory(self) -> dict:
-        """Process and (on CUDA) allocator figures, in MB."""
-        import psutil
-
-        out = {"rss_mb": psutil.Process().memory_info().rss / 2**20,
-               "resident_adapters_mb": self.hotswap.resident_bytes() / 2**20}
-        if torch.cuda.is_available():
-            out["cuda_allocated_mb"] = torch.cuda.memory_allocated() / 2**20
-            out["cuda_reserved_mb"] = torch.cuda.memory_reserved() / 2**20
-        return out

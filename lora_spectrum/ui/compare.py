@@ -71,7 +71,7 @@ def run_render(engine, catalog, settings, controls: Controls) -> None:
     state["cells"] = cells
     state["status"] = "cancelled" if any(c.error == "cancelled" for c in cells) else "done"
     out = Path(tempfile.mkdtemp(prefix="lora_spectrum_grid_"))
-    state["manifest"] = write_outputs(out, plan, cells, engine.base_id, engine.family.name)
+    write_outputs(out, plan, cells, engine.base_id, engine.family.name)
     state["out_dir"] = str(out)
     state["downloads"] = _download_bytes(out, state)
 
