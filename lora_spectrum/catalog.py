@@ -168,7 +168,8 @@ def _diagnose(path: Path, size: int) -> tuple[str, str] | None:
         return INCOMPLETE, "empty file (zero bytes); still being written, or the copy failed"
     with open(path, "rb") as fh:
         head = fh.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
+        # A zip archive (torch.save since 1.6) or a pickle's PROTO opcode with a protocol number 2..5.
+        if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
             return UNREADABLE, "a pickle/PyTorch file renamed to .safetensors; pickle files are never loaded"
         if size < 8:
             return UNREADABLE, f"not a safetensors file (only {size} bytes)"

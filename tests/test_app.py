@@ -11,6 +11,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from lora_spectrum.ui.resources import CONFIG_ENV, get_workbench
+from tests.tiny import garbage
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
@@ -69,7 +70,7 @@ def test_a_new_file_appears_and_a_bak_file_disappears_without_restart(app_config
 
 def test_unreadable_and_incomplete_files_are_listed_with_reasons_and_not_selectable(app_config):
     _, loras = app_config
-    (loras / "jimeng_999.safetensors").write_bytes(os.urandom(1000))
+    (loras / "jimeng_999.safetensors").write_bytes(garbage(1000))
     (loras / "jimeng_998.safetensors").write_bytes(b"")
     at = start()
     assert "epoch 999" not in epoch_options(at) and "epoch 998" not in epoch_options(at)

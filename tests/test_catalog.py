@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from lora_spectrum.catalog import HEADER_LIMIT, Catalog, parse_name
 from lora_spectrum.errors import CatalogError
+from tests.tiny import garbage
 
 
 def write_lora(path, rank=4, metadata=None, te=False, value=None):
@@ -104,13 +105,14 @@ def test_every_bad_file_gets_a_state_and_a_reason(tmp_path):
     data = good.read_bytes()
     (tmp_path / "empty_2.safetensors").write_bytes(b"")
     (tmp_path / "truncated_3.safetensors").write_bytes(data[: len(data) - 100])
-    (tmp_path / "garbage_4.safetensors").write_bytes(os.urandom(4096))
+    (tmp_path / "garbage_4.safetensors").write_bytes(garbage(4096))
     (tmp_path / "claims_5.safetensors").write_bytes(struct.pack("<Q", 10_000) + b'{"a": 1}')
     (tmp_path / "huge_6.safetensors").write_bytes(struct.pack("<Q", HEADER_LIMIT + 1) + b"{" + b" " * 64)
     marker = tmp_path / "UNPICKLED"
     make_pickle(tmp_path / "pickle_7.safetensors", marker)
     torch.save({"w": torch.zeros(2)}, tmp_path / "torchzip_8.safetensors")
     make_pickle(tmp_path / "old_9.ckpt", marker)
+    (tmp_path / "noise_10.safetensors").write_bytes(b"\x80\xff" + garbage(4096)[2:])  # 0x80 but no pickle protocol
     entries = by_name(Catalog(tmp_path).scan())
     expect = {
         "good_1.safetensors": ("ready", ""),
@@ -122,6 +124,7 @@ def test_every_bad_file_gets_a_state_and_a_reason(tmp_path):
         "pickle_7.safetensors": ("unreadable", "pickle"),
         "torchzip_8.safetensors": ("unreadable", "pickle"),
         "old_9.ckpt": ("ignored", "pickle-based format"),
+        "noise_10.safetensors": ("unreadable", "not a safetensors file"),
     }
     for name, (state, words) in expect.items():
         assert entries[name].state == state, (name, entries[name].reason)

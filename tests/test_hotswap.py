@@ -17,7 +17,7 @@ from lora_spectrum.engine import resolve_fuse
 from lora_spectrum.errors import BaseLoadError, ConfigError, LoraLoadError
 from lora_spectrum.hotswap import HotSwapper
 from lora_spectrum.settings import load_settings
-from tests.tiny import FAMILIES, new_engine, pixels, request
+from tests.tiny import FAMILIES, garbage, new_engine, pixels, request
 
 
 def base_weights(denoiser) -> dict[str, torch.Tensor]:
@@ -122,7 +122,7 @@ def _bad_files(family, denoiser, good, tmp_path):
     data = good.read_bytes()
     (tmp_path / "truncated.safetensors").write_bytes(data[:-64])
     bad["truncated.safetensors"] = "not a valid safetensors"
-    (tmp_path / "garbage.safetensors").write_bytes(os.urandom(2048))
+    (tmp_path / "garbage.safetensors").write_bytes(garbage(2048))
     bad["garbage.safetensors"] = "not a valid safetensors"
     sd = load_file(str(good))
     nan = {k: (v.clone().fill_(float("nan")) if "up" in k else v) for k, v in sd.items()}

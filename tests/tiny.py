@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 
 from lora_spectrum import demo
@@ -23,6 +25,14 @@ def new_engine(family: str, resident: int = 4, **kwargs) -> Engine:
 def request(family: str, seeds=(1, 2), prompt="a red circle", steps=2) -> RenderRequest:
     sampler = "Euler" if family == "sdxl" else "Euler (flow)"
     return RenderRequest(prompt, "", tuple(seeds), steps, GUIDANCE[family], SIZE[family], SIZE[family], sampler)
+
+
+def garbage(n: int, seed: int = 0) -> bytes:
+    """Seeded random bytes that are no file format: the first 8 bytes read as an absurd header length.
+
+    Plain ``os.urandom`` made tests flaky: about one run in 250 its first byte looked like a pickle's PROTO opcode.
+    """
+    return b"GARBAGE!" + random.Random(seed).randbytes(n - 8)
 
 
 def pixels(images) -> np.ndarray:
