@@ -239,6 +239,56 @@ class Engine:
             images = self._render_locked(request, cancel, on_step)
             return RenderResult(images, swap, time.perf_counter() - t0)
 
+    def render_routed(self, request: RenderRequest, routes: list[tuple[str | None, float, tuple[int, ...]]],
+                      cancel: threading.Event | None = None, on_step: Callable[[int, int], None] | None = None
+                      ) -> list[RenderResult | LoraSpectrumError]:
+        """Render several (file or ``None``, strength, seeds) routes in one batched pipeline call, each sample
+        through its own adapter (``HotSwapper.routed``); ``request.seeds`` is ignored.
+
+        Returns one entry per route: its ``RenderResult`` (the swap record is the shared set-up), or the
+        ``LoraSpectrumError`` of its own file, so that one bad epoch fails only its own cells. A file that cannot
+        share a batch is rendered on its own, as ``render`` would. One route renders exactly as ``render``.
+        """
+        out: list[RenderResult | LoraSpectrumError | None] = [None] * len(routes)
+        with self.lock:
+            # 1. Each file read and checked on its own, so a bad one is reported against itself only.
+            shared, alone = [], []
+            for i, (path, strength, _) in enumerate(routes):
+                if path is None or float(strength) == 0.0:
+                    shared.append(i)
+                    continue
+                try:
+                    prepared, _warm = self.hotswap.load_adapter(path)
+                except LoraSpectrumError as exc:
+                    out[i] = exc
+                    continue
+                (alone if self.hotswap.unroutable(prepared) else shared).append(i)
+            if len(shared) == 1:
+                alone, shared = shared + alone, []
+            # 2. The routes that share: one call, the samples in route order.
+            if shared:
+                t0 = time.perf_counter()
+                samples = [(routes[i][0], float(routes[i][1])) for i in shared for _ in routes[i][2]]
+                seeds = tuple(seed for i in shared for seed in routes[i][2])
+                with self.hotswap.routed(samples) as swap:
+                    images = self._render_locked(dataclasses.replace(request, seeds=seeds), cancel, on_step)
+                seconds = time.perf_counter() - t0
+                for i in shared:
+                    n = len(routes[i][2])
+                    out[i], images = RenderResult(images[:n], swap, seconds), images[n:]
+            # 3. The rest one by one, as ``render`` does.
+            for i in alone:
+                path, strength, seeds = routes[i]
+                t0 = time.perf_counter()
+                try:
+                    swap = self.set_lora(path, strength)
+                except LoraSpectrumError as exc:
+                    out[i] = exc
+                    continue
+                images = self._render_locked(dataclasses.replace(request, seeds=tuple(seeds)), cancel, on_step)
+                out[i] = RenderResult(images, swap, time.perf_counter() - t0)
+        return out
+
     def _render_locked(self, req: RenderRequest, cancel=None, on_step=None) -> list:
         # 1. Scheduler: a fresh one per render, so no state carries over between renders.
         self.pipe.scheduler = self.family.make_scheduler(req.sampler or self.family.defaults.sampler,

@@ -25,6 +25,10 @@ class Family:
     denoiser_attr: str
     text_encoder_attrs: tuple[str, ...]
     defaults: FamilyDefaults
+    # Denoiser layers that see the tokens of every sample concatenated (no batch dimension), so one batch cannot
+    # route its samples to different adapters there. Z-Image embeds all images' patches and all captions in one
+    # call; every other layer of both families is batch-first (tests/test_mixing.py checks it in a real forward).
+    unbatched_layers: tuple[str, ...] = ()
 
     @property
     def lora_prefix(self) -> str:
@@ -81,7 +85,8 @@ def get_family(name: str) -> Family:
     defaults = load_family_defaults(name)
     if name == "sdxl":
         return Family(name, defaults.pipeline, defaults.denoiser, ("text_encoder", "text_encoder_2"), defaults)
-    return Family(name, defaults.pipeline, defaults.denoiser, ("text_encoder",), defaults)
+    return Family(name, defaults.pipeline, defaults.denoiser, ("text_encoder",), defaults,
+                  unbatched_layers=("all_x_embedder", "cap_embedder", "siglip_embedder"))
 
 
 def detect_family(base: str, local_files_only: bool = True) -> str:

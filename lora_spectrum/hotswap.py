@@ -42,12 +42,15 @@ Linear layers and kohya LoCon-style Conv2d layers (down: the layer's kernel, up:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import threading
 import time
+import warnings
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,11 +59,25 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from lora_spectrum.errors import LoraLoadError
+from lora_spectrum.errors import LoraLoadError, RenderError
 
 TE_KEY_PREFIXES = ("text_encoder", "lora_te")
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 _MAX_LAYOUTS = 8
+MIX_BASE = "__base__"  # peft's name for "no adapter" for a sample of a routed batch
+
+
+def _route(names: list[str], module, args, kwargs):
+    """Forward pre-hook on a peft LoRA layer: which adapter each sample of its input goes through. A batch holds
+    ``copies`` of the routed samples (two under classifier-free guidance: SDXL and Z-Image both concatenate the
+    whole batch twice), so the names repeat."""
+    x = args[0] if args else kwargs.get("x")
+    copies, rest = divmod(int(x.shape[0]), len(names))
+    if rest or not copies:
+        raise RenderError(f"a routed batch of {len(names)} samples reached a layer whose input has "
+                          f"{x.shape[0]} rows; this layer cannot route samples to different adapters")
+    kwargs["adapter_names"] = names * copies
+    return args, kwargs
 
 
 @dataclass
@@ -588,6 +605,86 @@ class HotSwapper:
                 self.active, self.strength = None, 0.0
                 raise
 
+    def unroutable(self, prepared: PreparedAdapter) -> str:
+        """Why this adapter cannot share a routed batch ("" when it can): it targets a layer that embeds every
+        sample's tokens in one call (``Family.unbatched_layers``), where samples cannot be told apart."""
+        for key in prepared.tensors:
+            if key.split(".", 1)[0] in self.family.unbatched_layers:
+                return f"it adapts {key.rsplit('.', 2)[0]}, which embeds every sample's tokens in one call"
+        return ""
+
+    @contextmanager
+    def routed(self, routes: list[tuple[str | None, float]]):
+        """Several adapters in one denoiser batch, each sample through its own (the multi-adapter batching LLM
+        servers such as S-LoRA and vLLM do): inside the block, sample ``j`` of every denoiser call goes through
+        ``routes[j]`` = (file or ``None`` for the base, strength). Yields a ``SwapRecord`` of the set-up.
+
+        Built on peft's own mixed-batch forward (``adapter_names``): each distinct (file, strength) is loaded
+        through diffusers into a temporary adapter, every LoRA layer is told each sample's adapter by a forward
+        pre-hook, and on leaving the block the temporary adapters are deleted and the slot's adapter, strength
+        and fused state are exactly what they were. Unfused arithmetic (peft adds each sample's delta); base
+        weights are never written. Every file is read and checked before anything changes (``LoraLoadError``
+        names it), and a file that ``unroutable`` refuses raises too: render it on its own.
+        """
+        from peft.tuners.lora import LoraLayer
+
+        with self._lock:
+            t0 = time.perf_counter()
+            # 1. Read and check every file first (warm ones from the LRU); nothing has changed if one fails.
+            distinct: dict[tuple[str, float], PreparedAdapter] = {}
+            for path, strength in routes:
+                strength = float(strength)
+                if path is None or strength == 0.0:
+                    continue
+                if not math.isfinite(strength):
+                    raise LoraLoadError(path, f"strength must be a finite number, not {strength}")
+                prepared = self.load_adapter(path)[0]
+                why = self.unroutable(prepared)
+                if why:
+                    raise LoraLoadError(path, f"cannot share a batch with other epochs: {why}")
+                distinct[(str(path), strength)] = prepared
+            names_for: dict[tuple[str, float], str] = {}
+            hooks = []
+            self._restore_fused()  # routed samples add their deltas unfused; the base weights must be the base
+            try:
+                # 2. One temporary adapter per distinct (file, strength), its strength set on its layers.
+                for i, (key, prepared) in enumerate(distinct.items()):
+                    names_for[key] = f"lora_spectrum_mix{i}"
+                    self._load_named(prepared, names_for[key])
+                names = [MIX_BASE if p is None or float(s) == 0.0 else names_for[(str(p), float(s))]
+                         for p, s in routes]
+                self._layer_state = None
+                for layer in self.denoiser.modules():
+                    if not isinstance(layer, LoraLayer):
+                        continue
+                    layer.enable_adapters(True)
+                    for (_, strength), name in names_for.items():
+                        if name in layer.lora_A:
+                            layer.set_scale(name, strength)
+                    # 3. Each call tells the layer every sample's adapter.
+                    hooks.append(layer.register_forward_pre_hook(functools.partial(_route, names), with_kwargs=True))
+                self.generation += 1
+                record = SwapRecord(f"{len(names_for)} adapter(s) routed", "routed", time.perf_counter() - t0)
+                self.history.append(record)
+                del self.history[:-1000]
+                yield record
+            finally:
+                # 4. Back to the single slot exactly as it was: temporary adapters gone, the slot's adapter active
+                #    at its strength (merged again in fused mode), or bypassed for the base.
+                for hook in hooks:
+                    hook.remove()
+                for name in names_for.values():
+                    self._drop_adapter(name)
+                self._layer_state = None
+                self.generation += 1
+                if self._slot is not None:
+                    for layer in self._slot.layers:
+                        layer.set_adapter(self._slot.adapter_name)
+                    if self.active is not None and self._installed is not None:
+                        self._apply_strength(self._installed, self.strength)
+                    else:
+                        self._set_strength(0.0)
+
     def fused_pristine_bytes(self) -> int:
         """What fused mode costs in memory: the pristine copy of every base weight merged so far (0 unfused)."""
         return sum(t.numel() * t.element_size() for t in self._pristine.values())
@@ -730,22 +827,8 @@ class HotSwapper:
 
         self._slot_counter += 1
         new_name = f"lora_spectrum_slot{self._slot_counter}"
-        prefix = self.family.lora_prefix
-        sd = {f"{prefix}.{k}": v for k, v in prepared.tensors.items()}
-        alphas = {k: v for k, v in (prepared.network_alphas or {}).items()}
         old = self._slot
-        try:
-            self.denoiser.load_lora_adapter(sd, prefix=prefix, network_alphas=alphas or None, adapter_name=new_name,
-                                            low_cpu_mem_usage=True)
-            if new_name not in getattr(self.denoiser, "peft_config", {}):
-                raise LoraLoadError(prepared.path, "diffusers matched none of its keys to the model")
-        except LoraLoadError:
-            self._drop_adapter(new_name)
-            raise
-        except Exception as exc:  # noqa: BLE001 - peft/diffusers errors are translated here
-            self._drop_adapter(new_name)
-            raise LoraLoadError(prepared.path, f"could not be loaded into the {self.family.denoiser_attr} "
-                                               f"({type(exc).__name__}: {exc})") from exc
+        self._load_named(prepared, new_name)
         if old is not None:
             self._drop_adapter(old.adapter_name)
         named_layers = [(n, m) for n, m in self.denoiser.named_modules()
@@ -767,9 +850,29 @@ class HotSwapper:
         if params:
             self._rebind(prepared)
 
+    def _load_named(self, prepared: PreparedAdapter, name: str) -> None:
+        """Load ``prepared`` through diffusers as peft adapter ``name``; on failure nothing of it stays."""
+        prefix = self.family.lora_prefix
+        sd = {f"{prefix}.{k}": v for k, v in prepared.tensors.items()}
+        alphas = {k: v for k, v in (prepared.network_alphas or {}).items()}
+        try:
+            self.denoiser.load_lora_adapter(sd, prefix=prefix, network_alphas=alphas or None, adapter_name=name,
+                                            low_cpu_mem_usage=True)
+            if name not in getattr(self.denoiser, "peft_config", {}):
+                raise LoraLoadError(prepared.path, "diffusers matched none of its keys to the model")
+        except LoraLoadError:
+            self._drop_adapter(name)
+            raise
+        except Exception as exc:  # noqa: BLE001 - peft/diffusers errors are translated here
+            self._drop_adapter(name)
+            raise LoraLoadError(prepared.path, f"could not be loaded into the {self.family.denoiser_attr} "
+                                               f"({type(exc).__name__}: {exc})") from exc
+
     def _drop_adapter(self, adapter_name: str) -> None:
         if adapter_name in getattr(self.denoiser, "peft_config", {}):
-            self.denoiser.delete_adapters(adapter_name)
+            with warnings.catch_warnings():  # peft names the adapter it falls back to; the caller sets its own
+                warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
+                self.denoiser.delete_adapters(adapter_name)
 
     def resident_names(self) -> list[str]:
         return [p.name for p in self._lru.values()]

@@ -294,11 +294,13 @@ def plan_cells(plan: Plan, catalog: Catalog | None = None) -> list[Cell]:
 
 def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCache | None = None,
              on_progress: Progress | None = None, cancel: threading.Event | None = None,
-             on_step: Callable[[int, int, str], None] | None = None) -> list[Cell]:
+             on_step: Callable[[int, int, str], None] | None = None, mix: int = 1) -> list[Cell]:
     """Render every cell of ``plan``. A failing column is recorded cell by cell and the rest still renders.
 
-    Seeds of one (column, strength, prompt) are rendered in one batched call; cached cells are skipped. When
-    ``cancel`` is set, rendering stops between images and the cells not done carry the error "cancelled".
+    Seeds of one (column, strength, prompt) are rendered in one batched call; with ``mix`` > 1, up to ``mix``
+    such groups of one prompt (epochs, strengths, the base) share one call, each sample routed to its own
+    adapter (``Engine.render_routed``; memory grows with the batch). Cached cells are skipped. When ``cancel`` is
+    set, rendering stops within a denoising step and the cells not done carry the error "cancelled".
     Raises ``BusyError`` when the engine already has its maximum of runs.
     """
     from lora_spectrum.engine import RenderRequest
@@ -313,65 +315,94 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
         if on_progress:
             on_progress(done, total, cell)
 
-    # 2. Groups in execution order: one swap per (column, strength), one batched render per prompt.
+    # 2. Groups in execution order: one swap per (column, strength), one batched render per prompt; with ``mix``,
+    #    consecutive groups of the same prompt are packed into one call.
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
         groups.setdefault((c.column, c.strength, c.prompt), []).append(c)
+    jobs: list[list[tuple]] = []
+    for key in groups:
+        if jobs and len(jobs[-1]) < max(1, mix) and jobs[-1][0][2] == key[2]:
+            jobs[-1].append(key)
+        else:
+            jobs.append([key])
     with engine.admit():
-        for (ci, strength, prompt), group in groups.items():
+        for job in jobs:
             if cancel is not None and cancel.is_set():
                 break
-            entry = plan.columns[ci]
-            # The file must still be the one the scan read (label, epoch and hash come from it): one removed,
-            # replaced or broken since fails its own cells with the cause, and a symlink is never followed out of
-            # the folder. Checked before the cache too, so that no cached image is shown under a stale label.
-            problem = None
-            if entry is not None and catalog is not None:
-                try:
-                    catalog.verify(entry)
-                except LoraSpectrumError as exc:
-                    problem = str(exc)
-            todo = []
-            for c in group:
-                if c.error is None and problem is not None:
-                    c.error = problem
-                if c.error:
-                    report(c)
-                    continue
-                data = cache.get(RenderCache.key(engine, plan, c)) if cache else None
-                if data is not None:
-                    c.png, c.image, c.cached = data, Image.open(io.BytesIO(data)).convert("RGB"), True
-                    report(c)
-                else:
-                    todo.append(c)
-            if not todo:
+            # 3. Per group: the file checked, cached cells taken; what is left to render.
+            todos = [(key, _pending(engine, plan, catalog, cache, key, groups[key], report)) for key in job]
+            todos = [(key, todo) for key, todo in todos if todo]
+            if not todos:
                 continue
-            req = RenderRequest(prompt, plan.negative_prompt, tuple(c.seed for c in todo), plan.steps,
+            prompt = job[0][2]
+            req = RenderRequest(prompt, plan.negative_prompt, tuple(c.seed for c in todos[0][1]), plan.steps,
                                 plan.guidance, plan.width, plan.height, plan.sampler)
+            labels = " + ".join(column_label(plan.columns[key[0]]) for key, _ in todos)
+            step = (lambda i, n, label=labels: on_step(i, n, label)) if on_step else None
+            # 4. Render: one group as a swap and a batched call; several as one routed call.
             t0 = time.perf_counter()
             try:
-                label = column_label(entry)
-                step = (lambda i, n, label=label: on_step(i, n, label)) if on_step else None
-                result = engine.render(req, None if entry is None else entry.path, strength, cancel=cancel,
-                                       on_step=step)
+                if len(todos) == 1:
+                    (ci, strength, _), todo = todos[0]
+                    entry = plan.columns[ci]
+                    results = [engine.render(req, None if entry is None else entry.path, strength, cancel=cancel,
+                                             on_step=step)]
+                else:
+                    routes = [(None if plan.columns[ci] is None else plan.columns[ci].path, strength,
+                               tuple(c.seed for c in todo)) for (ci, strength, _), todo in todos]
+                    results = engine.render_routed(req, routes, cancel=cancel, on_step=step)
             except CancelledError:
                 break
             except LoraSpectrumError as exc:
-                for c in todo:
-                    c.error = str(exc)
+                results = [exc] * len(todos)
+            # 5. Each group's cells: its images, or its own error.
+            per_image = (time.perf_counter() - t0) / sum(len(todo) for _, todo in todos)
+            for (_, todo), result in zip(todos, results, strict=True):
+                for i, c in enumerate(todo):
+                    if isinstance(result, Exception):
+                        c.error = str(result)
+                    else:
+                        c.image, c.seconds, c.swap_seconds = result.images[i], per_image, result.swap.seconds
+                        c.png = encode_png(c.image, parameters_text(c, plan, engine.base_id))
+                        if cache:
+                            cache.put(RenderCache.key(engine, plan, c), c.png)
                     report(c)
-                continue
-            per_image = (time.perf_counter() - t0) / len(todo)
-            for c, image in zip(todo, result.images, strict=True):
-                c.image, c.seconds, c.swap_seconds = image, per_image, result.swap.seconds
-                c.png = encode_png(image, parameters_text(c, plan, engine.base_id))
-                if cache:
-                    cache.put(RenderCache.key(engine, plan, c), c.png)
-                report(c)
     for c in cells:
         if c.image is None and c.error is None:
             c.error = "cancelled"
     return cells
+
+
+def _pending(engine, plan: Plan, catalog: Catalog | None, cache: RenderCache | None, key: tuple,
+             group: list[Cell], report) -> list[Cell]:
+    """The cells of one (column, strength, prompt) group still to render; the others are reported done.
+
+    The file must still be the one the scan read (label, epoch and hash come from it): one removed, replaced or
+    broken since fails its own cells with the cause, and a symlink is never followed out of the folder. Checked
+    before the cache too, so that no cached image is shown under a stale label.
+    """
+    entry = plan.columns[key[0]]
+    problem = None
+    if entry is not None and catalog is not None:
+        try:
+            catalog.verify(entry)
+        except LoraSpectrumError as exc:
+            problem = str(exc)
+    todo = []
+    for c in group:
+        if c.error is None and problem is not None:
+            c.error = problem
+        if c.error:
+            report(c)
+            continue
+        data = cache.get(RenderCache.key(engine, plan, c)) if cache else None
+        if data is not None:
+            c.png, c.image, c.cached = data, Image.open(io.BytesIO(data)).convert("RGB"), True
+            report(c)
+        else:
+            todo.append(c)
+    return todo
 
 
 # ---------------------------------------------------------------------------------------------- files
@@ -507,7 +538,7 @@ def grid_command(args, out, err) -> int:
         if args.cache_dir:
             settings.cache_dir = str(Path(args.cache_dir).resolve())
         # 2. Check what is cheap to check before loading a base.
-        for name in ("steps", "width", "height"):
+        for name in ("steps", "width", "height", "mix"):
             v = getattr(args, name)
             if v is not None and v < 1:
                 return fail(f"--{name} must be at least 1")
@@ -530,7 +561,7 @@ def grid_command(args, out, err) -> int:
               flush=True)
 
     # 4. Render, write, report.
-    cells = run_plan(engine, plan, catalog, cache, progress)
+    cells = run_plan(engine, plan, catalog, cache, progress, mix=args.mix)
     manifest = write_outputs(args.out, plan, cells, engine.base_id, engine.family.name)
     _add_insight(args.out, manifest, catalog, columns)
     failed = [c for c in cells if c.error]

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -176,3 +177,20 @@ def test_step_checkpoints_are_labelled_by_step(tmp_path, demo_dir):
     entries = catalog.scan()
     plan = make_plan(load_family_defaults("sdxl"), [None, *entries], [1], prompts=["p"], width=64, height=64)
     assert [c.label for c in plan_cells(plan, catalog)] == ["base", "step 500", "step 1000"]
+
+
+def test_grid_mix_renders_the_same_cells_and_refuses_zero(setup, capsys):
+    config, loras, out = setup
+    args = ("--include-base", "--seeds", "1,2", "--epochs", "20,150,300", "--prompt", "p", "--no-cache")
+    assert grid(config, loras, out, *args) == 0
+    assert grid(config, loras, out.with_name("mixed"), *args, "--mix", "4") == 0
+    plain = json.loads((out / "manifest.json").read_text())["cells"]
+    mixed = json.loads((out.with_name("mixed") / "manifest.json").read_text())["cells"]
+    assert [(c["epoch"], c["seed"]) for c in mixed] == [(c["epoch"], c["seed"]) for c in plain]
+    for a, b in zip(plain, mixed, strict=True):
+        pa = np.asarray(Image.open(out / a["image"])).astype(int)
+        pb = np.asarray(Image.open(out.with_name("mixed") / b["image"])).astype(int)
+        assert np.abs(pa - pb).mean() < 0.05, (a["epoch"], a["seed"])
+    capsys.readouterr()
+    assert grid(config, loras, out, *args, "--mix", "0") == 2
+    assert "--mix must be at least 1" in capsys.readouterr().err

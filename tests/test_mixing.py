@@ -1,0 +1,165 @@
+"""Routed batches: several epochs (and strengths, and the base) in one denoiser call, each sample through its own
+adapter. Tiny real pipelines of both families; routed images are compared with epoch-by-epoch renders."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lora_spectrum.catalog import Catalog
+from lora_spectrum.errors import LoraLoadError
+from lora_spectrum.runs import make_plan, run_plan
+from tests.test_hotswap import assert_same_tensors, base_weights, te_state
+from tests.tiny import FAMILIES, garbage, new_engine, pixels, request
+
+
+def separate(engine, req, routes) -> list[np.ndarray]:
+    """Each route rendered the usual way: swap, then one batched call of its seeds."""
+    return [pixels(engine.render(dataclasses.replace(req, seeds=seeds), path, strength).images)
+            for path, strength, seeds in routes]
+
+
+def diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_layer_but_the_listed_ones_sees_one_row_per_sample(family):
+    """What routing rests on: a layer's input has the batch as its first dimension. Checked in a real forward
+    of three samples, for every Linear and Conv2d of the denoiser, against ``Family.unbatched_layers``."""
+    engine = new_engine(family)
+    seen: dict[str, set[int]] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, set()).add(args[0].shape[0]))
+             for name, m in engine.hotswap.denoiser.named_modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
+    engine.render(dataclasses.replace(request(family, seeds=(1, 2, 3), steps=1), guidance=0.0))
+    for h in hooks:
+        h.remove()
+    unbatched = {name for name, rows in seen.items() if rows != {3}}
+    listed = {name for name in seen if name.split(".", 1)[0] in engine.family.unbatched_layers}
+    assert seen and unbatched == listed
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_routed_render_matches_epoch_by_epoch_and_leaves_nothing_behind(family, demo_loras):
+    files = [str(p) for p in demo_loras[family]]
+    reference = new_engine(family)
+    req = request(family, steps=3)
+    routes = [(None, 0.0, (1, 2)), (files[0], 1.0, (1, 2)), (files[-1], 1.0, (1, 2)), (files[-1], 0.5, (3,))]
+    expected = separate(reference, req, routes)
+    engine = new_engine(family)
+    engine.render(req, files[2], 0.7)  # an adapter active before: it must be active again after
+    fresh = base_weights(engine.hotswap.denoiser)
+    te_before = te_state(engine)
+    active_before = pixels(engine.render(req, files[2], 0.7).images)
+    results = engine.render_routed(req, routes)
+    # 1. Each route's images are its own epoch's (within rounding of a different batch shape), not a neighbour's.
+    for i, result in enumerate(results):
+        got = pixels(result.images)
+        assert got.shape == expected[i].shape
+        assert diff(got, expected[i]) < 0.05, (i, diff(got, expected[i]))
+        others = [diff(got, e) for j, e in enumerate(expected) if j != i and e.shape == got.shape]
+        assert all(o > 1.0 for o in others), (i, others)
+    assert results[1].swap.kind == "routed"
+    # 2. Nothing stays: no temporary adapter, the base weights and the text encoders bit for bit, the adapter
+    #    that was active renders exactly as before.
+    assert list(engine.hotswap.denoiser.peft_config) == [engine.hotswap._slot.adapter_name]
+    assert_same_tensors(base_weights(engine.hotswap.denoiser), fresh)
+    for a, b in zip(te_state(engine), te_before, strict=True):
+        assert_same_tensors(a, b)
+    assert engine.hotswap.get_active_adapter() == (files[2], 0.7)
+    assert np.array_equal(pixels(engine.render(req, files[2], 0.7).images), active_before)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_base_renders_exactly_after_routing(family, demo_loras):
+    files = [str(p) for p in demo_loras[family]]
+    req = request(family)
+    base = pixels(new_engine(family).render(req).images)
+    engine = new_engine(family)
+    engine.render_routed(req, [(files[1], 1.0, (1,)), (files[3], 1.3, (2,))])
+    assert engine.hotswap.get_active_adapter() == (None, 0.0)
+    assert np.array_equal(pixels(engine.render(req).images), base)
+
+
+def test_fused_mode_is_put_back_after_routing(demo_loras):
+    family = "sdxl"
+    files = [str(p) for p in demo_loras[family]]
+    req = request(family)
+    engine = new_engine(family, fuse=True)
+    before = pixels(engine.render(req, files[4], 0.8).images)
+    assert engine.hotswap.is_fused()
+    results = engine.render_routed(req, [(files[0], 1.0, (1, 2)), (files[4], 0.8, (1, 2))])
+    unfused = pixels(new_engine(family).render(req, files[4], 0.8).images)
+    assert diff(pixels(results[1].images), unfused) < 0.05, "routed samples add their deltas unfused"
+    assert engine.hotswap.is_fused() and engine.hotswap.get_active_adapter() == (files[4], 0.8)
+    assert np.array_equal(pixels(engine.render(req, files[4], 0.8).images), before)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_bad_file_fails_only_its_own_route(family, demo_loras, tmp_path):
+    files = [str(p) for p in demo_loras[family]]
+    bad = tmp_path / "broken_7.safetensors"
+    bad.write_bytes(garbage(2048))
+    req = request(family)
+    routes = [(files[0], 1.0, (1, 2)), (str(bad), 1.0, (1, 2)), (files[-1], 1.0, (1, 2))]
+    engine = new_engine(family)
+    results = engine.render_routed(req, routes)
+    assert isinstance(results[1], LoraLoadError) and "broken_7.safetensors" in str(results[1])
+    expected = separate(new_engine(family), req, [routes[0], routes[2]])
+    assert diff(pixels(results[0].images), expected[0]) < 0.05
+    assert diff(pixels(results[2].images), expected[1]) < 0.05
+    with pytest.raises(LoraLoadError, match="broken_7"), engine.lock, engine.hotswap.routed([(str(bad), 1.0)]):
+        pass
+    assert not getattr(engine.hotswap.denoiser, "peft_config", {}), "no temporary adapter stays"
+    assert engine.hotswap.get_active_adapter() == (None, 0.0)
+
+
+def test_a_file_that_adapts_an_unbatched_layer_renders_on_its_own(demo_loras, tmp_path):
+    """Z-Image embeds every caption's tokens in one call: a LoRA there cannot be routed, so it renders alone."""
+    family = "z-image"
+    files = [str(p) for p in demo_loras[family]]
+    sd = load_file(files[-1])
+    layer = new_engine(family).hotswap.denoiser.cap_embedder[1]
+    gen = torch.Generator().manual_seed(3)
+    sd["diffusion_model.cap_embedder.1.lora_down.weight"] = torch.randn(4, layer.in_features, generator=gen)
+    sd["diffusion_model.cap_embedder.1.lora_up.weight"] = torch.randn(layer.out_features, 4, generator=gen)
+    sd["diffusion_model.cap_embedder.1.alpha"] = torch.tensor(4.0)
+    odd = tmp_path / "captions_9.safetensors"
+    save_file(sd, str(odd))
+    engine = new_engine(family)
+    prepared, _ = engine.hotswap.load_adapter(str(odd))
+    assert "cap_embedder" in engine.hotswap.unroutable(prepared)
+    req = request(family)
+    routes = [(files[0], 1.0, (1, 2)), (str(odd), 1.0, (1, 2)), (files[-1], 1.0, (1, 2))]
+    results = engine.render_routed(req, routes)
+    expected = separate(new_engine(family), req, routes)
+    assert np.array_equal(pixels(results[1].images), expected[1]), "rendered alone, exactly as a plain render"
+    assert results[1].swap.kind != "routed" and results[0].swap.kind == "routed"
+    for i in (0, 2):
+        assert diff(pixels(results[i].images), expected[i]) < 0.05
+
+
+def test_run_plan_with_mix_gives_the_grid_of_epoch_by_epoch(demo_loras, tmp_path):
+    family = "sdxl"
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    for p in demo_loras[family][:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    catalog = Catalog(folder)
+    entries = [e for e in catalog.scan() if e.state == "ready"]
+    engine = new_engine(family)
+    plan = make_plan(engine.defaults, [None, *entries], [1, 2], [1.0, 0.5], ["a red circle"], steps=2,
+                     guidance=5.0, width=64, height=64, sampler="Euler")
+    plain = run_plan(new_engine(family), plan, catalog)
+    seen = []
+    mixed = run_plan(engine, plan, catalog, mix=3, on_progress=lambda d, t, c: seen.append(d))
+    assert seen == list(range(1, len(plain) + 1)), "every cell reported once, in order"
+    assert [(c.label, c.seed, c.strength) for c in mixed] == [(c.label, c.seed, c.strength) for c in plain]
+    for a, b in zip(plain, mixed, strict=True):
+        assert a.error is None and b.error is None
+        assert diff(np.asarray(a.image)[None], np.asarray(b.image)[None]) < 0.05, (b.label, b.seed, b.strength)
+    assert sum(1 for r in engine.hotswap.history if r.kind == "routed") == 2, "7 groups in calls of 3, 3 and 1"
