@@ -210,33 +210,37 @@ def _check_memory(model: str, device: torch.device, dtype: torch.dtype) -> None:
                             f"machine with more memory")
 
 
-def _forward_inputs(family: str, denoiser, device: torch.device, dtype: torch.dtype, latent: int) -> Callable:
-    """A closure running one denoiser forward on fixed random inputs, returning the output tensor."""
+def _forward_inputs(family: str, denoiser, device: torch.device, dtype: torch.dtype, latent: int,
+                    batch: int = 1) -> Callable:
+    """A closure running one denoiser forward on fixed random inputs, returning the output. With ``batch`` > 1
+    every sample gets the same inputs (a grid's epochs share prompt and seed), the output keeps the batch."""
     gen = torch.Generator("cpu").manual_seed(0)
 
     def rand(*shape):
-        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+        one = torch.randn(1, *shape[1:], generator=gen).to(device=device, dtype=dtype)
+        return one.expand(shape[0], *shape[1:]).contiguous()
 
     if family == "sdxl":
         cfg = denoiser.config
-        sample = rand(1, cfg.in_channels, latent, latent)
-        hidden = rand(1, 77, cfg.cross_attention_dim)
+        sample = rand(batch, cfg.in_channels, latent, latent)
+        hidden = rand(batch, 77, cfg.cross_attention_dim)
         embeds_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
         size = float(latent * 8)
-        added = {"text_embeds": rand(1, embeds_dim),
-                 "time_ids": torch.tensor([[size, size, 0.0, 0.0, size, size]], device=device, dtype=dtype)}
-        timestep = torch.tensor([500.0], device=device)
+        added = {"text_embeds": rand(batch, embeds_dim),
+                 "time_ids": torch.tensor([[size, size, 0.0, 0.0, size, size]] * batch, device=device, dtype=dtype)}
+        timestep = torch.tensor([500.0] * batch, device=device)
 
         def run():
             return denoiser(sample, timestep, hidden, added_cond_kwargs=added).sample
     else:
         cfg = denoiser.config
-        x = [rand(cfg.in_channels, 1, latent, latent)]
-        caption = [rand(32, cfg.cap_feat_dim)]
-        timestep = torch.tensor([0.5], device=device, dtype=dtype)
+        x = [rand(1, cfg.in_channels, 1, latent, latent)[0]] * batch
+        caption = [rand(1, 32, cfg.cap_feat_dim)[0]] * batch
+        timestep = torch.tensor([0.5] * batch, device=device, dtype=dtype)
 
         def run():
-            return denoiser(x, timestep, caption, return_dict=False)[0][0]
+            out = denoiser(x, timestep, caption, return_dict=False)[0]
+            return out[0] if batch == 1 else torch.stack(out)
 
     def forward():
         with torch.no_grad():
@@ -393,6 +397,52 @@ def _measure_ours(pipe, family, paths, device, swaps, forward, fwd_repeats, base
     }
 
 
+def _measure_routed(pipe, family, paths, device, dtype, latent: int, repeats: int, base_out) -> dict:
+    """Issue 6's stretch: ``k`` epochs, one image each, through the denoiser. Epoch by epoch is a warm swap and
+    a batch-1 forward per epoch; routed is one forward of ``k`` samples, each through its own adapter
+    (``HotSwapper.routed``), after a set-up that loads the ``k`` temporary adapters once per grid."""
+    from lora_spectrum.hotswap import HotSwapper
+
+    k = min(4, len(paths))
+    chosen = paths[-k:]
+    one = _forward_inputs(family.name, family.denoiser(pipe), device, dtype, latent)
+    batched = _forward_inputs(family.name, family.denoiser(pipe), device, dtype, latent, batch=k)
+    swapper = HotSwapper(pipe, family, resident=k)
+    for path in chosen:  # every file resident and the slot installed: epoch by epoch at its best
+        swapper.activate(path, 1.0)
+
+    def epoch_by_epoch():
+        outs = []
+        for path in chosen:
+            swapper.activate(path, 1.0)
+            outs.append(one())
+        return outs
+
+    # 1. Epoch by epoch (warm swaps), then the same forward of k samples on the bare base, for reference.
+    epoch_by_epoch()
+    sequential = [_timed(epoch_by_epoch, device) for _ in range(repeats)]
+    singles = epoch_by_epoch()
+    swapper.use_base()
+    base_k = [_timed(batched, device) for _ in range(repeats)]
+    # 2. Routed: set-up timed on its own, then forwards of k samples inside one routing block.
+    setups, routed, out = [], [], None
+    for _ in range(max(2, repeats // 2)):
+        t0 = time.perf_counter()
+        with swapper.routed([(p, 1.0) for p in chosen]):
+            _sync(device)
+            setups.append(time.perf_counter() - t0)
+            out = batched()
+            routed += [_timed(batched, device) for _ in range(max(1, repeats // 2))]
+    # 3. Each routed sample must be its own epoch's (close to its epoch-by-epoch forward, not a neighbour's),
+    #    and nothing may stay behind.
+    own = max(float((out[i].float() - singles[i].float()).abs().max()) for i in range(k))
+    neighbour = min(float((out[i].float() - singles[(i + 1) % k].float()).abs().max()) for i in range(k))
+    swapper.unload()
+    exact = bool(torch.equal(one(), base_out))
+    return {"epochs": k, "sequential": sequential, "base_k": base_k, "setup": setups, "routed": routed,
+            "own_max_abs": own, "neighbour_max_abs": neighbour, "base_exact": exact}
+
+
 def _measure_diffusers_reload(pipe, paths, device, repeats) -> list[float]:
     """``pipe.unload_lora_weights()`` + ``pipe.load_lora_weights(file)``: what most scripts do per epoch."""
     pipe.load_lora_weights(str(paths[0]))
@@ -531,6 +581,8 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         # 4. Ours on the pristine model; everything of ours is unloaded before diffusers' turn.
         ours = _measure_ours(pipe, family, paths, dev, swaps, forward, fwd_repeats, base_out, say,
                              fused_swap_repeats=8 if dev.type == "cuda" or model == "tiny" else 4)
+        say("several epochs in one routed batch vs epoch by epoch ...")
+        routed = _measure_routed(pipe, family, paths, dev, dtype, latent, fwd_repeats, base_out)
         # 5. diffusers' ways, on the same model after our unload (which gives back the original modules).
         say("diffusers unload_lora_weights + load_lora_weights ...")
         reload_times = _measure_diffusers_reload(pipe, paths, dev, repeats)
@@ -556,6 +608,18 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
     base_s, active_s, fused_s = _median(base_times + ours["base_again"]), _median(ours["active"]), _median(ours["fused"])
     swap_fused_s = _median(ours["fused_swaps"])
     growth = ours["after"]["rss_mb"] - ours["before"]["rss_mb"]
+    seq_s, routed_s, setup_s = _median(routed["sequential"]), _median(routed["routed"]), _median(routed["setup"])
+    steps = family.defaults.steps
+    grid_routed = {
+        "epochs": routed["epochs"], "steps": steps,
+        "epoch_by_epoch_step_s": seq_s, "routed_step_s": routed_s, "routed_setup_s": setup_s,
+        "base_batch_step_s": _median(routed["base_k"]),
+        "step_speedup": _ratio(seq_s, routed_s),
+        "grid_speedup": _ratio(steps * seq_s, steps * routed_s + setup_s),
+        "routed_vs_base_batch": _ratio(routed_s, _median(routed["base_k"])),
+        "own_epoch_max_abs": routed["own_max_abs"], "neighbour_epoch_max_abs": routed["neighbour_max_abs"],
+        "base_bit_exact_after": routed["base_exact"],
+    }
     if dev.type == "cuda":
         growth_cuda = ours["after"]["cuda_allocated_mb"] - ours["before"]["cuda_allocated_mb"]
     result.update({
@@ -569,6 +633,7 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         "fused_vs_unfused_max_abs": ours["fused_vs_unfused_max_abs"],
         "unfused_vs_base_max_abs": ours["unfused_vs_base_max_abs"],
         "memory_growth_mb": growth,
+        "grid_routed": grid_routed,
         "memory": {"before_swaps": ours["before"], "after_swaps": ours["after"],
                    "resident_adapters_mb": ours["resident_mb"]},
         "methods": {
@@ -584,11 +649,17 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
                        "active at strength 1: unfused = peft LoRA layers, fused = the adapter merged into the base "
                        "weights (adapter layers bypassed)",
             "swap_fused": "HotSwapper.activate in fused mode among 4 resident adapters: restore + merge in float32",
+            "grid_routed": "k epochs x 1 image with the same inputs, one denoising step: epoch by epoch = a warm "
+                           "swap + a batch-1 forward per epoch; routed = one batch-k forward inside "
+                           "HotSwapper.routed (peft's mixed-batch LoRA forward); its set-up (k temporary "
+                           "adapters) is paid once per grid, so grid_speedup = steps x epoch-by-epoch / "
+                           "(steps x routed + set-up), steps = the family's default (VAE and text encoders, the "
+                           "same both ways, left out)",
         },
         "repeats": {"floor": len(floor), "swap_cold": len(ours["cold"]), "swap_warm": len(ours["warm"]),
                     "diffusers_reload": len(reload_times), "diffusers_hotswap": len(hotswap_times),
                     "pipeline_reload": len(pipeline_times), "forward": fwd_repeats,
-                    "swap_fused": len(ours["fused_swaps"])},
+                    "swap_fused": len(ours["fused_swaps"]), "grid_routed": len(routed["routed"])},
         "swap_kinds_seen": ours["kinds"],
         "fast_path": ours["fast_path"],
         "adapter_changes_output": ours["active_differs"],
@@ -673,6 +744,20 @@ def format_table(result: dict) -> str:
               "|---|---|---|", f"| bare base | {_s(r['forward_base_s'])} | 1.00x |"]
     for mode, v in r["forward_active_s"].items():
         lines.append(f"| adapter active, {mode} | {_s(v)} | {_x(ratios['forward_active_vs_base'][mode])} |")
+    g = r["grid_routed"]
+    lines += ["", f"| {g['epochs']} epochs x 1 image, one denoising step | time | vs epoch by epoch |",
+              "|---|---|---|",
+              f"| epoch by epoch (warm swap + batch-1 forward, each) | {_s(g['epoch_by_epoch_step_s'])} | 1.00x |",
+              f"| routed: one batch-{g['epochs']} forward, each sample its own adapter | {_s(g['routed_step_s'])} "
+              f"| {_x(_ratio(g['routed_step_s'], g['epoch_by_epoch_step_s']))} |",
+              f"| (reference: bare base, batch {g['epochs']}) | {_s(g['base_batch_step_s'])} "
+              f"| {_x(_ratio(g['base_batch_step_s'], g['epoch_by_epoch_step_s']))} |",
+              f"| routed set-up, once per grid | {_s(g['routed_setup_s'])} | - |",
+              "",
+              f"Routed grid of {g['epochs']} epochs x {g['steps']} steps: {_x(g['grid_speedup'])} the throughput of "
+              f"epoch by epoch (per step {_x(g['step_speedup'])}); routed samples within "
+              f"{g['own_epoch_max_abs']:.2g} of their own epoch's forward ({g['neighbour_epoch_max_abs']:.2g} from a "
+              f"neighbour's); base bit-exact after: {'yes' if g['base_bit_exact_after'] else 'NO'}."]
     before, after = mem["before_swaps"], mem["after_swaps"]
     lines += ["", f"| memory, {r['swaps']} swaps | before | after | growth |", "|---|---|---|---|",
               f"| process RSS | {before['rss_mb']:.0f} MB | {after['rss_mb']:.0f} MB | {r['memory_growth_mb']:+.0f} MB |"]

@@ -64,6 +64,17 @@ def test_ratios_and_targets_are_all_filled(result):
     assert result["targets"] and all(isinstance(v, bool) for v in result["targets"].values())
 
 
+def test_routed_grid_figures(result):
+    g = result["grid_routed"]
+    assert g["epochs"] == 3 and g["steps"] >= 1
+    for key in ("epoch_by_epoch_step_s", "routed_step_s", "routed_setup_s", "base_batch_step_s", "step_speedup",
+                "grid_speedup", "routed_vs_base_batch"):
+        assert _positive(g[key]), key
+    # Each routed sample is its own epoch's forward up to rounding, far from its neighbour's; nothing stays.
+    assert g["own_epoch_max_abs"] < 0.01 * g["neighbour_epoch_max_abs"]
+    assert g["base_bit_exact_after"] is True
+
+
 def test_memory_figures(result):
     assert isinstance(result["memory_growth_mb"], float)
     for when in ("before_swaps", "after_swaps"):
@@ -93,7 +104,8 @@ def test_prompt_encoded_once_for_the_plan(result):
 def test_table_and_json_are_printable(result):
     table = format_table(result)
     for words in ("floor", "ours, cold", "ours, warm", "diffusers hotswap", "unload + load_lora_weights",
-                  "pipeline reload", "bare base", "unfused", "fused", "process RSS", "Reproduce:", "Text encoders"):
+                  "pipeline reload", "bare base", "unfused", "fused", "process RSS", "Reproduce:", "Text encoders",
+                  "routed: one batch-3 forward", "Routed grid of 3 epochs"):
         assert words in table, words
     assert json.loads(json.dumps(result)) == result
 
