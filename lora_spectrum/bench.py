@@ -400,7 +400,7 @@ def _measure_ours(pipe, family, paths, device, swaps, forward, fwd_repeats, base
 def _measure_routed(pipe, family, paths, device, dtype, latent: int, repeats: int, base_out) -> dict:
     """Issue 6's stretch: ``k`` epochs, one image each, through the denoiser. Epoch by epoch is a warm swap and
     a batch-1 forward per epoch; routed is one forward of ``k`` samples, each through its own adapter
-    (``HotSwapper.routed``), after a set-up that loads the ``k`` temporary adapters once per grid."""
+    (``HotSwapper.routed``, both ways), after a set-up paid once per grid."""
     from lora_spectrum.hotswap import HotSwapper
 
     k = min(4, len(paths))
@@ -424,23 +424,29 @@ def _measure_routed(pipe, family, paths, device, dtype, latent: int, repeats: in
     singles = epoch_by_epoch()
     swapper.use_base()
     base_k = [_timed(batched, device) for _ in range(repeats)]
-    # 2. Routed: set-up timed on its own, then forwards of k samples inside one routing block.
-    setups, routed, out = [], [], None
-    for _ in range(max(2, repeats // 2)):
-        t0 = time.perf_counter()
-        with swapper.routed([(p, 1.0) for p in chosen]):
-            _sync(device)
-            setups.append(time.perf_counter() - t0)
-            out = batched()
-            routed += [_timed(batched, device) for _ in range(max(1, repeats // 2))]
+    # 2. Routed, both ways: set-up timed on its own, then forwards of k samples inside one routing block.
+    figures = {}
+    for way in ("auto", "peft"):
+        setups, times, out = [], [], None
+        for _ in range(2):
+            t0 = time.perf_counter()
+            with swapper.routed([(p, 1.0) for p in chosen], way=way):
+                _sync(device)
+                setups.append(time.perf_counter() - t0)
+                out = batched()
+                times += [_timed(batched, device) for _ in range(max(1, repeats // 2))]
+        figures[way] = (setups, times, out, swapper.history[-1].kind)
+    setups, routed, out, kind = figures["auto"]
     # 3. Each routed sample must be its own epoch's (close to its epoch-by-epoch forward, not a neighbour's),
     #    and nothing may stay behind.
     own = max(float((out[i].float() - singles[i].float()).abs().max()) for i in range(k))
     neighbour = min(float((out[i].float() - singles[(i + 1) % k].float()).abs().max()) for i in range(k))
     swapper.unload()
     exact = bool(torch.equal(one(), base_out))
+    peft_own = max(float((figures["peft"][2][i].float() - singles[i].float()).abs().max()) for i in range(k))
     return {"epochs": k, "sequential": sequential, "base_k": base_k, "setup": setups, "routed": routed,
-            "own_max_abs": own, "neighbour_max_abs": neighbour, "base_exact": exact}
+            "kind": kind, "peft_setup": figures["peft"][0], "peft_routed": figures["peft"][1],
+            "own_max_abs": max(own, peft_own), "neighbour_max_abs": neighbour, "base_exact": exact}
 
 
 def _measure_diffusers_reload(pipe, paths, device, repeats) -> list[float]:
@@ -613,7 +619,10 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
     grid_routed = {
         "epochs": routed["epochs"], "steps": steps,
         "epoch_by_epoch_step_s": seq_s, "routed_step_s": routed_s, "routed_setup_s": setup_s,
-        "base_batch_step_s": _median(routed["base_k"]),
+        "base_batch_step_s": _median(routed["base_k"]), "routed_way": routed["kind"],
+        "peft_routed_step_s": _median(routed["peft_routed"]), "peft_routed_setup_s": _median(routed["peft_setup"]),
+        "peft_grid_speedup": _ratio(steps * seq_s, steps * _median(routed["peft_routed"])
+                                    + _median(routed["peft_setup"])),
         "step_speedup": _ratio(seq_s, routed_s),
         "grid_speedup": _ratio(steps * seq_s, steps * routed_s + setup_s),
         "routed_vs_base_batch": _ratio(routed_s, _median(routed["base_k"])),
@@ -651,8 +660,8 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
             "swap_fused": "HotSwapper.activate in fused mode among 4 resident adapters: restore + merge in float32",
             "grid_routed": "k epochs x 1 image with the same inputs, one denoising step: epoch by epoch = a warm "
                            "swap + a batch-1 forward per epoch; routed = one batch-k forward inside "
-                           "HotSwapper.routed (peft's mixed-batch LoRA forward); its set-up (k temporary "
-                           "adapters) is paid once per grid, so grid_speedup = steps x epoch-by-epoch / "
+                           "HotSwapper.routed (stacked: two broadcast matmuls per layer; peft: its mixed-batch "
+                           "LoRA forward); the set-up is paid once per grid, so grid_speedup = steps x epoch-by-epoch / "
                            "(steps x routed + set-up), steps = the family's default (VAE and text encoders, the "
                            "same both ways, left out)",
         },
@@ -753,9 +762,13 @@ def format_table(result: dict) -> str:
               f"| (reference: bare base, batch {g['epochs']}) | {_s(g['base_batch_step_s'])} "
               f"| {_x(_ratio(g['base_batch_step_s'], g['epoch_by_epoch_step_s']))} |",
               f"| routed set-up, once per grid | {_s(g['routed_setup_s'])} | - |",
+              f"| (peft's mixed-batch forward instead: batch-{g['epochs']} forward) | {_s(g['peft_routed_step_s'])} "
+              f"| {_x(_ratio(g['peft_routed_step_s'], g['epoch_by_epoch_step_s']))} |",
+              f"| (peft's way: set-up, one diffusers load per epoch) | {_s(g['peft_routed_setup_s'])} | - |",
               "",
               f"Routed grid of {g['epochs']} epochs x {g['steps']} steps: {_x(g['grid_speedup'])} the throughput of "
-              f"epoch by epoch (per step {_x(g['step_speedup'])}); routed samples within "
+              f"epoch by epoch (per step {_x(g['step_speedup'])}; peft's way {_x(g['peft_grid_speedup'])}); "
+              f"routed samples within "
               f"{g['own_epoch_max_abs']:.2g} of their own epoch's forward ({g['neighbour_epoch_max_abs']:.2g} from a "
               f"neighbour's); base bit-exact after: {'yes' if g['base_bit_exact_after'] else 'NO'}."]
     before, after = mem["before_swaps"], mem["after_swaps"]

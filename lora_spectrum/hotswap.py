@@ -67,6 +67,26 @@ _MAX_LAYOUTS = 8
 MIX_BASE = "__base__"  # peft's name for "no adapter" for a sample of a routed batch
 
 
+def _add_stacked(down_t: torch.Tensor, up_t: torch.Tensor, samples: int, module, args, out):
+    """Forward hook of stacked routing: add block ``b``'s ``x @ down_b.T @ up_b.T`` to its rows of ``out``.
+
+    The input holds ``copies`` x ``blocks`` x ``samples`` rows, block-major within each copy, so a view with the
+    blocks as a batch dimension lets two broadcast matmuls do every block at once (no gather, no copy of x).
+    """
+    x = args[0] if args else None
+    blocks = down_t.shape[0]
+    copies, rest = divmod(int(x.shape[0]), blocks * samples)
+    if rest or not copies:
+        raise RenderError(f"a routed batch of {blocks} blocks reached a layer whose input has {x.shape[0]} rows")
+    h = torch.matmul(x.reshape(copies, blocks, -1, x.shape[-1]), down_t)
+    delta = torch.matmul(h, up_t)
+    try:
+        out.view(copies, blocks, -1, out.shape[-1]).add_(delta)
+        return out
+    except RuntimeError:  # a non-contiguous output: add out of place
+        return out + delta.reshape(out.shape)
+
+
 def _route(names: list[str], module, args, kwargs):
     """Forward pre-hook on a peft LoRA layer: which adapter each sample of its input goes through. A batch holds
     ``copies`` of the routed samples (two under classifier-free guidance: SDXL and Z-Image both concatenate the
@@ -524,13 +544,8 @@ class HotSwapper:
             # 2. Install into the slot.
             kind = "warm" if warm else "cold"
             if prepared is not self._installed or self._slot is None:
-                if self._slot is not None and self._slot.signature == prepared.signature and self._slot.params:
-                    self._rebind(prepared)
-                else:
-                    self._rebuild(prepared)
+                if self._install(prepared):
                     kind = "rebuild"
-                self._installed = prepared
-                self._install_serial += 1
             else:
                 kind = "strength"
             # 3. Strength (0 means the adapter layers are bypassed); in fused mode, merged into the base weights.
@@ -614,20 +629,26 @@ class HotSwapper:
         return ""
 
     @contextmanager
-    def routed(self, routes: list[tuple[str | None, float]]):
+    def routed(self, routes: list[tuple[str | None, float]], way: str = "auto"):
         """Several adapters in one denoiser batch, each sample through its own (the multi-adapter batching LLM
         servers such as S-LoRA and vLLM do): inside the block, sample ``j`` of every denoiser call goes through
         ``routes[j]`` = (file or ``None`` for the base, strength). Yields a ``SwapRecord`` of the set-up.
 
-        Built on peft's own mixed-batch forward (``adapter_names``): each distinct (file, strength) is loaded
-        through diffusers into a temporary adapter, every LoRA layer is told each sample's adapter by a forward
-        pre-hook, and on leaving the block the temporary adapters are deleted and the slot's adapter, strength
-        and fused state are exactly what they were. Unfused arithmetic (peft adds each sample's delta); base
-        weights are never written. Every file is read and checked before anything changes (``LoraLoadError``
-        names it), and a file that ``unroutable`` refuses raises too: render it on its own.
+        Two ways, both unfused arithmetic that never writes a base weight:
+        - *stacked* (kind ``routed``), when the samples come in equal consecutive blocks per route, every file
+          shares one layout and every adapted layer is a Linear (every epoch of one run, in grid order): the
+          slot is installed for that layout (for its per-layer scaling, as diffusers configured peft), the
+          routes' down and up matrices are stacked per layer once, and a forward hook adds every block's delta
+          with two broadcast matmuls per layer. Hand-written because peft's mixed-batch forward indexes and
+          copies every sample's rows per adapter per layer, and loading one peft adapter per route costs a
+          diffusers load each (both measured by ``python -m lora_spectrum bench``).
+        - *peft* (kind ``routed-peft``), otherwise: each distinct (file, strength) is loaded through diffusers
+          into a temporary adapter and peft's own mixed-batch forward (``adapter_names``) routes the samples.
+        On leaving the block the slot's adapter, strength and fused state are exactly what they were. Every file
+        is read and checked before anything changes (``LoraLoadError`` names it), and a file that
+        ``unroutable`` refuses raises too: render it on its own. ``way="peft"`` forces the second way (the
+        benchmark compares the two).
         """
-        from peft.tuners.lora import LoraLayer
-
         with self._lock:
             t0 = time.perf_counter()
             # 1. Read and check every file first (warm ones from the LRU); nothing has changed if one fails.
@@ -643,40 +664,33 @@ class HotSwapper:
                 if why:
                     raise LoraLoadError(path, f"cannot share a batch with other epochs: {why}")
                 distinct[(str(path), strength)] = prepared
-            names_for: dict[tuple[str, float], str] = {}
-            hooks = []
+            blocks = self._stackable(routes, distinct) if way == "auto" else None
+            installed, undo = self._installed, []
             self._restore_fused()  # routed samples add their deltas unfused; the base weights must be the base
             try:
-                # 2. One temporary adapter per distinct (file, strength), its strength set on its layers.
-                for i, (key, prepared) in enumerate(distinct.items()):
-                    names_for[key] = f"lora_spectrum_mix{i}"
-                    self._load_named(prepared, names_for[key])
-                names = [MIX_BASE if p is None or float(s) == 0.0 else names_for[(str(p), float(s))]
-                         for p, s in routes]
-                self._layer_state = None
-                for layer in self.denoiser.modules():
-                    if not isinstance(layer, LoraLayer):
-                        continue
-                    layer.enable_adapters(True)
-                    for (_, strength), name in names_for.items():
-                        if name in layer.lora_A:
-                            layer.set_scale(name, strength)
-                    # 3. Each call tells the layer every sample's adapter.
-                    hooks.append(layer.register_forward_pre_hook(functools.partial(_route, names), with_kwargs=True))
+                # 2. Set up the chosen way; ``undo`` collects what step 4 takes back.
+                if blocks is not None:
+                    kind = "routed"
+                    self._route_stacked(blocks, len(routes) // len(blocks), distinct, undo)
+                else:
+                    kind = "routed-peft"
+                    self._route_peft(routes, distinct, undo)
                 self.generation += 1
-                record = SwapRecord(f"{len(names_for)} adapter(s) routed", "routed", time.perf_counter() - t0)
+                record = SwapRecord(f"{len(distinct)} adapter(s) routed", kind, time.perf_counter() - t0)
                 self.history.append(record)
                 del self.history[:-1000]
+                # 3. The caller renders.
                 yield record
             finally:
-                # 4. Back to the single slot exactly as it was: temporary adapters gone, the slot's adapter active
-                #    at its strength (merged again in fused mode), or bypassed for the base.
-                for hook in hooks:
-                    hook.remove()
-                for name in names_for.values():
-                    self._drop_adapter(name)
+                # 4. Back to the single slot exactly as it was: hooks and temporary adapters gone, the adapter the
+                #    slot held before reinstalled (from memory), active at its strength (merged again in fused
+                #    mode), or bypassed for the base.
+                for fn in reversed(undo):
+                    fn()
                 self._layer_state = None
                 self.generation += 1
+                if installed is not None and self._installed is not installed:
+                    self._install(installed)
                 if self._slot is not None:
                     for layer in self._slot.layers:
                         layer.set_adapter(self._slot.adapter_name)
@@ -684,6 +698,88 @@ class HotSwapper:
                         self._apply_strength(self._installed, self.strength)
                     else:
                         self._set_strength(0.0)
+
+    def _stackable(self, routes, distinct) -> list[tuple[str, float] | None] | None:
+        """The routes' consecutive blocks (file and strength, ``None`` for the base) when the stacked way applies
+        (``routed``); ``None`` otherwise."""
+        if not distinct:
+            return None
+        keys = [None if p is None or float(s) == 0.0 else (str(p), float(s)) for p, s in routes]
+        blocks, sizes = [], []
+        for key in keys:
+            if blocks and blocks[-1] == key:
+                sizes[-1] += 1
+            else:
+                blocks.append(key)
+                sizes.append(1)
+        if len(set(sizes)) != 1:
+            return None
+        first = next(iter(distinct.values()))
+        if any(p.signature != first.signature for p in distinct.values()):
+            return None
+        for key, tensor in first.tensors.items():
+            stem, leaf = key.rsplit(".", 1)[0], key.rsplit(".", 2)[-2]
+            module = stem.rsplit(".", 1)[0]
+            if leaf not in ("lora_A", "lora_B") or tensor.dim() != 2 or self._layers.get(module, ("",))[0] != "linear":
+                return None
+        return blocks
+
+    def _route_stacked(self, blocks, samples: int, distinct, undo: list) -> None:
+        """Stacked routing (``routed``): per adapted layer, (blocks, r, in) downs and (blocks, out, r) ups with
+        each block's scaling folded in (the base's block: zeros), added after the layer's own forward."""
+        from peft.tuners.lora import LoraLayer
+
+        # 1. The slot installed for this layout, so that its peft layers tell each layer's scaling.
+        first = next(iter(distinct.values()))
+        if self._slot is None or self._slot.signature != first.signature:
+            self._install(first)
+        slot = self._slot
+        a = slot.adapter_name
+        # 2. Every LoRA layer bypassed for the block: the hooks add the deltas instead.
+        for layer in self.denoiser.modules():
+            if isinstance(layer, LoraLayer):
+                layer.enable_adapters(False)
+        self._layer_state = None
+        # 3. Stacks and hooks, layer by layer.
+        for name, layer in zip(slot.layer_names, slot.layers, strict=True):
+            scaling = layer.lora_alpha[a] / (math.sqrt(layer.r[a]) if layer.use_rslora.get(a) else layer.r[a])
+            downs, ups = [], []
+            for key in blocks:
+                down = first.tensors[f"{name}.lora_A.weight"]
+                up = first.tensors[f"{name}.lora_B.weight"]
+                if key is None:
+                    downs.append(down)
+                    ups.append(torch.zeros_like(up))
+                else:
+                    downs.append(distinct[key].tensors[f"{name}.lora_A.weight"])
+                    ups.append(distinct[key].tensors[f"{name}.lora_B.weight"] * (scaling * key[1]))
+            device = layer.get_base_layer().weight.device
+            down_t = torch.stack(downs).to(device).transpose(1, 2)  # (blocks, in, r)
+            up_t = torch.stack(ups).to(device).transpose(1, 2)  # (blocks, r, out)
+            undo.append(layer.register_forward_hook(functools.partial(_add_stacked, down_t, up_t, samples)).remove)
+
+    def _route_peft(self, routes, distinct, undo: list) -> None:
+        """peft's mixed-batch forward (``routed``): one temporary adapter per distinct (file, strength)."""
+        from peft.tuners.lora import LoraLayer
+
+        # 1. One temporary adapter per distinct (file, strength), dropped again on leaving the block.
+        names_for: dict[tuple[str, float], str] = {}
+        for i, (key, prepared) in enumerate(distinct.items()):
+            names_for[key] = f"lora_spectrum_mix{i}"
+            self._load_named(prepared, names_for[key])
+            undo.append(functools.partial(self._drop_adapter, names_for[key]))
+        names = [MIX_BASE if p is None or float(s) == 0.0 else names_for[(str(p), float(s))] for p, s in routes]
+        # 2. Every LoRA layer enabled, each temporary adapter at its strength, told every sample's adapter.
+        self._layer_state = None
+        for layer in self.denoiser.modules():
+            if not isinstance(layer, LoraLayer):
+                continue
+            layer.enable_adapters(True)
+            for (_, strength), name in names_for.items():
+                if name in layer.lora_A:
+                    layer.set_scale(name, strength)
+            undo.append(layer.register_forward_pre_hook(functools.partial(_route, names), with_kwargs=True).remove)
+
 
     def fused_pristine_bytes(self) -> int:
         """What fused mode costs in memory: the pristine copy of every base weight merged so far (0 unfused)."""
@@ -812,6 +908,18 @@ class HotSwapper:
                 layer.enable_adapters(True)
                 layer.set_scale(slot.adapter_name, strength)
         self._layer_state = state
+
+    def _install(self, prepared: PreparedAdapter) -> bool:
+        """Make the slot's parameters hold ``prepared``: re-pointed when the layout matches, else a new slot
+        through diffusers. Returns whether the slot was rebuilt."""
+        rebuilt = not (self._slot is not None and self._slot.signature == prepared.signature and self._slot.params)
+        if rebuilt:
+            self._rebuild(prepared)
+        else:
+            self._rebind(prepared)
+        self._installed = prepared
+        self._install_serial += 1
+        return rebuilt
 
     def _rebind(self, prepared: PreparedAdapter) -> None:
         params = self._slot.params

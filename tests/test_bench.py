@@ -67,8 +67,10 @@ def test_ratios_and_targets_are_all_filled(result):
 def test_routed_grid_figures(result):
     g = result["grid_routed"]
     assert g["epochs"] == 3 and g["steps"] >= 1
+    assert g["routed_way"] == "routed", "every epoch of one run shares a layout: the stacked way"
     for key in ("epoch_by_epoch_step_s", "routed_step_s", "routed_setup_s", "base_batch_step_s", "step_speedup",
-                "grid_speedup", "routed_vs_base_batch"):
+                "grid_speedup", "routed_vs_base_batch", "peft_routed_step_s", "peft_routed_setup_s",
+                "peft_grid_speedup"):
         assert _positive(g[key]), key
     # Each routed sample is its own epoch's forward up to rounding, far from its neighbour's; nothing stays.
     assert g["own_epoch_max_abs"] < 0.01 * g["neighbour_epoch_max_abs"]
