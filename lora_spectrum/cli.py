@@ -67,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=["auto", "cpu", "cuda"])
     s.add_argument("--cache-dir")
     s.add_argument("--no-cache", action="store_true")
-    s.add_argument("--mix", type=int, default=1, metavar="N",
+    s.add_argument("--mix", type=int, metavar="N",
                    help="render up to N epochs (or strengths) in one batched call, each sample through its own "
-                        "adapter; faster on a GPU, memory grows with N x seeds (default 1: epoch by epoch)")
+                        "adapter; memory grows with N x seeds (default: the config's batch_epochs)")
 
     s = sub.add_parser("bench", help="measure swap speed and memory against diffusers' ways, side by side")
     s.add_argument("--model", choices=["tiny", "sdxl-size", "z-image-size"], default="tiny")

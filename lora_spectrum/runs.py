@@ -561,7 +561,7 @@ def grid_command(args, out, err) -> int:
               flush=True)
 
     # 4. Render, write, report.
-    cells = run_plan(engine, plan, catalog, cache, progress, mix=args.mix)
+    cells = run_plan(engine, plan, catalog, cache, progress, mix=args.mix or settings.batch_epochs)
     manifest = write_outputs(args.out, plan, cells, engine.base_id, engine.family.name)
     _add_insight(args.out, manifest, catalog, columns)
     failed = [c for c in cells if c.error]

@@ -52,6 +52,7 @@ class Settings:
     demo_dir: str = ".cache/demo"
     max_queued_renders: int = 2
     fuse: str = "auto"  # auto | on | off: merge the active adapter into the base weights (auto: on for CUDA)
+    batch_epochs: int = 1  # epochs (and strengths) rendered in one routed denoiser call; the UI's starting value
     root: Path = field(default=PROJECT_ROOT, compare=False)
 
     def path(self, value: str) -> Path:
@@ -111,6 +112,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
         raise ConfigError(f"{path}: demo must be trained or random, not {settings.demo!r}")
     if settings.resident_adapters < 1:
         raise ConfigError(f"{path}: resident_adapters must be at least 1")
+    if settings.batch_epochs < 1:
+        raise ConfigError(f"{path}: batch_epochs must be at least 1")
     return settings
 
 

@@ -55,6 +55,24 @@ def test_render_a_grid_with_base_column_captions_and_downloads(app_config):
     assert any("swap" in c.value for c in at.main.caption)
 
 
+def test_epochs_per_batch_renders_the_same_grid_in_routed_batches(app_config, tmp_path):
+    config, _ = app_config
+    config.write_text(config.read_text(encoding="utf-8") + "batch_epochs: 3\n", encoding="utf-8")
+    at = start()
+    assert at.number_input(key="batch_epochs").value == 3, "the config sets the starting value"
+    at.sidebar.multiselect(key="epochs").set_value(["jimeng_20.safetensors", "jimeng_150.safetensors",
+                                                      "jimeng_300.safetensors"])
+    at.button(key="render").click().run()
+    assert not at.exception, at.exception
+    captions = [c for im in at.main.image for c in im.captions]
+    for expected in ("base · seed 1", "epoch 20 · strength 1 · seed 1", "epoch 300 · strength 1 · seed 1"):
+        assert expected in captions, captions
+    _, choice, _ = get_workbench(str(config))
+    kinds = [r.kind for r in choice.engine.hotswap.history]
+    assert kinds.count("routed") == 1, kinds  # base + 3 epochs in calls of 3 and 1
+    assert choice.engine.hotswap.get_active_adapter()[0].endswith("jimeng_300.safetensors")
+
+
 def test_a_new_file_appears_and_a_bak_file_disappears_without_restart(app_config):
     _, loras = app_config
     at = start()

@@ -61,7 +61,7 @@ def run_render(engine, catalog, settings, controls: Controls) -> None:
         bar.progress(counts["done"] / counts["total"], text=f"{label}: step {i}/{n}")
 
     try:
-        cells = run_plan(engine, plan, catalog, cache, progress, on_step=step)
+        cells = run_plan(engine, plan, catalog, cache, progress, on_step=step, mix=controls.batch_epochs)
     except BusyError as exc:
         bar.empty()
         st.warning(md_escape(str(exc)))

@@ -28,6 +28,7 @@ class Controls:
     width: int
     height: int
     sampler: str
+    batch_epochs: int = 1  # epochs (and strengths) per routed denoiser call
 
 
 def parse_list(text: str, kind, what: str):
@@ -88,7 +89,7 @@ def epoch_picker(catalog: Catalog) -> tuple[str | None, list[LoraEntry]]:
     return series, [by_name[n] for n in by_name if n in chosen]
 
 
-def render_controls(catalog: Catalog, defaults, default_prompt: str) -> Controls | None:
+def render_controls(catalog: Catalog, defaults, default_prompt: str, batch_epochs: int = 1) -> Controls | None:
     """The whole sidebar. ``defaults`` is ``Engine.defaults`` (the family's, or the demo's)."""
     series, epochs = epoch_picker(catalog)
     sb = st.sidebar
@@ -115,11 +116,15 @@ def render_controls(catalog: Catalog, defaults, default_prompt: str) -> Controls
         height = st.number_input("Height", f, 4096, int(defaults.height), f, key="height")
         sampler = st.selectbox("Sampler", defaults.samplers, index=defaults.samplers.index(defaults.sampler),
                                key="sampler")
+        batch = st.number_input("Epochs per batch", 1, 16, int(batch_epochs), key="batch_epochs",
+                                help="several epochs (and strengths) denoised in one batch, each image through its "
+                                     "own epoch: faster on a GPU, memory grows with epochs x seeds; images match "
+                                     "epoch-by-epoch renders up to rounding")
     if seeds is None or strengths is None:
         return None
     columns = ([None] if include_base else []) + epochs
     return Controls(series, columns, prompt, negative, seeds, strengths, int(steps), float(guidance), int(width),
-                    int(height), sampler)
+                    int(height), sampler, int(batch))
 
 
 def caption_for(label: str, strength: float | None, seed: int) -> str:
