@@ -212,9 +212,10 @@ class RenderCache:
         except OSError:
             return None
 
-    def put(self, key: str, png: bytes) -> bool:
+    def put(self, key: str, png: bytes, prune: bool = True) -> bool:
         """Store one cell; False when the cache folder cannot be written (full disk, not a folder). The cache only
-        saves time, so a failure here never costs the caller its render.
+        saves time, so a failure here never costs the caller its render. ``prune=False`` leaves the size bound to
+        a later ``prune()`` (a run stores all its cells, then prunes once: pruning lists the whole folder).
 
         Every session of the app has its own ``RenderCache`` on the one folder, so writers of the same key can
         meet: each writes its own temporary file, and pruning skips files another writer removed meanwhile.
@@ -226,12 +227,18 @@ class RenderCache:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp.write_bytes(png)
                 os.replace(tmp, path)  # readers never see a half-written file
-                self._prune()
+                if prune:
+                    self._prune()
             except OSError:
                 with contextlib.suppress(OSError):
                     tmp.unlink(missing_ok=True)
                 return False
         return True
+
+    def prune(self) -> None:
+        """Drop the least recently used cells until the folder is within its bound; never raises."""
+        with self._lock, contextlib.suppress(OSError):
+            self._prune()
 
     def _prune(self) -> None:
         files = []
@@ -366,8 +373,10 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
                         c.image, c.seconds, c.swap_seconds = result.images[i], per_image, result.swap.seconds
                         c.png = encode_png(c.image, parameters_text(c, plan, engine.base_id))
                         if cache:
-                            cache.put(RenderCache.key(engine, plan, c), c.png)
+                            cache.put(RenderCache.key(engine, plan, c), c.png, prune=False)
                     report(c)
+    if cache:
+        cache.prune()
     for c in cells:
         if c.image is None and c.error is None:
             c.error = "cancelled"

@@ -378,6 +378,18 @@ def test_an_unusable_cache_folder_costs_no_render(tmp_path, demo_loras, ref):
     assert np.array_equal(column_pixels(cells, by_epoch[50].name), ref(family, by_epoch[50].path))
 
 
+def test_a_run_leaves_the_cache_within_its_bound(tmp_path, demo_loras):
+    family = "sdxl"
+    engine = new_engine(family)
+    cat, by_epoch = demo_catalog(demo_loras, family)
+    cache = RenderCache(tmp_path / "cache", max_mb=0.02)  # room for a few 64x64 cells, not for all of them
+    cells = run_plan(engine, plan_for(engine, [by_epoch[20], by_epoch[50], by_epoch[80]]), cat, cache)
+    stored = list((tmp_path / "cache").glob("*/*.png"))
+    assert all(c.error is None for c in cells)
+    assert 0 < len(stored) < len(cells), (len(stored), len(cells))
+    assert sum(p.stat().st_size for p in stored) <= cache.max_bytes
+
+
 def test_cache_writers_of_one_key_do_not_collide(tmp_path):
     """Every session of the app has its own RenderCache on the one folder; two renders of the same cell meet."""
     errors = []
