@@ -67,13 +67,17 @@ _MAX_LAYOUTS = 8
 MIX_BASE = "__base__"  # peft's name for "no adapter" for a sample of a routed batch
 
 
-def _add_stacked(down_t: torch.Tensor, up_t: torch.Tensor, samples: int, module, args, out):
+def _add_stacked(stacks: list[torch.Tensor], samples: int, module, args, out):
     """Forward hook of stacked routing: add block ``b``'s ``x @ down_b.T @ up_b.T`` to its rows of ``out``.
 
-    The input holds ``copies`` x ``blocks`` x ``samples`` rows, block-major within each copy, so a view with the
-    blocks as a batch dimension lets two broadcast matmuls do every block at once (no gather, no copy of x).
+    ``stacks`` = [downs (blocks, in, r), ups (blocks, r, out)]. The input holds ``copies`` x ``blocks`` x
+    ``samples`` rows, block-major within each copy, so a view with the blocks as a batch dimension lets two
+    broadcast matmuls do every block at once (no gather, no copy of x).
     """
     x = args[0] if args else None
+    if stacks[0].device != x.device or stacks[0].dtype != x.dtype:  # offload modes move the layer between devices
+        stacks[:] = [t.to(device=x.device, dtype=x.dtype) for t in stacks]
+    down_t, up_t = stacks
     blocks = down_t.shape[0]
     copies, rest = divmod(int(x.shape[0]), blocks * samples)
     if rest or not copies:
@@ -622,10 +626,13 @@ class HotSwapper:
 
     def unroutable(self, prepared: PreparedAdapter) -> str:
         """Why this adapter cannot share a routed batch ("" when it can): it targets a layer that embeds every
-        sample's tokens in one call (``Family.unbatched_layers``), where samples cannot be told apart."""
+        sample's tokens in one call (``Family.unbatched_layers``), where samples cannot be told apart, or it is a
+        DoRA adapter (peft's mixed-batch forward refuses those)."""
         for key in prepared.tensors:
             if key.split(".", 1)[0] in self.family.unbatched_layers:
                 return f"it adapts {key.rsplit('.', 2)[0]}, which embeds every sample's tokens in one call"
+            if "lora_magnitude_vector" in key:
+                return "it is a DoRA adapter, which peft cannot route per sample"
         return ""
 
     @contextmanager
@@ -756,7 +763,8 @@ class HotSwapper:
             device = layer.get_base_layer().weight.device
             down_t = torch.stack(downs).to(device).transpose(1, 2)  # (blocks, in, r)
             up_t = torch.stack(ups).to(device).transpose(1, 2)  # (blocks, r, out)
-            undo.append(layer.register_forward_hook(functools.partial(_add_stacked, down_t, up_t, samples)).remove)
+            hook = functools.partial(_add_stacked, [down_t, up_t], samples)
+            undo.append(layer.register_forward_hook(hook).remove)
 
     def _route_peft(self, routes, distinct, undo: list) -> None:
         """peft's mixed-batch forward (``routed``): one temporary adapter per distinct (file, strength)."""
