@@ -130,9 +130,13 @@ def _trigger_words(meta: dict[str, str]) -> list[str]:
 
 
 def key_format(keys: list[str]) -> str:
-    """Name the key layout of a LoRA file: kohya, musubi/ai-toolkit, diffusers/peft or unknown."""
+    """Name the key layout of a LoRA file: kohya, musubi/ai-toolkit, diffusers/peft or unknown, with " DoRA" when
+    it carries DoRA magnitudes (kohya DoRA files are refused at swap time: diffusers drops their magnitudes)."""
     if not keys:
         return "empty"
+    if any(k.endswith(".dora_scale") or "lora_magnitude_vector" in k for k in keys):
+        return key_format([k for k in keys if not k.endswith(".dora_scale") and "lora_magnitude_vector" not in k]) \
+            + " DoRA"
     if all(k.startswith(("lora_unet_", "lora_te")) for k in keys):
         return "kohya"
     if any(k.startswith("diffusion_model.") for k in keys):

@@ -310,6 +310,10 @@ class HotSwapper:
                     return self._finish_flat(path, identity, *hit)
         # 2. Otherwise read with safetensors only (never pickle), then convert with diffusers' converters.
         raw = _load_raw(path)
+        dora = next((k for k in raw if k.endswith(".dora_scale")), None)
+        if dora is not None:  # diffusers drops these keys with a log line and loads the rest as a plain LoRA
+            raise LoraLoadError(path, f"is a kohya DoRA file ({dora}); diffusers cannot load its magnitude vectors "
+                                      f"and would render it as a different, plain LoRA, so it is not loaded")
         mine, alphas, dropped = self._convert(path, raw)
         # 3. Every key must name a layer of this denoiser, with matching shapes.
         self._check_layers(path, mine)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from lora_spectrum.catalog import HEADER_LIMIT, Catalog, parse_name
 from lora_spectrum.errors import CatalogError
@@ -193,6 +193,9 @@ def test_kohya_metadata_rank_alpha_keys_and_trigger_words(tmp_path):
     assert e.metadata["ss_steps"] == "400" and e.metadata["ss_base_model_version"] == "sdxl_base_v1-0"
     assert e.family_hint == "sdxl"
     assert entries["other_1.safetensors"].trigger_words == ["ink", "stripes"]  # 12 vs 9
+    dora = {"lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.dora_scale": torch.ones(64, 1)}
+    save_file({**load_file(str(tmp_path / "other_1.safetensors")), **dora}, str(tmp_path / "dora_2.safetensors"))
+    assert by_name(Catalog(tmp_path).scan())["dora_2.safetensors"].format == "kohya DoRA"
     cat = Catalog(tmp_path)
     cat.scan()
     import hashlib
