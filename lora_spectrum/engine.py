@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lora_spectrum.errors import BaseLoadError, BusyError, CancelledError, LoraSpectrumError, RenderError
+from lora_spectrum.errors import BaseLoadError, BusyError, CancelledError, LoraLoadError, LoraSpectrumError, RenderError
 from lora_spectrum.families import Family, detect_family, get_family
 from lora_spectrum.hotswap import HotSwapper, SwapRecord
 
@@ -242,52 +242,77 @@ class Engine:
     def render_routed(self, request: RenderRequest, routes: list[tuple[str | None, float, tuple[int, ...]]],
                       cancel: threading.Event | None = None, on_step: Callable[[int, int], None] | None = None
                       ) -> list[RenderResult | LoraSpectrumError]:
-        """Render several (file or ``None``, strength, seeds) routes in one batched pipeline call, each sample
+        """Render several (file or ``None``, strength, seeds) routes in batched pipeline calls, each sample
         through its own adapter (``HotSwapper.routed``); ``request.seeds`` is ignored.
 
-        Returns one entry per route: its ``RenderResult`` (the swap record is the shared set-up), or the
-        ``LoraSpectrumError`` of its own file, so that one bad epoch fails only its own cells. A file that cannot
-        share a batch is rendered on its own, as ``render`` would. One route renders exactly as ``render``.
+        Returns one entry per route: its ``RenderResult`` (a shared call's swap record is the routing set-up), or
+        the ``LoraSpectrumError`` that failed it: its own file's, the error of the call it shared (out of
+        memory, say), or ``CancelledError`` for a route left unrendered by a cancel. Routes with the same number
+        of seeds share a call (so that routing takes its stacked way); a route alone in its call, or whose file
+        cannot share one, renders as ``render`` would. If routing cannot be set up, its routes render one by one.
         """
         out: list[RenderResult | LoraSpectrumError | None] = [None] * len(routes)
         with self.lock:
-            # 1. Each file read and checked on its own, so a bad one is reported against itself only.
-            shared, alone = [], []
-            for i, (path, strength, _) in enumerate(routes):
-                if path is None or float(strength) == 0.0:
-                    shared.append(i)
-                    continue
-                try:
-                    prepared, _warm = self.hotswap.load_adapter(path)
-                except LoraSpectrumError as exc:
-                    out[i] = exc
-                    continue
-                (alone if self.hotswap.unroutable(prepared) else shared).append(i)
-            if len(shared) == 1:
-                alone, shared = shared + alone, []
-            # 2. The routes that share: one call, the samples in route order.
-            if shared:
-                t0 = time.perf_counter()
-                samples = [(routes[i][0], float(routes[i][1])) for i in shared for _ in routes[i][2]]
-                seeds = tuple(seed for i in shared for seed in routes[i][2])
-                with self.hotswap.routed(samples) as swap:
-                    images = self._render_locked(dataclasses.replace(request, seeds=seeds), cancel, on_step)
-                seconds = time.perf_counter() - t0
-                for i in shared:
-                    n = len(routes[i][2])
-                    out[i], images = RenderResult(images[:n], swap, seconds), images[n:]
-            # 3. The rest one by one, as ``render`` does.
-            for i in alone:
-                path, strength, seeds = routes[i]
-                t0 = time.perf_counter()
-                try:
-                    swap = self.set_lora(path, strength)
-                except LoraSpectrumError as exc:
-                    out[i] = exc
-                    continue
-                images = self._render_locked(dataclasses.replace(request, seeds=tuple(seeds)), cancel, on_step)
-                out[i] = RenderResult(images, swap, time.perf_counter() - t0)
+            # 1. Each file read and checked on its own, so that a bad one is reported against itself only.
+            prepared: dict[str, object] = {}
+            alone, by_seeds = [], {}
+            for i, (path, strength, seeds) in enumerate(routes):
+                if path is not None and float(strength) != 0.0:
+                    try:
+                        prepared[str(path)] = self.hotswap.load_adapter(path)[0]
+                    except LoraSpectrumError as exc:
+                        out[i] = exc
+                        continue
+                    if self.hotswap.unroutable(prepared[str(path)]):
+                        alone.append(i)
+                        continue
+                by_seeds.setdefault(len(seeds), []).append(i)
+            calls = [group for group in by_seeds.values() if len(group) > 1]
+            alone = sorted(alone + [group[0] for group in by_seeds.values() if len(group) == 1])
+            # 2. Shared calls first, then the rest one by one; a cancel leaves the routes not done marked.
+            try:
+                for group in calls:
+                    self._render_shared(request, routes, group, prepared, out, cancel, on_step)
+                for i in alone:
+                    self._render_alone(request, routes, i, out, cancel, on_step)
+            except CancelledError as exc:
+                out = [exc if o is None else o for o in out]
         return out
+
+    def _render_shared(self, request, routes, group, prepared, out, cancel, on_step) -> None:
+        t0 = time.perf_counter()
+        samples = [(routes[i][0], float(routes[i][1])) for i in group for _ in routes[i][2]]
+        seeds = tuple(seed for i in group for seed in routes[i][2])
+        try:
+            with self.hotswap.routed(samples, prepared=prepared) as swap:
+                images = self._render_locked(dataclasses.replace(request, seeds=seeds), cancel, on_step)
+        except CancelledError:
+            raise
+        except LoraLoadError:  # routing could not be set up (a file changed since step 1): one by one instead
+            for i in group:
+                self._render_alone(request, routes, i, out, cancel, on_step)
+            return
+        except LoraSpectrumError as exc:  # the shared call failed: every route in it
+            for i in group:
+                out[i] = exc
+            return
+        seconds = time.perf_counter() - t0
+        for i in group:
+            n = len(routes[i][2])
+            out[i], images = RenderResult(images[:n], swap, seconds), images[n:]
+
+    def _render_alone(self, request, routes, i, out, cancel, on_step) -> None:
+        path, strength, seeds = routes[i]
+        t0 = time.perf_counter()
+        try:
+            swap = self.set_lora(path, strength)
+            images = self._render_locked(dataclasses.replace(request, seeds=tuple(seeds)), cancel, on_step)
+        except CancelledError:
+            raise
+        except LoraSpectrumError as exc:
+            out[i] = exc
+            return
+        out[i] = RenderResult(images, swap, time.perf_counter() - t0)
 
     def _render_locked(self, req: RenderRequest, cancel=None, on_step=None) -> list:
         # 1. Scheduler: a fresh one per render, so no state carries over between renders.

@@ -640,7 +640,8 @@ class HotSwapper:
         return ""
 
     @contextmanager
-    def routed(self, routes: list[tuple[str | None, float]], way: str = "auto"):
+    def routed(self, routes: list[tuple[str | None, float]], way: str = "auto",
+               prepared: dict[str, PreparedAdapter] | None = None):
         """Several adapters in one denoiser batch, each sample through its own (the multi-adapter batching LLM
         servers such as S-LoRA and vLLM do): inside the block, sample ``j`` of every denoiser call goes through
         ``routes[j]`` = (file or ``None`` for the base, strength). Yields a ``SwapRecord`` of the set-up.
@@ -658,7 +659,8 @@ class HotSwapper:
         On leaving the block the slot's adapter, strength and fused state are exactly what they were. Every file
         is read and checked before anything changes (``LoraLoadError`` names it), and a file that
         ``unroutable`` refuses raises too: render it on its own. ``way="peft"`` forces the second way (the
-        benchmark compares the two).
+        benchmark compares the two). ``prepared`` passes adapters the caller read just now (by path), so that a
+        batch wider than the LRU does not read its files twice.
         """
         with self._lock:
             t0 = time.perf_counter()
@@ -670,11 +672,11 @@ class HotSwapper:
                     continue
                 if not math.isfinite(strength):
                     raise LoraLoadError(path, f"strength must be a finite number, not {strength}")
-                prepared = self.load_adapter(path)[0]
-                why = self.unroutable(prepared)
+                adapter = (prepared or {}).get(str(path)) or self.load_adapter(path)[0]
+                why = self.unroutable(adapter)
                 if why:
                     raise LoraLoadError(path, f"cannot share a batch with other epochs: {why}")
-                distinct[(str(path), strength)] = prepared
+                distinct[(str(path), strength)] = adapter
             blocks = self._stackable(routes, distinct) if way == "auto" else None
             installed, undo = self._installed, []
             self._restore_fused()  # routed samples add their deltas unfused; the base weights must be the base
@@ -695,20 +697,36 @@ class HotSwapper:
             finally:
                 # 4. Back to the single slot exactly as it was: hooks and temporary adapters gone, the adapter the
                 #    slot held before reinstalled (from memory), active at its strength (merged again in fused
-                #    mode), or bypassed for the base.
-                for fn in reversed(undo):
-                    fn()
+                #    mode), or bypassed for the base. Every step is tried; if one fails, the base is active and
+                #    the first failure is raised once all steps ran.
                 self._layer_state = None
                 self.generation += 1
-                if installed is not None and self._installed is not installed:
-                    self._install(installed)
-                if self._slot is not None:
-                    for layer in self._slot.layers:
-                        layer.set_adapter(self._slot.adapter_name)
-                    if self.active is not None and self._installed is not None:
-                        self._apply_strength(self._installed, self.strength)
-                    else:
+                failures = []
+                for fn in reversed(undo):
+                    try:
+                        fn()
+                    except Exception as exc:  # noqa: BLE001 - the other steps must still run
+                        failures.append(exc)
+                try:
+                    if installed is not None and self._installed is not installed:
+                        self._install(installed)
+                    if self._slot is not None:
+                        for layer in self._slot.layers:
+                            layer.set_adapter(self._slot.adapter_name)
+                        if self.active is not None and self._installed is not None:
+                            self._apply_strength(self._installed, self.strength)
+                        else:
+                            self._set_strength(0.0)
+                except Exception as exc:  # noqa: BLE001 - a failed reinstall or merge: the base is what renders
+                    failures.append(exc)
+                    self.active, self.strength = None, 0.0
+                    self._restore_fused()
+                    if self._slot is not None:
+                        self._layer_state = None
                         self._set_strength(0.0)
+                if failures:
+                    raise RenderError(f"could not restore the adapter after a routed batch ({failures[0]}); the "
+                                      f"base is active") from failures[0]
 
     def _stackable(self, routes, distinct) -> list[tuple[str, float] | None] | None:
         """The routes' consecutive blocks (file and strength, ``None`` for the base) when the stacked way applies

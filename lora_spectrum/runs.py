@@ -120,6 +120,7 @@ class Cell:
     cached: bool = False
     error: str | None = None
     label: str = ""  # the column's label: "base", "epoch 20", "step 1000" or the file name
+    routed: bool = False  # rendered in one denoiser call with other columns or strengths (``run_plan``'s ``mix``)
 
     def record(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("image", "png", "image_path", "column")}
@@ -323,19 +324,21 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
             on_progress(done, total, cell)
 
     # 2. Groups in execution order: one swap per (column, strength), one batched render per prompt; with ``mix``,
-    #    consecutive groups of the same prompt are packed into one call.
+    #    the groups of each prompt are packed, in that order, into calls of up to ``mix`` groups.
     groups: dict[tuple, list[Cell]] = {}
     for c in cells:
         groups.setdefault((c.column, c.strength, c.prompt), []).append(c)
-    jobs: list[list[tuple]] = []
-    for key in groups:
-        if jobs and len(jobs[-1]) < max(1, mix) and jobs[-1][0][2] == key[2]:
-            jobs[-1].append(key)
-        else:
-            jobs.append([key])
+    if mix > 1:
+        jobs = []
+        for prompt in dict.fromkeys(key[2] for key in groups):
+            keys = [key for key in groups if key[2] == prompt]
+            jobs += [keys[i:i + mix] for i in range(0, len(keys), mix)]
+    else:
+        jobs = [[key] for key in groups]
+    cancelled = False
     with engine.admit():
         for job in jobs:
-            if cancel is not None and cancel.is_set():
+            if cancelled or (cancel is not None and cancel.is_set()):
                 break
             # 3. Per group: the file checked, cached cells taken; what is left to render.
             todos = [(key, _pending(engine, plan, catalog, cache, key, groups[key], report)) for key in job]
@@ -366,11 +369,15 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
             # 5. Each group's cells: its images, or its own error.
             per_image = (time.perf_counter() - t0) / sum(len(todo) for _, todo in todos)
             for (_, todo), result in zip(todos, results, strict=True):
+                if isinstance(result, CancelledError):  # not rendered: these cells end as "cancelled" below
+                    cancelled = True
+                    continue
                 for i, c in enumerate(todo):
                     if isinstance(result, Exception):
                         c.error = str(result)
                     else:
                         c.image, c.seconds, c.swap_seconds = result.images[i], per_image, result.swap.seconds
+                        c.routed = result.swap.kind.startswith("routed")
                         c.png = encode_png(c.image, parameters_text(c, plan, engine.base_id))
                         if cache:
                             cache.put(RenderCache.key(engine, plan, c), c.png, prune=False)

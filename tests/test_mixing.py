@@ -4,14 +4,16 @@ adapter. Tiny real pipelines of both families; routed images are compared with e
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from lora_spectrum import demo
 from lora_spectrum.catalog import Catalog
-from lora_spectrum.errors import LoraLoadError
+from lora_spectrum.errors import CancelledError, LoraLoadError
 from lora_spectrum.runs import make_plan, run_plan
 from tests.test_hotswap import assert_same_tensors, base_weights, te_state
 from tests.tiny import FAMILIES, garbage, new_engine, pixels, request
@@ -49,18 +51,22 @@ def test_every_layer_but_the_listed_ones_sees_one_row_per_sample(family):
     assert seen and unbatched == listed
 
 
-# Equal blocks of one layout take the stacked way; a block of another size takes peft's mixed-batch forward.
-WAYS = {"routed": ((1, 2), (1, 2)), "routed-peft": ((1, 2), (3,))}
+def other_rank(family, tmp_path) -> str:
+    """An epoch file of another layout (rank 8): it cannot be stacked with the demo's rank-4 epochs."""
+    path = tmp_path / "rank8_1.safetensors"
+    save_file(demo.make_lora_state_dict(new_engine(family).hotswap.denoiser, family, rank=8, seed=5), str(path))
+    return str(path)
 
 
-@pytest.mark.parametrize("way", WAYS)
+@pytest.mark.parametrize("way", ["routed", "routed-peft"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_routed_render_matches_epoch_by_epoch_and_leaves_nothing_behind(family, way, demo_loras):
+def test_routed_render_matches_epoch_by_epoch_and_leaves_nothing_behind(family, way, demo_loras, tmp_path):
+    """Epochs of one layout take the stacked way; a file of another layout among them, peft's mixed batch."""
     files = [str(p) for p in demo_loras[family]]
     reference = new_engine(family)
     req = request(family, steps=3)
-    seeds, last = WAYS[way]
-    routes = [(None, 0.0, seeds), (files[0], 1.0, seeds), (files[-1], 1.0, seeds), (files[-1], 0.5, last)]
+    last = (files[-1], 0.5) if way == "routed" else (other_rank(family, tmp_path), 0.8)
+    routes = [(None, 0.0, (1, 2)), (files[0], 1.0, (1, 2)), (files[-1], 1.0, (1, 2)), (*last, (1, 2))]
     expected = separate(reference, req, routes)
     engine = new_engine(family)
     engine.render(req, files[2], 0.7)  # an adapter active before: it must be active again after
@@ -164,8 +170,8 @@ def test_run_plan_with_mix_gives_the_grid_of_epoch_by_epoch(demo_loras, tmp_path
     catalog = Catalog(folder)
     entries = [e for e in catalog.scan() if e.state == "ready"]
     engine = new_engine(family)
-    plan = make_plan(engine.defaults, [None, *entries], [1, 2], [1.0, 0.5], ["a red circle"], steps=2,
-                     guidance=5.0, width=64, height=64, sampler="Euler")
+    plan = make_plan(engine.defaults, [None, *entries], [1, 2], [1.0, 0.5], ["a red circle", "a blue square"],
+                     steps=2, guidance=5.0, width=64, height=64, sampler="Euler")
     plain = run_plan(new_engine(family), plan, catalog)
     seen = []
     mixed = run_plan(engine, plan, catalog, mix=3, on_progress=lambda d, t, c: seen.append(d))
@@ -174,4 +180,54 @@ def test_run_plan_with_mix_gives_the_grid_of_epoch_by_epoch(demo_loras, tmp_path
     for a, b in zip(plain, mixed, strict=True):
         assert a.error is None and b.error is None
         assert diff(np.asarray(a.image)[None], np.asarray(b.image)[None]) < 0.05, (b.label, b.seed, b.strength)
-    assert sum(1 for r in engine.hotswap.history if r.kind == "routed") == 2, "7 groups in calls of 3, 3 and 1"
+    # Per prompt, 7 groups (the base, 3 epochs x 2 strengths) in calls of 3, 3 and 1: 4 routed calls in all.
+    assert sum(1 for r in engine.hotswap.history if r.kind == "routed") == 4
+    assert sum(c.routed for c in mixed) == 2 * 6 * 2 and not any(c.routed for c in plain)
+
+
+def test_z_image_with_guidance_and_uneven_seeds(demo_loras):
+    """Guidance on doubles every denoiser batch (two copies); routes with another number of seeds get a call of
+    their own (here alone: a plain render)."""
+    family = "z-image"
+    files = [str(p) for p in demo_loras[family]]
+    req = dataclasses.replace(request(family, steps=3), guidance=2.0)
+    routes = [(None, 0.0, (1, 2)), (files[0], 1.0, (1, 2)), (files[-1], 1.0, (3,))]
+    expected = separate(new_engine(family), req, routes)
+    results = new_engine(family).render_routed(req, routes)
+    assert [r.swap.kind for r in results][:2] == ["routed", "routed"]
+    assert not results[2].swap.kind.startswith("routed")
+    assert np.array_equal(pixels(results[2].images), expected[2])
+    for i in (0, 1):
+        assert diff(pixels(results[i].images), expected[i]) < 0.05, i
+        assert diff(pixels(results[i].images), expected[1 - i]) > 1.0, i
+
+
+def test_a_cancel_inside_a_routed_call_puts_everything_back(demo_loras):
+    family = "sdxl"
+    files = [str(p) for p in demo_loras[family]]
+    req = request(family, steps=4)
+    engine = new_engine(family)
+    before = pixels(engine.render(req, files[2], 0.7).images)
+    fresh = base_weights(engine.hotswap.denoiser)
+    cancel = threading.Event()
+    results = engine.render_routed(req, [(files[0], 1.0, (1, 2)), (files[-1], 1.0, (1, 2))], cancel=cancel,
+                                   on_step=lambda i, n: cancel.set())
+    assert all(isinstance(r, CancelledError) for r in results)
+    assert engine.hotswap.history[-1].kind == "routed", "the cancel came inside the routed call"
+    assert only_the_slot(engine) and engine.hotswap.get_active_adapter() == (files[2], 0.7)
+    assert_same_tensors(base_weights(engine.hotswap.denoiser), fresh)
+    assert np.array_equal(pixels(engine.render(req, files[2], 0.7).images), before)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_slot_of_another_layout_is_reinstalled_after_routing(family, demo_loras, tmp_path):
+    """Stacking borrows the slot for the epochs' layout; the file the slot held before comes back, exactly."""
+    files = [str(p) for p in demo_loras[family]]
+    odd = other_rank(family, tmp_path)
+    req = request(family)
+    engine = new_engine(family)
+    before = pixels(engine.render(req, odd, 0.6).images)
+    results = engine.render_routed(req, [(files[0], 1.0, (1, 2)), (files[-1], 1.0, (1, 2))])
+    assert all(r.swap.kind == "routed" for r in results)
+    assert engine.hotswap.get_active_adapter() == (odd, 0.6) and only_the_slot(engine)
+    assert np.array_equal(pixels(engine.render(req, odd, 0.6).images), before)

@@ -187,6 +187,7 @@ def test_grid_mix_renders_the_same_cells_and_refuses_zero(setup, capsys):
     plain = json.loads((out / "manifest.json").read_text())["cells"]
     mixed = json.loads((out.with_name("mixed") / "manifest.json").read_text())["cells"]
     assert [(c["epoch"], c["seed"]) for c in mixed] == [(c["epoch"], c["seed"]) for c in plain]
+    assert all(c["routed"] for c in mixed) and not any(c["routed"] for c in plain), "base + 3 epochs in one call"
     for a, b in zip(plain, mixed, strict=True):
         pa = np.asarray(Image.open(out / a["image"])).astype(int)
         pb = np.asarray(Image.open(out.with_name("mixed") / b["image"])).astype(int)
