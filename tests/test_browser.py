@@ -87,4 +87,26 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
         page.get_by_text("Suggestion").first.wait_for(timeout=120_000)
         page.get_by_text("Training loss").first.wait_for(timeout=60_000)
         page.screenshot(path=str(tmp_path / "insight.png"), full_page=True)
+        # Cancel: a long render stopped after two cells keeps those cells, says so, and the engine renders again.
+        main = page.locator("[data-testid='stMain']")
+        main.get_by_text("Compare", exact=True).first.click()
+        page.get_by_text("Sampling").first.click()
+        steps = page.get_by_label("Steps")
+        steps.fill("200")  # the most the Steps box allows
+        steps.press("Enter")
+        page.wait_for_timeout(1500)
+        assert steps.input_value() == "200"
+        page.get_by_role("button", name="Render").click()
+        page.get_by_text("epoch 6: step").first.wait_for(timeout=240_000)  # the base and epoch 3 are done
+        page.get_by_role("button", name="Cancel").click()
+        page.get_by_text("Cancelled; showing the cells that finished.").wait_for(timeout=60_000)
+        kept = main.locator("[data-testid='stImage'] img").count()
+        assert 2 <= kept < 7, kept
+        steps.fill("3")  # not cached: the engine must really render after the cancel
+        steps.press("Enter")
+        page.wait_for_timeout(1500)
+        page.get_by_role("button", name="Render").click()
+        page.get_by_text("epoch 18 · strength 1 · seed 1").first.wait_for(timeout=240_000)
+        assert main.get_by_text("Cancelled; showing").count() == 0
+        assert main.locator("[data-testid='stImage'] img").count() >= 7
         browser.close()
