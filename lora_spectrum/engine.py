@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from lora_spectrum.errors import BaseLoadError, BusyError, CancelledError, LoraLoadError, LoraSpectrumError, RenderError
+from lora_spectrum.errors import BaseLoadError, BusyError, CancelledError, LoraSpectrumError, RenderError
 from lora_spectrum.families import Family, detect_family, get_family
 from lora_spectrum.hotswap import HotSwapper, SwapRecord
 
@@ -259,7 +259,8 @@ class Engine:
             for i, (path, strength, seeds) in enumerate(routes):
                 if path is not None and float(strength) != 0.0:
                     try:
-                        prepared[str(path)] = self.hotswap.load_adapter(path)[0]
+                        if str(path) not in prepared:  # one file at two strengths is read once
+                            prepared[str(path)] = self.hotswap.load_adapter(path)[0]
                     except LoraSpectrumError as exc:
                         out[i] = exc
                         continue
@@ -274,7 +275,7 @@ class Engine:
                 for group in calls:
                     self._render_shared(request, routes, group, prepared, out, cancel, on_step)
                 for i in alone:
-                    self._render_alone(request, routes, i, out, cancel, on_step)
+                    self._render_alone(request, routes, i, prepared, out, cancel, on_step)
             except CancelledError as exc:
                 out = [exc if o is None else o for o in out]
         return out
@@ -283,29 +284,36 @@ class Engine:
         t0 = time.perf_counter()
         samples = [(routes[i][0], float(routes[i][1])) for i in group for _ in routes[i][2]]
         seeds = tuple(seed for i in group for seed in routes[i][2])
+        swap = images = None
         try:
             with self.hotswap.routed(samples, prepared=prepared) as swap:
                 images = self._render_locked(dataclasses.replace(request, seeds=seeds), cancel, on_step)
         except CancelledError:
             raise
-        except LoraLoadError:  # routing could not be set up (a file changed since step 1): one by one instead
-            for i in group:
-                self._render_alone(request, routes, i, out, cancel, on_step)
-            return
-        except LoraSpectrumError as exc:  # the shared call failed: every route in it
-            for i in group:
-                out[i] = exc
-            return
+        except LoraSpectrumError as exc:
+            if swap is None:  # routing could not be set up (memory, a file changed): one by one instead
+                self.free_memory()
+                for i in group:
+                    self._render_alone(request, routes, i, prepared, out, cancel, on_step)
+                return
+            if images is None:  # the shared call failed (out of memory, say): every route in it
+                for i in group:
+                    out[i] = exc
+                return
+            # Rendered, but the adapter of before could not be put back (the base is active): the images stand.
         seconds = time.perf_counter() - t0
         for i in group:
             n = len(routes[i][2])
             out[i], images = RenderResult(images[:n], swap, seconds), images[n:]
 
-    def _render_alone(self, request, routes, i, out, cancel, on_step) -> None:
+    def _render_alone(self, request, routes, i, prepared, out, cancel, on_step) -> None:
         path, strength, seeds = routes[i]
         t0 = time.perf_counter()
         try:
-            swap = self.set_lora(path, strength)
+            if path is None:
+                swap = self.hotswap.use_base()
+            else:  # the file read in ``render_routed``'s step 1, not read again
+                swap = self.hotswap.activate(path, strength, prepared=prepared.get(str(path)))
             images = self._render_locked(dataclasses.replace(request, seeds=tuple(seeds)), cancel, on_step)
         except CancelledError:
             raise

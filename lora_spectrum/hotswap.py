@@ -540,15 +540,19 @@ class HotSwapper:
             self._lru.popitem(last=False)
         return prepared, False
 
-    def activate(self, path: str | Path, strength: float = 1.0) -> SwapRecord:
-        """Make ``path`` the active adapter at ``strength``. On any error the previous state stays exactly."""
+    def activate(self, path: str | Path, strength: float = 1.0, prepared: PreparedAdapter | None = None
+                 ) -> SwapRecord:
+        """Make ``path`` the active adapter at ``strength``. On any error the previous state stays exactly.
+        ``prepared``: the adapter for ``path`` the caller read just now (it is then not read again)."""
         with self._lock:
             t0 = time.perf_counter()
             strength = float(strength)
             if not math.isfinite(strength):
                 raise LoraLoadError(path, f"strength must be a finite number, not {strength}")
             # 1. Prepare (or take from the LRU); raises before anything changed.
-            prepared, warm = self.load_adapter(path)
+            warm = prepared is not None and prepared is self._lru.get(str(path))
+            if prepared is None:
+                prepared, warm = self.load_adapter(path)
             # 2. Install into the slot.
             kind = "warm" if warm else "cold"
             if prepared is not self._installed or self._slot is None:
@@ -678,22 +682,32 @@ class HotSwapper:
                     raise LoraLoadError(path, f"cannot share a batch with other epochs: {why}")
                 distinct[(str(path), strength)] = adapter
             blocks = self._stackable(routes, distinct) if way == "auto" else None
-            installed, undo = self._installed, []
+            installed, undo, in_flight = self._installed, [], False
             self._restore_fused()  # routed samples add their deltas unfused; the base weights must be the base
             try:
-                # 2. Set up the chosen way; ``undo`` collects what step 4 takes back.
-                if blocks is not None:
-                    kind = "routed"
-                    self._route_stacked(blocks, len(routes) // len(blocks), distinct, undo)
-                else:
-                    kind = "routed-peft"
-                    self._route_peft(routes, distinct, undo)
+                # 2. Set up the chosen way; ``undo`` collects what step 4 takes back. Torch errors (out of memory
+                #    while stacking, say) are translated, so the caller can fail or fall back like for any other.
+                try:
+                    if blocks is not None:
+                        kind = "routed"
+                        self._route_stacked(blocks, len(routes) // len(blocks), distinct, undo)
+                    else:
+                        kind = "routed-peft"
+                        self._route_peft(routes, distinct, undo)
+                except LoraLoadError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - translated for the caller
+                    raise RenderError(f"could not set up the routed batch ({type(exc).__name__}: {exc})") from exc
                 self.generation += 1
                 record = SwapRecord(f"{len(distinct)} adapter(s) routed", kind, time.perf_counter() - t0)
                 self.history.append(record)
                 del self.history[:-1000]
                 # 3. The caller renders.
-                yield record
+                try:
+                    yield record
+                except BaseException:
+                    in_flight = True  # a failure in step 4 must not replace the caller's (a cancel, say)
+                    raise
             finally:
                 # 4. Back to the single slot exactly as it was: hooks and temporary adapters gone, the adapter the
                 #    slot held before reinstalled (from memory), active at its strength (merged again in fused
@@ -708,6 +722,8 @@ class HotSwapper:
                     except Exception as exc:  # noqa: BLE001 - the other steps must still run
                         failures.append(exc)
                 try:
+                    if failures:  # a hook or temporary adapter may be left: render the base, say so below
+                        raise failures[0]
                     if installed is not None and self._installed is not installed:
                         self._install(installed)
                     if self._slot is not None:
@@ -718,13 +734,14 @@ class HotSwapper:
                         else:
                             self._set_strength(0.0)
                 except Exception as exc:  # noqa: BLE001 - a failed reinstall or merge: the base is what renders
-                    failures.append(exc)
+                    if exc not in failures:
+                        failures.append(exc)
                     self.active, self.strength = None, 0.0
                     self._restore_fused()
                     if self._slot is not None:
                         self._layer_state = None
                         self._set_strength(0.0)
-                if failures:
+                if failures and not in_flight:
                     raise RenderError(f"could not restore the adapter after a routed batch ({failures[0]}); the "
                                       f"base is active") from failures[0]
 

@@ -315,11 +315,12 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
 
     # 1. Cells in execution order.
     cells = plan_cells(plan, catalog)
-    total, done = len(cells), 0
+    total, done, reported = len(cells), 0, set()
 
     def report(cell):
         nonlocal done
         done += 1
+        reported.add(id(cell))
         if on_progress:
             on_progress(done, total, cell)
 
@@ -384,9 +385,12 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
                     report(c)
     if cache:
         cache.prune()
+    # 6. Every cell is reported once: those a cancel left unrendered (or never reached) as "cancelled".
     for c in cells:
         if c.image is None and c.error is None:
             c.error = "cancelled"
+        if id(c) not in reported:
+            report(c)
     return cells
 
 

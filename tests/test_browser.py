@@ -100,13 +100,21 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
         page.get_by_text("epoch 6: step").first.wait_for(timeout=240_000)  # the base and epoch 3 are done
         page.get_by_role("button", name="Cancel").click()
         page.get_by_text("Cancelled; showing the cells that finished.").wait_for(timeout=60_000)
-        kept = main.locator("[data-testid='stImage'] img").count()
-        assert 2 <= kept < 7, kept
+        main.get_by_text("not rendered").first.wait_for(timeout=60_000)
+        # Streamlit removes the previous run's elements only when a run ends: count once the page holds still.
+        images, counts = main.locator("[data-testid='stImage'] img:visible"), []  # not the Closer looks ones
+        for _ in range(60):
+            page.wait_for_timeout(1000)
+            counts.append((images.count(), main.get_by_text("not rendered").count()))
+            if len(counts) >= 3 and counts[-1] == counts[-2] == counts[-3]:
+                break
+        kept, missing = counts[-1]
+        assert 2 <= kept < 7 and kept + missing == 7, counts
         steps.fill("3")  # not cached: the engine must really render after the cancel
         steps.press("Enter")
         page.wait_for_timeout(1500)
         page.get_by_role("button", name="Render").click()
         page.get_by_text("epoch 18 · strength 1 · seed 1").first.wait_for(timeout=240_000)
         assert main.get_by_text("Cancelled; showing").count() == 0
-        assert main.locator("[data-testid='stImage'] img").count() >= 7
+        assert images.count() >= 7
         browser.close()

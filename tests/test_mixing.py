@@ -231,3 +231,41 @@ def test_a_slot_of_another_layout_is_reinstalled_after_routing(family, demo_lora
     assert all(r.swap.kind == "routed" for r in results)
     assert engine.hotswap.get_active_adapter() == (odd, 0.6) and only_the_slot(engine)
     assert np.array_equal(pixels(engine.render(req, odd, 0.6).images), before)
+
+
+def test_a_cancel_in_a_routed_run_keeps_finished_calls_and_reports_every_cell(demo_loras, tmp_path):
+    family = "sdxl"
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    for p in demo_loras[family]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    catalog = Catalog(folder)
+    entries = [e for e in catalog.scan() if e.state == "ready"]
+    engine = new_engine(family)
+    plan = make_plan(engine.defaults, entries, [1, 2], [1.0], ["a red circle"], steps=2, guidance=5.0, width=64,
+                     height=64, sampler="Euler")
+    cancel, seen = threading.Event(), []
+
+    def cancel_after_first_call(done, total, cell):
+        seen.append(done)
+        cancel.set()
+
+    cells = run_plan(engine, plan, catalog, mix=2, on_progress=cancel_after_first_call, cancel=cancel)
+    assert seen == list(range(1, len(cells) + 1)), "every cell reported once"
+    done = [c for c in cells if c.image is not None]
+    assert len(done) == 4 and all(c.routed for c in done), "the first call (2 epochs x 2 seeds) is kept"
+    assert all(c.error == "cancelled" for c in cells if c.image is None)
+    assert only_the_slot(engine) and engine.hotswap.get_active_adapter() == (None, 0.0)
+
+
+def test_a_batch_wider_than_the_lru_reads_each_file_once(demo_loras):
+    family = "sdxl"
+    files = [str(p) for p in demo_loras[family]]
+    engine = new_engine(family, resident=2)
+    reads = []
+    real_prepare = engine.hotswap.prepare
+    engine.hotswap.prepare = lambda path: reads.append(str(path)) or real_prepare(path)  # counts, then the real one
+    routes = [(f, 1.0, (1,)) for f in files] + [(files[0], 1.0, (2, 3))]  # the last one renders alone
+    results = engine.render_routed(request(family), routes)
+    assert all(not isinstance(r, Exception) for r in results)
+    assert sorted(reads) == sorted(files), "each file read once, though only 2 stay resident"

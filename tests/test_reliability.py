@@ -333,10 +333,17 @@ def test_cancelling_a_run_leaves_the_engine_ready(demo_loras, ref):
     cat, by_epoch = demo_catalog(demo_loras, family)
     plan = plan_for(engine, [None, by_epoch[20], by_epoch[150]])
     # 1. Between images: the progress callback cancels after the first column.
-    cancel = threading.Event()
-    cells = run_plan(engine, plan, cat, on_progress=lambda done, total, cell: cancel.set(), cancel=cancel)
+    cancel, seen = threading.Event(), []
+
+    def cancel_after_first(done, total, cell):
+        seen.append((done, total, id(cell)))
+        cancel.set()
+
+    cells = run_plan(engine, plan, cat, on_progress=cancel_after_first, cancel=cancel)
     assert np.array_equal(column_pixels(cells, None), ref(family)), "finished cells are kept"
     assert all(c.error == "cancelled" and c.image is None for c in cells if c.file is not None)
+    assert [d for d, _, _ in seen] == list(range(1, len(cells) + 1)), "every cell reported once, cancelled too"
+    assert {i for _, _, i in seen} == {id(c) for c in cells}
     # 2. In the middle of a render: the per-step callback cancels after the first step of two.
     stop = threading.Event()
     with pytest.raises(CancelledError):
