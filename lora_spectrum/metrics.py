@@ -106,6 +106,8 @@ DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 CLIP_MODEL_ENV = "LORA_SPECTRUM_CLIP_MODEL"
 SETTLED_CHANGE = 0.05  # relative change to the previous epoch below which the weights count as settled
 NEAR_LAST = 0.10  # relative distance to the last epoch within which an epoch counts as "nearly there"
+VALIDATION_TAG = "loss/validation/epoch_average"
+VALIDATION_RISE = 0.05  # a validation loss this much above its minimum means the later epochs overfit
 PIXEL_SIZE = 64
 CACHE_VERSION = 1
 Progress = Callable[[int, int, str], None]
@@ -651,7 +653,12 @@ def suggest_epoch(epochs: list[dict], image: dict | None = None, loss: dict | No
     3. Still moving, 3+ epochs: the earliest epoch within ``near_last`` (10%) of the last one
        (``relative_change_to_last``): nearly the end state, with less risk of over-training; compare it by eye.
     4. Otherwise the last epoch, the most trained one; the reason says that training had not settled.
-    The image measures (distance from base, spread across seeds) and the epoch loss are quoted when known;
+    5. Then early stopping: when the log has a validation loss per epoch (kohya's
+       ``loss/validation/epoch_average``) and it was lowest at an earlier epoch file than the pick, and the pick's
+       is more than ``VALIDATION_RISE`` (5%) above that minimum, the later epochs are fitting the training set
+       rather than the task: the epoch with the lowest validation loss is suggested instead, and the reason says
+       what the weights alone would have picked.
+    The image measures (distance from base, spread across seeds) and the training loss are quoted when known;
     they do not change the choice. It is a suggestion for where to look first, not a verdict.
     """
     out = {"label": "suggestion", "epoch": None, "file": None, "rule": None, "reason": "", "numbers": {}}
@@ -679,6 +686,13 @@ def suggest_epoch(epochs: list[dict], image: dict | None = None, loss: dict | No
                     break
         if pick is None:
             pick, rule = n - 1, "still moving"
+    weights_pick = pick
+    val = {int(s): v for s, v in (loss or {}).get("series", {}).get(VALIDATION_TAG, [])}
+    files_val = [(k, val[e["epoch"]]) for k, e in enumerate(epochs) if e.get("epoch") in val]
+    if files_val and epochs[pick].get("epoch") in val:
+        best, best_v = min(files_val, key=lambda kv: (kv[1], kv[0]))
+        if best < pick and best_v > 0 and val[epochs[pick]["epoch"]] > (1 + VALIDATION_RISE) * best_v:
+            pick, rule = best, "validation loss"
     row = epochs[pick]
     last = epochs[-1]
     name = _name(row)
@@ -693,7 +707,14 @@ def suggest_epoch(epochs: list[dict], image: dict | None = None, loss: dict | No
     }
 
     # 2. Say why, with the numbers.
-    if rule == "only one epoch":
+    if rule == "validation loss":
+        rise = val[epochs[weights_pick]["epoch"]] / val[row["epoch"]] - 1
+        numbers.update({"validation_loss": _num(val[row["epoch"]]), "validation_rise_after": _num(rise),
+                        "weights_rule_pick": epochs[weights_pick].get("epoch")})
+        why = (f"{name}: the validation loss was lowest there ({val[row['epoch']]:.4g}) and is {_pct(rise)} higher "
+               f"at {_name(epochs[weights_pick])}, which the weight curves alone would suggest; the later epochs "
+               f"likely fit the training images more than the task")
+    elif rule == "only one epoch":
         why = f"{name} is the only readable epoch of the series, so there is nothing to compare it with"
     elif rule == "settled":
         why = (f"{name}: every later epoch changed the weights by less than {_pct(settled)} from the one before "
@@ -722,8 +743,8 @@ def suggest_epoch(epochs: list[dict], image: dict | None = None, loss: dict | No
         why += (f"; its images are {img['distance_from_base']:.3g} from the base ({img['measure']} measure)"
                 + (f" with a spread of {img['seed_spread']:.2g} across seeds" if img["seed_spread"] is not None
                    else ""))
-    if loss and row.get("epoch") is not None:
-        for tag in ("loss/validation/epoch_average", "loss/epoch_average", "loss/epoch"):
+    if loss and row.get("epoch") is not None and rule != "validation loss":
+        for tag in (VALIDATION_TAG, "loss/epoch_average", "loss/epoch"):
             points = dict((int(s), v) for s, v in loss.get("series", {}).get(tag, []))
             if row["epoch"] in points:
                 numbers["epoch_loss"] = {"tag": tag, "value": _num(points[row["epoch"]])}

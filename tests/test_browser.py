@@ -116,5 +116,9 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
         page.get_by_role("button", name="Render").click()
         page.get_by_text("epoch 18 · strength 1 · seed 1").first.wait_for(timeout=240_000)
         assert main.get_by_text("Cancelled; showing").count() == 0
+        for _ in range(60):  # an image counts as visible once its file has loaded
+            if images.count() >= 7:
+                break
+            page.wait_for_timeout(1000)
         assert images.count() >= 7
         browser.close()

@@ -189,6 +189,22 @@ def test_suggestion_rules():
     assert one["epoch"] == 10 and one["reason"].startswith("Suggestion:") and one["label"] == "suggestion"
 
 
+def _validation(values):
+    return {"series": {"loss/validation/epoch_average": [(10 * (i + 1), v) for i, v in enumerate(values)]},
+            "per_epoch": ["loss/validation/epoch_average"]}
+
+
+def test_a_rising_validation_loss_moves_the_suggestion_earlier():
+    rows = _rows([None, 0.5, 0.2, 0.04, 0.03], [0.6, 0.3, 0.1, 0.05, 0.0])  # the weights alone: epoch 30
+    early = metrics.suggest_epoch(rows, loss=_validation([0.30, 0.25, 0.31, 0.33, 0.35]))
+    assert (early["epoch"], early["rule"]) == (20, "validation loss")
+    assert "lowest there (0.25)" in early["reason"] and "24.0% higher at epoch 30" in early["reason"]
+    assert early["numbers"]["weights_rule_pick"] == 30
+    # Within 5% of the minimum, or lowest at the pick or later: the weight rule stands.
+    assert metrics.suggest_epoch(rows, loss=_validation([0.30, 0.25, 0.26, 0.33, 0.35]))["epoch"] == 30
+    assert metrics.suggest_epoch(rows, loss=_validation([0.30, 0.28, 0.27, 0.26, 0.25]))["epoch"] == 30
+
+
 def test_demo_suggestion_names_an_epoch_with_its_numbers(demo_result):
     assert demo_result["suggested_epoch"] in demo.DEMO_EPOCHS
     assert demo_result["reason"].startswith(f"Suggestion: epoch {demo_result['suggested_epoch']}")
@@ -313,6 +329,21 @@ def test_insight_command_prints_the_documented_json(demo_loras, tmp_path):
     assert [e["epoch_loss"] for e in result["epochs"][:3]] == [{"loss/epoch": 1.0},
                                                                {"loss/epoch": pytest.approx(0.4)}, None]
     assert [m["step"] for m in result["loss"]["markers"]] == [10 * e for e in demo.DEMO_EPOCHS]
+
+
+def test_a_validation_loss_in_the_log_reaches_the_suggestion(demo_loras, tmp_path):
+    """End to end from TensorBoard event files: the weights alone suggest epoch 220 of the demo series; a
+    validation loss lowest at epoch 80 and 30% higher at 220 moves the suggestion to 80."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    assert metrics.folder_insight(demo_loras, use_clip=False)["suggested_epoch"] == 220
+    values = {20: 0.40, 50: 0.33, 80: 0.30, 150: 0.34, 220: 0.39, 300: 0.45}
+    with SummaryWriter(str(tmp_path / "logs")) as w:
+        for epoch, v in values.items():
+            w.add_scalar("loss/validation/epoch_average", v, epoch)
+    result = metrics.folder_insight(demo_loras, logs=tmp_path / "logs", use_clip=False)
+    assert (result["suggested_epoch"], result["suggestion"]["rule"]) == (80, "validation loss")
+    assert "30.0% higher at epoch 220" in result["reason"]
 
 
 def test_insight_command_names_the_series_to_choose(unet, tmp_path, capsys):
