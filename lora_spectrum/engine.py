@@ -23,6 +23,8 @@ from lora_spectrum.errors import BaseLoadError, BusyError, CancelledError, LoraS
 from lora_spectrum.families import Family, detect_family, get_family
 from lora_spectrum.hotswap import HotSwapper, SwapRecord
 
+OUT_OF_MEMORY = "out of memory"  # how a render's out-of-memory RenderError starts
+
 
 @dataclass(frozen=True)
 class RenderRequest:
@@ -291,12 +293,14 @@ class Engine:
         except CancelledError:
             raise
         except LoraSpectrumError as exc:
-            if swap is None:  # routing could not be set up (memory, a file changed): one by one instead
+            # Routing could not be set up (memory, a file changed), or the wide batch ran out of memory: one by
+            # one instead, each route needing only its own seeds' memory. Any other failure fails them all.
+            if swap is None or (images is None and str(exc).startswith(OUT_OF_MEMORY)):
                 self.free_memory()
                 for i in group:
                     self._render_alone(request, routes, i, prepared, out, cancel, on_step)
                 return
-            if images is None:  # the shared call failed (out of memory, say): every route in it
+            if images is None:
                 for i in group:
                     out[i] = exc
                 return
@@ -365,7 +369,7 @@ class Engine:
             out_of_memory = True
         if out_of_memory:
             self.free_memory()
-            raise RenderError(f"out of memory rendering {n} image(s) at {req.width}x{req.height}: use a smaller "
+            raise RenderError(f"{OUT_OF_MEMORY} rendering {n} image(s) at {req.width}x{req.height}: use a smaller "
                               f"size or fewer seeds, or set offload: model in the config")
         return list(out.images)
 

@@ -269,3 +269,28 @@ def test_a_batch_wider_than_the_lru_reads_each_file_once(demo_loras):
     results = engine.render_routed(request(family), routes)
     assert all(not isinstance(r, Exception) for r in results)
     assert sorted(reads) == sorted(files), "each file read once, though only 2 stay resident"
+
+
+def test_a_wide_batch_that_runs_out_of_memory_renders_its_routes_one_by_one(demo_loras):
+    """Memory grows with epochs per batch: a routed call that runs out falls back to one route at a time."""
+    family = "sdxl"
+    files = [str(p) for p in demo_loras[family]]
+    req = request(family)
+    routes = [(files[0], 1.0, (1, 2)), (files[-1], 1.0, (1, 2))]
+    expected = separate(new_engine(family), req, routes)
+    engine = new_engine(family)
+
+    def wide_batches_fail(module, args, kwargs):  # more rows than one route's 2 seeds x 2 (guidance) hold
+        if args[0].shape[0] > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    handle = engine.hotswap.denoiser.register_forward_pre_hook(wide_batches_fail, with_kwargs=True)
+    try:
+        results = engine.render_routed(req, routes)
+    finally:
+        handle.remove()
+    assert all(not isinstance(r, Exception) for r in results), results
+    assert not any(r.swap.kind.startswith("routed") for r in results)
+    for got, want in zip(results, expected, strict=True):
+        assert np.array_equal(pixels(got.images), want)
+    assert engine.hotswap.history[-3].kind == "routed", "the routed call was tried first"
