@@ -156,6 +156,32 @@ def test_insight_view_shows_curves_a_suggestion_and_opens_an_epoch(app_config):
     assert at.sidebar.multiselect(key="epochs").value == ["jimeng_150.safetensors"]
 
 
+def test_insight_plots_loss_by_step_and_per_epoch(app_config, tmp_path):
+    """Per-epoch tags count epochs, not steps: they get a chart of their own, with the epoch files marked."""
+    import json
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    config, _ = app_config
+    with SummaryWriter(str(tmp_path / "logs")) as w:
+        for step in range(1, 61):
+            w.add_scalar("loss/current", 1.0 / step, step)
+        for epoch in (20, 50, 80):
+            w.add_scalar("loss/epoch", 2.0 / epoch, epoch)
+    config.write_text(config.read_text(encoding="utf-8") + f"logs: {tmp_path / 'logs'}\n", encoding="utf-8")
+    at = start()
+    at.segmented_control(key="view").set_value("Insight").run()
+    assert not at.exception, at.exception
+    specs = [json.loads(c.proto.spec) for c in at.main.get("vega_lite_chart")]
+    titles = {s.get("title", {}).get("text") if isinstance(s.get("title"), dict) else s.get("title"): s
+              for s in specs}
+    by_step = next(s for t, s in titles.items() if t and t.startswith("Training loss by step"))
+    per_epoch = titles["Training loss per epoch"]
+    assert by_step["layer"][0]["encoding"]["x"]["field"] == "step"
+    assert per_epoch["layer"][0]["encoding"]["x"]["field"] == "epoch"
+    assert per_epoch["layer"][1]["mark"]["type"] == "rule", "the epoch files are marked"
+
+
 def test_md_escape_leaves_no_markdown_or_html_active():
     from lora_spectrum.ui.text import md_escape
 

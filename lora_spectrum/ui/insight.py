@@ -43,6 +43,19 @@ def _line(df: pd.DataFrame, y: str, title: str, fmt: str = ".3g"):
             .properties(height=220))
 
 
+def _loss_chart(loss: dict, axis: str, tags: list[str], title: str):
+    """Lines of ``tags`` against ``axis`` (step or epoch) with a dashed rule at each epoch file; None if empty."""
+    points = pd.DataFrame([{axis: s, "loss": v, "tag": tag} for tag in tags for s, v in loss["series"][tag]])
+    if points.empty:
+        return None
+    layers = [alt.Chart(points).mark_line(point=axis == "epoch").encode(x=f"{axis}:Q", y="loss:Q", color="tag:N")]
+    markers = pd.DataFrame([m for m in loss.get("markers", []) if m.get(axis) is not None])
+    if not markers.empty:
+        layers.append(alt.Chart(markers).mark_rule(strokeDash=[4, 3], color="gray")
+                      .encode(x=f"{axis}:Q", tooltip=["file", "epoch", "step"]))
+    return alt.layer(*layers).properties(title=title, height=260)
+
+
 def insight_view(settings, choice, catalog, controls) -> None:
     series = controls.series if controls is not None else None
     if series is None:
@@ -99,21 +112,19 @@ def insight_view(settings, choice, catalog, controls) -> None:
             cols[2].altair_chart(_line(rows, "change", "change from previous epoch"), width="stretch")
     else:
         st.caption("Render a grid with the base column in the Compare view to add image measures.")
-    # 4. The training loss, with a marker for each epoch file.
+    # 4. The training loss against step and against epoch (per-epoch tags count epochs, not steps), with a
+    #    marker for each epoch file on both.
     loss = result.get("loss")
     if loss and loss.get("series"):
-        points = pd.DataFrame([{"step": s, "loss": v, "tag": tag} for tag, series_ in loss["series"].items()
-                               for s, v in series_ if tag != "loss/epoch"])
-        layers = []
-        if not points.empty:
-            layers.append(alt.Chart(points).mark_line().encode(x="step:Q", y="loss:Q", color="tag:N"))
-        markers = pd.DataFrame([m for m in loss.get("markers", []) if m.get("step") is not None])
-        if not markers.empty:
-            layers.append(alt.Chart(markers).mark_rule(strokeDash=[4, 3], color="gray")
-                          .encode(x="step:Q", tooltip=["file", "epoch", "step"]))
-        if layers:
-            st.altair_chart(alt.layer(*layers).properties(title=f"Training loss ({logs})", height=260),
-                            width="stretch")
+        per_epoch = set(loss.get("per_epoch", []))
+        cols = st.columns(2)
+        for col, axis, tags, title in ((cols[0], "step", [t for t in loss["series"] if t not in per_epoch],
+                                        f"Training loss by step ({logs})"),
+                                       (cols[1], "epoch", [t for t in loss["series"] if t in per_epoch],
+                                        "Training loss per epoch")):
+            chart = _loss_chart(loss, axis, tags, title)
+            if chart is not None:
+                col.altair_chart(chart, width="stretch")
     elif logs is None:
         st.caption("No training log: set `logs:` in the config or put TensorBoard event files in <loras>/logs.")
     # 5. The table, and a way back to the side-by-side view for any epoch.
