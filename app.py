@@ -24,7 +24,7 @@ if choice.is_demo:
 st.caption(md_escape(f"Base: {engine.base_id} ({engine.family.name}, {engine.device.type}, {str(engine.dtype)[6:]}) · "
                      f"LoRAs: {catalog.folder}"))
 
-controls = render_controls(catalog, engine.defaults, choice.prompt, settings.batch_epochs)
+controls = render_controls(catalog, engine.defaults, choice.prompt, settings.batch_epochs, engine.family.name)
 st.session_state.setdefault("view", "Compare")
 view = st.segmented_control("View", ["Compare", "Insight", "Inspector"], key="view",
                             label_visibility="collapsed") or "Compare"

@@ -99,6 +99,24 @@ def test_unreadable_and_incomplete_files_are_listed_with_reasons_and_not_selecta
     assert rows["jimeng_998.safetensors"]["state"] == "incomplete"
 
 
+def test_a_file_for_another_model_family_is_listed_and_not_selectable(app_config):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    _, loras = app_config
+    src = loras / "jimeng_300.safetensors"
+    with safe_open(str(src), "pt") as f:
+        meta = dict(f.metadata() or {})
+    meta["ss_base_model_version"] = "sd_v1"  # an SD1.5 LoRA in an SDXL folder
+    save_file(load_file(str(src)), str(loras / "jimeng_999.safetensors"), metadata=meta)
+    at = start()
+    assert "epoch 999" not in epoch_options(at) and "epoch 300" in epoch_options(at)
+    rows = {r["file"]: r for r in at.sidebar.dataframe[0].value.to_dict("records")}
+    assert rows["jimeng_999.safetensors"]["state"] == "incompatible"
+    assert "made for sd1/2" in rows["jimeng_999.safetensors"]["reason"] and "the base is sdxl" in \
+        rows["jimeng_999.safetensors"]["reason"]
+
+
 def test_busy_workbench_says_so_instead_of_queueing(app_config):
     config, _ = app_config
     _, choice, _ = get_workbench(str(config))

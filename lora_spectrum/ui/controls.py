@@ -49,8 +49,9 @@ def _insert_word(word: str) -> None:
         st.session_state["prompt"] = f"{word}, {current}" if current.strip() else word
 
 
-def epoch_picker(catalog: Catalog) -> tuple[str | None, list[LoraEntry]]:
-    """Series and epochs; files that cannot be used are listed with their reason and are not selectable."""
+def epoch_picker(catalog: Catalog, family: str | None = None) -> tuple[str | None, list[LoraEntry]]:
+    """Series and epochs; files that cannot be used are listed with their reason and are not selectable: those
+    the catalog could not read, and those made for another model family than the base's (``family``)."""
     sb = st.sidebar
     top = sb.columns([2, 1])
     top[0].subheader("Epochs")
@@ -62,14 +63,18 @@ def epoch_picker(catalog: Catalog) -> tuple[str | None, list[LoraEntry]]:
         sb.error(md_escape(str(exc)))
         return None, []
     groups: dict[str, list[LoraEntry]] = {}
+    unusable = []
     for e in entries:
-        if e.state == READY:
+        if e.state != READY:
+            unusable.append({"file": e.name, "state": e.state, "reason": e.reason})
+        elif family and e.family_hint and e.family_hint != family:
+            unusable.append({"file": e.name, "state": "incompatible",
+                             "reason": f"made for {e.family_hint} (its metadata or key names); the base is {family}"})
+        else:
             groups.setdefault(e.series, []).append(e)
-    unusable = [e for e in entries if e.state != READY]
     if unusable:
         with sb.expander(f"{len(unusable)} file(s) not usable", expanded=False):
-            st.dataframe(pd.DataFrame([{"file": e.name, "state": e.state, "reason": e.reason} for e in unusable]),
-                         hide_index=True, width="stretch")
+            st.dataframe(pd.DataFrame(unusable), hide_index=True, width="stretch")
     if catalog.hidden:
         sb.caption(f"{len(catalog.hidden)} file(s) hidden as .bak")
     if not groups:
@@ -89,9 +94,10 @@ def epoch_picker(catalog: Catalog) -> tuple[str | None, list[LoraEntry]]:
     return series, [by_name[n] for n in by_name if n in chosen]
 
 
-def render_controls(catalog: Catalog, defaults, default_prompt: str, batch_epochs: int = 1) -> Controls | None:
+def render_controls(catalog: Catalog, defaults, default_prompt: str, batch_epochs: int = 1,
+                    family: str | None = None) -> Controls | None:
     """The whole sidebar. ``defaults`` is ``Engine.defaults`` (the family's, or the demo's)."""
-    series, epochs = epoch_picker(catalog)
+    series, epochs = epoch_picker(catalog, family)
     sb = st.sidebar
     include_base = sb.toggle("Base column (no LoRA)", value=True, key="include_base")
     sb.subheader("Prompt")
