@@ -336,6 +336,7 @@ def open_engine(settings, allow_demo: bool = True, loras_given: bool = False) ->
     holds LoRA files (or ``loras_given``), else the demo's epochs. A fallback always uses the demo's epochs, since
     LoRAs made for the real base do not fit the tiny one.
     """
+    from lora_spectrum.catalog import Catalog
     from lora_spectrum.engine import Engine
     from lora_spectrum.errors import BaseLoadError
 
@@ -352,6 +353,6 @@ def open_engine(settings, allow_demo: bool = True, loras_given: bool = False) ->
             return choice
     choice = demo_engine(settings)
     configured = settings.path(settings.loras)
-    if loras_given or (configured.is_dir() and any(configured.glob("*.safetensors"))):
+    if loras_given or (configured.is_dir() and any(e.state == "ready" for e in Catalog(configured).scan())):
         choice.loras_dir = configured
     return choice
