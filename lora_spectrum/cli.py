@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--series")
     s.add_argument("--logs", help="a training log folder with TensorBoard event files")
     s.add_argument("--grid", help="a grid output folder whose manifest.json adds image measures")
+    s.add_argument("--clip-model", help="CLIP model id or folder for the image measures (default: "
+                                        "$LORA_SPECTRUM_CLIP_MODEL or openai/clip-vit-base-patch32)")
+    s.add_argument("--clip-download", action="store_true",
+                   help="let the CLIP model download once if it is not on this machine (default: local files only)")
     s.add_argument("--json", action="store_true")
     return p
 
@@ -142,7 +146,8 @@ def _cmd_bench(args) -> int:
 def _cmd_insight(args) -> int:
     from lora_spectrum.metrics import folder_insight, format_insight
 
-    result = folder_insight(args.loras, series=args.series, logs=args.logs, grid=args.grid)
+    result = folder_insight(args.loras, series=args.series, logs=args.logs, grid=args.grid,
+                            clip_model=args.clip_model, allow_download=args.clip_download)
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else format_insight(result))
     return 0
 

@@ -346,6 +346,18 @@ def test_a_validation_loss_in_the_log_reaches_the_suggestion(demo_loras, tmp_pat
     assert "30.0% higher at epoch 220" in result["reason"]
 
 
+def test_insight_command_takes_the_clip_model_and_says_why_it_was_skipped(demo_loras, tmp_path, capsys):
+    from lora_spectrum.cli import main
+
+    grid = _write_grid(tmp_path / "grid", steps=(0.1, 0.3))
+    assert main(["insight", "--loras", str(demo_loras), "--grid", str(grid), "--json",
+                 "--clip-model", "lora-spectrum-tests/no-such-clip"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    clip = result["image"]["clip"]
+    assert clip["skipped"] and "lora-spectrum-tests/no-such-clip" in clip["reason"]
+    assert "no download attempted" in clip["reason"] and result["image"]["measure"] == "pixel"
+
+
 def test_insight_command_names_the_series_to_choose(unet, tmp_path, capsys):
     from lora_spectrum.cli import main
 

@@ -73,7 +73,9 @@ def insight_view(settings, choice, catalog, controls) -> None:
         try:
             with st.spinner("Measuring the epochs..."):
                 result = metrics.folder_insight(catalog, series=series, logs=logs, grid=grid,
-                                                cache=_weight_cache(), lenient=True)
+                                                cache=_weight_cache(), lenient=True,
+                                                clip_model=settings.clip_model or None,
+                                                allow_download=not settings.local_files_only)
         except LoraSpectrumError as exc:
             st.error(md_escape(str(exc)))
             return
