@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lora_spectrum import demo
+from lora_spectrum.catalog import Catalog
 from lora_spectrum.engine import resolve_fuse
 from lora_spectrum.errors import BaseLoadError, ConfigError, LoraLoadError
 from lora_spectrum.hotswap import HotSwapper
@@ -388,3 +389,49 @@ def test_fuse_setting_auto_on_off(tmp_path):
     with pytest.raises(BaseLoadError, match="offload: sequential"):
         resolve_fuse("on", cuda, "sequential")
     assert new_engine("sdxl", fuse="auto").hotswap.fuse is False  # the tiny engines run on the CPU
+
+
+# ---------------------------------------------------------------------------------------------- formats and bases
+def test_a_z_image_base_loads_from_a_diffusers_folder_and_swaps(demo_loras, tmp_path):
+    """The family is read from model_index.json; the folder renders what the in-memory pipeline renders."""
+    from lora_spectrum.engine import Engine
+    from lora_spectrum.families import detect_family
+
+    demo.build_tiny("z-image", seed=0).save_pretrained(tmp_path / "base")
+    assert detect_family(str(tmp_path / "base")) == "z-image"
+    engine = Engine.load(str(tmp_path / "base"), family="auto", device="cpu", max_sequence_length=32)
+    assert engine.family.name == "z-image"
+    epoch = str(demo_loras["z-image"][-1])
+    got = pixels(engine.render(request("z-image"), epoch, 1.0).images)
+    assert np.array_equal(got, pixels(new_engine("z-image").render(request("z-image"), epoch, 1.0).images))
+
+
+def test_a_diffusers_peft_format_file_renders_like_its_kohya_twin(demo_loras, tmp_path):
+    """The same adapter saved with diffusers/peft key names (``unet.<module>.lora_A.weight``, no alphas: the demo's
+    alpha equals its rank) swaps in and renders exactly like the kohya file."""
+    family = "sdxl"
+    kohya = str(demo_loras[family][3])
+    engine = new_engine(family)
+    prepared, _ = engine.hotswap.load_adapter(kohya)
+    peft_file = tmp_path / "peft_150.safetensors"
+    save_file({f"unet.{k}": v.contiguous() for k, v in prepared.tensors.items()}, str(peft_file))
+    assert Catalog(tmp_path).scan()[0].format == "diffusers/peft"
+    want = pixels(engine.render(request(family), kohya, 1.0).images)
+    assert np.array_equal(pixels(new_engine(family).render(request(family), str(peft_file), 1.0).images), want)
+
+
+def test_loha_and_lokr_files_are_refused_at_swap_naming_a_key(tmp_path):
+    family = "sdxl"
+    engine = new_engine(family)
+    stem = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    files = {"loha_1.safetensors": {f"{stem}.hada_w1_a": torch.randn(64, 4), f"{stem}.hada_w1_b": torch.randn(4, 64),
+                                    f"{stem}.hada_w2_a": torch.randn(64, 4), f"{stem}.hada_w2_b": torch.randn(4, 64),
+                                    f"{stem}.alpha": torch.tensor(4.0)},
+             "lokr_1.safetensors": {f"{stem}.lokr_w1": torch.randn(8, 8), f"{stem}.lokr_w2": torch.randn(8, 8),
+                                    f"{stem}.alpha": torch.tensor(4.0)}}
+    for name, sd in files.items():
+        save_file(sd, str(tmp_path / name))
+        with pytest.raises(LoraLoadError) as info, engine.lock:
+            engine.hotswap.activate(tmp_path / name, 1.0)
+        assert name in str(info.value) and stem in str(info.value), str(info.value)
+    assert engine.hotswap.get_active_adapter() == (None, 0.0)
