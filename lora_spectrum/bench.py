@@ -687,6 +687,7 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
             "warm_le_15ms": warm_s <= 0.015,
             "ge_4x_faster_than_diffusers_hotswap": hotswap_s >= 4 * cold_s,
             "memory_growth_le_one_adapter": growth <= result["adapter_mb"],
+            "fused_forward_within_2pct_of_base": fused_s <= 1.02 * base_s,
             "fused_base_restored_bit_exact": ours["fused_base_exact"],
         },
         "text_encoder": te,
@@ -700,12 +701,11 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
     })
     if dev.type == "cuda":
         result["memory"]["cuda_allocated_growth_mb"] = growth_cuda
-        # Fused mode exists for the GPU, where peft's unfused layers cost up to 2x a forward. On a CPU the few
-        # forward repeats vary more than 2% between themselves, so the target would be decided by noise.
-        result["targets"]["fused_forward_within_2pct_of_base"] = fused_s <= 1.02 * base_s
-    else:
-        result["notes"].append("fused_forward_within_2pct_of_base is judged on a GPU only: CPU forward timings "
-                               "(a few repeats) vary by more than 2% between runs")
+    else:  # issue 6 sets the fused target on the CPU, where a few forward repeats vary by more than 2%
+        result["notes"].append(f"fused_forward_within_2pct_of_base: on a CPU, forward timings from "
+                               f"{fwd_repeats} repeats vary by more than 2% between runs, so read it as 'no "
+                               f"slower than the base within noise' (the unfused forward measured "
+                               f"{_ratio(active_s, base_s):.2f}x the base in this run)")
     return result
 
 
