@@ -1,4 +1,5 @@
-"""Which adapter is in the denoiser, atomically; the LRU of resident adapters; purity; swap timings.
+"""Which adapter is in the denoiser, atomically; the LRU of resident adapters; purity; swap timings; routed
+batches (several adapters in one denoiser call, each sample through its own: ``HotSwapper.routed``).
 
 Nothing here chooses devices or knows about Streamlit. The text encoders are never touched: files are read with
 safetensors, converted with diffusers' own converters, and only the denoiser's keys are loaded, into the denoiser.
