@@ -75,7 +75,7 @@ def _add_stacked(stacks: list[torch.Tensor], samples: int, module, args, out):
     ``samples`` rows, block-major within each copy, so a view with the blocks as a batch dimension lets two
     broadcast matmuls do every block at once (no gather, no copy of x).
     """
-    x = args[0] if args else None
+    x = args[0]
     if stacks[0].device != x.device or stacks[0].dtype != x.dtype:  # offload modes move the layer between devices
         stacks[:] = [t.to(device=x.device, dtype=x.dtype) for t in stacks]
     down_t, up_t = stacks
@@ -669,20 +669,22 @@ class HotSwapper:
         """
         with self._lock:
             t0 = time.perf_counter()
-            # 1. Read and check every file first (warm ones from the LRU); nothing has changed if one fails.
+            # 1. Read and check every file first (warm ones from the LRU); nothing has changed if one fails. Each
+            #    sample's key: (file, strength), or None for the base.
+            keys = [None if p is None or float(s) == 0.0 else (str(p), float(s)) for p, s in routes]
             distinct: dict[tuple[str, float], PreparedAdapter] = {}
-            for path, strength in routes:
-                strength = float(strength)
-                if path is None or strength == 0.0:
+            for key in keys:
+                if key is None or key in distinct:
                     continue
+                path, strength = key
                 if not math.isfinite(strength):
                     raise LoraLoadError(path, f"strength must be a finite number, not {strength}")
-                adapter = (prepared or {}).get(str(path)) or self.load_adapter(path)[0]
+                adapter = (prepared or {}).get(path) or self.load_adapter(path)[0]
                 why = self.unroutable(adapter)
                 if why:
                     raise LoraLoadError(path, f"cannot share a batch with other epochs: {why}")
-                distinct[(str(path), strength)] = adapter
-            blocks = self._stackable(routes, distinct) if way == "auto" else None
+                distinct[key] = adapter
+            blocks = self._stackable(keys, distinct) if way == "auto" else None
             installed, undo, in_flight = self._installed, [], False
             self._restore_fused()  # routed samples add their deltas unfused; the base weights must be the base
             try:
@@ -691,10 +693,10 @@ class HotSwapper:
                 try:
                     if blocks is not None:
                         kind = "routed"
-                        self._route_stacked(blocks, len(routes) // len(blocks), distinct, undo)
+                        self._route_stacked(blocks, len(keys) // len(blocks), distinct, undo)
                     else:
                         kind = "routed-peft"
-                        self._route_peft(routes, distinct, undo)
+                        self._route_peft(keys, distinct, undo)
                 except LoraLoadError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - translated for the caller
@@ -746,12 +748,11 @@ class HotSwapper:
                     raise RenderError(f"could not restore the adapter after a routed batch ({failures[0]}); the "
                                       f"base is active") from failures[0]
 
-    def _stackable(self, routes, distinct) -> list[tuple[str, float] | None] | None:
-        """The routes' consecutive blocks (file and strength, ``None`` for the base) when the stacked way applies
+    def _stackable(self, keys, distinct) -> list[tuple[str, float] | None] | None:
+        """The samples' consecutive blocks (file and strength, ``None`` for the base) when the stacked way applies
         (``routed``); ``None`` otherwise."""
         if not distinct:
             return None
-        keys = [None if p is None or float(s) == 0.0 else (str(p), float(s)) for p, s in routes]
         blocks, sizes = [], []
         for key in keys:
             if blocks and blocks[-1] == key:
@@ -781,7 +782,6 @@ class HotSwapper:
         if self._slot is None or self._slot.signature != first.signature:
             self._install(first)
         slot = self._slot
-        a = slot.adapter_name
         # 2. Every LoRA layer bypassed for the block: the hooks add the deltas instead.
         for layer in self.denoiser.modules():
             if isinstance(layer, LoraLayer):
@@ -789,24 +789,18 @@ class HotSwapper:
         self._layer_state = None
         # 3. Stacks and hooks, layer by layer.
         for name, layer in zip(slot.layer_names, slot.layers, strict=True):
-            scaling = layer.lora_alpha[a] / (math.sqrt(layer.r[a]) if layer.use_rslora.get(a) else layer.r[a])
-            downs, ups = [], []
-            for key in blocks:
-                down = first.tensors[f"{name}.lora_A.weight"]
-                up = first.tensors[f"{name}.lora_B.weight"]
-                if key is None:
-                    downs.append(down)
-                    ups.append(torch.zeros_like(up))
-                else:
-                    downs.append(distinct[key].tensors[f"{name}.lora_A.weight"])
-                    ups.append(distinct[key].tensors[f"{name}.lora_B.weight"] * (scaling * key[1]))
+            scaling = self._scaling(layer, slot.adapter_name)
+            down_key, up_key = f"{name}.lora_A.weight", f"{name}.lora_B.weight"
+            zeros = torch.zeros_like(first.tensors[up_key])  # the base's block adds nothing
+            downs = [(first if key is None else distinct[key]).tensors[down_key] for key in blocks]
+            ups = [zeros if key is None else distinct[key].tensors[up_key] * (scaling * key[1]) for key in blocks]
             device = layer.get_base_layer().weight.device
             down_t = torch.stack(downs).to(device).transpose(1, 2)  # (blocks, in, r)
             up_t = torch.stack(ups).to(device).transpose(1, 2)  # (blocks, r, out)
             hook = functools.partial(_add_stacked, [down_t, up_t], samples)
             undo.append(layer.register_forward_hook(hook).remove)
 
-    def _route_peft(self, routes, distinct, undo: list) -> None:
+    def _route_peft(self, keys, distinct, undo: list) -> None:
         """peft's mixed-batch forward (``routed``): one temporary adapter per distinct (file, strength)."""
         from peft.tuners.lora import LoraLayer
 
@@ -816,7 +810,7 @@ class HotSwapper:
             names_for[key] = f"lora_spectrum_mix{i}"
             self._load_named(prepared, names_for[key])
             undo.append(functools.partial(self._drop_adapter, names_for[key]))
-        names = [MIX_BASE if p is None or float(s) == 0.0 else names_for[(str(p), float(s))] for p, s in routes]
+        names = [MIX_BASE if key is None else names_for[key] for key in keys]
         # 2. Every LoRA layer enabled, each temporary adapter at its strength, told every sample's adapter.
         self._layer_state = None
         for layer in self.denoiser.modules():
@@ -917,13 +911,18 @@ class HotSwapper:
     @staticmethod
     def _merged(layer, adapter: str, w0: torch.Tensor, w: torch.Tensor, strength: float) -> torch.Tensor:
         """``W0 + strength * scaling * (B @ A)`` in float32 on ``w``'s device (the caller casts into ``w``).
-        ``scaling`` as peft's ``set_scale`` computes it; a Conv2d's 1x1 up-projection makes its delta one matmul."""
-        r = layer.r[adapter]
-        scaling = strength * layer.lora_alpha[adapter] / (math.sqrt(r) if layer.use_rslora.get(adapter) else r)
+        A Conv2d's 1x1 up-projection makes its delta one matmul."""
+        scaling = strength * HotSwapper._scaling(layer, adapter)
         down = layer.lora_A[adapter].weight.to(device=w.device, dtype=torch.float32)
         up = layer.lora_B[adapter].weight.to(device=w.device, dtype=torch.float32)
         delta = (up.flatten(1) @ down.flatten(1)).view(w.shape)
         return torch.add(w0.to(device=w.device, dtype=torch.float32), delta, alpha=scaling)
+
+    @staticmethod
+    def _scaling(layer, adapter: str) -> float:
+        """A peft LoRA layer's scaling at strength 1, as its ``set_scale`` computes it: alpha / r (or / sqrt(r))."""
+        r = layer.r[adapter]
+        return layer.lora_alpha[adapter] / (math.sqrt(r) if layer.use_rslora.get(adapter) else r)
 
     def _base_weight(self, name: str) -> torch.Tensor:
         module = self.denoiser.get_submodule(name)
