@@ -221,11 +221,12 @@ class Engine:
         return guidance > 0.0
 
     # ------------------------------------------------------------------ render
-    def set_lora(self, lora_path: str | None, strength: float = 1.0) -> SwapRecord:
-        """Swap (must hold ``lock``). ``None`` or strength 0 renders the base."""
+    def set_lora(self, lora_path: str | None, strength: float = 1.0, prepared=None) -> SwapRecord:
+        """Swap (must hold ``lock``). ``None`` or strength 0 renders the base. ``prepared``: the file as the
+        caller just read it (``HotSwapper.activate`` then does not read it again)."""
         if lora_path is None:
             return self.hotswap.use_base()
-        return self.hotswap.activate(lora_path, strength)
+        return self.hotswap.activate(lora_path, strength, prepared=prepared)
 
     def render(self, request: RenderRequest, lora_path: str | None = None, strength: float = 1.0,
                cancel: threading.Event | None = None, on_step: Callable[[int, int], None] | None = None
@@ -314,10 +315,7 @@ class Engine:
         path, strength, seeds = routes[i]
         t0 = time.perf_counter()
         try:
-            if path is None:
-                swap = self.hotswap.use_base()
-            else:  # the file read in ``render_routed``'s step 1, not read again
-                swap = self.hotswap.activate(path, strength, prepared=prepared.get(str(path)))
+            swap = self.set_lora(path, strength, prepared.get(str(path)))  # the file step 1 read, not read again
             images = self._render_locked(dataclasses.replace(request, seeds=tuple(seeds)), cancel, on_step)
         except CancelledError:
             raise
