@@ -104,7 +104,7 @@ def parse_name(stem: str) -> tuple[str, int | None, int | None]:
     return stem, None, None
 
 
-def _int_or_none(value) -> int | None:
+def int_or_none(value) -> int | None:
     try:
         return int(str(value).strip())
     except (TypeError, ValueError):
@@ -273,7 +273,7 @@ def read_entry(path: Path, previous: LoraEntry | None = None, now: float | None 
     base.ranks = sorted(ranks)
     if alphas:
         base.alpha = max(alphas)
-    elif _int_or_none(meta.get("ss_network_alpha")) is not None:
+    elif int_or_none(meta.get("ss_network_alpha")) is not None:
         base.alpha = float(meta["ss_network_alpha"])
     base.metadata = {k: meta[k] for k in METADATA_KEYS if k in meta}
     base.trigger_words = _trigger_words(meta)
@@ -281,7 +281,7 @@ def read_entry(path: Path, previous: LoraEntry | None = None, now: float | None 
 
     # 5. Epoch from metadata when the name has none (kohya's final file is <name>.safetensors).
     if base.epoch is None and base.step is None:
-        base.epoch = _int_or_none(meta.get("ss_epoch"))
+        base.epoch = int_or_none(meta.get("ss_epoch"))
         if base.epoch is not None and meta.get("ss_output_name"):
             base.series = meta["ss_output_name"]
     if not keys:
@@ -368,6 +368,24 @@ class Catalog:
             if e.state != IGNORED:
                 out.setdefault(e.series, []).append(e)
         return out
+
+    def choose_series(self, series: str | None = None, ready_only: bool = False) -> tuple[str, list[LoraEntry]]:
+        """The series named (or the only one there is) and its entries in epoch order (``ready_only``: the usable
+        ones, and only series that have any); ``CatalogError`` listing the choices otherwise."""
+        groups = self.series()
+        if ready_only:
+            groups = {k: v for k, v in ((k, [e for e in es if e.state == READY]) for k, es in groups.items()) if v}
+        if not groups:
+            what = "usable LoRA files" if ready_only else "LoRA files (*.safetensors)"
+            raise CatalogError(f"{self.folder}: no {what} in this folder")
+        if series is None:
+            if len(groups) > 1:
+                raise CatalogError(f"{self.folder} holds {len(groups)} series; choose one with --series: "
+                                   + ", ".join(f"{s} ({len(es)} files)" for s, es in groups.items()))
+            series = next(iter(groups))
+        if series not in groups:
+            raise CatalogError(f"{self.folder}: no series {series!r}; choose one of: {', '.join(groups)}")
+        return series, groups[series]
 
     def get(self, name: str) -> LoraEntry:
         """The entry for a file name in this folder; names with path parts are refused."""

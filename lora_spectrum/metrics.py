@@ -764,20 +764,6 @@ def _epoch_loss(loss: dict | None, epoch: int | None) -> dict[str, float] | None
     return found or None
 
 
-def _choose_series(catalog: Catalog, series: str | None) -> tuple[str, list[LoraEntry]]:
-    groups = catalog.series()
-    if not groups:
-        raise CatalogError(f"{catalog.folder}: no LoRA files (*.safetensors) in this folder")
-    if series is None:
-        if len(groups) > 1:
-            raise CatalogError(f"{catalog.folder} holds {len(groups)} series; choose one with --series: "
-                               + ", ".join(f"{s} ({len(es)} files)" for s, es in groups.items()))
-        series = next(iter(groups))
-    if series not in groups:
-        raise CatalogError(f"{catalog.folder}: no series {series!r}; choose one of: {', '.join(groups)}")
-    return series, groups[series]
-
-
 def folder_insight(loras: str | Path | Catalog, series: str | None = None, logs: str | Path | None = None,
                    grid: str | Path | None = None, *, cache: WeightCache | None = None,
                    clip_model: str | tuple | None = None, use_clip: bool = True, allow_download: bool = False,
@@ -788,7 +774,7 @@ def folder_insight(loras: str | Path | Catalog, series: str | None = None, logs:
     # 1. The series' files, from the catalog.
     catalog = loras if isinstance(loras, Catalog) else Catalog(loras)
     catalog.scan()
-    series, entries = _choose_series(catalog, series)
+    series, entries = catalog.choose_series(series)
     ready = [e for e in entries if e.state == READY]
     skipped = [{"file": e.name, "reason": f"{e.state}: {e.reason}"} for e in entries if e.state != READY]
     if not ready:

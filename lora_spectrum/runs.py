@@ -508,19 +508,9 @@ def write_outputs(out_dir: str | Path, plan: Plan, cells: list[Cell], base: str,
 
 # ---------------------------------------------------------------------------------------------- grid command
 def select_columns(catalog: Catalog, series: str | None, epochs: str, include_base: bool) -> list:
-    """Pick the series and epochs named on the command line; raise ``PlanError`` listing the choices."""
-    groups = {name: [e for e in es if e.state == READY] for name, es in catalog.series().items()}
-    groups = {k: v for k, v in groups.items() if v}
-    if not groups:
-        raise PlanError(f"{catalog.folder}: no usable LoRA files")
-    if series is None:
-        if len(groups) > 1:
-            raise PlanError(f"{catalog.folder} holds several series; choose one with --series: "
-                            f"{', '.join(groups)}")
-        series = next(iter(groups))
-    if series not in groups:
-        raise PlanError(f"no series {series!r} in {catalog.folder}; choose one of: {', '.join(groups)}")
-    entries = groups[series]
+    """Pick the series and epochs named on the command line; raise ``CatalogError`` (series) or ``PlanError``
+    (epochs) listing the choices."""
+    series, entries = catalog.choose_series(series, ready_only=True)
     if epochs != "all":
         try:
             wanted = [int(x) for x in epochs.split(",") if x.strip()]

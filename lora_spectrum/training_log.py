@@ -38,6 +38,7 @@ import os
 import statistics
 from pathlib import Path
 
+from lora_spectrum.catalog import int_or_none
 from lora_spectrum.errors import ConfigError
 
 EVENT_PREFIX = "events.out.tfevents"
@@ -147,13 +148,6 @@ def read_loss(folder: str | Path, run: str | None = None) -> dict:
     }
 
 
-def _int_or_none(value) -> int | None:
-    try:
-        return int(str(value).strip())
-    except (TypeError, ValueError):
-        return None
-
-
 def place_entries(entries) -> list[dict]:
     """Put catalog entries (``LoraEntry``) on the step axis of the training log.
 
@@ -166,8 +160,8 @@ def place_entries(entries) -> list[dict]:
     ratios = []
     for e in entries:
         meta = getattr(e, "metadata", None) or {}
-        epoch = e.epoch if e.epoch is not None else _int_or_none(meta.get("ss_epoch"))
-        steps = _int_or_none(meta.get("ss_steps"))
+        epoch = e.epoch if e.epoch is not None else int_or_none(meta.get("ss_epoch"))
+        steps = int_or_none(meta.get("ss_steps"))
         source = None
         if steps is not None:
             source = "ss_steps"
