@@ -288,6 +288,15 @@ class EngineChoice:
     reason: str = ""
     prompt: str = ""
     logs_dir: Path | None = None  # the demo's training log; None for a real base (the config names one)
+    scanned: object = None  # a Catalog of ``loras_dir`` that ``open_engine`` already scanned to decide, if any
+
+    def catalog(self):
+        """The ``Catalog`` of ``loras_dir``: the one already scanned when there is one, else a new one."""
+        from lora_spectrum.catalog import Catalog
+
+        if self.scanned is None or Path(self.scanned.folder) != Path(self.loras_dir):
+            self.scanned = Catalog(self.loras_dir)
+        return self.scanned
 
 
 def ensure_demo(demo_dir: str | Path, family: str = "sdxl") -> tuple[Path, Path]:
@@ -353,6 +362,10 @@ def open_engine(settings, allow_demo: bool = True, loras_given: bool = False) ->
             return choice
     choice = demo_engine(settings)
     configured = settings.path(settings.loras)
-    if loras_given or (configured.is_dir() and any(e.state == "ready" for e in Catalog(configured).scan())):
+    if loras_given:
         choice.loras_dir = configured
+    elif configured.is_dir():
+        scanned = Catalog(configured)
+        if any(e.state == "ready" for e in scanned.scan()):
+            choice.loras_dir, choice.scanned = configured, scanned  # kept: the caller's catalog, scanned once
     return choice

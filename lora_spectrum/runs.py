@@ -555,7 +555,7 @@ def grid_command(args, out, err) -> int:
         # 3. The base (or the demo with --base demo) and its loras folder.
         choice = open_engine(settings, allow_demo=settings.base == "demo", loras_given=bool(args.loras))
         engine = choice.engine
-        catalog = Catalog(choice.loras_dir)
+        catalog = choice.catalog()
         catalog.scan()
         columns = select_columns(catalog, args.series, args.epochs, args.include_base)
         plan = make_plan(engine.defaults, columns, args.seeds, args.strengths,

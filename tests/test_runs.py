@@ -195,3 +195,24 @@ def test_grid_mix_renders_the_same_cells_and_refuses_zero(setup, capsys):
     capsys.readouterr()
     assert grid(config, loras, out, *args, "--mix", "0") == 2
     assert "--mix must be at least 1" in capsys.readouterr().err
+
+
+def test_the_demo_hands_on_the_catalog_it_scanned_to_choose_the_loras_folder(setup):
+    """``base: demo`` looks at the configured loras folder to choose it; that scan is the caller's catalog, so the
+    folder's headers are read once at start-up, not twice."""
+    from lora_spectrum.demo import open_engine
+    from lora_spectrum.settings import load_settings
+
+    config, loras, _ = setup
+    settings = load_settings(config)
+    settings.loras = str(loras)
+    choice = open_engine(settings)
+    assert choice.loras_dir == loras and choice.scanned is not None
+    catalog = choice.catalog()
+    assert catalog is choice.scanned and catalog.generation == 1, "scanned once, by open_engine"
+    assert {e.name for e in catalog.entries} == {p.name for p in loras.glob("*.safetensors")}
+    empty = loras.parent / "empty"
+    empty.mkdir()
+    settings.loras = str(empty)
+    other = open_engine(settings)
+    assert other.loras_dir != empty and other.catalog().folder == other.loras_dir, "the demo's own epochs"

@@ -23,4 +23,4 @@ def get_workbench(path: str | None) -> tuple[Settings, EngineChoice, Catalog]:
     """Settings, the engine (configured base, else the demo with the reason) and the catalog of its loras."""
     settings = load_settings(path)
     choice = open_engine(settings, allow_demo=True)
-    return settings, choice, Catalog(choice.loras_dir)
+    return settings, choice, choice.catalog()
