@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import struct
 import threading
 import time
 from collections import Counter
@@ -28,19 +27,24 @@ from pathlib import Path
 from natsort import natsort_keygen
 from safetensors import SafetensorError, safe_open
 
-from lora_spectrum.errors import CatalogError
+from lora_spectrum.errors import CatalogError, HeaderError
+from lora_spectrum.lora_keys import (
+    DENOISER_PREFIXES,
+    DOWN_SUFFIXES,
+    TE_PREFIXES,
+    family_hint,
+    key_format,
+    read_header,
+)
 
 READY, UNREADABLE, INCOMPLETE, IGNORED = "ready", "unreadable", "incomplete", "ignored"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-HEADER_LIMIT = 100_000_000  # safetensors refuses JSON headers larger than this
 SETTLE_SECONDS = 2.0  # a file whose size changed this recently is taken as still being copied
 METADATA_KEYS = (
     "ss_epoch", "ss_steps", "ss_network_dim", "ss_network_alpha", "ss_base_model_version", "ss_output_name",
     "ss_learning_rate", "ss_num_epochs", "ss_network_module", "ss_session_id", "ss_training_comment",
     "modelspec.architecture", "modelspec.title", "modelspec.trigger_phrase", "sshs_model_hash",
 )  # fmt: skip
-TE_PREFIXES = ("lora_te", "text_encoder", "te1.", "te2.", "te.")
-DENOISER_PREFIXES = ("lora_unet_", "unet.", "transformer.", "diffusion_model.", "lora_transformer_")
 
 # <series>-step<N> / <series>_step<N>: a step count.   <series>_e<N>, <series>-000010, <series>_20: an epoch.
 _STEP_RE = re.compile(r"^(?P<series>.+?)[-_.]step[-_]?(?P<n>\d+)$", re.IGNORECASE)
@@ -129,75 +133,12 @@ def _trigger_words(meta: dict[str, str]) -> list[str]:
     return [t for t, _ in counts.most_common(5) if t]
 
 
-def key_format(keys: list[str]) -> str:
-    """Name the key layout of a LoRA file: kohya, musubi/ai-toolkit, diffusers/peft or unknown, with " DoRA" when
-    it carries DoRA magnitudes (kohya DoRA files are refused at swap time: diffusers drops their magnitudes)."""
-    if not keys:
-        return "empty"
-    if any(k.endswith(".dora_scale") or "lora_magnitude_vector" in k for k in keys):
-        return key_format([k for k in keys if not k.endswith(".dora_scale") and "lora_magnitude_vector" not in k]) \
-            + " DoRA"
-    if all(k.startswith(("lora_unet_", "lora_te")) for k in keys):
-        return "kohya"
-    if any(k.startswith("diffusion_model.") for k in keys):
-        return "musubi/ai-toolkit"
-    if any(".lora_A." in k or ".lora_B." in k or ".lora.down." in k or ".lora_down." in k for k in keys):
-        return "diffusers/peft"
-    return "unknown"
-
-
-def _family_hint(keys: list[str], meta: dict[str, str]) -> str | None:
-    version = (meta.get("ss_base_model_version") or meta.get("modelspec.architecture") or "").lower()
-    if "xl" in version:
-        return "sdxl"
-    if "z-image" in version or "zimage" in version or "z_image" in version:
-        return "z-image"
-    if version.startswith(("sd_v1", "sd_v2", "stable-diffusion-v1")):
-        return "sd1/2"
-    joined = " ".join(keys[:2000])
-    if "lora_te2_" in joined or "text_encoder_2" in joined or "add_embedding" in joined:
-        return "sdxl"
-    if "context_refiner" in joined or "noise_refiner" in joined or "adaLN_modulation" in joined:
-        return "z-image"
-    return None
-
-
 def _diagnose(path: Path, size: int) -> tuple[str, str] | None:
-    """Read the 8-byte header length ourselves to tell *incomplete* from *unreadable* before safe_open.
-
-    Hand-written because safetensors' errors do not say which of the two it is, and a file still being copied
-    must be looked at again later rather than reported as corrupt.
-    """
-    if size == 0:
-        return INCOMPLETE, "empty file (zero bytes); still being written, or the copy failed"
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        # A zip archive (torch.save since 1.6) or a pickle's PROTO opcode with a protocol number 2..5.
-        if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
-            return UNREADABLE, "a pickle/PyTorch file renamed to .safetensors; pickle files are never loaded"
-        if size < 8:
-            return UNREADABLE, f"not a safetensors file (only {size} bytes)"
-        (n,) = struct.unpack("<Q", head)
-        if n > HEADER_LIMIT:
-            if n > 10 * HEADER_LIMIT:
-                return UNREADABLE, "not a safetensors file (no valid header)"
-            return UNREADABLE, f"header too large ({n} bytes; safetensors allows at most {HEADER_LIMIT})"
-        if 8 + n > size:
-            return INCOMPLETE, f"header claims {n} bytes but the file has {size}; cut off or still being copied"
-        first = fh.read(1)
-        if first != b"{":
-            return UNREADABLE, "not a safetensors file (header is not JSON)"
-        fh.seek(8)
-        try:
-            header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return UNREADABLE, "corrupt header (not valid JSON)"
-    if not isinstance(header, dict):
-        return UNREADABLE, "corrupt header (not a JSON object)"
-    ends = [v.get("data_offsets", [0, 0])[1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
-    data_needed = max(ends, default=0)
-    if isinstance(data_needed, int) and 8 + n + data_needed > size:
-        return INCOMPLETE, f"truncated: tensor data needs {8 + n + data_needed} bytes, file has {size}"
+    """(state, reason) when the header says the file is unreadable or incomplete; None when it looks sound."""
+    try:
+        read_header(path, size)
+    except HeaderError as exc:
+        return (INCOMPLETE if exc.incomplete else UNREADABLE), exc.reason
     return None
 
 
@@ -245,7 +186,7 @@ def read_entry(path: Path, previous: LoraEntry | None = None, now: float | None 
             ranks: set[int] = set()
             alphas: set[float] = set()
             for k in keys:
-                if k.endswith((".lora_down.weight", ".lora_A.weight", ".lora.down.weight")):
+                if k.endswith(DOWN_SUFFIXES):
                     shape = f.get_slice(k).get_shape()
                     if shape:
                         ranks.add(int(shape[0]))
@@ -277,7 +218,7 @@ def read_entry(path: Path, previous: LoraEntry | None = None, now: float | None 
         base.alpha = float(meta["ss_network_alpha"])
     base.metadata = {k: meta[k] for k in METADATA_KEYS if k in meta}
     base.trigger_words = _trigger_words(meta)
-    base.family_hint = _family_hint(keys, meta)
+    base.family_hint = family_hint(keys, meta)
 
     # 5. Epoch from metadata when the name has none (kohya's final file is <name>.safetensors).
     if base.epoch is None and base.step is None:

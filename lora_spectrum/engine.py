@@ -19,11 +19,16 @@ from pathlib import Path
 
 import torch
 
-from lora_spectrum.errors import BaseLoadError, BusyError, CancelledError, LoraSpectrumError, RenderError
+from lora_spectrum.errors import (
+    BaseLoadError,
+    BusyError,
+    Cancelled,
+    LoraSpectrumError,
+    OutOfMemoryError,
+    RenderError,
+)
 from lora_spectrum.families import Family, detect_family, get_family
 from lora_spectrum.hotswap import HotSwapper, SwapRecord
-
-OUT_OF_MEMORY = "out of memory"  # how a render's out-of-memory RenderError starts
 
 
 @dataclass(frozen=True)
@@ -250,7 +255,7 @@ class Engine:
 
         Returns one entry per route: its ``RenderResult`` (a shared call's swap record is the routing set-up), or
         the ``LoraSpectrumError`` that failed it: its own file's, the error of the call it shared (out of
-        memory, say), or ``CancelledError`` for a route left unrendered by a cancel. Routes with the same number
+        memory, say), or ``Cancelled`` for a route left unrendered by a cancel. Routes with the same number
         of seeds share a call (so that routing takes its stacked way); a route alone in its call, or whose file
         cannot share one, renders as ``render`` would. If routing cannot be set up, its routes render one by one.
         """
@@ -279,7 +284,7 @@ class Engine:
                     self._render_shared(request, routes, group, prepared, out, cancel, on_step)
                 for i in alone:
                     self._render_alone(request, routes, i, prepared, out, cancel, on_step)
-            except CancelledError as exc:
+            except Cancelled as exc:
                 out = [exc if o is None else o for o in out]
         return out
 
@@ -291,12 +296,12 @@ class Engine:
         try:
             with self.hotswap.routed(samples, prepared=prepared) as swap:
                 images = self._render_locked(dataclasses.replace(request, seeds=seeds), cancel, on_step)
-        except CancelledError:
+        except Cancelled:
             raise
         except LoraSpectrumError as exc:
             # Routing could not be set up (memory, a file changed), or the wide batch ran out of memory: one by
             # one instead, each route needing only its own seeds' memory. Any other failure fails them all.
-            if swap is None or (images is None and str(exc).startswith(OUT_OF_MEMORY)):
+            if swap is None or (images is None and isinstance(exc, OutOfMemoryError)):
                 self.free_memory()
                 for i in group:
                     self._render_alone(request, routes, i, prepared, out, cancel, on_step)
@@ -317,7 +322,7 @@ class Engine:
         try:
             swap = self.set_lora(path, strength, prepared.get(str(path)))  # the file step 1 read, not read again
             images = self._render_locked(dataclasses.replace(request, seeds=tuple(seeds)), cancel, on_step)
-        except CancelledError:
+        except Cancelled:
             raise
         except LoraSpectrumError as exc:
             out[i] = exc
@@ -335,7 +340,7 @@ class Engine:
 
         def step_end(pipe, i, t, kwargs):
             if cancel is not None and cancel.is_set():
-                raise CancelledError("cancelled")
+                raise Cancelled("cancelled")
             if on_step is not None:
                 on_step(i + 1, req.steps)
             return kwargs
@@ -367,7 +372,7 @@ class Engine:
             out_of_memory = True
         if out_of_memory:
             self.free_memory()
-            raise RenderError(f"{OUT_OF_MEMORY} rendering {n} image(s) at {req.width}x{req.height}: use a smaller "
+            raise OutOfMemoryError(f"out of memory rendering {n} image(s) at {req.width}x{req.height}: use a smaller "
                               f"size or fewer seeds, or set offload: model in the config")
         return list(out.images)
 

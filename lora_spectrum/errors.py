@@ -1,10 +1,29 @@
-"""The one exception root of LoRA Spectrum and its few subclasses.
+"""The one exception root of LoRA Spectrum, its typed subclasses, and the translation at library boundaries.
 
-Library errors (safetensors, diffusers, peft, torch) are translated into these at the module boundary that
-called the library, so that callers (CLI, UI) catch one root and show one plain message.
+Library errors (safetensors, diffusers, peft, torch, the hub) are translated into these by one context manager
+at the module boundary that called the library (``translated``), so that callers (CLI, UI) catch one root and
+show one plain message. The tree::
+
+    LoraSpectrumError                 every error raised on purpose; the message is meant for the user
+    ├── ConfigError                   a config file or a command-line value is wrong
+    ├── CatalogError                  the loras folder, or one file's header, cannot be listed or read
+    │   └── HeaderError               a file's safetensors header is bad (``incomplete``: maybe still copying)
+    ├── LoraLoadError                 a LoRA file cannot be swapped in (``path``, ``cause``); the previous adapter
+    │                                 stays active
+    ├── BaseLoadError                 the base model cannot be loaded
+    ├── PlanError                     a comparison plan has a bad value; nothing was rendered
+    ├── RenderError                   a render failed; the engine stays usable
+    │   └── OutOfMemoryError          ... because the device ran out of memory (the caller may retry smaller)
+    ├── BusyError                     the shared engine has as many runs queued as allowed
+    ├── Cancelled                     the user cancelled; what finished is kept
+    └── ClipUnavailable               no CLIP model can be loaded (image measures fall back to pixels)
 """
 
 from __future__ import annotations
+
+import contextlib
+
+MAX_MESSAGE = 500  # characters: a refusal is one sentence, never a wall of keys
 
 
 class LoraSpectrumError(Exception):
@@ -19,16 +38,25 @@ class CatalogError(LoraSpectrumError):
     """The loras folder or one file in it cannot be listed or read."""
 
 
+class HeaderError(CatalogError):
+    """A file's safetensors header cannot be read. ``incomplete``: it may still be being copied (look again)."""
+
+    def __init__(self, reason: str, incomplete: bool = False):
+        self.reason = reason
+        self.incomplete = incomplete
+        super().__init__(reason)
+
+
 class LoraLoadError(LoraSpectrumError):
     """A LoRA file could not be swapped in. The previously active adapter stays active.
 
-    ``path`` names the file; ``cause`` is a short plain-language reason.
+    ``path`` names the file; ``cause`` is a short plain-language reason (cut to ``MAX_MESSAGE`` characters).
     """
 
     def __init__(self, path, cause: str):
         self.path = str(path)
-        self.cause = cause
-        super().__init__(f"{self.path}: {cause}")
+        self.cause = shorten(cause)
+        super().__init__(f"{self.path}: {self.cause}")
 
 
 class BaseLoadError(LoraSpectrumError):
@@ -40,12 +68,48 @@ class PlanError(LoraSpectrumError):
 
 
 class RenderError(LoraSpectrumError):
-    """A render failed (out of memory, cancelled, ...). The engine stays usable."""
+    """A render failed. The engine stays usable."""
+
+
+class OutOfMemoryError(RenderError):
+    """A render ran out of device memory; the engine freed what it could. Fewer images at once may fit."""
 
 
 class BusyError(LoraSpectrumError):
     """The shared engine already has as many renders queued as allowed."""
 
 
-class CancelledError(LoraSpectrumError):
-    """The user cancelled a run between two images."""
+class Cancelled(LoraSpectrumError):
+    """The user cancelled a run; cells that finished are kept."""
+
+
+class ClipUnavailable(LoraSpectrumError):
+    """No CLIP model could be loaded (not on the machine, downloads not allowed, or broken)."""
+
+
+def shorten(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` on one line, cut to ``limit`` characters (library messages can list every key of a file)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
+def reason(exc: BaseException) -> str:
+    """A library exception as a short reason: its type and the first line of its message."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return shorten(f"{type(exc).__name__}: {first}" if first else type(exc).__name__, 300)
+
+
+@contextlib.contextmanager
+def translated(make, *passthrough: type[BaseException]):
+    """Translate any non-LoraSpectrum exception raised inside into ``make(exc)`` (a ``LoraSpectrumError``).
+
+    Our own errors and the types in ``passthrough`` go through unchanged. One such block stands at each library
+    boundary instead of scattered ``except Exception`` clauses (in the spirit of httpx's
+    ``map_httpcore_exceptions``).
+    """
+    try:
+        yield
+    except (LoraSpectrumError, *passthrough):
+        raise
+    except Exception as exc:  # noqa: BLE001 - this is the one translating boundary; the caller says into what
+        raise make(exc) from exc

@@ -99,8 +99,9 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from lora_spectrum.catalog import READY, Catalog, LoraEntry, file_sha256, key_format
-from lora_spectrum.errors import CatalogError, ConfigError, LoraSpectrumError
+from lora_spectrum.catalog import READY, Catalog, LoraEntry, file_sha256
+from lora_spectrum.errors import CatalogError, ClipUnavailable, ConfigError
+from lora_spectrum.lora_keys import key_format
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 CLIP_MODEL_ENV = "LORA_SPECTRUM_CLIP_MODEL"
@@ -424,11 +425,6 @@ def dssim(a: np.ndarray, b: np.ndarray, window: int = 7) -> float:
     cov = (wa * wb).mean(axis=(-2, -1)) - mu_a * mu_b
     ssim = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return float((1.0 - ssim.mean()) / 2.0)
-
-
-class ClipUnavailable(LoraSpectrumError):
-    """No usable CLIP model on this machine; the message says why. ``image_measures`` turns it into
-    ``{"skipped": True, "reason": ...}``."""
 
 
 def load_clip(model_id: str | None = None, allow_download: bool = False):

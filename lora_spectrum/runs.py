@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from lora_spectrum.catalog import READY, Catalog, LoraEntry
-from lora_spectrum.errors import CancelledError, LoraSpectrumError, PlanError
+from lora_spectrum.errors import Cancelled, LoraSpectrumError, PlanError
 
 BASE_LABEL = "base"
 
@@ -363,14 +363,14 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
                     routes = [(None if plan.columns[ci] is None else plan.columns[ci].path, strength,
                                tuple(c.seed for c in todo)) for (ci, strength, _), todo in todos]
                     results = engine.render_routed(req, routes, cancel=cancel, on_step=step)
-            except CancelledError:
+            except Cancelled:
                 break
             except LoraSpectrumError as exc:
                 results = [exc] * len(todos)
             # 5. Each group's cells: its images, or its own error.
             per_image = (time.perf_counter() - t0) / sum(len(todo) for _, todo in todos)
             for (_, todo), result in zip(todos, results, strict=True):
-                if isinstance(result, CancelledError):  # not rendered: these cells end as "cancelled" below
+                if isinstance(result, Cancelled):  # not rendered: these cells end as "cancelled" below
                     cancelled = True
                     continue
                 for i, c in enumerate(todo):

@@ -13,8 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora_spectrum.catalog import HEADER_LIMIT, Catalog, parse_name
+from lora_spectrum.catalog import Catalog, parse_name
 from lora_spectrum.errors import CatalogError
+from lora_spectrum.lora_keys import HEADER_LIMIT
 from tests.tiny import garbage
 
 

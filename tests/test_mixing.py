@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from lora_spectrum import demo
 from lora_spectrum.catalog import Catalog
-from lora_spectrum.errors import CancelledError, LoraLoadError
+from lora_spectrum.errors import Cancelled, LoraLoadError
 from lora_spectrum.runs import make_plan, run_plan
 from tests.test_hotswap import assert_same_tensors, base_weights, te_state
 from tests.tiny import FAMILIES, garbage, new_engine, pixels, request
@@ -212,7 +212,7 @@ def test_a_cancel_inside_a_routed_call_puts_everything_back(demo_loras):
     cancel = threading.Event()
     results = engine.render_routed(req, [(files[0], 1.0, (1, 2)), (files[-1], 1.0, (1, 2))], cancel=cancel,
                                    on_step=lambda i, n: cancel.set())
-    assert all(isinstance(r, CancelledError) for r in results)
+    assert all(isinstance(r, Cancelled) for r in results)
     assert engine.hotswap.history[-1].kind == "routed", "the cancel came inside the routed call"
     assert only_the_slot(engine) and engine.hotswap.get_active_adapter() == (files[2], 0.7)
     assert_same_tensors(base_weights(engine.hotswap.denoiser), fresh)

@@ -28,9 +28,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lora_spectrum import demo
-from lora_spectrum.catalog import HEADER_LIMIT, Catalog
+from lora_spectrum.catalog import Catalog
 from lora_spectrum.engine import Engine
-from lora_spectrum.errors import BaseLoadError, BusyError, CancelledError, PlanError, RenderError
+from lora_spectrum.errors import BaseLoadError, BusyError, Cancelled, PlanError, RenderError
+from lora_spectrum.lora_keys import HEADER_LIMIT
 from lora_spectrum.runs import RenderCache, make_plan, run_plan, write_outputs
 from tests.test_hotswap import assert_same_tensors, base_weights
 from tests.tiny import new_engine, pixels
@@ -346,7 +347,7 @@ def test_cancelling_a_run_leaves_the_engine_ready(demo_loras, ref):
     assert {i for _, _, i in seen} == {id(c) for c in cells}
     # 2. In the middle of a render: the per-step callback cancels after the first step of two.
     stop = threading.Event()
-    with pytest.raises(CancelledError):
+    with pytest.raises(Cancelled):
         engine.render(request(family, SEEDS), by_epoch[300].path, cancel=stop,
                       on_step=lambda i, n: stop.set() if i == 1 else None)
     # Ready: nothing holds the lock or an admission, and the next run equals a clean one.

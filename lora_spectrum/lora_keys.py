@@ -1,0 +1,125 @@
+"""What a LoRA file's key names and header say: every key-format table, and the one safetensors header reader.
+
+Pure functions over names and bytes: nothing here loads tensors into a model or imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_spectrum.errors import HeaderError
+
+HEADER_LIMIT = 100_000_000  # bytes of JSON header; safetensors refuses larger ones, and so do we
+
+# Key prefixes as trainers write them (kohya's lora_te1_/lora_te2_, peft's text_encoder., OneTrainer's te1.).
+TE_PREFIXES = ("lora_te", "text_encoder", "te1.", "te2.", "te.")
+DENOISER_PREFIXES = ("lora_unet_", "unet.", "transformer.", "diffusion_model.", "lora_transformer_")
+# Text-encoder keys after diffusers' converters (``text_encoder.``, ``text_encoder_2.``; kohya names left over).
+CONVERTED_TE_PREFIXES = ("text_encoder", "lora_te")
+# Prefixes stripped to reach a module path that names the same layer in every format (for measures).
+MODULE_PREFIXES = ("lora_unet_", "lora_transformer_", "base_model.model.", "unet.", "transformer.",
+                   "diffusion_model.", "model.diffusion_model.")  # fmt: skip
+# ``<module>.<role>.weight`` (peft may put the adapter name before ``.weight``) or ``<module>.alpha``.
+ROLE_RE = re.compile(
+    r"^(?P<module>.+?)\.(?:(?P<role>lora_down|lora_up|lora_A|lora_B|lora\.down|lora\.up)(?:\.[\w-]+)?\.weight"
+    r"|(?P<alpha>alpha))$"
+)
+DOWN_ROLES = ("lora_down", "lora_A", "lora.down")
+DOWN_SUFFIXES = (".lora_down.weight", ".lora_A.weight", ".lora.down.weight")
+
+
+def is_dora_key(key: str) -> bool:
+    return key.endswith(".dora_scale") or "lora_magnitude_vector" in key
+
+
+def key_format(keys: list[str]) -> str:
+    """Name the key layout of a LoRA file: kohya, musubi/ai-toolkit, diffusers/peft or unknown, with " DoRA" when
+    it carries DoRA magnitudes (kohya DoRA files are refused at swap time: diffusers drops their magnitudes)."""
+    if not keys:
+        return "empty"
+    if any(is_dora_key(k) for k in keys):
+        return key_format([k for k in keys if not is_dora_key(k)]) + " DoRA"
+    if all(k.startswith(("lora_unet_", "lora_te")) for k in keys):
+        return "kohya"
+    if any(k.startswith("diffusion_model.") for k in keys):
+        return "musubi/ai-toolkit"
+    if any(".lora_A." in k or ".lora_B." in k or ".lora.down." in k or ".lora_down." in k for k in keys):
+        return "diffusers/peft"
+    return "unknown"
+
+
+def family_hint(keys: list[str], meta: dict[str, str]) -> str | None:
+    """The model family a file was made for, from its metadata or, failing that, its key names; None if unknown."""
+    version = (meta.get("ss_base_model_version") or meta.get("modelspec.architecture") or "").lower()
+    if "xl" in version:
+        return "sdxl"
+    if "z-image" in version or "zimage" in version or "z_image" in version:
+        return "z-image"
+    if version.startswith(("sd_v1", "sd_v2", "stable-diffusion-v1")):
+        return "sd1/2"
+    joined = " ".join(keys[:2000])
+    if "lora_te2_" in joined or "text_encoder_2" in joined or "add_embedding" in joined:
+        return "sdxl"
+    if "context_refiner" in joined or "noise_refiner" in joined or "adaLN_modulation" in joined:
+        return "z-image"
+    return None
+
+
+def looks_like_pickle(head: bytes) -> bool:
+    """A zip archive (``torch.save`` since 1.6) or a pickle's PROTO opcode with a protocol number 2..5."""
+    return head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+
+
+@dataclass(frozen=True)
+class Header:
+    """A safetensors file's JSON header: the tensor table (``__metadata__`` taken out), and where data starts."""
+
+    table: dict
+    metadata: dict
+    data_start: int  # byte offset of the data section
+    data_end: int  # the largest end offset in the table, relative to ``data_start``
+
+
+def read_header(path: str | Path, size: int) -> Header:
+    """Read and check a safetensors header (8 bytes of length, then JSON: the documented format).
+
+    Hand-written because safetensors' errors do not tell *incomplete* (a copy in progress, looked at again later)
+    from *unreadable*, and because the adapters' fast path needs the byte offsets, which its Python API does not
+    expose. Raises ``HeaderError`` (``incomplete`` set when more bytes may still come) naming the cause.
+    """
+    if size == 0:
+        raise HeaderError("empty file (zero bytes); still being written, or the copy failed", incomplete=True)
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if looks_like_pickle(head):
+            raise HeaderError("a pickle/PyTorch file renamed to .safetensors; pickle files are never loaded")
+        if size < 8:
+            raise HeaderError(f"not a safetensors file (only {size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > HEADER_LIMIT:
+            if n > 10 * HEADER_LIMIT:
+                raise HeaderError("not a safetensors file (no valid header)")
+            raise HeaderError(f"header too large ({n} bytes; safetensors allows at most {HEADER_LIMIT})")
+        if 8 + n > size:
+            raise HeaderError(f"header claims {n} bytes but the file has {size}; cut off or still being copied",
+                              incomplete=True)
+        raw = fh.read(n)
+    if raw[:1] != b"{":
+        raise HeaderError("not a safetensors file (header is not JSON)")
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HeaderError("corrupt header (not valid JSON)") from exc
+    if not isinstance(header, dict):
+        raise HeaderError("corrupt header (not a JSON object)")
+    metadata = header.pop("__metadata__", None)
+    # Malformed entries are left for safetensors itself to name when the file is opened.
+    ends = [v.get("data_offsets", [0, 0]) for v in header.values() if isinstance(v, dict)]
+    end = max((e[1] for e in ends if isinstance(e, list) and len(e) == 2 and isinstance(e[1], int)), default=0)
+    if 8 + n + end > size:
+        raise HeaderError(f"truncated: tensor data needs {8 + n + end} bytes, file has {size}", incomplete=True)
+    return Header(header, metadata if isinstance(metadata, dict) else {}, 8 + n, end)
