@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -272,33 +271,6 @@ def copy_trained_demo(out: str | Path) -> tuple[Path, Path, Path]:
     return tuple(out / name for name in parts)
 
 
-# ---------------------------------------------------------------------------------------------- fallback
-DEMO_PROMPT = "a red circle on a white background"
-# The tiny random demo renders small and fast on a CPU; the family YAML's 1024x1024 x 30 steps is for real bases.
-TINY_DEFAULTS = {"width": 64, "height": 64, "steps": 8, "guidance": 5.0, "sampler": "Euler"}
-
-
-@dataclass
-class EngineChoice:
-    """What ``open_engine`` decided: the engine, its loras folder, whether it is the demo, and why."""
-
-    engine: object
-    loras_dir: Path
-    is_demo: bool
-    reason: str = ""
-    prompt: str = ""
-    logs_dir: Path | None = None  # the demo's training log; None for a real base (the config names one)
-    scanned: object = None  # a Catalog of ``loras_dir`` that ``open_engine`` already scanned to decide, if any
-
-    def catalog(self):
-        """The ``Catalog`` of ``loras_dir``: the one already scanned when there is one, else a new one."""
-        from lora_spectrum.catalog import Catalog
-
-        if self.scanned is None or Path(self.scanned.folder) != Path(self.loras_dir):
-            self.scanned = Catalog(self.loras_dir)
-        return self.scanned
-
-
 def ensure_demo(demo_dir: str | Path, family: str = "sdxl") -> tuple[Path, Path]:
     """The random demo's base folder and loras folder, written on first use (seconds, no download)."""
     demo_dir = Path(demo_dir)
@@ -306,66 +278,3 @@ def ensure_demo(demo_dir: str | Path, family: str = "sdxl") -> tuple[Path, Path]
     if not (base / "model_index.json").is_file() or not any(loras.glob("*.safetensors")):
         write_demo(demo_dir, family)
     return base, loras
-
-
-def demo_engine(settings, reason: str = "") -> EngineChoice:
-    """The offline demo engine: the shipped trained demo (a tiny base that draws coloured shapes and the epochs of
-    an ink-style LoRA, with its training log), or with ``demo: random`` (or when the assets are missing) the
-    random-weight tiny base with its synthetic epochs."""
-    from lora_spectrum import demo_training as trained
-    from lora_spectrum.engine import Engine
-
-    # The demo is tiny: it runs anywhere, so a configured device that is missing (the reason the base failed,
-    # perhaps) does not stop it.
-    device = settings.device if settings.device == "cpu" or torch.cuda.is_available() else "auto"
-    common = dict(family="sdxl", device=device, dtype="auto", local_files_only=True,
-                  resident_adapters=settings.resident_adapters, max_queued=settings.max_queued_renders,
-                  fuse=settings.fuse)
-    if settings.demo == "trained" and trained.assets_available():
-        rec = trained.RECOMMENDED
-        defaults = {k: rec[k] for k in ("steps", "guidance", "sampler", "width", "height")}
-        engine = Engine.load(str(trained.ASSETS_DIR / trained.BASE_DIRNAME), defaults=defaults, **common)
-        note = ("Demo mode: a tiny base trained to draw coloured shapes, and the epochs of an ink-style LoRA "
-                "trained on it (jimeng_3 ... jimeng_18), with their training log. Not a real model.")
-        choice = EngineChoice(engine, trained.ASSETS_DIR / trained.LORAS_DIRNAME, True, reason, rec["prompts"][0],
-                              trained.ASSETS_DIR / trained.LOGS_DIRNAME)
-    else:
-        base, loras = ensure_demo(settings.path(settings.demo_dir), "sdxl")
-        engine = Engine.load(str(base), defaults=TINY_DEFAULTS, **common)
-        note = "Demo mode: a tiny base with random weights and synthetic demo epochs (not a real model)."
-        choice = EngineChoice(engine, loras, True, reason, DEMO_PROMPT)
-    engine.note = f"{note} Reason: {reason}" if reason else note
-    return choice
-
-
-def open_engine(settings, allow_demo: bool = True, loras_given: bool = False) -> EngineChoice:
-    """Load the configured base; when it cannot load and ``allow_demo``, fall back to the demo, saying why.
-
-    ``settings.base == "demo"`` asks for the demo directly; it then uses the configured loras folder when that
-    holds LoRA files (or ``loras_given``), else the demo's epochs. A fallback always uses the demo's epochs, since
-    LoRAs made for the real base do not fit the tiny one.
-    """
-    from lora_spectrum.catalog import Catalog
-    from lora_spectrum.engine import Engine
-    from lora_spectrum.errors import BaseLoadError
-
-    if settings.base != "demo":
-        try:
-            engine = Engine.from_settings(settings)
-            return EngineChoice(engine, settings.path(settings.loras), False)
-        except BaseLoadError as exc:
-            if not allow_demo:
-                raise
-            choice = demo_engine(settings, reason=str(exc))
-            if loras_given:
-                choice.loras_dir = settings.path(settings.loras)
-            return choice
-    choice = demo_engine(settings)
-    configured = settings.path(settings.loras)
-    if loras_given:
-        choice.loras_dir = configured
-    elif configured.is_dir():
-        scanned = Catalog(configured)
-        if any(e.state == "ready" for e in scanned.scan()):
-            choice.loras_dir, choice.scanned = configured, scanned  # kept: the caller's catalog, scanned once
-    return choice

@@ -527,8 +527,8 @@ def select_columns(catalog: Catalog, series: str | None, epochs: str, include_ba
 
 def grid_command(args, out, err) -> int:
     """``python -m lora_spectrum grid``: exit 0 all rendered, 1 some cells failed, 2 bad arguments/base."""
-    from lora_spectrum.demo import open_engine
     from lora_spectrum.settings import load_settings
+    from lora_spectrum.workbench import open_engine
 
     def fail(msg: str) -> int:
         print(f"lora-spectrum grid: {msg}", file=err)

@@ -200,8 +200,8 @@ def test_grid_mix_renders_the_same_cells_and_refuses_zero(setup, capsys):
 def test_the_demo_hands_on_the_catalog_it_scanned_to_choose_the_loras_folder(setup):
     """``base: demo`` looks at the configured loras folder to choose it; that scan is the caller's catalog, so the
     folder's headers are read once at start-up, not twice."""
-    from lora_spectrum.demo import open_engine
     from lora_spectrum.settings import load_settings
+    from lora_spectrum.workbench import open_engine
 
     config, loras, _ = setup
     settings = load_settings(config)

@@ -8,8 +8,8 @@ import os
 import streamlit as st
 
 from lora_spectrum.catalog import Catalog
-from lora_spectrum.demo import EngineChoice, open_engine
 from lora_spectrum.settings import Settings, load_settings
+from lora_spectrum.workbench import EngineChoice, open_engine
 
 CONFIG_ENV = "LORA_SPECTRUM_CONFIG"  # another settings file, e.g. for tests or a second base
 
