@@ -39,6 +39,17 @@ class EngineChoice:
             self.scanned = Catalog(self.loras_dir)
         return self.scanned
 
+    def logs_folder(self, settings, given: str | Path | None = None) -> Path | None:
+        """The training log folder: ``given`` (typed on the command line), else the configured one, else the
+        demo's, else ``<loras>/logs``; the first that exists. The app never passes a path typed in the browser."""
+        candidates = [Path(given)] if given else []
+        if settings.logs:
+            candidates.append(settings.path(settings.logs))
+        if self.logs_dir is not None:
+            candidates.append(Path(self.logs_dir))
+        candidates.append(Path(self.loras_dir) / "logs")
+        return next((p for p in candidates if p.is_dir()), None)
+
 
 def demo_engine(settings, reason: str = "") -> EngineChoice:
     """The offline demo engine: the shipped trained demo (a tiny base that draws coloured shapes and the epochs of

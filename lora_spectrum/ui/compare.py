@@ -24,9 +24,8 @@ from lora_spectrum.runs import (
     write_outputs,
 )
 from lora_spectrum.ui.controls import Controls, caption_for
+from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
-
-RESULT = "compare_result"
 
 
 def run_render(engine, catalog, settings, controls: Controls) -> None:

@@ -3,15 +3,13 @@ epoch file, and a suggested epoch with its reason. Numbers come from ``metrics``
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import altair as alt
 import pandas as pd
 import streamlit as st
 
 from lora_spectrum import metrics
 from lora_spectrum.errors import LoraSpectrumError
-from lora_spectrum.ui.compare import RESULT
+from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
 
 
@@ -19,16 +17,6 @@ from lora_spectrum.ui.text import md_escape
 def _weight_cache() -> metrics.WeightCache:
     """Weight measures keyed by file hash, shared by every session (the cache is thread-safe)."""
     return metrics.WeightCache()
-
-
-def logs_folder(settings, choice, catalog) -> Path | None:
-    """The training log folder: the configured one, else the demo's, else ``<loras>/logs``. Never a path typed
-    in the browser."""
-    candidates = [settings.path(settings.logs)] if settings.logs else []
-    if choice.logs_dir is not None:
-        candidates.append(Path(choice.logs_dir))
-    candidates.append(Path(catalog.folder) / "logs")
-    return next((p for p in candidates if p.is_dir()), None)
 
 
 def _open_in_compare() -> None:
@@ -63,7 +51,7 @@ def insight_view(settings, choice, catalog, controls) -> None:
         return
     result_state = st.session_state.get(RESULT) or {}
     grid = result_state.get("out_dir")
-    logs = logs_folder(settings, choice, catalog)
+    logs = choice.logs_folder(settings)
     # Measured once per (folder contents, series, log folder, last grid) and kept for this session's reruns.
     key = (catalog.generation, series, str(logs), grid)
     cached = st.session_state.get("insight_cache")

@@ -1,0 +1,3 @@
+"""Names of the per-user values kept in ``st.session_state`` that more than one view reads."""
+
+RESULT = "compare_result"  # the last Compare render: plan, cells, status (written by compare, read by insight)
