@@ -38,6 +38,7 @@ from lora_spectrum.lora_keys import (
 )
 
 READY, UNREADABLE, INCOMPLETE, IGNORED = "ready", "unreadable", "incomplete", "ignored"
+INCOMPATIBLE = "incompatible"  # readable, but made for another model family than the base
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SETTLE_SECONDS = 2.0  # a file whose size changed this recently is taken as still being copied
 METADATA_KEYS = (
@@ -90,6 +91,15 @@ class LoraEntry:
         if self.step is not None:
             return f"step {self.step}"
         return self.name
+
+    def problem(self, family: str | None = None) -> tuple[str, str] | None:
+        """(state, reason) when this file cannot be rendered on a base of ``family``; None when it can. Files
+        made for another family (by metadata or key names) are *incompatible*."""
+        if self.state != READY:
+            return self.state, self.reason
+        if family and self.family_hint and self.family_hint != family:
+            return INCOMPATIBLE, f"made for {self.family_hint} (its metadata or key names); the base is {family}"
+        return None
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -310,12 +320,15 @@ class Catalog:
                 out.setdefault(e.series, []).append(e)
         return out
 
-    def choose_series(self, series: str | None = None, ready_only: bool = False) -> tuple[str, list[LoraEntry]]:
+    def choose_series(self, series: str | None = None, ready_only: bool = False,
+                      family: str | None = None) -> tuple[str, list[LoraEntry]]:
         """The series named (or the only one there is) and its entries in epoch order (``ready_only``: the usable
-        ones, and only series that have any); ``CatalogError`` listing the choices otherwise."""
+        ones on a base of ``family``, and only series that have any); ``CatalogError`` listing the choices
+        otherwise."""
         groups = self.series()
         if ready_only:
-            groups = {k: v for k, v in ((k, [e for e in es if e.state == READY]) for k, es in groups.items()) if v}
+            groups = {k: v for k, v in ((k, [e for e in es if e.problem(family) is None])
+                                        for k, es in groups.items()) if v}
         if not groups:
             what = "usable LoRA files" if ready_only else "LoRA files (*.safetensors)"
             raise CatalogError(f"{self.folder}: no {what} in this folder")

@@ -129,9 +129,79 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_grid(args) -> int:
-    from lora_spectrum.runs import grid_command
+    """Exit 0 all rendered, 1 some cells failed, 2 bad arguments or base."""
+    from lora_spectrum.grid_files import write_outputs
+    from lora_spectrum.plan import make_plan, select_columns
+    from lora_spectrum.render_cache import RenderCache
+    from lora_spectrum.runs import run_plan
+    from lora_spectrum.settings import load_settings
+    from lora_spectrum.workbench import open_engine
 
-    return grid_command(args, out=sys.stdout, err=sys.stderr)
+    def fail(msg: str) -> int:
+        print(f"lora-spectrum grid: {msg}", file=sys.stderr)
+        return 2
+
+    try:
+        # 1. Settings, then the command line on top.
+        settings = load_settings(args.config)
+        if args.base:
+            settings.base = args.base
+        if args.family:
+            settings.family = args.family
+        if args.device:
+            settings.device = args.device
+        if args.loras:  # paths typed on the command line are relative to the current folder
+            settings.loras = str(Path(args.loras).resolve())
+        if args.cache_dir:
+            settings.cache_dir = str(Path(args.cache_dir).resolve())
+        # 2. Check what is cheap to check before loading a base.
+        for name in ("steps", "width", "height", "mix"):
+            v = getattr(args, name)
+            if v is not None and v < 1:
+                return fail(f"--{name} must be at least 1")
+        # 3. The base (or the demo with --base demo) and its loras folder.
+        choice = open_engine(settings, allow_demo=settings.base == "demo", loras_given=bool(args.loras))
+        engine = choice.engine
+        catalog = choice.catalog()
+        catalog.scan()
+        columns = select_columns(catalog, args.series, args.epochs, args.include_base, engine.family.name)
+        sampling = engine.defaults.sampling.override(negative_prompt=args.negative, steps=args.steps,
+                                                     guidance=args.cfg, width=args.width, height=args.height,
+                                                     sampler=args.sampler or None)
+        plan = make_plan(engine.defaults, columns, args.seeds, args.strengths,
+                         [args.prompt] if args.prompt is not None else [choice.prompt], sampling)
+    except LoraSpectrumError as exc:
+        return fail(str(exc))
+    cache = None if args.no_cache else RenderCache(settings.path(settings.cache_dir), settings.cache_max_mb)
+
+    def progress(done, total, cell):
+        state = "cached" if cell.cached else ("FAILED" if cell.error else f"{cell.seconds:.2f}s")
+        print(f"[{done}/{total}] {cell.label} seed {cell.seed} strength {cell.strength:g}: {state}", file=sys.stderr,
+              flush=True)
+
+    # 4. Render, write, report.
+    cells = run_plan(engine, plan, catalog, cache, progress, mix=args.mix or settings.batch_epochs)
+    manifest = write_outputs(args.out, plan, cells, engine.base_id, engine.family.name)
+    _add_insight(args.out, manifest, catalog, columns)
+    failed = [c for c in cells if c.error]
+    for c in failed:
+        print(f"{c.label} seed {c.seed}: {c.error}", file=sys.stderr)
+    print(f"wrote {Path(args.out) / 'grid.png'} and {len(cells) - len(failed)} cell(s); {len(failed)} failed",
+          file=sys.stdout)
+    return 1 if failed else 0
+
+
+def _add_insight(out_dir, manifest: dict, catalog, columns) -> None:
+    """Add the epoch measures (weight and image curves, suggestion) to the written manifest."""
+    from lora_spectrum import metrics
+
+    series = next((c.series for c in columns if c is not None), None)
+    try:
+        manifest["insight"] = metrics.folder_insight(catalog.folder, series=series, grid=out_dir)
+    except LoraSpectrumError as exc:
+        manifest["insight"] = {"error": str(exc)}
+    path = Path(out_dir) / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def _cmd_bench(args) -> int:

@@ -8,41 +8,40 @@ of its state changes (swap + render) happen under ``Engine.lock``, because diffu
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import gc
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from lora_spectrum.devices import free_memory, is_out_of_memory, reserve_vram, resolve_device, resolve_dtype
 from lora_spectrum.errors import (
     BaseLoadError,
     BusyError,
     Cancelled,
     LoraSpectrumError,
     OutOfMemoryError,
+    PlanError,
     RenderError,
+    translated,
 )
 from lora_spectrum.families import Family, detect_family, get_family
 from lora_spectrum.hotswap import HotSwapper, SwapRecord
+from lora_spectrum.sampling import Sampling
+
+Route = tuple[str | None, float, tuple[int, ...]]  # (file or None for the base, strength, seeds)
 
 
 @dataclass(frozen=True)
 class RenderRequest:
-    """What to render; the LoRA and its strength are passed separately to ``Engine.render``."""
+    """What to render: one image per seed of ``prompt``; the LoRA and its strength are passed to ``Engine.render``."""
 
     prompt: str
-    negative_prompt: str = ""
     seeds: tuple[int, ...] = (0,)
-    steps: int = 8
-    guidance: float = 0.0
-    width: int = 64
-    height: int = 64
-    sampler: str = ""
+    sampling: Sampling = Sampling()
 
 
 @dataclass
@@ -50,24 +49,6 @@ class RenderResult:
     images: list  # PIL images, one per seed
     swap: SwapRecord
     seconds: float
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BaseLoadError("device cuda was asked for, but no CUDA GPU is available")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device, family: Family) -> torch.dtype:
-    if dtype == "auto":
-        return getattr(torch, family.defaults.dtype_cuda) if device.type == "cuda" else torch.float32
-    try:
-        return {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-                "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[dtype]
-    except KeyError as exc:
-        raise BaseLoadError(f"unknown dtype {dtype!r}; use auto, fp32, fp16 or bf16") from exc
 
 
 def resolve_fuse(fuse: bool | str, device: torch.device, offload: str = "none") -> bool:
@@ -106,7 +87,7 @@ class Engine:
         self.offload = offload
         self.note = note  # shown by the UI, e.g. why the demo is in use
         # Render defaults: the family's YAML, overridden for bases that need others (the tiny demo).
-        self.defaults = dataclasses.replace(family.defaults, **(defaults or {}))
+        self.defaults = family.defaults.with_sampling(**(defaults or {}))
         self.max_sequence_length = max_sequence_length
         self.lock = threading.Lock()
         self._admission = threading.BoundedSemaphore(max(1, max_queued))
@@ -137,30 +118,24 @@ class Engine:
         # 1. Family and device.
         fam = get_family(detect_family(base, local_files_only) if family == "auto" else family)
         dev = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, dev, fam)
+        torch_dtype = resolve_dtype(dtype, dev, fam.defaults.dtype_cuda)
         fused = resolve_fuse(fuse, dev, offload)  # checked before the (slow) load
         # 2. Load with diffusers, from safetensors weights only: pickle-based weights (.bin, .ckpt, .pt) are
         #    refused rather than handed to torch.load, whose restricted unpickler has had bypasses (CVE-2025-32434).
         path = Path(base).expanduser()
-        try:
+        if path.is_file():
+            if fam.name != "sdxl":
+                raise BaseLoadError(f"{base}: single-file checkpoints are supported for SDXL only")
+            if path.suffix.lower() != ".safetensors":
+                raise BaseLoadError(f"{base}: only .safetensors checkpoints are loaded ({path.suffix or 'this'} "
+                                    f"files are pickles, which can run code); convert it to safetensors")
+        with translated(lambda exc: _load_error(base, fam.name, exc)):  # hub, OS and diffusers errors alike
             if path.is_file():
-                if fam.name != "sdxl":
-                    raise BaseLoadError(f"{base}: single-file checkpoints are supported for SDXL only")
-                if path.suffix.lower() != ".safetensors":
-                    raise BaseLoadError(f"{base}: only .safetensors checkpoints are loaded ({path.suffix or 'this'} "
-                                        f"files are pickles, which can run code); convert it to safetensors")
                 pipe = fam.pipeline_cls().from_single_file(str(path), torch_dtype=torch_dtype,
                                                            local_files_only=local_files_only)
             else:
                 pipe = fam.pipeline_cls().from_pretrained(base, torch_dtype=torch_dtype,
                                                           local_files_only=local_files_only, use_safetensors=True)
-        except BaseLoadError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - hub, OS and diffusers errors are all "cannot load"; translated
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if "safetensors" in reason:
-                reason += "; only safetensors weights are loaded, never pickle-based .bin files"
-            raise BaseLoadError(f"{base}: cannot load the {fam.name} base ({reason})") from exc
         # 3. Place it: resident on the device, or offloaded for small cards.
         if dev.type == "cuda" and offload == "model":
             pipe.enable_model_cpu_offload()
@@ -168,10 +143,7 @@ class Engine:
             pipe.enable_sequential_cpu_offload()
         else:
             pipe.to(dev)
-        if dev.type == "cuda" and reserve_vram_gb > 0:
-            # Allocate and free: the memory stays in torch's caching allocator, reserved for this process.
-            block = torch.empty(int(reserve_vram_gb * 2**30), dtype=torch.uint8, device=dev)
-            del block
+        reserve_vram(dev, reserve_vram_gb)
         return cls(pipe, fam, base, device=dev, offload=offload, fuse=fused, **kwargs)
 
     @classmethod
@@ -247,45 +219,49 @@ class Engine:
             images = self._render_locked(request, cancel, on_step)
             return RenderResult(images, swap, time.perf_counter() - t0)
 
-    def render_routed(self, request: RenderRequest, routes: list[tuple[str | None, float, tuple[int, ...]]],
-                      cancel: threading.Event | None = None, on_step: Callable[[int, int], None] | None = None
-                      ) -> list[RenderResult | LoraSpectrumError]:
-        """Render several (file or ``None``, strength, seeds) routes in batched pipeline calls, each sample
-        through its own adapter (``HotSwapper.routed``); ``request.seeds`` is ignored.
+    def render_routed(self, request: RenderRequest, calls: list[list[Route]], cancel: threading.Event | None = None,
+                      on_step: Callable[[int, int], None] | None = None) -> list[list[RenderResult | LoraSpectrumError]]:
+        """Render batched pipeline calls of (file or ``None``, strength, seeds) routes, each sample through its own
+        adapter (``HotSwapper.routed``); ``request.seeds`` is ignored. ``calls`` come grouped by the plan
+        (``plan.calls``): the routes of one call have the same number of seeds. Every file is read once for all.
 
-        Returns one entry per route: its ``RenderResult`` (a shared call's swap record is the routing set-up), or
-        the ``LoraSpectrumError`` that failed it: its own file's, the error of the call it shared (out of
-        memory, say), or ``Cancelled`` for a route left unrendered by a cancel. Routes with the same number
-        of seeds share a call (so that routing takes its stacked way); a route alone in its call, or whose file
-        cannot share one, renders as ``render`` would. If routing cannot be set up, its routes render one by one.
+        Returns, per call and route, its ``RenderResult`` (a shared call's swap record is the routing set-up), or
+        the ``LoraSpectrumError`` that failed it: its own file's, the error of the call it shared, or ``Cancelled``
+        for a route left unrendered by a cancel. A route alone in its call, or whose file cannot share one,
+        renders as ``render`` would; if routing cannot be set up, or runs out of memory, its routes render one by
+        one.
         """
-        out: list[RenderResult | LoraSpectrumError | None] = [None] * len(routes)
+        for call in calls:
+            if len({len(seeds) for _, _, seeds in call}) > 1:
+                raise PlanError("the routes of one batched call must have the same number of seeds")
+        out: list[list[RenderResult | LoraSpectrumError | None]] = [[None] * len(call) for call in calls]
+        prepared: dict[str, object] = {}
         with self.lock:
-            # 1. Each file read and checked on its own, so that a bad one is reported against itself only.
-            prepared: dict[str, object] = {}
-            alone, by_seeds = [], {}
-            for i, (path, strength, seeds) in enumerate(routes):
-                if path is not None and float(strength) != 0.0:
-                    try:
-                        if str(path) not in prepared:  # one file at two strengths is read once
-                            prepared[str(path)] = self.hotswap.load_adapter(path)[0]
-                    except LoraSpectrumError as exc:
-                        out[i] = exc
-                        continue
-                    if self.hotswap.unroutable(prepared[str(path)]):
-                        alone.append(i)
-                        continue
-                by_seeds.setdefault(len(seeds), []).append(i)
-            calls = [group for group in by_seeds.values() if len(group) > 1]
-            alone = sorted(alone + [group[0] for group in by_seeds.values() if len(group) == 1])
-            # 2. Shared calls first, then the rest one by one; a cancel leaves the routes not done marked.
             try:
-                for group in calls:
-                    self._render_shared(request, routes, group, prepared, out, cancel, on_step)
-                for i in alone:
-                    self._render_alone(request, routes, i, prepared, out, cancel, on_step)
-            except Cancelled as exc:
-                out = [exc if o is None else o for o in out]
+                for call, results in zip(calls, out, strict=True):
+                    # 1. Each file read and checked on its own, so that a bad one fails its own route only.
+                    shared, alone = [], []
+                    for i, (path, strength, _) in enumerate(call):
+                        if path is not None and float(strength) != 0.0:
+                            try:
+                                if str(path) not in prepared:  # one file at two strengths is read once
+                                    prepared[str(path)] = self.hotswap.load_adapter(path)[0]
+                            except LoraSpectrumError as exc:
+                                results[i] = exc
+                                continue
+                            if self.hotswap.unroutable(prepared[str(path)]):
+                                alone.append(i)
+                                continue
+                        shared.append(i)
+                    if len(shared) < 2:
+                        alone, shared = sorted(alone + shared), []
+                    # 2. The shared call first, then the rest one by one.
+                    if shared:
+                        self._render_shared(request, call, shared, prepared, results, cancel, on_step)
+                    for i in alone:
+                        self._render_alone(request, call, i, prepared, results, cancel, on_step)
+            except Cancelled as exc:  # a cancel leaves the routes not done marked
+                out = [[exc if o is None else o for o in results] for results in out]
         return out
 
     def _render_shared(self, request, routes, group, prepared, out, cancel, on_step) -> None:
@@ -295,7 +271,7 @@ class Engine:
         swap = images = None
         try:
             with self.hotswap.routed(samples, prepared=prepared) as swap:
-                images = self._render_locked(dataclasses.replace(request, seeds=seeds), cancel, on_step)
+                images = self._render_locked(replace(request, seeds=seeds), cancel, on_step)
         except Cancelled:
             raise
         except LoraSpectrumError as exc:
@@ -321,7 +297,7 @@ class Engine:
         t0 = time.perf_counter()
         try:
             swap = self.set_lora(path, strength, prepared.get(str(path)))  # the file step 1 read, not read again
-            images = self._render_locked(dataclasses.replace(request, seeds=tuple(seeds)), cancel, on_step)
+            images = self._render_locked(replace(request, seeds=tuple(seeds)), cancel, on_step)
         except Cancelled:
             raise
         except LoraSpectrumError as exc:
@@ -330,11 +306,12 @@ class Engine:
         out[i] = RenderResult(images, swap, time.perf_counter() - t0)
 
     def _render_locked(self, req: RenderRequest, cancel=None, on_step=None) -> list:
+        sampling = req.sampling
         # 1. Scheduler: a fresh one per render, so no state carries over between renders.
-        self.pipe.scheduler = self.family.make_scheduler(req.sampler or self.family.defaults.sampler,
+        self.pipe.scheduler = self.family.make_scheduler(sampling.sampler or self.defaults.sampling.sampler,
                                                          self._scheduler_config)
         # 2. Prompt embeddings from the cache.
-        embeds = self.encode(req.prompt, req.negative_prompt, req.guidance)
+        embeds = self.encode(req.prompt, sampling.negative_prompt, sampling.guidance)
         n = len(req.seeds)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in req.seeds]
 
@@ -342,18 +319,17 @@ class Engine:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled")
             if on_step is not None:
-                on_step(i + 1, req.steps)
+                on_step(i + 1, sampling.steps)
             return kwargs
 
-        common = dict(num_inference_steps=req.steps, guidance_scale=req.guidance, width=req.width,
-                      height=req.height, num_images_per_prompt=n, generator=generators,
+        common = dict(num_inference_steps=sampling.steps, guidance_scale=sampling.guidance, width=sampling.width,
+                      height=sampling.height, num_images_per_prompt=n, generator=generators,
                       callback_on_step_end=step_end, output_type="pil")
         # 3. Denoise and decode. Any library error becomes a ``RenderError`` (the caller fails this cell and goes
-        #    on). Out of memory is answered after the except block: until then the exception's traceback holds the
-        #    failed render's tensors (latents, activations), and freeing memory while they are alive frees nothing.
-        out_of_memory = False
+        #    on). Out of memory is answered after the block: until then the exception's traceback holds the failed
+        #    render's tensors (latents, activations), and freeing memory while they are alive frees nothing.
         try:
-            with torch.no_grad():
+            with torch.no_grad(), translated(_render_error):
                 if self.family.name == "sdxl":
                     pe, npe, ppe, nppe = embeds
                     out = self.pipe(prompt_embeds=pe, negative_prompt_embeds=npe, pooled_prompt_embeds=ppe,
@@ -362,21 +338,27 @@ class Engine:
                     pe, npe = embeds
                     out = self.pipe(prompt_embeds=list(pe), negative_prompt_embeds=list(npe) if npe else None,
                                     max_sequence_length=self.max_sequence_length, **common)
-        except LoraSpectrumError:
-            raise
-        except torch.OutOfMemoryError:
-            out_of_memory = True
-        except Exception as exc:  # noqa: BLE001 - diffusers/torch raise many types; translated for the caller
-            if not ("out of memory" in str(exc).lower() and isinstance(exc, RuntimeError)):
-                raise RenderError(f"render failed ({type(exc).__name__}: {exc})") from exc
-            out_of_memory = True
-        if out_of_memory:
-            self.free_memory()
-            raise OutOfMemoryError(f"out of memory rendering {n} image(s) at {req.width}x{req.height}: use a smaller "
-                              f"size or fewer seeds, or set offload: model in the config")
-        return list(out.images)
+        except OutOfMemoryError:
+            pass
+        else:
+            return list(out.images)
+        self.free_memory()
+        raise OutOfMemoryError(f"out of memory rendering {n} image(s) at {sampling.width}x{sampling.height}: use a "
+                               f"smaller size or fewer seeds, or set offload: model in the config")
 
     def free_memory(self) -> None:
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory()
+
+
+def _render_error(exc: BaseException) -> RenderError:
+    """A library error raised while rendering, as the engine reports it (out of memory gets its own type)."""
+    if is_out_of_memory(exc):
+        return OutOfMemoryError(str(exc))
+    return RenderError(f"render failed ({type(exc).__name__}: {exc})")
+
+
+def _load_error(base: str, family: str, exc: BaseException) -> BaseLoadError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "safetensors" in reason:
+        reason += "; only safetensors weights are loaded, never pickle-based .bin files"
+    return BaseLoadError(f"{base}: cannot load the {family} base ({reason})")

@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from lora_spectrum.errors import ConfigError
+from lora_spectrum.sampling import Sampling
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -16,19 +17,19 @@ CONFIG_DIR = PROJECT_ROOT / "configs"
 
 @dataclass(frozen=True)
 class FamilyDefaults:
-    """What one model family renders with unless the user says otherwise (``configs/<family>.yaml``)."""
+    """What one model family renders with unless the user says otherwise (``configs/<family>.yaml``, whose
+    sampling keys - steps, guidance, width, height, sampler, negative_prompt - make its ``sampling``)."""
 
     pipeline: str
     denoiser: str
-    sampler: str
     samplers: list[str]
-    steps: int
-    guidance: float
-    width: int
-    height: int
     size_factor: int
-    negative_prompt: str = ""
+    sampling: Sampling
     dtype_cuda: str = "float16"
+
+    def with_sampling(self, **values) -> FamilyDefaults:
+        """These defaults with some sampling values replaced (a base that needs others: the tiny demo)."""
+        return dataclasses.replace(self, sampling=self.sampling.override(**values))
 
 
 @dataclass
@@ -120,6 +121,14 @@ def load_settings(path: str | Path | None = None) -> Settings:
 
 
 def load_family_defaults(family: str) -> FamilyDefaults:
-    """Read ``configs/<family>.yaml``."""
+    """Read ``configs/<family>.yaml``: its sampling keys into one ``Sampling``, the rest beside it."""
     path = CONFIG_DIR / f"{family}.yaml"
-    return _build(FamilyDefaults, _read_yaml(path), path)
+    data = _read_yaml(path)
+    sampling_keys = {f.name for f in dataclasses.fields(Sampling)}
+    names = sampling_keys | {f.name for f in dataclasses.fields(FamilyDefaults)} - {"sampling"}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    sampling = _build(Sampling, {k: v for k, v in data.items() if k in sampling_keys}, path)
+    rest = {k: v for k, v in data.items() if k not in sampling_keys}
+    return _build(FamilyDefaults, {**rest, "sampling": sampling}, path)

@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from lora_spectrum import demo  # noqa: E402
 from lora_spectrum.engine import Engine, RenderRequest  # noqa: E402
 from lora_spectrum.families import get_family  # noqa: E402
+from lora_spectrum.sampling import Sampling  # noqa: E402
 
 WINDOW = 100  # swaps per repeat of the pattern, and per timing window
 CREEP_SLACK_S = 0.001
@@ -131,7 +132,7 @@ def _soak(swaps, epochs, family, render_every, rank, resident, creep, seed, work
     files = [str(p) for p in demo.write_demo_loras(denoiser, workdir / "loras", family, epochs=numbers, rank=rank)]
     size = 32
     sampler = "Euler" if family == "sdxl" else "Euler (flow)"
-    req = RenderRequest("a red circle", "", (1,), 1, 0.0, size, size, sampler)
+    req = RenderRequest("a red circle", (1,), Sampling("", 1, 0.0, size, size, sampler))
 
     # 2. Before any swap: the base weights and a base render.
     weights0 = _base_weights(denoiser)

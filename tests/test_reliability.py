@@ -31,8 +31,11 @@ from lora_spectrum import demo
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.engine import Engine
 from lora_spectrum.errors import BaseLoadError, BusyError, Cancelled, PlanError, RenderError
+from lora_spectrum.grid_files import write_outputs
 from lora_spectrum.lora_keys import HEADER_LIMIT
-from lora_spectrum.runs import RenderCache, make_plan, run_plan, write_outputs
+from lora_spectrum.plan import make_plan
+from lora_spectrum.render_cache import RenderCache
+from lora_spectrum.runs import run_plan
 from tests.test_hotswap import assert_same_tensors, base_weights
 from tests.tiny import new_engine, pixels
 from tests.tiny import request as tiny_request
@@ -43,7 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def request(family: str, seeds=SEEDS):
     """``tests.tiny.request`` without classifier-free guidance: half the denoiser work, same code paths here."""
-    return replace(tiny_request(family, seeds), guidance=0.0)
+    req = tiny_request(family, seeds)
+    return replace(req, sampling=req.sampling.override(guidance=0.0))
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -82,8 +86,7 @@ def one_torch_thread():
 def plan_for(engine, columns, seeds=SEEDS, strengths=(1.0,)):
     """A plan with the same settings as ``tests.tiny.request`` (2 steps, 64x64 SDXL / 32x32 Z-Image)."""
     req = request(engine.family.name, seeds)
-    return make_plan(engine.defaults, columns, list(seeds), strengths, [req.prompt], "", req.steps, req.guidance,
-                     req.width, req.height, req.sampler)
+    return make_plan(engine.defaults, columns, list(seeds), strengths, [req.prompt], req.sampling)
 
 
 def column(cells, name):
@@ -317,7 +320,7 @@ def test_out_of_memory_frees_the_render_reports_advice_and_the_next_render_works
         message = str(info.value)
         assert "out of memory" in message and "smaller size" in message and "offload" in message
         # 2. In a run: the failing column's cells carry the advice; the run goes on; the next render works.
-        hook.calls, hook.at = 0, request(family).steps + 1  # the base column's forward passes, then epoch 20's
+        hook.calls, hook.at = 0, request(family).sampling.steps + 1  # the base column's forward passes, then epoch 20's
         cells = run_plan(engine, plan_for(engine, [None, e20, e150]), cat)
     finally:
         handle.remove()

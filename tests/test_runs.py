@@ -14,7 +14,9 @@ from PIL import Image
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.cli import main
 from lora_spectrum.errors import PlanError
-from lora_spectrum.runs import Cell, Plan, make_plan, parameters_text, parse_parameters, plan_cells
+from lora_spectrum.grid_files import parameters_text, parse_parameters
+from lora_spectrum.plan import Cell, make_plan, plan_cells
+from lora_spectrum.sampling import Sampling
 from lora_spectrum.settings import load_family_defaults
 
 
@@ -81,8 +83,7 @@ def test_parse_parameters_reads_a1111_text():
     assert p["prompt"] == "a cat, <lora:x:0.8>" and p["negative_prompt"] == "ugly, bad"
     assert p["Sampler"] == "DPM++ 2M Karras" and p["Lora hashes"] == "x: abcdef123456"
     cell = Cell(0, None, None, None, 3, 0.0, "only a prompt")
-    plan = Plan([None], [3], [1.0], ["only a prompt"], "", 8, 5.0, 64, 64, "Euler")
-    back = parse_parameters(parameters_text(cell, plan, "m"))
+    back = parse_parameters(parameters_text(cell, Sampling("", 8, 5.0, 64, 64, "Euler"), "m"))
     assert back["prompt"] == "only a prompt" and back["Seed"] == "3" and "Lora" not in back
 
 
@@ -154,11 +155,12 @@ def test_several_series_need_a_choice_and_an_unloadable_base_exits_2(setup, caps
 def test_plan_validation_messages():
     d = load_family_defaults("sdxl")
     with pytest.raises(PlanError, match="steps"):
-        make_plan(d, [None], [1], steps=0, prompts=["p"])
+        make_plan(d, [None], [1], prompts=["p"], sampling=d.sampling.override(steps=0))
     with pytest.raises(PlanError, match="at least one epoch"):
         make_plan(d, [], [1], prompts=["p"])
     plan = make_plan(d, [None], [1, 2], prompts=["p"])
-    assert (plan.steps, plan.guidance, plan.width, plan.sampler) == (30, 7.0, 1024, "DPM++ 2M Karras")
+    s = plan.sampling
+    assert (s.steps, s.guidance, s.width, s.sampler) == (30, 7.0, 1024, "DPM++ 2M Karras")
 
 
 def test_relative_loras_and_cache_paths_are_relative_to_the_current_folder(setup, monkeypatch):
@@ -175,7 +177,8 @@ def test_step_checkpoints_are_labelled_by_step(tmp_path, demo_dir):
         shutil.copy(demo_dir / "loras" / "jimeng_20.safetensors", tmp_path / f"run-step{n}.safetensors")
     catalog = Catalog(tmp_path)
     entries = catalog.scan()
-    plan = make_plan(load_family_defaults("sdxl"), [None, *entries], [1], prompts=["p"], width=64, height=64)
+    d = load_family_defaults("sdxl")
+    plan = make_plan(d, [None, *entries], [1], prompts=["p"], sampling=d.sampling.override(width=64, height=64))
     assert [c.label for c in plan_cells(plan, catalog)] == ["base", "step 500", "step 1000"]
 
 

@@ -9,6 +9,7 @@ import numpy as np
 from lora_spectrum import demo
 from lora_spectrum.engine import Engine, RenderRequest
 from lora_spectrum.families import get_family
+from lora_spectrum.sampling import Sampling
 
 FAMILIES = ("sdxl", "z-image")
 SIZE = {"sdxl": 64, "z-image": 32}
@@ -24,7 +25,8 @@ def new_engine(family: str, resident: int = 4, **kwargs) -> Engine:
 
 def request(family: str, seeds=(1, 2), prompt="a red circle", steps=2) -> RenderRequest:
     sampler = "Euler" if family == "sdxl" else "Euler (flow)"
-    return RenderRequest(prompt, "", tuple(seeds), steps, GUIDANCE[family], SIZE[family], SIZE[family], sampler)
+    sampling = Sampling("", steps, GUIDANCE[family], SIZE[family], SIZE[family], sampler)
+    return RenderRequest(prompt, tuple(seeds), sampling)
 
 
 def garbage(n: int, seed: int = 0) -> bytes:

@@ -13,16 +13,10 @@ import streamlit as st
 from PIL import Image, ImageChops
 
 from lora_spectrum.errors import BusyError, LoraSpectrumError
-from lora_spectrum.runs import (
-    RenderCache,
-    cell_at,
-    cell_filename,
-    column_label,
-    index_cells,
-    make_plan,
-    run_plan,
-    write_outputs,
-)
+from lora_spectrum.grid_files import cell_filename, write_outputs
+from lora_spectrum.plan import cell_at, column_label, index_cells, make_plan
+from lora_spectrum.render_cache import RenderCache
+from lora_spectrum.runs import run_plan
 from lora_spectrum.ui.controls import Controls, caption_for
 from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
@@ -36,8 +30,7 @@ def run_render(engine, catalog, settings, controls: Controls) -> None:
     """
     try:
         plan = make_plan(engine.defaults, controls.columns, controls.seeds, controls.strengths, [controls.prompt],
-                         controls.negative_prompt, controls.steps, controls.guidance, controls.width,
-                         controls.height, controls.sampler)
+                         controls.sampling)
     except LoraSpectrumError as exc:
         st.error(md_escape(str(exc)))
         return
@@ -68,7 +61,7 @@ def run_render(engine, catalog, settings, controls: Controls) -> None:
         return
     bar.empty()
     state["cells"] = cells
-    state["status"] = "cancelled" if any(c.error == "cancelled" for c in cells) else "done"
+    state["status"] = "cancelled" if any(c.cancelled for c in cells) else "done"
     out = Path(tempfile.mkdtemp(prefix="lora_spectrum_grid_"))
     write_outputs(out, plan, cells, engine.base_id, engine.family.name)
     state["out_dir"] = str(out)

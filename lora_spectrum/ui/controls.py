@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import pandas as pd
 import streamlit as st
 
-from lora_spectrum.catalog import READY, Catalog, LoraEntry
+from lora_spectrum.catalog import Catalog, LoraEntry
 from lora_spectrum.errors import CatalogError
+from lora_spectrum.sampling import Sampling
 from lora_spectrum.ui.text import md_escape
 
 
@@ -20,14 +21,9 @@ class Controls:
     series: str | None
     columns: list  # LoraEntry or None (the base column), in display order
     prompt: str
-    negative_prompt: str
     seeds: list[int]
     strengths: list[float]
-    steps: int
-    guidance: float
-    width: int
-    height: int
-    sampler: str
+    sampling: Sampling
     batch_epochs: int = 1  # epochs (and strengths) per routed denoiser call
 
 
@@ -65,11 +61,9 @@ def epoch_picker(catalog: Catalog, family: str | None = None) -> tuple[str | Non
     groups: dict[str, list[LoraEntry]] = {}
     unusable = []
     for e in entries:
-        if e.state != READY:
-            unusable.append({"file": e.name, "state": e.state, "reason": e.reason})
-        elif family and e.family_hint and e.family_hint != family:
-            unusable.append({"file": e.name, "state": "incompatible",
-                             "reason": f"made for {e.family_hint} (its metadata or key names); the base is {family}"})
+        problem = e.problem(family)
+        if problem:
+            unusable.append({"file": e.name, "state": problem[0], "reason": problem[1]})
         else:
             groups.setdefault(e.series, []).append(e)
     if unusable:
@@ -110,18 +104,18 @@ def render_controls(catalog: Catalog, defaults, default_prompt: str, batch_epoch
         for i, w in enumerate(words):
             cols[i % len(cols)].button(md_escape(w), key=f"tw_{i}", on_click=_insert_word, args=(w,), help="add to the prompt")
     prompt = sb.text_area("Prompt", key="prompt", height=80)
-    negative = sb.text_input("Negative prompt", value=defaults.negative_prompt, key="negative")
+    d = defaults.sampling
+    negative = sb.text_input("Negative prompt", value=d.negative_prompt, key="negative")
     seeds = parse_list(sb.text_input("Seeds", value="1, 2", key="seeds"), int, "Seeds")
     strengths = parse_list(sb.text_input("Strengths", value="1.0", key="strengths",
                                          help="several values make an epoch x strength sweep"), float, "Strengths")
     with sb.expander("Sampling", expanded=False):
-        steps = st.number_input("Steps", 1, 200, int(defaults.steps), key="steps")
-        guidance = st.number_input("Guidance (CFG)", 0.0, 30.0, float(defaults.guidance), 0.5, key="guidance")
+        steps = st.number_input("Steps", 1, 200, int(d.steps), key="steps")
+        guidance = st.number_input("Guidance (CFG)", 0.0, 30.0, float(d.guidance), 0.5, key="guidance")
         f = defaults.size_factor
-        width = st.number_input("Width", f, 4096, int(defaults.width), f, key="width")
-        height = st.number_input("Height", f, 4096, int(defaults.height), f, key="height")
-        sampler = st.selectbox("Sampler", defaults.samplers, index=defaults.samplers.index(defaults.sampler),
-                               key="sampler")
+        width = st.number_input("Width", f, 4096, int(d.width), f, key="width")
+        height = st.number_input("Height", f, 4096, int(d.height), f, key="height")
+        sampler = st.selectbox("Sampler", defaults.samplers, index=defaults.samplers.index(d.sampler), key="sampler")
         batch = st.number_input("Epochs per batch", 1, 16, int(batch_epochs), key="batch_epochs",
                                 help="several epochs (and strengths) denoised in one batch, each image through its "
                                      "own epoch: faster on a GPU, memory grows with epochs x seeds; images match "
@@ -129,8 +123,8 @@ def render_controls(catalog: Catalog, defaults, default_prompt: str, batch_epoch
     if seeds is None or strengths is None:
         return None
     columns = ([None] if include_base else []) + epochs
-    return Controls(series, columns, prompt, negative, seeds, strengths, int(steps), float(guidance), int(width),
-                    int(height), sampler, int(batch))
+    sampling = Sampling(negative, int(steps), float(guidance), int(width), int(height), sampler)
+    return Controls(series, columns, prompt, seeds, strengths, sampling, int(batch))
 
 
 def caption_for(label: str, strength: float | None, seed: int) -> str:

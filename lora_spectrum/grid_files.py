@@ -1,0 +1,153 @@
+"""Everything written to an output folder - cell PNGs with A1111 ``parameters``, the labelled grid, the manifest -
+and reading it back. Nothing here renders."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import re
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
+
+from lora_spectrum.plan import Cell, Plan, cell_at, column_label, index_cells
+from lora_spectrum.sampling import Sampling
+
+
+# ---------------------------------------------------------------------------------------------- PNG parameters
+def _quote(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False) if ("," in value or ":" in value or '"' in value) else value
+
+
+def parameters_text(cell: Cell, sampling: Sampling, base: str) -> str:
+    """A1111's ``parameters`` text: prompt, ``Negative prompt:`` line, then ``Key: value`` pairs."""
+    prompt = cell.prompt
+    pairs = [("Steps", str(sampling.steps)), ("Sampler", sampling.sampler), ("CFG scale", f"{sampling.guidance:g}"),
+             ("Seed", str(cell.seed)), ("Size", f"{sampling.width}x{sampling.height}"), ("Model", base)]
+    if cell.file is not None:
+        name = Path(cell.file).name.removesuffix(".safetensors")
+        prompt = f"{prompt} <lora:{name}:{cell.strength:g}>"
+        pairs += [("Lora hashes", f"{name}: {(cell.sha256 or '')[:12]}"), ("Lora", name),
+                  ("Lora epoch", "" if cell.epoch is None else str(cell.epoch)),
+                  ("Lora strength", f"{cell.strength:g}")]
+    lines = [prompt]
+    if sampling.negative_prompt:
+        lines.append(f"Negative prompt: {sampling.negative_prompt}")
+    lines.append(", ".join(f"{k}: {_quote(v)}" for k, v in pairs if v != ""))
+    return "\n".join(lines)
+
+
+_PAIR_RE = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_parameters(text: str) -> dict:
+    """Parse an A1111 ``parameters`` text back into ``{"prompt", "negative_prompt", <Key>: value, ...}``."""
+    lines = text.split("\n")
+    last = lines[-1] if len(lines) > 1 else ""
+    body = lines[:-1] if last else lines
+    out: dict = {"negative_prompt": ""}
+    prompt_lines = []
+    for i, line in enumerate(body):
+        if line.startswith("Negative prompt:"):
+            out["negative_prompt"] = "\n".join([line[len("Negative prompt:"):].strip(), *body[i + 1:]])
+            break
+        prompt_lines.append(line)
+    out["prompt"] = "\n".join(prompt_lines)
+    for m in _PAIR_RE.finditer(last):
+        key, value = m.group(1).strip(), m.group(2).strip()
+        if value.startswith('"'):
+            value = json.loads(value)
+        out[key] = value
+    return out
+
+
+def encode_png(image: Image.Image, parameters: str) -> bytes:
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- files
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow built without FreeType
+        return ImageFont.load_default()
+
+
+def compose_grid(plan: Plan, cells: list[Cell], min_cell: int = 160) -> Image.Image:
+    """A labelled grid: a title line with the prompt, one column per epoch (or ``base``), one row per
+    (prompt, seed, strength). Failed cells are grey with their error."""
+    scale = max(1, math.ceil(min_cell / max(plan.sampling.width, plan.sampling.height)))
+    cw, ch = plan.sampling.width * scale, plan.sampling.height * scale
+    font, small = _font(14), _font(11)
+    head, left, title_h, pad = 24, 130, 28, 4
+    rows = plan.rows
+    grid = Image.new("RGB", (left + len(plan.columns) * (cw + pad), title_h + head + len(rows) * (ch + pad)), "white")
+    draw = ImageDraw.Draw(grid)
+    title = plan.prompts[0] if len(plan.prompts) == 1 else f"{len(plan.prompts)} prompts"
+    draw.text((pad, 6), title[:200], fill="black", font=font)
+    for ci, entry in enumerate(plan.columns):
+        draw.text((left + ci * (cw + pad) + 4, title_h + 4), column_label(entry), fill="black", font=font)
+    index = index_cells(cells)
+    for ri, (prompt, seed, strength) in enumerate(rows):
+        y = title_h + head + ri * (ch + pad)
+        row_label = f"seed {seed}\nstrength {strength:g}"
+        if len(plan.prompts) > 1:
+            row_label += f"\n{prompt[:18]}"
+        draw.multiline_text((pad, y + 4), row_label, fill="black", font=small)
+        for ci, entry in enumerate(plan.columns):
+            x = left + ci * (cw + pad)
+            c = cell_at(index, ci, entry, prompt, seed, strength)
+            if c is not None and c.image is not None:
+                grid.paste(c.image.resize((cw, ch), Image.NEAREST), (x, y))
+            else:
+                draw.rectangle((x, y, x + cw - 1, y + ch - 1), fill=(200, 200, 200))
+                msg = (c.error if c is not None and c.error else "not rendered")[:120]
+                words, line, lines = msg.split(), "", []
+                for w in words:
+                    if len(line) + len(w) > max(10, cw // 7):
+                        lines.append(line)
+                        line = ""
+                    line = f"{line} {w}".strip()
+                lines.append(line)
+                draw.multiline_text((x + 4, y + 4), "\n".join(lines[:8]), fill=(120, 0, 0), font=small)
+    return grid
+
+
+def cell_filename(cell: Cell) -> str:
+    """The cell's PNG name: unique per (file, seed, strength, prompt), the same in every run, at most ~170 bytes.
+
+    A file name that had to be changed (spaces, punctuation) or shortened gets a digest of the real name, so that
+    ``a b_1`` and ``a_b_1`` do not overwrite each other, and a 250-byte LoRA name still fits a file system's
+    255-byte limit.
+    """
+    if cell.file is None:
+        stem = "base"
+    else:
+        name = cell.file.removesuffix(".safetensors")
+        stem = re.sub(r"[^\w.-]+", "_", name).encode("utf-8")[:100].decode("utf-8", errors="ignore")
+        if stem != name:
+            stem += "-" + hashlib.sha256(cell.file.encode("utf-8")).hexdigest()[:8]
+    prompt = hashlib.sha256(cell.prompt.encode("utf-8")).hexdigest()[:6]
+    return f"{stem}_s{cell.seed}_w{cell.strength:g}_p{prompt}.png"
+
+
+def write_outputs(out_dir: str | Path, plan: Plan, cells: list[Cell], base: str, family: str) -> dict:
+    """Write ``cells/*.png`` (with ``parameters``), ``grid.png`` and ``manifest.json``; return the manifest."""
+    out = Path(out_dir)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    for c in cells:
+        if c.png is not None:
+            name = cell_filename(c)
+            (out / "cells" / name).write_bytes(c.png)
+            c.image_path = f"cells/{name}"
+    compose_grid(plan, cells).save(out / "grid.png")
+    manifest = {"settings": plan.settings(base, family), "cells": [c.record() for c in cells]}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    return manifest

@@ -1,0 +1,188 @@
+"""What to render: a ``Plan`` (columns x prompts x seeds x strengths, one ``Sampling``), its cells, and the one
+place where cells are grouped into swaps and batched calls. Nothing here renders or imports streamlit."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from PIL import Image
+
+from lora_spectrum.catalog import READY, Catalog, LoraEntry
+from lora_spectrum.errors import LoraSpectrumError, PlanError
+from lora_spectrum.sampling import Sampling
+
+BASE_LABEL = "base"
+GroupKey = tuple[int, float, str]  # (column, strength, prompt): one swap, one batched render of its seeds
+
+
+@dataclass
+class Plan:
+    """What to render. ``columns`` holds catalog entries in display order; ``None`` is the base column."""
+
+    columns: list[LoraEntry | None]
+    seeds: list[int]
+    strengths: list[float]
+    prompts: list[str]
+    sampling: Sampling
+    size_factor: int = 8
+
+    def validate(self, samplers: list[str] | None = None) -> None:
+        """Raise one ``PlanError`` naming the first bad value; called before anything renders."""
+        if not self.columns:
+            raise PlanError("choose at least one epoch (or the base column)")
+        if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
+            raise PlanError("a prompt is required")
+        if not self.seeds:
+            raise PlanError("give at least one seed")
+        for s in self.seeds:
+            if isinstance(s, bool) or not isinstance(s, int) or s < 0 or s >= 2**63:
+                raise PlanError(f"seed {s!r} must be a non-negative whole number")
+        if not self.strengths:
+            raise PlanError("give at least one strength")
+        for s in self.strengths:
+            if not isinstance(s, (int, float)) or not math.isfinite(s):
+                raise PlanError(f"strength {s!r} must be a finite number")
+        self.sampling.validate(self.size_factor)
+        for e in self.columns:
+            if e is not None and e.state != READY:
+                raise PlanError(f"{e.name} cannot be used: {e.state}, {e.reason}")
+        if samplers is not None:
+            self.sampling.validate(self.size_factor, samplers)
+
+    @property
+    def rows(self) -> list[tuple[str, int, float]]:
+        """(prompt, seed, strength) for each grid row, in display order."""
+        return [(p, s, st) for p in self.prompts for st in self.strengths for s in self.seeds]
+
+    def settings(self, base: str, family: str) -> dict:
+        """The manifest's ``settings``: everything needed to render the same grid again."""
+        s = self.sampling
+        return {"base": base, "family": family, "prompts": self.prompts, "prompt": self.prompts[0],
+                "negative_prompt": s.negative_prompt, "seeds": self.seeds, "strengths": self.strengths,
+                "steps": s.steps, "guidance": s.guidance, "width": s.width, "height": s.height, "sampler": s.sampler,
+                "columns": [BASE_LABEL if e is None else e.name for e in self.columns]}
+
+
+def make_plan(defaults, columns, seeds, strengths=(1.0,), prompts=("",), sampling: Sampling | None = None) -> Plan:
+    """A validated plan; ``sampling`` defaults to ``defaults.sampling`` (``Engine.defaults``, a ``FamilyDefaults``)."""
+    plan = Plan(columns=list(columns), seeds=list(seeds), strengths=[float(s) for s in strengths],
+                prompts=list(prompts), sampling=sampling or defaults.sampling, size_factor=defaults.size_factor)
+    plan.validate(defaults.samplers)
+    return plan
+
+
+def select_columns(catalog: Catalog, series: str | None, epochs: str, include_base: bool,
+                   family: str | None = None) -> list:
+    """Pick the series and epochs named on the command line, among the files usable on a base of ``family``;
+    raise ``CatalogError`` (series) or ``PlanError`` (epochs) listing the choices."""
+    series, entries = catalog.choose_series(series, ready_only=True, family=family)
+    if epochs != "all":
+        try:
+            wanted = [int(x) for x in epochs.split(",") if x.strip()]
+        except ValueError as exc:
+            raise PlanError(f"--epochs must be 'all' or comma-separated numbers, not {epochs!r}") from exc
+        have = {e.epoch: e for e in entries}
+        missing = [w for w in wanted if w not in have]
+        if missing:
+            raise PlanError(f"epoch(s) {missing} not in series {series!r}; it has "
+                            f"{', '.join(str(e.epoch) for e in entries)}")
+        entries = [have[w] for w in wanted]
+    return ([None] if include_base else []) + entries
+
+
+# ---------------------------------------------------------------------------------------------- cells
+@dataclass
+class Cell:
+    """One image of the grid and how it came to be."""
+
+    column: int
+    epoch: int | None
+    file: str | None
+    sha256: str | None
+    seed: int
+    strength: float
+    prompt: str
+    image: Image.Image | None = field(default=None, repr=False)
+    png: bytes | None = field(default=None, repr=False)  # the PNG with its parameters chunk
+    image_path: str | None = None
+    seconds: float = 0.0
+    swap_seconds: float | None = None
+    cached: bool = False
+    error: str | None = None
+    label: str = ""  # the column's label: "base", "epoch 20", "step 1000" or the file name
+    routed: bool = False  # rendered in one denoiser call with other columns or strengths (``run_plan``'s ``mix``)
+    cancelled: bool = field(default=False, repr=False)  # left unrendered by a cancel (``error`` then says so)
+
+    def record(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k not in ("image", "png", "image_path", "column",
+                                                                  "cancelled")}
+        out["image"] = self.image_path
+        return out
+
+
+def column_label(entry: LoraEntry | None) -> str:
+    return BASE_LABEL if entry is None else entry.label
+
+
+def plan_cells(plan: Plan, catalog: Catalog | None = None) -> list[Cell]:
+    """Cells in execution order: epoch-major (each column swapped in once), then strength, prompt, seed.
+
+    A file that cannot be hashed (removed since the scan) gets its error on its own cells only.
+    """
+    cells: list[Cell] = []
+    for ci, entry in enumerate(plan.columns):
+        sha, error = None, None
+        if entry is not None and catalog is not None:
+            try:
+                sha = catalog.sha256(entry)
+            except LoraSpectrumError as exc:
+                error = str(exc)
+        strengths = [0.0] if entry is None else plan.strengths  # strength does not apply to the base column
+        cells += [Cell(ci, None if entry is None else entry.epoch, None if entry is None else entry.name, sha, seed,
+                       strength, prompt, error=error, label=column_label(entry))
+                  for strength in strengths for prompt in plan.prompts for seed in plan.seeds]
+    return cells
+
+
+def index_cells(cells: list[Cell]) -> dict[tuple, Cell]:
+    """Cells by grid position, for ``cell_at``."""
+    return {(c.column, c.prompt, c.seed, c.strength): c for c in cells}
+
+
+def cell_at(index: dict[tuple, Cell], ci: int, entry: LoraEntry | None, prompt: str, seed: int,
+            strength: float) -> Cell | None:
+    """The cell shown at column ``ci`` of row (prompt, seed, strength); the base column has one per seed."""
+    return index.get((ci, prompt, seed, 0.0 if entry is None else strength))
+
+
+# ---------------------------------------------------------------------------------------------- batching
+def groups(cells: list[Cell]) -> dict[GroupKey, list[Cell]]:
+    """Cells by (column, strength, prompt), in execution order: one swap and one batched render each."""
+    out: dict[GroupKey, list[Cell]] = {}
+    for c in cells:
+        out.setdefault((c.column, c.strength, c.prompt), []).append(c)
+    return out
+
+
+def jobs(keys: list[GroupKey], mix: int = 1) -> list[list[GroupKey]]:
+    """Groups in execution order, packed per prompt into jobs of up to ``mix`` groups (1: one group a job).
+
+    A job of several groups is rendered as routed batches, each image through its own column's adapter.
+    """
+    if mix <= 1:
+        return [[key] for key in keys]
+    out = []
+    for prompt in dict.fromkeys(key[2] for key in keys):
+        mine = [key for key in keys if key[2] == prompt]
+        out += [mine[i:i + mix] for i in range(0, len(mine), mix)]
+    return out
+
+
+def calls(todos: list[tuple[GroupKey, list[Cell]]]) -> list[list[tuple[GroupKey, list[Cell]]]]:
+    """A job's groups still to render (cached cells taken out), split into batched calls: groups with the same
+    number of seeds left share one call (so that routing can stack them), in the order they first appear."""
+    by_count: dict[int, list] = {}
+    for key, todo in todos:
+        by_count.setdefault(len(todo), []).append((key, todo))
+    return list(by_count.values())
