@@ -259,3 +259,18 @@ def test_inspect_json_order_states_and_exit_codes(tmp_path):
     assert table.returncode == 0 and "jimeng_20.safetensors" in table.stdout and "unreadable" in table.stdout
     missing = run_cli("inspect", "--loras", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_a_file_for_another_family_is_incompatible_and_left_out_of_the_series(tmp_path):
+    write_lora(tmp_path / "xl_10.safetensors", metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    write_lora(tmp_path / "xl_20.safetensors", metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    write_lora(tmp_path / "zi_10.safetensors", metadata={"modelspec.architecture": "Z-Image-Turbo/lora"})
+    catalog = Catalog(tmp_path)
+    entries = {e.name: e for e in catalog.scan()}
+    state, reason = entries["zi_10.safetensors"].problem("sdxl")
+    assert state == "incompatible" and "made for z-image" in reason and "the base is sdxl" in reason
+    assert entries["xl_10.safetensors"].problem("sdxl") is None and entries["zi_10.safetensors"].problem() is None
+    with pytest.raises(CatalogError, match="no series 'zi'"):
+        catalog.choose_series("zi", ready_only=True, family="sdxl")
+    assert [e.name for e in catalog.choose_series("xl", ready_only=True, family="sdxl")[1]] == \
+        ["xl_10.safetensors", "xl_20.safetensors"]

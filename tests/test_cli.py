@@ -1,5 +1,5 @@
-"""Comparison runs and the ``grid`` command on the tiny demo base: files, manifest, PNG parameters, cache, a
-corrupt epoch, bad arguments."""
+"""The command line on the tiny demo base: ``grid`` (files, manifest, PNG parameters, cache, a corrupt epoch, bad
+arguments, --mix) and ``inspect``."""
 
 from __future__ import annotations
 
@@ -11,13 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_spectrum.catalog import Catalog
 from lora_spectrum.cli import main
-from lora_spectrum.errors import PlanError
-from lora_spectrum.grid_files import parameters_text, parse_parameters
-from lora_spectrum.plan import Cell, make_plan, plan_cells
-from lora_spectrum.sampling import Sampling
-from lora_spectrum.settings import load_family_defaults
+from lora_spectrum.grid_files import parse_parameters
 
 
 @pytest.fixture
@@ -74,17 +69,6 @@ def test_parameters_chunk_round_trips(setup):
     assert params["Lora"] == "jimeng_150" and params["Lora epoch"] == "150" and params["Lora strength"] == "0.6"
     assert params["Lora hashes"] == f"jimeng_150: {cell['sha256'][:12]}"
     assert params["Model"].endswith("base-sdxl")
-
-
-def test_parse_parameters_reads_a1111_text():
-    text = ('a cat, <lora:x:0.8>\nNegative prompt: ugly, bad\nSteps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7, '
-            'Seed: 1, Size: 1024x1024, Model: sdxl, Lora hashes: "x: abcdef123456"')
-    p = parse_parameters(text)
-    assert p["prompt"] == "a cat, <lora:x:0.8>" and p["negative_prompt"] == "ugly, bad"
-    assert p["Sampler"] == "DPM++ 2M Karras" and p["Lora hashes"] == "x: abcdef123456"
-    cell = Cell(0, None, None, None, 3, 0.0, "only a prompt")
-    back = parse_parameters(parameters_text(cell, Sampling("", 8, 5.0, 64, 64, "Euler"), "m"))
-    assert back["prompt"] == "only a prompt" and back["Seed"] == "3" and "Lora" not in back
 
 
 def test_cache_hits_and_changed_content_is_rendered_again(setup):
@@ -152,17 +136,6 @@ def test_several_series_need_a_choice_and_an_unloadable_base_exits_2(setup, caps
     assert not out.exists()
 
 
-def test_plan_validation_messages():
-    d = load_family_defaults("sdxl")
-    with pytest.raises(PlanError, match="steps"):
-        make_plan(d, [None], [1], prompts=["p"], sampling=d.sampling.override(steps=0))
-    with pytest.raises(PlanError, match="at least one epoch"):
-        make_plan(d, [], [1], prompts=["p"])
-    plan = make_plan(d, [None], [1, 2], prompts=["p"])
-    s = plan.sampling
-    assert (s.steps, s.guidance, s.width, s.sampler) == (30, 7.0, 1024, "DPM++ 2M Karras")
-
-
 def test_relative_loras_and_cache_paths_are_relative_to_the_current_folder(setup, monkeypatch):
     config, loras, out = setup
     monkeypatch.chdir(loras.parent)
@@ -170,16 +143,6 @@ def test_relative_loras_and_cache_paths_are_relative_to_the_current_folder(setup
                  "--epochs", "20", "--seeds", "1", "--steps", "2", "--prompt", "p"]) == 0
     assert (loras.parent / "rel" / "grid.png").is_file()
     assert any((loras.parent / "mycache").rglob("*.png"))
-
-
-def test_step_checkpoints_are_labelled_by_step(tmp_path, demo_dir):
-    for n in (500, 1000):
-        shutil.copy(demo_dir / "loras" / "jimeng_20.safetensors", tmp_path / f"run-step{n}.safetensors")
-    catalog = Catalog(tmp_path)
-    entries = catalog.scan()
-    d = load_family_defaults("sdxl")
-    plan = make_plan(d, [None, *entries], [1], prompts=["p"], sampling=d.sampling.override(width=64, height=64))
-    assert [c.label for c in plan_cells(plan, catalog)] == ["base", "step 500", "step 1000"]
 
 
 def test_grid_mix_renders_the_same_cells_and_refuses_zero(setup, capsys):
@@ -198,24 +161,3 @@ def test_grid_mix_renders_the_same_cells_and_refuses_zero(setup, capsys):
     capsys.readouterr()
     assert grid(config, loras, out, *args, "--mix", "0") == 2
     assert "--mix must be at least 1" in capsys.readouterr().err
-
-
-def test_the_demo_hands_on_the_catalog_it_scanned_to_choose_the_loras_folder(setup):
-    """``base: demo`` looks at the configured loras folder to choose it; that scan is the caller's catalog, so the
-    folder's headers are read once at start-up, not twice."""
-    from lora_spectrum.settings import load_settings
-    from lora_spectrum.workbench import open_engine
-
-    config, loras, _ = setup
-    settings = load_settings(config)
-    settings.loras = str(loras)
-    choice = open_engine(settings)
-    assert choice.loras_dir == loras and choice.scanned is not None
-    catalog = choice.catalog()
-    assert catalog is choice.scanned and catalog.generation == 1, "scanned once, by open_engine"
-    assert {e.name for e in catalog.entries} == {p.name for p in loras.glob("*.safetensors")}
-    empty = loras.parent / "empty"
-    empty.mkdir()
-    settings.loras = str(empty)
-    other = open_engine(settings)
-    assert other.loras_dir != empty and other.catalog().folder == other.loras_dir, "the demo's own epochs"

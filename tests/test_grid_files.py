@@ -1,0 +1,18 @@
+"""What is written to an output folder: A1111 ``parameters`` text, cell file names, the grid, the manifest."""
+
+from __future__ import annotations
+
+from lora_spectrum.grid_files import parameters_text, parse_parameters
+from lora_spectrum.plan import Cell
+from lora_spectrum.sampling import Sampling
+
+
+def test_parse_parameters_reads_a1111_text():
+    text = ('a cat, <lora:x:0.8>\nNegative prompt: ugly, bad\nSteps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7, '
+            'Seed: 1, Size: 1024x1024, Model: sdxl, Lora hashes: "x: abcdef123456"')
+    p = parse_parameters(text)
+    assert p["prompt"] == "a cat, <lora:x:0.8>" and p["negative_prompt"] == "ugly, bad"
+    assert p["Sampler"] == "DPM++ 2M Karras" and p["Lora hashes"] == "x: abcdef123456"
+    cell = Cell(0, None, None, None, 3, 0.0, "only a prompt")
+    back = parse_parameters(parameters_text(cell, Sampling("", 8, 5.0, 64, 64, "Euler"), "m"))
+    assert back["prompt"] == "only a prompt" and back["Seed"] == "3" and "Lora" not in back
