@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import threading
 import time
 from collections import Counter
@@ -27,6 +26,8 @@ from pathlib import Path
 from natsort import natsort_keygen
 from safetensors import SafetensorError, safe_open
 
+from lora_spectrum import epoch_names
+from lora_spectrum.epoch_names import int_or_none
 from lora_spectrum.errors import CatalogError, HeaderError
 from lora_spectrum.lora_keys import (
     DENOISER_PREFIXES,
@@ -44,12 +45,10 @@ SETTLE_SECONDS = 2.0  # a file whose size changed this recently is taken as stil
 METADATA_KEYS = (
     "ss_epoch", "ss_steps", "ss_network_dim", "ss_network_alpha", "ss_base_model_version", "ss_output_name",
     "ss_learning_rate", "ss_num_epochs", "ss_network_module", "ss_session_id", "ss_training_comment",
-    "modelspec.architecture", "modelspec.title", "modelspec.trigger_phrase", "sshs_model_hash",
+    "modelspec.architecture", "modelspec.title", "modelspec.trigger_phrase", "sshs_model_hash", "ss_network_args",
+    "training_info",
 )  # fmt: skip
 
-# <series>-step<N> / <series>_step<N>: a step count.   <series>_e<N>, <series>-000010, <series>_20: an epoch.
-_STEP_RE = re.compile(r"^(?P<series>.+?)[-_.]step[-_]?(?P<n>\d+)$", re.IGNORECASE)
-_EPOCH_RE = re.compile(r"^(?P<series>.+?)[-_.](?:e|ep|epoch)?[-_]?(?P<n>\d+)$", re.IGNORECASE)
 _natural = natsort_keygen()
 
 
@@ -86,11 +85,7 @@ class LoraEntry:
 
     @property
     def label(self) -> str:
-        if self.epoch is not None:
-            return f"epoch {self.epoch}"
-        if self.step is not None:
-            return f"step {self.step}"
-        return self.name
+        return epoch_names.label(self.name, self.epoch, self.step)
 
     def problem(self, family: str | None = None) -> tuple[str, str] | None:
         """(state, reason) when this file cannot be rendered on a base of ``family``; None when it can. Files
@@ -105,24 +100,6 @@ class LoraEntry:
         out = asdict(self)
         out["rank"] = self.rank
         return out
-
-
-def parse_name(stem: str) -> tuple[str, int | None, int | None]:
-    """Return (series, epoch, step) read from a file name without its suffix."""
-    m = _STEP_RE.match(stem)
-    if m:
-        return m["series"], None, int(m["n"])
-    m = _EPOCH_RE.match(stem)
-    if m:
-        return m["series"], int(m["n"]), None
-    return stem, None, None
-
-
-def int_or_none(value) -> int | None:
-    try:
-        return int(str(value).strip())
-    except (TypeError, ValueError):
-        return None
 
 
 def _trigger_words(meta: dict[str, str]) -> list[str]:
@@ -157,7 +134,7 @@ def read_entry(path: Path, previous: LoraEntry | None = None, now: float | None 
     # 1. Name: series, epoch, step.
     name = path.name
     stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else path.stem
-    series, epoch, step = parse_name(stem)
+    series, epoch, step = epoch_names.parse_name(stem, path.parent.name)
     base = LoraEntry(name=name, path=str(path), series=series, epoch=epoch, step=step, state=READY, reason="")
 
     # 2. Files we never open.
@@ -230,11 +207,8 @@ def read_entry(path: Path, previous: LoraEntry | None = None, now: float | None 
     base.trigger_words = _trigger_words(meta)
     base.family_hint = family_hint(keys, meta)
 
-    # 5. Epoch from metadata when the name has none (kohya's final file is <name>.safetensors).
-    if base.epoch is None and base.step is None:
-        base.epoch = int_or_none(meta.get("ss_epoch"))
-        if base.epoch is not None and meta.get("ss_output_name"):
-            base.series = meta["ss_output_name"]
+    # 5. Epoch and step from the metadata where the name lacks them (``epoch_names.place``).
+    base.series, base.epoch, base.step = epoch_names.place(stem, meta, path.parent.name)
     if not keys:
         base.state, base.reason = UNREADABLE, "the file holds no tensors"
     return base
@@ -253,8 +227,7 @@ def _escapes(path: Path, root: Path) -> bool:
 
 
 def sort_key(entry: LoraEntry):
-    number = entry.epoch if entry.epoch is not None else entry.step
-    return (_natural(entry.series), entry.epoch is None, entry.step is None, number or 0, _natural(entry.name))
+    return epoch_names.sort_key(entry.series, entry.epoch, entry.step, entry.name)
 
 
 class Catalog:
@@ -288,7 +261,7 @@ class Catalog:
                 continue
             path = self.folder / name
             if item.is_symlink() and _escapes(path, root):
-                series, epoch, step = parse_name(name.rsplit(".", 1)[0])
+                series, epoch, step = epoch_names.parse_name(name.rsplit(".", 1)[0], self.folder.name)
                 fresh[name] = LoraEntry(name, str(path), series, epoch, step, UNREADABLE, SYMLINK_OUTSIDE)
                 continue
             try:

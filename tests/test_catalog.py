@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora_spectrum.catalog import Catalog, parse_name
+from lora_spectrum.catalog import Catalog
 from lora_spectrum.errors import CatalogError
 from lora_spectrum.lora_keys import HEADER_LIMIT
 from tests.tiny import garbage
@@ -41,16 +41,6 @@ def names(entries):
 
 def by_name(entries):
     return {e.name: e for e in entries}
-
-
-@pytest.mark.parametrize(
-    "stem, expected",
-    [("jimeng_20", ("jimeng", 20, None)), ("name-000010", ("name", 10, None)), ("x_e5", ("x", 5, None)),
-     ("run-epoch7", ("run", 7, None)), ("x-step1000", ("x", None, 1000)), ("final", ("final", None, None)),
-     ("my lora_v2_300", ("my lora_v2", 300, None)), ("sdxl_v1", ("sdxl_v1", None, None))],
-)
-def test_parse_name(stem, expected):
-    assert parse_name(stem) == expected
 
 
 def test_epochs_sort_numerically_within_series_and_naturally_across(tmp_path):

@@ -30,7 +30,8 @@ def test_step_checkpoints_are_labelled_by_step(tmp_path, demo_dir):
     entries = catalog.scan()
     d = load_family_defaults("sdxl")
     plan = make_plan(d, [None, *entries], [1], prompts=["p"], sampling=d.sampling.override(width=64, height=64))
-    assert [c.label for c in plan_cells(plan, catalog)] == ["base", "step 500", "step 1000"]
+    # The demo file's kohya metadata says ss_epoch 20: a step save carries the epoch it was made in.
+    assert [c.label for c in plan_cells(plan, catalog)] == ["base", "step 500 (epoch 20)", "step 1000 (epoch 20)"]
 
 
 def test_groups_are_epoch_major_one_per_column_strength_and_prompt(tmp_path, demo_dir):
