@@ -30,11 +30,14 @@ from lora_spectrum import epoch_names
 from lora_spectrum.epoch_names import int_or_none
 from lora_spectrum.errors import CatalogError, HeaderError
 from lora_spectrum.lora_keys import (
-    DENOISER_PREFIXES,
     DOWN_SUFFIXES,
-    TE_PREFIXES,
+    algorithm,
     family_hint,
+    is_alpha_key,
+    is_denoiser_key,
+    is_text_encoder_key,
     key_format,
+    rank_of,
     read_header,
 )
 
@@ -64,10 +67,13 @@ class LoraEntry:
     state: str
     reason: str
     format: str = "unknown"
+    algorithm: str = "unknown"  # lora, locon, loha, lokr, dora, or other (``unsupported`` says why)
+    unsupported: str = ""
     ranks: list[int] = field(default_factory=list)
     alpha: float | None = None
     denoiser_keys: int = 0
-    text_encoder_keys: int = 0
+    text_encoder_keys: int = 0  # tensors only: alpha scalars are counted in ``alpha_keys``
+    alpha_keys: int = 0
     other_keys: int = 0
     family_hint: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
@@ -172,13 +178,16 @@ def read_entry(path: Path, previous: LoraEntry | None = None, now: float | None 
             keys = list(f.keys())
             ranks: set[int] = set()
             alphas: set[float] = set()
+            conv = False
             for k in keys:
-                if k.endswith(DOWN_SUFFIXES):
-                    shape = f.get_slice(k).get_shape()
-                    if shape:
-                        ranks.add(int(shape[0]))
-                elif k.endswith(".alpha"):
+                if is_alpha_key(k):
                     alphas.add(float(f.get_tensor(k).float().item()))
+                    continue
+                shape = f.get_slice(k).get_shape()
+                rank = rank_of(k, shape)
+                if rank is not None:
+                    ranks.add(rank)
+                    conv = conv or (len(shape) == 4 and k.endswith(DOWN_SUFFIXES))
     except SafetensorError as exc:
         base.state, base.reason = UNREADABLE, f"not a valid safetensors file ({exc})"
         return base
@@ -195,9 +204,11 @@ def read_entry(path: Path, previous: LoraEntry | None = None, now: float | None 
 
     # 4. What the header says.
     base.format = key_format(keys)
-    base.denoiser_keys = sum(1 for k in keys if k.startswith(DENOISER_PREFIXES))
-    base.text_encoder_keys = sum(1 for k in keys if k.startswith(TE_PREFIXES))
-    base.other_keys = len(keys) - base.denoiser_keys - base.text_encoder_keys
+    base.algorithm, base.unsupported = algorithm(keys, conv)
+    base.denoiser_keys = sum(1 for k in keys if is_denoiser_key(k))
+    base.text_encoder_keys = sum(1 for k in keys if is_text_encoder_key(k))
+    base.alpha_keys = sum(1 for k in keys if is_alpha_key(k))
+    base.other_keys = len(keys) - base.denoiser_keys - base.text_encoder_keys - base.alpha_keys
     base.ranks = sorted(ranks)
     if alphas:
         base.alpha = max(alphas)

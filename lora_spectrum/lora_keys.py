@@ -32,8 +32,63 @@ DOWN_ROLES = ("lora_down", "lora_A", "lora.down")
 DOWN_SUFFIXES = (".lora_down.weight", ".lora_A.weight", ".lora.down.weight")
 
 
+# LyCORIS's own key suffixes (kohya ``network_module=lycoris.kohya``, musubi, ai-toolkit save them so).
+LOHA_MARKS = (".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b", ".hada_t1", ".hada_t2")
+LOKR_MARKS = (".lokr_w1", ".lokr_w1_a", ".lokr_w1_b", ".lokr_w2", ".lokr_w2_a", ".lokr_w2_b", ".lokr_t2")
+# Forms we name but do not load, with what they are.
+UNSUPPORTED_MARKS = {".diff": "full weight differences", ".diff_b": "full weight differences",
+                     ".oft_blocks": "OFT", ".oft_diag": "OFT", ".boft_R": "BOFT", ".on_input": "IA3",
+                     ".a1.weight": "GLoRA", ".hada_w1": "LoHa without factors"}  # fmt: skip
+SUPPORTED_ALGORITHMS = ("lora", "locon", "loha", "lokr", "dora")
+# Rank-carrying factors: (suffix, which dimension is the rank).
+RANK_FACTORS = ((".lora_down.weight", 0), (".lora_A.weight", 0), (".lora.down.weight", 0),
+                (".lora_A.default.weight", 0), (".hada_w1_b", 0), (".lokr_w1_b", 0), (".lokr_w2_b", 0))  # fmt: skip
+
+
 def is_dora_key(key: str) -> bool:
     return key.endswith(".dora_scale") or "lora_magnitude_vector" in key
+
+
+def is_alpha_key(key: str) -> bool:
+    return key.endswith(".alpha")
+
+
+def is_text_encoder_key(key: str) -> bool:
+    return key.startswith(TE_PREFIXES) and not is_alpha_key(key)
+
+
+def is_denoiser_key(key: str) -> bool:
+    """A denoiser tensor (never an alpha scalar): a known prefix, or a LoRA/LyCORIS factor with no prefix at all
+    (DiffSynth-Studio saves ``layers.0.attention.to_q.lora_A.default.weight``)."""
+    if is_alpha_key(key) or key.startswith(TE_PREFIXES):
+        return False
+    return key.startswith(DENOISER_PREFIXES) or bool(ROLE_RE.match(key)) or key.endswith(LOHA_MARKS + LOKR_MARKS) \
+        or is_dora_key(key)
+
+
+def rank_of(key: str, shape: list[int]) -> int | None:
+    """The rank a factor's shape shows, for the factors that carry one; None for the others."""
+    for suffix, dim in RANK_FACTORS:
+        if key.endswith(suffix) and len(shape) > dim:
+            return int(shape[dim])
+    return None
+
+
+def algorithm(keys: list[str], conv_factors: bool = False) -> tuple[str, str]:
+    """(algorithm, why it is not supported or ""): lora, locon (``conv_factors``: a down factor with a kernel),
+    loha, lokr, dora (DoRA magnitudes on any of them), or the name of an unsupported form with the reason."""
+    for mark, what in UNSUPPORTED_MARKS.items():
+        if any(k.endswith(mark) for k in keys):
+            return "other", f"{what} ({mark} keys) are not supported; LoRA, LoCon, LoHa, LoKr and DoRA are"
+    if any(is_dora_key(k) for k in keys):
+        return "dora", ""
+    if any(k.endswith(LOHA_MARKS) for k in keys):
+        return "loha", ""
+    if any(k.endswith(LOKR_MARKS) for k in keys):
+        return "lokr", ""
+    if not any(ROLE_RE.match(k) and not is_alpha_key(k) for k in keys):
+        return "other", "no LoRA factors (lora_down/lora_up, lora_A/lora_B, hada_*, lokr_*) in the file"
+    return ("locon" if conv_factors else "lora"), ""
 
 
 def key_format(keys: list[str]) -> str:
@@ -48,7 +103,8 @@ def key_format(keys: list[str]) -> str:
     if any(k.startswith("diffusion_model.") for k in keys):
         return "musubi/ai-toolkit"
     if any(".lora_A." in k or ".lora_B." in k or ".lora.down." in k or ".lora_down." in k for k in keys):
-        return "diffusers/peft"
+        known = any(k.startswith(DENOISER_PREFIXES + TE_PREFIXES + MODULE_PREFIXES) for k in keys)
+        return "diffusers/peft" if known else "diffsynth"
     return "unknown"
 
 

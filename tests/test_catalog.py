@@ -179,14 +179,18 @@ def test_kohya_metadata_rank_alpha_keys_and_trigger_words(tmp_path):
     write_lora(tmp_path / "other_1.safetensors", metadata=tags)
     entries = by_name(Catalog(tmp_path).scan())
     e = entries["jimeng_20.safetensors"]
-    assert (e.format, e.ranks, e.alpha, e.denoiser_keys, e.text_encoder_keys) == ("kohya", [4], 2.0, 3, 2)
+    # Tensors are counted by where they go; the alpha scalar of each module is counted on its own.
+    assert (e.format, e.ranks, e.alpha, e.denoiser_keys, e.text_encoder_keys, e.alpha_keys, e.other_keys) == \
+        ("kohya", [4], 2.0, 2, 2, 1, 0)
+    assert e.algorithm == "lora" and e.unsupported == ""
     assert e.trigger_words == ["jimeng style", "ink"]
     assert e.metadata["ss_steps"] == "400" and e.metadata["ss_base_model_version"] == "sdxl_base_v1-0"
     assert e.family_hint == "sdxl"
     assert entries["other_1.safetensors"].trigger_words == ["ink", "stripes"]  # 12 vs 9
     dora = {"lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.dora_scale": torch.ones(64, 1)}
     save_file({**load_file(str(tmp_path / "other_1.safetensors")), **dora}, str(tmp_path / "dora_2.safetensors"))
-    assert by_name(Catalog(tmp_path).scan())["dora_2.safetensors"].format == "kohya DoRA"
+    dora_entry = by_name(Catalog(tmp_path).scan())["dora_2.safetensors"]
+    assert dora_entry.format == "kohya DoRA" and dora_entry.algorithm == "dora"
     cat = Catalog(tmp_path)
     cat.scan()
     import hashlib
