@@ -43,7 +43,6 @@ ZIMAGE_TRANSFORMER_CONFIG = {
 }  # fmt: skip
 
 
-
 def _fill_random(model: torch.nn.Module, seed: int) -> None:
     """Seeded random weights in the model's dtype, in seconds rather than minutes.
 

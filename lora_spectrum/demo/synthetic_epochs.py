@@ -100,7 +100,6 @@ def write_demo_loras(denoiser, folder: str | Path, family: str, epochs=DEMO_EPOC
     return paths
 
 
-
 def write_demo(out: str | Path, family: str = "sdxl", seed: int = 0) -> tuple[Path, Path]:
     """Write a demo base (a diffusers folder) and its epoch LoRAs under ``out``. Returns (base_dir, loras_dir)."""
     out = Path(out)

@@ -145,7 +145,6 @@ def build_tiny_zimage(seed: int = 0, workdir: str | Path | None = None):
     return pipe
 
 
-
 def build_tiny(family: str, seed: int = 0, workdir: str | Path | None = None):
     """The tiny pipeline of ``family`` (``"sdxl"`` or ``"z-image"``), seeded; nothing is downloaded."""
     if family == "sdxl":
