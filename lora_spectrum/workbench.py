@@ -10,9 +10,8 @@ from pathlib import Path
 
 import torch
 
-from lora_spectrum import demo_training as trained
+from lora_spectrum import demo
 from lora_spectrum.catalog import READY, Catalog
-from lora_spectrum.demo import ensure_demo
 from lora_spectrum.engine import Engine
 from lora_spectrum.errors import BaseLoadError
 
@@ -61,16 +60,16 @@ def demo_engine(settings, reason: str = "") -> EngineChoice:
     common = dict(family="sdxl", device=device, dtype="auto", local_files_only=True,
                   resident_adapters=settings.resident_adapters, max_queued=settings.max_queued_renders,
                   fuse=settings.fuse)
-    if settings.demo == "trained" and trained.assets_available():
-        rec = trained.RECOMMENDED
+    if settings.demo == "trained" and demo.assets_available():
+        rec = demo.RECOMMENDED
         defaults = {k: rec[k] for k in ("steps", "guidance", "sampler", "width", "height")}
-        engine = Engine.load(str(trained.ASSETS_DIR / trained.BASE_DIRNAME), defaults=defaults, **common)
+        engine = Engine.load(str(demo.ASSETS_DIR / demo.BASE_DIRNAME), defaults=defaults, **common)
         note = ("Demo mode: a tiny base trained to draw coloured shapes, and the epochs of an ink-style LoRA "
                 "trained on it (jimeng_3 ... jimeng_18), with their training log. Not a real model.")
-        choice = EngineChoice(engine, trained.ASSETS_DIR / trained.LORAS_DIRNAME, True, reason, rec["prompts"][0],
-                              trained.ASSETS_DIR / trained.LOGS_DIRNAME)
+        choice = EngineChoice(engine, demo.ASSETS_DIR / demo.LORAS_DIRNAME, True, reason, rec["prompts"][0],
+                              demo.ASSETS_DIR / demo.LOGS_DIRNAME)
     else:
-        base, loras = ensure_demo(settings.path(settings.demo_dir), "sdxl")
+        base, loras = demo.ensure_demo(settings.path(settings.demo_dir), "sdxl")
         engine = Engine.load(str(base), defaults=TINY_DEFAULTS, **common)
         note = "Demo mode: a tiny base with random weights and synthetic demo epochs (not a real model)."
         choice = EngineChoice(engine, loras, True, reason, DEMO_PROMPT)

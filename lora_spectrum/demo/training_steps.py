@@ -1,182 +1,36 @@
-"""A demo that learns: a tiny SDXL-architecture base trained on procedural shapes, and a style LoRA trained on top
-of it with a checkpoint per epoch, in kohya's file and log formats. Nothing here downloads anything.
+"""The stages of training the demo: the untrained tiny pipeline, its VAE, base (UNet and text encoders) and the
+kohya-style ``jimeng`` LoRA, each a function over tensors already made (``shapes.py`` makes them).
 
-This module owns the procedural data sets, the training of the tiny base (VAE, UNet, text encoders) and of the
-``jimeng`` LoRA, and the shipped result in ``lora_spectrum/demo_assets/``::
-
-    demo_assets/base-sdxl/                 a diffusers StableDiffusionXLPipeline folder (fp16 safetensors, tokenizers)
-    demo_assets/loras/jimeng_<epoch>.safetensors   kohya-format epoch LoRAs with kohya metadata
-    demo_assets/logs/jimeng/network_train/  the TensorBoard log of the LoRA run (kohya's loss tags)
-
-It never imports streamlit and never decides fallbacks: ``app.py``/the CLI call ``assets_available()`` and load the
-folders above. Reproduce the shipped files with ``python -m lora_spectrum.demo_training --out DIR`` (about 20 minutes
-on a 2-core CPU); ``--quick`` runs a few steps of everything as a smoke test.
-
-The base draws "a <colour> <shape> on a <background> background" (colours: red, yellow, green, cyan, blue,
-magenta; shapes: circle, square, triangle; backgrounds: white, gray, cream). The style is "ink": the same shapes
-with a thick near-black outline, captioned "<base caption>, jimeng style" (the trigger goes last: the CLIP encoders
-are causal, so the tokens before it encode exactly as in the base prompt). Its measure, ``ink_fraction``, is the share of dark pixels (HSV value < 0.35),
-which is ~0 for the base (no colour in its palette is dark) and grows epoch by epoch under the LoRA.
+Nothing here decides what to run or writes the shipped folders: ``trainer.py`` does.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-ASSETS_DIR = Path(__file__).resolve().parent / "demo_assets"
-BASE_DIRNAME = "base-sdxl"
-LORAS_DIRNAME = "loras"
-LOGS_DIRNAME = "logs"
-SERIES = "jimeng"
-TRIGGER = "jimeng style"
-SIZE = 64  # pixels; the VAE downsamples by 4, so latents are 16x16
+from lora_spectrum.demo.assets import SERIES
+from lora_spectrum.demo.shapes import BACKGROUNDS, COLOURS, SHAPES, SIZE, TRIGGER
+from lora_spectrum.demo.tiny_pipelines import assemble_sdxl
 
-# Six hues 60 degrees apart, all bright (HSV value >= 0.85) so that no fill counts as ink.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (225, 35, 35),
-    "yellow": (235, 215, 30),
-    "green": (35, 185, 50),
-    "cyan": (30, 200, 215),
-    "blue": (40, 70, 230),
-    "magenta": (215, 40, 200),
-}
-HUES = {"red": 0.0, "yellow": 54.0, "green": 124.0, "cyan": 184.0, "blue": 228.0, "magenta": 305.0}  # degrees
 NEUTRAL_TAGS = ("simple", "flat", "clean", "plain", "icon", "drawing", "minimal", "shape")
-SHAPES = ("circle", "square", "triangle")
-BACKGROUNDS: dict[str, tuple[int, int, int]] = {"white": (250, 250, 250), "gray": (218, 218, 218),
-                                                "cream": (245, 236, 214)}
-INK = (22, 20, 30)
-
-# What the app's demo should render with (see the module's final report / README).
-RECOMMENDED = {"steps": 20, "guidance": 4.0, "sampler": "Euler", "width": SIZE, "height": SIZE,
-               "strength": 1.0,
-               "prompts": ("a red circle on a white background, jimeng style",
-                           "a blue square on a cream background, jimeng style",
-                           "a green triangle on a gray background, jimeng style")}
-
-
-def assets_available(folder: str | Path = ASSETS_DIR) -> bool:
-    """True when the shipped base, at least one epoch LoRA and the training log are all in ``folder``."""
-    folder = Path(folder)
-    base = folder / BASE_DIRNAME
-    return ((base / "model_index.json").is_file() and (base / "unet").is_dir()
-            and any((folder / LORAS_DIRNAME).glob(f"{SERIES}_*.safetensors"))
-            and any((folder / LOGS_DIRNAME).rglob("events.out.tfevents.*")))
-
-
-def caption(colour: str, shape: str, background: str, styled: bool = False) -> str:
-    text = f"a {colour} {shape} on a {background} background"
-    return f"{text}, {TRIGGER}" if styled else text
-
-
-# ---------------------------------------------------------------------------------------------------- data
-def draw(colour: str, shape: str, background: str, rng: np.random.Generator, ink: bool = False,
-         size: int = SIZE) -> np.ndarray:
-    """One image, ``size`` x ``size`` x 3, float32 in [0, 1]: a shape with anti-aliased edges on a plain colour."""
-    # 1. Random placement and size (kept inside the frame).
-    r = rng.uniform(0.2, 0.3) * size
-    cx, cy = (size / 2 + rng.uniform(-0.12, 0.12, 2) * size)
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    dx, dy = x - cx, y - cy
-    # 2. Signed distance to the outline (negative inside).
-    if shape == "circle":
-        sd = np.hypot(dx, dy) - r
-    elif shape == "square":
-        sd = np.maximum(np.abs(dx), np.abs(dy)) - r * 0.85
-    elif shape == "triangle":  # upright equilateral, centroid at (cx, cy)
-        n = [(0.0, 1.0), (math.sqrt(3) / 2, -0.5), (-math.sqrt(3) / 2, -0.5)]
-        sd = np.max([nx * dx + ny * dy for nx, ny in n], axis=0) - r * 0.7
-    else:
-        raise ValueError(f"unknown shape {shape!r}; choose one of {SHAPES}")
-    # 3. Composite: background, fill, and for the "ink" style a thick dark outline.
-    bg = np.array(BACKGROUNDS[background], np.float32) / 255
-    fill = np.array(COLOURS[colour], np.float32) / 255
-    alpha = np.clip(0.5 - sd, 0.0, 1.0)[..., None]
-    img = bg * (1 - alpha) + fill * alpha
-    if ink:
-        band = np.clip(2.6 - np.abs(sd + 0.5), 0.0, 1.0)[..., None]  # ~5 px, centred on the edge
-        img = img * (1 - band) + np.array(INK, np.float32) / 255 * band
-    return img.astype(np.float32)
-
-
-def make_dataset(n: int, seed: int, ink: bool = False) -> tuple[torch.Tensor, list[str]]:
-    """``n`` images (N, 3, H, W in [-1, 1]) cycling through every (colour, shape, background), with captions."""
-    rng = np.random.default_rng(seed)
-    combos = [(c, s, b) for c in COLOURS for s in SHAPES for b in BACKGROUNDS]
-    images, captions = [], []
-    for i in range(n):
-        c, s, b = combos[i % len(combos)]
-        images.append(draw(c, s, b, rng, ink=ink))
-        captions.append(caption(c, s, b, styled=ink))
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) * 2 - 1
-    return x.contiguous(), captions
-
-
-# ---------------------------------------------------------------------------------------------------- measures
-def _hsv(image) -> np.ndarray:
-    a = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, np.float32)
-    if a.max() > 1.5:
-        a = a / 255
-    mx, mn = a.max(-1), a.min(-1)
-    delta = mx - mn
-    r, g, b = a[..., 0], a[..., 1], a[..., 2]
-    safe = np.where(delta > 1e-6, delta, 1.0)
-    h = np.where(mx == r, ((g - b) / safe) % 6, np.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4)) * 60
-    s = np.where(mx > 1e-6, delta / np.maximum(mx, 1e-6), 0.0)
-    return np.stack([h, s, mx], -1)
-
-
-def dominant_hue(image, min_saturation: float = 0.4, min_value: float = 0.35) -> tuple[float, float]:
-    """(circular mean hue in degrees, share of pixels used) over the saturated, not dark pixels: the shape's fill.
-
-    The backgrounds are light and nearly grey (saturation < 0.15) and the ink is dark, so neither counts.
-    """
-    hsv = _hsv(image)
-    mask = (hsv[..., 1] >= min_saturation) & (hsv[..., 2] >= min_value)
-    if not mask.any():
-        return float("nan"), 0.0
-    ang = np.deg2rad(hsv[..., 0][mask])
-    hue = math.degrees(math.atan2(np.sin(ang).mean(), np.cos(ang).mean())) % 360
-    return hue, float(mask.mean())
-
-
-def hue_distance(a: float, b: float) -> float:
-    d = abs(a - b) % 360
-    return min(d, 360 - d)
-
-
-def closest_colour(image) -> str | None:
-    hue, share = dominant_hue(image)
-    if share == 0:
-        return None
-    return min(HUES, key=lambda name: hue_distance(hue, HUES[name]))
-
-
-def ink_fraction(image, max_value: float = 0.35) -> float:
-    """The style measure: the share of dark pixels (HSV value < ``max_value``). The base palette has none."""
-    return float((_hsv(image)[..., 2] < max_value).mean())
 
 
 # ---------------------------------------------------------------------------------------------------- models
 def build_pipeline(seed: int = 0, workdir: str | Path | None = None):
     """The untrained tiny StableDiffusionXLPipeline: a 2-level UNet with attention at both levels (so an
     attention-only LoRA reaches the full latent resolution), a 3-level VAE (factor 4), two tiny CLIP encoders and
-    the byte-level tokenizer from ``demo.py``."""
+    the byte-level tokenizer from ``tiny_pipelines.py``."""
     import tempfile
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig
-
-    from lora_spectrum.demo import assemble_sdxl
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="lora_spectrum_tok_"))
     torch.manual_seed(seed)
@@ -242,8 +96,8 @@ QUICK = Budget(vae_steps=3, vae_batch=4, te_warmup_steps=3, vae_decoder_steps=2,
                lora_epochs=2, lora_batch=6, lora_save_every=1)
 
 
-def _log(msg: str) -> None:
-    print(f"[demo_training {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+def log(msg: str) -> None:
+    print(f"[demo.trainer {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def _lr_at(step: int, total: int, peak: float, warmup: int = 100) -> float:
@@ -274,7 +128,7 @@ def train_vae(vae, images: torch.Tensor, budget: Budget, seed: int) -> float:
         opt.step()
         l1 = l1_t.item()
         if step % 100 == 0 or step == budget.vae_steps - 1:
-            _log(f"vae step {step + 1}/{budget.vae_steps} l1 {l1:.4f}")
+            log(f"vae step {step + 1}/{budget.vae_steps} l1 {l1:.4f}")
     vae.eval()
     with torch.no_grad():
         lat = torch.cat([vae.encode(images[i:i + 64]).latent_dist.mean for i in range(0, min(len(images), 512), 64)])
@@ -308,7 +162,7 @@ def refine_decoder(vae, images: torch.Tensor, steps: int, seed: int, batch: int 
         opt.step()
         l1 = l1_t.item()
         if step % 100 == 0 or step == steps - 1:
-            _log(f"vae decoder step {step + 1}/{steps} l1 {l1:.4f}")
+            log(f"vae decoder step {step + 1}/{steps} l1 {l1:.4f}")
     vae.eval()
     vae.requires_grad_(False)
     return l1
@@ -391,7 +245,7 @@ def train_base(pipe, means, stds, captions: list[str], budget: Budget, seed: int
         aux.backward()
         opt.step()
         if step % 100 == 0 or step == budget.te_warmup_steps - 1:
-            _log(f"text encoder warm-up step {step + 1}/{budget.te_warmup_steps} probe loss {aux.item():.4f}")
+            log(f"text encoder warm-up step {step + 1}/{budget.te_warmup_steps} probe loss {aux.item():.4f}")
     # 2. Joint training.
     modules = [pipe.unet, pipe.text_encoder, pipe.text_encoder_2]
     params = [p for m in modules for p in m.parameters()]
@@ -425,7 +279,7 @@ def train_base(pipe, means, stds, captions: list[str], budget: Budget, seed: int
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         if step % 100 == 0 or step == budget.unet_steps - 1:
-            _log(f"unet step {step + 1}/{budget.unet_steps} loss {avg:.4f}")
+            log(f"unet step {step + 1}/{budget.unet_steps} loss {avg:.4f}")
     with torch.no_grad():
         for p, e in zip(params, ema, strict=True):
             p.copy_(e)
@@ -530,7 +384,7 @@ def train_lora(pipe, means, stds, captions: list[str], budget: Budget, seed: int
             writer.add_scalar("lr/unet", budget.lora_lr, step)
         epoch_loss = sum(epoch_losses) / len(epoch_losses)
         writer.add_scalar("loss/epoch", epoch_loss, epoch)
-        _log(f"lora epoch {epoch}/{budget.lora_epochs} loss {epoch_loss:.4f}")
+        log(f"lora epoch {epoch}/{budget.lora_epochs} loss {epoch_loss:.4f}")
         if epoch % budget.lora_save_every == 0 or epoch == budget.lora_epochs:
             path = loras_dir / f"{SERIES}_{epoch}.safetensors"
             save_file(lora_state_dict_kohya(pipe.unet), str(path),
@@ -539,120 +393,3 @@ def train_lora(pipe, means, stds, captions: list[str], budget: Budget, seed: int
     writer.close()
     pipe.unet.eval()
     return saved
-
-
-def save_base(pipe, folder: Path, fp16: bool = True) -> Path:
-    """Write the base (without any adapter) as a diffusers folder, fp16 safetensors, tokenizers included."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if fp16:
-        pipe.to(torch.float16)
-    pipe.save_pretrained(str(folder), safe_serialization=True)
-    if fp16:
-        pipe.to(torch.float32)
-    return folder
-
-
-def write_readme(out: Path, report: dict) -> None:
-    text = (
-        "# LoRA Spectrum demo assets\n\n"
-        "Made by `python -m lora_spectrum.demo_training --out lora_spectrum/demo_assets` (seeded; CPU).\n\n"
-        f"- `{BASE_DIRNAME}/`: a tiny StableDiffusionXLPipeline trained on procedural shapes. Prompt "
-        "\"a <colour> <shape> on a <background> background\" with colours "
-        f"{', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; backgrounds {', '.join(BACKGROUNDS)}.\n"
-        f"- `{LORAS_DIRNAME}/`: `{SERIES}_<epoch>.safetensors`, a style LoRA (thick dark ink outlines, trigger "
-        f"\"{TRIGGER}\") in kohya format with kohya metadata, one file per saved epoch.\n"
-        f"- `{LOGS_DIRNAME}/{SERIES}/network_train/`: its TensorBoard log (loss/current, loss/average, loss/epoch).\n\n"
-        f"Render at {SIZE}x{SIZE}, {RECOMMENDED['steps']} steps, guidance {RECOMMENDED['guidance']}, "
-        f"sampler {RECOMMENDED['sampler']}.\n\n"
-        "Training report:\n\n```json\n" + json.dumps(report, indent=2) + "\n```\n"
-    )
-    (out / "README.md").write_text(text, encoding="utf-8")
-
-
-def run(out: str | Path, budget: Budget = FULL, seed: int = 0, lora_only: bool = False) -> dict:
-    """Train everything and write ``out/base-sdxl``, ``out/loras``, ``out/logs``, ``out/training_report.json`` and
-    ``out/README.md``. ``lora_only`` keeps the base already in ``out`` and retrains only the LoRA run."""
-    import shutil
-    import tempfile
-
-    from diffusers import StableDiffusionXLPipeline
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    report_path = out / "training_report.json"
-    report: dict = json.loads(report_path.read_text(encoding="utf-8")) if lora_only else {}
-    report.update({"seed": seed, "budget": budget.__dict__})
-    report.setdefault("minutes", {})
-    torch.manual_seed(seed)
-    # 1. Data: the base set (plain shapes) and the style set (ink outlines), both procedural and seeded.
-    base_x, base_captions = make_dataset(budget.base_images, seed=seed + 1)
-    style_x, style_captions = make_dataset(budget.style_images, seed=seed + 2, ink=True)
-    if not lora_only:
-        with tempfile.TemporaryDirectory(prefix="lora_spectrum_tok_") as tok_dir:
-            # 2. The untrained pipeline.
-            pipe = build_pipeline(seed, tok_dir)
-            report["parameters"] = {name: sum(p.numel() for p in getattr(pipe, name).parameters())
-                                    for name in ("unet", "vae", "text_encoder", "text_encoder_2")}
-            # 3. VAE on both sets, one third outlined (it is a codec: it must reproduce the dark outlines it will
-            #    be asked to decode).
-            t0 = time.perf_counter()
-            vae_x = torch.cat([base_x[: 2 * budget.base_images // 3], make_dataset(budget.base_images // 3,
-                                                                                    seed=seed + 3, ink=True)[0]])
-            report["vae_l1"] = train_vae(pipe.vae, vae_x, budget, seed)
-            pipe.vae.requires_grad_(False)
-            report["minutes"]["vae"] = round((time.perf_counter() - t0) / 60, 2)
-            # 4. UNet + text encoders on the base set.
-            t0 = time.perf_counter()
-            means, stds = encode_latents(pipe.vae, base_x)
-            report["unet_loss"] = train_base(pipe, means, stds, base_captions, budget, seed)
-            report["minutes"]["unet"] = round((time.perf_counter() - t0) / 60, 2)
-            # 5. Refine the VAE decoder (the encoder, hence every latent, stays as the UNet learned it).
-            t0 = time.perf_counter()
-            report["vae_decoder_l1"] = refine_decoder(pipe.vae, vae_x, budget.vae_decoder_steps, seed)
-            report["minutes"]["vae_decoder"] = round((time.perf_counter() - t0) / 60, 2)
-            # 6. Save the base before any adapter is added.
-            save_base(pipe, out / BASE_DIRNAME)
-    # 7. The style LoRA, from the saved (fp16-rounded) base so the epochs fit the shipped weights exactly; old
-    #    epoch files and logs of this series are removed first, so nothing stale is left beside the new run.
-    for old in (out / LORAS_DIRNAME).glob(f"{SERIES}_*.safetensors"):
-        old.unlink()
-    shutil.rmtree(out / LOGS_DIRNAME / SERIES, ignore_errors=True)
-    pipe = StableDiffusionXLPipeline.from_pretrained(str(out / BASE_DIRNAME), torch_dtype=torch.float32,
-                                                     local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
-        m.requires_grad_(False)
-    t0 = time.perf_counter()
-    s_means, s_stds = encode_latents(pipe.vae, style_x)
-    saved = train_lora(pipe, s_means, s_stds, style_captions, budget, seed, out / LORAS_DIRNAME, out / LOGS_DIRNAME)
-    report["minutes"]["lora"] = round((time.perf_counter() - t0) / 60, 2)
-    report["epochs"] = [p.name for p in saved]
-    report["minutes"]["total"] = round(sum(v for k, v in report["minutes"].items() if k != "total"), 2)
-    report_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    write_readme(out, report)
-    _log(f"done in {(time.perf_counter() - t_start) / 60:.2f} min: {out}")
-    return report
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lora_spectrum.demo_training", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=str(ASSETS_DIR), help="output folder (default: the shipped demo_assets)")
-    parser.add_argument("--quick", action="store_true", help="a few steps of everything (smoke test)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--unet-steps", type=int, default=None, help="override the UNet step count")
-    parser.add_argument("--lora-only", action="store_true", help="keep the base in --out; retrain only the LoRA")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (1 is often fastest on a busy, shared CPU)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    budget = QUICK if args.quick else FULL
-    if args.unet_steps is not None:
-        budget = replace(budget, unet_steps=args.unet_steps)
-    run(args.out, budget, args.seed, lora_only=args.lora_only)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

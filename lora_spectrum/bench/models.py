@@ -1,0 +1,184 @@
+"""What the benchmark runs on: the tiny demo pipeline, or the real SDXL UNet and Z-Image-Turbo transformer
+architectures with seeded random weights (hard-coded configs, never downloaded); their forward inputs; the epoch
+files. Nothing here times anything."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from lora_spectrum.bench.timing import quiet
+from lora_spectrum.errors import BaseLoadError
+
+MODELS = ("tiny", "sdxl-size", "z-image-size")
+
+# stabilityai/stable-diffusion-xl-base-1.0, unet/config.json (hard-coded: the benchmark never downloads).
+SDXL_UNET_CONFIG = {
+    "act_fn": "silu", "addition_embed_type": "text_time", "addition_embed_type_num_heads": 64,
+    "addition_time_embed_dim": 256, "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280],
+    "center_input_sample": False, "class_embed_type": None, "class_embeddings_concat": False, "conv_in_kernel": 3,
+    "conv_out_kernel": 3, "cross_attention_dim": 2048, "cross_attention_norm": None,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], "downsample_padding": 1,
+    "dual_cross_attention": False, "encoder_hid_dim": None, "encoder_hid_dim_type": None, "flip_sin_to_cos": True,
+    "freq_shift": 0, "in_channels": 4, "layers_per_block": 2, "mid_block_only_cross_attention": None,
+    "mid_block_scale_factor": 1, "mid_block_type": "UNetMidBlock2DCrossAttn", "norm_eps": 1e-05,
+    "norm_num_groups": 32, "num_attention_heads": None, "num_class_embeds": None, "only_cross_attention": False,
+    "out_channels": 4, "projection_class_embeddings_input_dim": 2816, "resnet_out_scale_factor": 1.0,
+    "resnet_skip_time_act": False, "resnet_time_scale_shift": "default", "sample_size": 128,
+    "time_cond_proj_dim": None, "time_embedding_act_fn": None, "time_embedding_dim": None,
+    "time_embedding_type": "positional", "timestep_post_act": None, "transformer_layers_per_block": [1, 2, 10],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "upcast_attention": None,
+    "use_linear_projection": True,
+}  # fmt: skip
+
+# Tongyi-MAI/Z-Image-Turbo, transformer/config.json.
+ZIMAGE_TRANSFORMER_CONFIG = {
+    "all_f_patch_size": [1], "all_patch_size": [2], "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512],
+    "cap_feat_dim": 2560, "dim": 3840, "in_channels": 16, "n_heads": 30, "n_kv_heads": 30, "n_layers": 30,
+    "n_refiner_layers": 2, "norm_eps": 1e-05, "qk_norm": True, "rope_theta": 256.0, "t_scale": 1000.0,
+}  # fmt: skip
+
+
+def _fill_random(model: torch.nn.Module, seed: int) -> None:
+    """Seeded random weights in the model's dtype, in seconds rather than minutes.
+
+    Hand-written instead of the modules' own initialisers (minutes of CPU for billions of values): every weight
+    matrix is a slice of one random pool scaled by 1/sqrt(fan_in), so activations keep a sane size through the
+    network; norms get ones, biases zeros.
+    """
+    param = next(model.parameters())
+    gen = torch.Generator(param.device).manual_seed(seed)
+    pool = torch.empty(1 << 22, dtype=param.dtype, device=param.device)
+    pool.uniform_(-math.sqrt(3.0), math.sqrt(3.0), generator=gen)  # unit variance
+    rng = random.Random(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                flat, n, i = p.view(-1), p.numel(), 0
+                off = rng.randrange(pool.numel() // 2)
+                while i < n:
+                    k = min(n - i, pool.numel() - off)
+                    flat[i:i + k].copy_(pool[off:off + k])
+                    i, off = i + k, 0
+                flat.mul_(1.0 / math.sqrt(p[0].numel()))
+            elif name.endswith("weight") or p.ndim == 0:
+                p.fill_(1.0)
+            else:
+                p.zero_()
+
+
+def _materialise(cls, config: dict, device: torch.device, dtype: torch.dtype, seed: int):
+    """Build ``cls(**config)`` on the meta device (no memory, no init), then allocate it on ``device`` and fill it."""
+    with quiet(), torch.device("meta"):
+        model = cls(**config).to(dtype)
+    model.to_empty(device=device)
+    _fill_random(model, seed)
+    return model.eval().requires_grad_(False)
+
+
+def build_model(model: str, device: torch.device, dtype: torch.dtype):
+    """(pipeline, family name). The size models get a pipeline holding only the denoiser: enough for diffusers'
+    LoRA loaders and for the swapper, which never touch the other components."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel, ZImagePipeline, ZImageTransformer2DModel
+
+    from lora_spectrum import demo
+
+    if model == "tiny":
+        pipe = demo.build_tiny_sdxl(seed=0).to(device=device, dtype=dtype)
+        return pipe, "sdxl"
+    if model == "sdxl-size":
+        unet = _materialise(UNet2DConditionModel, SDXL_UNET_CONFIG, device, dtype, seed=0)
+        return StableDiffusionXLPipeline(vae=None, text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                         tokenizer_2=None, unet=unet, scheduler=None), "sdxl"
+    transformer = _materialise(ZImageTransformer2DModel, ZIMAGE_TRANSFORMER_CONFIG, device, dtype, seed=0)
+    return ZImagePipeline(scheduler=None, vae=None, text_encoder=None, tokenizer=None,
+                          transformer=transformer), "z-image"
+
+
+def _zimage_params() -> int:
+    from diffusers import ZImageTransformer2DModel
+
+    with quiet(), torch.device("meta"):
+        return sum(p.numel() for p in ZImageTransformer2DModel(**ZIMAGE_TRANSFORMER_CONFIG).parameters())
+
+
+def check_memory(model: str, device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse, with the reason, a size model that does not fit (the Z-Image transformer is ~12 GB in bf16)."""
+    if model != "z-image-size":
+        return
+    import psutil
+
+    need = _zimage_params() * torch.tensor([], dtype=dtype).element_size()
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if free < need * 1.2:
+            raise BaseLoadError(f"z-image-size needs about {need * 1.2 / 2**30:.1f} GiB of free GPU memory; "
+                                f"{free / 2**30:.1f} GiB is free. Use --model sdxl-size, or a larger GPU")
+        need = 2 * 2**30  # the CPU side only holds the files' buffers
+    available = psutil.virtual_memory().available
+    if available < need * 1.25 + 2 * 2**30:
+        raise BaseLoadError(f"z-image-size needs about {(need * 1.25 + 2 * 2**30) / 2**30:.1f} GiB of free RAM "
+                            f"(the transformer alone is {need / 2**30:.1f} GiB in {str(dtype).removeprefix('torch.')})"
+                            f"; {available / 2**30:.1f} GiB is available. Skipped: use --model sdxl-size, or a "
+                            f"machine with more memory")
+
+
+def forward_inputs(family: str, denoiser, device: torch.device, dtype: torch.dtype, latent: int,
+                    batch: int = 1) -> Callable:
+    """A closure running one denoiser forward on fixed random inputs, returning the output. With ``batch`` > 1
+    every sample gets the same inputs (a grid's epochs share prompt and seed), the output keeps the batch."""
+    gen = torch.Generator("cpu").manual_seed(0)
+
+    def rand(*shape):
+        one = torch.randn(1, *shape[1:], generator=gen).to(device=device, dtype=dtype)
+        return one.expand(shape[0], *shape[1:]).contiguous()
+
+    if family == "sdxl":
+        cfg = denoiser.config
+        sample = rand(batch, cfg.in_channels, latent, latent)
+        hidden = rand(batch, 77, cfg.cross_attention_dim)
+        embeds_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        size = float(latent * 8)
+        added = {"text_embeds": rand(batch, embeds_dim),
+                 "time_ids": torch.tensor([[size, size, 0.0, 0.0, size, size]] * batch, device=device, dtype=dtype)}
+        timestep = torch.tensor([500.0] * batch, device=device)
+
+        def run():
+            return denoiser(sample, timestep, hidden, added_cond_kwargs=added).sample
+    else:
+        cfg = denoiser.config
+        x = [rand(1, cfg.in_channels, 1, latent, latent)[0]] * batch
+        caption = [rand(1, 32, cfg.cap_feat_dim)[0]] * batch
+        timestep = torch.tensor([0.5] * batch, device=device, dtype=dtype)
+
+        def run():
+            out = denoiser(x, timestep, caption, return_dict=False)[0]
+            return out[0] if batch == 1 else torch.stack(out)
+
+    def forward():
+        with torch.no_grad():
+            return run()
+
+    return forward
+
+def write_epochs(denoiser, family: str, rank: int, epochs: int, folder: Path, dtype: torch.dtype) -> list[Path]:
+    """``epochs`` kohya (SDXL) / musubi (Z-Image) files on the attention projections, one layout, different values:
+    one random LoRA drawn once, its up-projections scaled per epoch as a growing training run would."""
+    from safetensors.torch import save_file
+
+    from lora_spectrum import demo
+
+    base = demo.make_lora_state_dict(denoiser, family, rank=rank, seed=0, dtype=dtype)
+    paths = []
+    for e in range(1, epochs + 1):
+        scale = demo.growth(e, scale=epochs / 2)
+        sd = {k: (v * scale).contiguous() if ".lora_up." in k else v for k, v in base.items()}
+        meta = demo.kohya_metadata("bench", e, 100, rank, float(rank), family, epochs)
+        path = folder / f"bench-{e:06d}.safetensors"
+        save_file(sd, str(path), metadata=meta)
+        paths.append(path)
+    return paths

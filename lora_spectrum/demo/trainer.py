@@ -1,0 +1,147 @@
+"""``python -m lora_spectrum.demo.trainer``: train the demo that learns and write the shipped folders.
+
+Runs the stages of ``training_steps.py`` in order (the data from ``shapes.py``) and writes the folders that
+``assets.py`` names, the training report and the README. The manual: ``docs/demo.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from lora_spectrum.demo.assets import ASSETS_DIR, BASE_DIRNAME, LOGS_DIRNAME, LORAS_DIRNAME, RECOMMENDED, SERIES
+from lora_spectrum.demo.shapes import BACKGROUNDS, COLOURS, SHAPES, SIZE, TRIGGER, make_dataset
+from lora_spectrum.demo.training_steps import (
+    FULL,
+    QUICK,
+    Budget,
+    build_pipeline,
+    encode_latents,
+    log,
+    refine_decoder,
+    train_base,
+    train_lora,
+    train_vae,
+)
+
+
+def save_base(pipe, folder: Path, fp16: bool = True) -> Path:
+    """Write the base (without any adapter) as a diffusers folder, fp16 safetensors, tokenizers included."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if fp16:
+        pipe.to(torch.float16)
+    pipe.save_pretrained(str(folder), safe_serialization=True)
+    if fp16:
+        pipe.to(torch.float32)
+    return folder
+
+
+def write_readme(out: Path, report: dict) -> None:
+    text = (
+        "# LoRA Spectrum demo assets\n\n"
+        "Made by `python -m lora_spectrum.demo.trainer --out lora_spectrum/demo/assets_data` (seeded; CPU).\n\n"
+        f"- `{BASE_DIRNAME}/`: a tiny StableDiffusionXLPipeline trained on procedural shapes. Prompt "
+        "\"a <colour> <shape> on a <background> background\" with colours "
+        f"{', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; backgrounds {', '.join(BACKGROUNDS)}.\n"
+        f"- `{LORAS_DIRNAME}/`: `{SERIES}_<epoch>.safetensors`, a style LoRA (thick dark ink outlines, trigger "
+        f"\"{TRIGGER}\") in kohya format with kohya metadata, one file per saved epoch.\n"
+        f"- `{LOGS_DIRNAME}/{SERIES}/network_train/`: its TensorBoard log (loss/current, loss/average, loss/epoch).\n\n"
+        f"Render at {SIZE}x{SIZE}, {RECOMMENDED['steps']} steps, guidance {RECOMMENDED['guidance']}, "
+        f"sampler {RECOMMENDED['sampler']}.\n\n"
+        "Training report:\n\n```json\n" + json.dumps(report, indent=2) + "\n```\n"
+    )
+    (out / "README.md").write_text(text, encoding="utf-8")
+
+
+def run(out: str | Path, budget: Budget = FULL, seed: int = 0, lora_only: bool = False) -> dict:
+    """Train everything and write ``out/base-sdxl``, ``out/loras``, ``out/logs``, ``out/training_report.json`` and
+    ``out/README.md``. ``lora_only`` keeps the base already in ``out`` and retrains only the LoRA run."""
+    import shutil
+    import tempfile
+
+    from diffusers import StableDiffusionXLPipeline
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    report_path = out / "training_report.json"
+    report: dict = json.loads(report_path.read_text(encoding="utf-8")) if lora_only else {}
+    report.update({"seed": seed, "budget": budget.__dict__})
+    report.setdefault("minutes", {})
+    torch.manual_seed(seed)
+    # 1. Data: the base set (plain shapes) and the style set (ink outlines), both procedural and seeded.
+    base_x, base_captions = make_dataset(budget.base_images, seed=seed + 1)
+    style_x, style_captions = make_dataset(budget.style_images, seed=seed + 2, ink=True)
+    if not lora_only:
+        with tempfile.TemporaryDirectory(prefix="lora_spectrum_tok_") as tok_dir:
+            # 2. The untrained pipeline.
+            pipe = build_pipeline(seed, tok_dir)
+            report["parameters"] = {name: sum(p.numel() for p in getattr(pipe, name).parameters())
+                                    for name in ("unet", "vae", "text_encoder", "text_encoder_2")}
+            # 3. VAE on both sets, one third outlined (it is a codec: it must reproduce the dark outlines it will
+            #    be asked to decode).
+            t0 = time.perf_counter()
+            vae_x = torch.cat([base_x[: 2 * budget.base_images // 3], make_dataset(budget.base_images // 3,
+                                                                                    seed=seed + 3, ink=True)[0]])
+            report["vae_l1"] = train_vae(pipe.vae, vae_x, budget, seed)
+            pipe.vae.requires_grad_(False)
+            report["minutes"]["vae"] = round((time.perf_counter() - t0) / 60, 2)
+            # 4. UNet + text encoders on the base set.
+            t0 = time.perf_counter()
+            means, stds = encode_latents(pipe.vae, base_x)
+            report["unet_loss"] = train_base(pipe, means, stds, base_captions, budget, seed)
+            report["minutes"]["unet"] = round((time.perf_counter() - t0) / 60, 2)
+            # 5. Refine the VAE decoder (the encoder, hence every latent, stays as the UNet learned it).
+            t0 = time.perf_counter()
+            report["vae_decoder_l1"] = refine_decoder(pipe.vae, vae_x, budget.vae_decoder_steps, seed)
+            report["minutes"]["vae_decoder"] = round((time.perf_counter() - t0) / 60, 2)
+            # 6. Save the base before any adapter is added.
+            save_base(pipe, out / BASE_DIRNAME)
+    # 7. The style LoRA, from the saved (fp16-rounded) base so the epochs fit the shipped weights exactly; old
+    #    epoch files and logs of this series are removed first, so nothing stale is left beside the new run.
+    for old in (out / LORAS_DIRNAME).glob(f"{SERIES}_*.safetensors"):
+        old.unlink()
+    shutil.rmtree(out / LOGS_DIRNAME / SERIES, ignore_errors=True)
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(out / BASE_DIRNAME), torch_dtype=torch.float32,
+                                                     local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+        m.requires_grad_(False)
+    t0 = time.perf_counter()
+    s_means, s_stds = encode_latents(pipe.vae, style_x)
+    saved = train_lora(pipe, s_means, s_stds, style_captions, budget, seed, out / LORAS_DIRNAME, out / LOGS_DIRNAME)
+    report["minutes"]["lora"] = round((time.perf_counter() - t0) / 60, 2)
+    report["epochs"] = [p.name for p in saved]
+    report["minutes"]["total"] = round(sum(v for k, v in report["minutes"].items() if k != "total"), 2)
+    report_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_readme(out, report)
+    log(f"done in {(time.perf_counter() - t_start) / 60:.2f} min: {out}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lora_spectrum.demo.trainer", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(ASSETS_DIR), help="output folder (default: the shipped assets_data)")
+    parser.add_argument("--quick", action="store_true", help="a few steps of everything (smoke test)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unet-steps", type=int, default=None, help="override the UNet step count")
+    parser.add_argument("--lora-only", action="store_true", help="keep the base in --out; retrain only the LoRA")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 is often fastest on a busy, shared CPU)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    budget = QUICK if args.quick else FULL
+    if args.unet_steps is not None:
+        budget = replace(budget, unet_steps=args.unet_steps)
+    run(args.out, budget, args.seed, lora_only=args.lora_only)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""``bench --model tiny``: every figure the issue asks for is present, numeric and positive where it must be.
+
+No timing thresholds: timings belong to the benchmark, not to tests. The run is the shared ``result`` fixture.
+"""
+
+from __future__ import annotations
+
+from lora_spectrum.cli import main
+from tests.bench.figures import positive
+
+
+def test_every_timing_is_a_positive_median(result):
+    for key in ("floor_s", "read_only_s", "swap_cold_s", "swap_warm_s", "swap_first_s", "diffusers_hotswap_s",
+                "diffusers_reload_s", "pipeline_reload_s", "forward_base_s", "adapter_mb", "build_s", "total_s"):
+        assert positive(result[key]), (key, result.get(key))
+    assert set(result["forward_active_s"]) == {"unfused", "fused"}
+    assert positive(result["swap_fused_s"]) and positive(result["fused_pristine_mb"])
+    assert all(positive(v) for v in result["forward_active_s"].values())
+    for name, n in result["repeats"].items():
+        assert isinstance(n, int) and n >= 1, name
+
+
+def test_identity_and_reproduction_fields(result):
+    assert (result["model"], result["device"], result["dtype"]) == ("tiny", "cpu", "float32")
+    assert result["gpu"] is None
+    assert result["rank"] == 8 and result["epochs"] == 3 and result["swaps"] == 20
+    assert result["adapter_tensors"] > 0
+    assert "bench --model tiny" in result["command"] and "--swaps 20" in result["command"]
+    assert set(result["methods"]) >= {"floor", "swap_cold", "swap_warm", "diffusers_reload", "diffusers_hotswap",
+                                      "pipeline_reload", "forward"}
+
+
+def test_ratios_and_targets_are_all_filled(result):
+    ratios = result["ratios"]
+    for key in ("cold_vs_floor", "warm_vs_floor", "diffusers_hotswap_vs_cold", "diffusers_reload_vs_cold",
+                "pipeline_reload_vs_cold"):
+        assert positive(ratios[key]), key
+    assert positive(ratios["forward_active_vs_base"]["unfused"])
+    assert positive(ratios["forward_active_vs_base"]["fused"]) and positive(ratios["swap_fused_vs_warm"])
+    assert {"fused_forward_within_2pct_of_base", "fused_base_restored_bit_exact"} <= set(result["targets"])
+    assert any(n.startswith("fused_forward_within_2pct_of_base: on a CPU") for n in result["notes"])
+    assert result["targets"] and all(isinstance(v, bool) for v in result["targets"].values())
+
+
+def test_memory_figures(result):
+    assert isinstance(result["memory_growth_mb"], float)
+    for when in ("before_swaps", "after_swaps"):
+        assert positive(result["memory"][when]["rss_mb"])
+        assert "cuda_allocated_mb" not in result["memory"][when], "CUDA figures only on a GPU"
+    assert positive(result["memory"]["resident_adapters_mb"])
+
+
+def test_cli_refuses_bad_values_in_one_line(capsys):
+    assert main(["bench", "--model", "tiny", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs >= 2" in err and len(err.strip().splitlines()) == 1
