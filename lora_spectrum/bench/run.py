@@ -131,7 +131,7 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
     swap_fused_s = median(ours["fused_swaps"])
     growth = ours["after"]["rss_mb"] - ours["before"]["rss_mb"]
     seq_s, routed_s, setup_s = median(routed["sequential"]), median(routed["routed"]), median(routed["setup"])
-    steps = family.defaults.steps
+    steps = family.defaults.sampling.steps
     grid_routed = {
         "epochs": routed["epochs"], "steps": steps,
         "epoch_by_epoch_step_s": seq_s, "routed_step_s": routed_s, "routed_setup_s": setup_s,

@@ -186,6 +186,7 @@ def count_text_encoder_forwards(family: str, folder: Path) -> dict:
     from lora_spectrum import demo
     from lora_spectrum.engine import Engine, RenderRequest
     from lora_spectrum.families import get_family
+    from lora_spectrum.sampling import Sampling
 
     fam = get_family(family)
     pipe = demo.build_tiny(family, seed=0, workdir=folder / "tok")
@@ -195,7 +196,7 @@ def count_text_encoder_forwards(family: str, folder: Path) -> dict:
     prompt = f"{demo.DEMO_TRIGGER}, a red circle"
     for path in loras:
         for seed in (1, 2):  # 32x32 and one step: only the count matters here
-            engine.render(RenderRequest(prompt, "", (seed,), 1, 0.0, 32, 32, sampler), str(path))
+            engine.render(RenderRequest(prompt, (seed,), Sampling("", 1, 0.0, 32, 32, sampler)), str(path))
     encoders = len(fam.text_encoders(pipe))
     return {"plan": "5 epochs x 2 seeds, 1 prompt, one render per cell", "cells": len(loras) * 2,
             "distinct_prompts": 1, "prompt_encodings": engine.prompt_encodings,

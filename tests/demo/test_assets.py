@@ -13,14 +13,16 @@ from safetensors import safe_open
 from lora_spectrum.demo import assets, shapes
 from lora_spectrum.engine import Engine, RenderRequest
 from lora_spectrum.families import get_family
+from lora_spectrum.sampling import Sampling
 
 SEEDS = (1, 2)
 
 
 def _request(prompt: str) -> RenderRequest:
     r = assets.RECOMMENDED
-    return RenderRequest(prompt, seeds=SEEDS, steps=r["steps"], guidance=r["guidance"], width=r["width"],
-                         height=r["height"], sampler=r["sampler"])
+    sampling = Sampling(steps=r["steps"], guidance=r["guidance"], width=r["width"], height=r["height"],
+                        sampler=r["sampler"])
+    return RenderRequest(prompt, SEEDS, sampling)
 
 
 def _epochs() -> list:
