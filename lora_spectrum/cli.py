@@ -144,8 +144,8 @@ def _cmd_grid(args) -> int:
     try:
         # 1. Settings, then the command line on top.
         settings = load_settings(args.config)
-        if args.base:
-            settings.base = args.base
+        if args.base:  # a base named here is read for its own family, not the config's
+            settings.base, settings.family = args.base, "auto"
         if args.family:
             settings.family = args.family
         if args.device:
@@ -164,7 +164,9 @@ def _cmd_grid(args) -> int:
         engine = choice.engine
         catalog = choice.catalog()
         catalog.scan()
-        columns = select_columns(catalog, args.series, args.epochs, args.include_base, engine.family.name)
+        columns, skipped = select_columns(catalog, args.series, args.epochs, args.include_base, engine.family.name)
+        for name, why in skipped:
+            print(f"skipped {name}: {why}", file=sys.stderr)
         sampling = engine.defaults.sampling.override(negative_prompt=args.negative, steps=args.steps,
                                                      guidance=args.cfg, width=args.width, height=args.height,
                                                      sampler=args.sampler or None)

@@ -86,6 +86,7 @@ class Engine:
         self.dtype = next(family.denoiser(pipe).parameters()).dtype
         self.offload = offload
         self.note = note  # shown by the UI, e.g. why the demo is in use
+        self._model_hash: str | None = None
         # Render defaults: the family's YAML, overridden for bases that need others (the tiny demo).
         self.defaults = family.defaults.with_sampling(**(defaults or {}))
         self.max_sequence_length = max_sequence_length
@@ -101,6 +102,27 @@ class Engine:
         for te in family.text_encoders(pipe):
             te.register_forward_hook(self._count_te_forward)
         pipe.set_progress_bar_config(disable=True)
+
+    @property
+    def model_name(self) -> str:
+        """The base as PNG parameters name it: a repo id as it is, a local folder or file by its name only (a
+        shared image never tells where the base lives on this machine)."""
+        path = Path(self.base_id).expanduser()
+        if path.is_file():
+            return path.stem
+        return path.name if path.is_dir() else self.base_id
+
+    def model_hash(self) -> str | None:
+        """A1111's ``Model hash`` of a single-file base (the first 10 hex digits of its sha256, computed once);
+        None for diffusers folders and repo ids, which have no single file to hash."""
+        path = Path(self.base_id).expanduser()
+        if not path.is_file():
+            return None
+        if self._model_hash is None:
+            from lora_spectrum.catalog import file_sha256
+
+            self._model_hash = file_sha256(path)[:10]
+        return self._model_hash
 
     def _count_te_forward(self, *_):
         self.text_encoder_forwards += 1

@@ -7,7 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_spectrum.errors import BaseLoadError, ConfigError
+from lora_spectrum.errors import BaseLoadError, ConfigError, HeaderError, reason, translated
+from lora_spectrum.lora_keys import read_header
 from lora_spectrum.settings import FamilyDefaults, load_family_defaults
 
 FAMILY_NAMES = ("sdxl", "z-image")
@@ -90,22 +91,24 @@ def get_family(name: str) -> Family:
 
 
 def detect_family(base: str, local_files_only: bool = True) -> str:
-    """Read the family from the base's ``model_index.json`` (folder, or repo id in the local HF cache).
-
-    A single ``.safetensors``/``.ckpt`` file is taken as SDXL (the only single-file family supported).
-    """
+    """Read the family from the base itself: a folder's (or a cached repo id's) ``model_index.json``, or a single
+    ``.safetensors`` file's tensor names (read from its header only). Raises ``BaseLoadError`` saying why not."""
     path = Path(base).expanduser()
     if path.is_file():
-        return "sdxl"
+        return _single_file_family(path)
     index = path / "model_index.json"
     if not index.is_file():
-        try:
-            from huggingface_hub import hf_hub_download
+        if path.is_dir() or base.startswith((".", "/", "~")):
+            raise BaseLoadError(f"{base}: no model_index.json there, so it is not a diffusers folder")
+        from huggingface_hub import hf_hub_download
 
+        def hub_error(exc: BaseException) -> BaseLoadError:
+            where = "in the local Hugging Face cache (local_files_only: true)" if local_files_only else "on the hub"
+            return BaseLoadError(f"{base}: not found {where} ({reason(exc)}); download it once with "
+                                 f"local_files_only: false, or point base: at a local folder")
+
+        with translated(hub_error):
             index = Path(hf_hub_download(base, "model_index.json", local_files_only=local_files_only))
-        except Exception as exc:  # noqa: BLE001 - any hub failure means "cannot tell"; translated here
-            raise BaseLoadError(f"{base}: cannot read model_index.json to detect the family ({exc}); "
-                                f"set family: sdxl or z-image in the config") from exc
     try:
         class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
     except (OSError, json.JSONDecodeError) as exc:
@@ -114,3 +117,21 @@ def detect_family(base: str, local_files_only: bool = True) -> str:
         raise BaseLoadError(f"{base}: pipeline {class_name!r} is not supported; LoRA Spectrum supports "
                             f"{', '.join(sorted(_PIPELINE_TO_FAMILY))}")
     return _PIPELINE_TO_FAMILY[class_name]
+
+
+def _single_file_family(path: Path) -> str:
+    """SDXL checkpoints (original layout) hold ``conditioner.embedders.1``; Z-Image ones its refiner blocks.
+    Other single files are named by what they are not; pickles are never opened."""
+    if path.suffix.lower() != ".safetensors":
+        return "sdxl"  # refused with the reason when it is loaded: pickle checkpoints are never unpickled
+    try:
+        table = read_header(path, path.stat().st_size).table
+    except (HeaderError, OSError) as exc:
+        raise BaseLoadError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
+    names = " ".join(list(table)[:5000])
+    if "noise_refiner" in names or "context_refiner" in names:
+        return "z-image"
+    if "conditioner.embedders.1" in names or "add_embedding" in names or "label_emb" in names:
+        return "sdxl"
+    raise BaseLoadError(f"{path}: not an SDXL or Z-Image checkpoint (its tensor names fit neither); give "
+                        f"--family if you know better")

@@ -22,11 +22,13 @@ def _quote(value: str) -> str:
     return json.dumps(value, ensure_ascii=False) if ("," in value or ":" in value or '"' in value) else value
 
 
-def parameters_text(cell: Cell, sampling: Sampling, base: str) -> str:
-    """A1111's ``parameters`` text: prompt, ``Negative prompt:`` line, then ``Key: value`` pairs."""
+def parameters_text(cell: Cell, sampling: Sampling, model: str, model_hash: str | None = None) -> str:
+    """A1111's ``parameters`` text: prompt, ``Negative prompt:`` line, then ``Key: value`` pairs. ``model`` is
+    the base's name (``Engine.model_name``), never a local path."""
     prompt = cell.prompt
     pairs = [("Steps", str(sampling.steps)), ("Sampler", sampling.sampler), ("CFG scale", f"{sampling.guidance:g}"),
-             ("Seed", str(cell.seed)), ("Size", f"{sampling.width}x{sampling.height}"), ("Model", base)]
+             ("Seed", str(cell.seed)), ("Size", f"{sampling.width}x{sampling.height}"),
+             ("Model hash", model_hash or ""), ("Model", model)]
     if cell.file is not None:
         name = Path(cell.file).name.removesuffix(".safetensors")
         prompt = f"{prompt} <lora:{name}:{cell.strength:g}>"

@@ -73,22 +73,30 @@ def make_plan(defaults, columns, seeds, strengths=(1.0,), prompts=("",), samplin
 
 
 def select_columns(catalog: Catalog, series: str | None, epochs: str, include_base: bool,
-                   family: str | None = None) -> list:
-    """Pick the series and epochs named on the command line, among the files usable on a base of ``family``;
-    raise ``CatalogError`` (series) or ``PlanError`` (epochs) listing the choices."""
+                   family: str | None = None) -> tuple[list, list[tuple[str, str]]]:
+    """The series and epochs named on the command line, among the files usable on a base of ``family``, and the
+    files of that series left out, each with why. Raises ``CatalogError`` (series) or ``PlanError`` (epochs,
+    naming a requested file that is unusable and why) listing the choices."""
     series, entries = catalog.choose_series(series, ready_only=True, family=family)
+    unusable = {e.name: (e, e.problem(family)) for e in catalog.series().get(series, []) if e.problem(family)}
+    skipped = [(name, f"{problem[0]}: {problem[1]}") for name, (_, problem) in unusable.items()]
     if epochs != "all":
         try:
             wanted = [int(x) for x in epochs.split(",") if x.strip()]
         except ValueError as exc:
             raise PlanError(f"--epochs must be 'all' or comma-separated numbers, not {epochs!r}") from exc
         have = {e.epoch: e for e in entries}
+        for w in wanted:
+            bad = next(((e, p) for e, p in unusable.values() if e.epoch == w), None)
+            if w not in have and bad:
+                raise PlanError(f"epoch {w} of series {series!r} is {bad[0].name}, which cannot be used: "
+                                f"{bad[1][0]}, {bad[1][1]}")
         missing = [w for w in wanted if w not in have]
         if missing:
             raise PlanError(f"epoch(s) {missing} not in series {series!r}; it has "
                             f"{', '.join(str(e.epoch) for e in entries)}")
-        entries = [have[w] for w in wanted]
-    return ([None] if include_base else []) + entries
+        entries, skipped = [have[w] for w in wanted], []
+    return ([None] if include_base else []) + entries, skipped
 
 
 # ---------------------------------------------------------------------------------------------- cells

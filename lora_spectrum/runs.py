@@ -91,7 +91,8 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
                     else:
                         c.image, c.seconds, c.swap_seconds = result.images[i], per_image, result.swap.seconds
                         c.routed = result.swap.kind.startswith("routed")
-                        c.png = encode_png(c.image, parameters_text(c, plan.sampling, engine.base_id))
+                        c.png = encode_png(c.image, parameters_text(c, plan.sampling, engine.model_name,
+                                                                    engine.model_hash()))
                         if cache:
                             cache.put(RenderCache.key(engine, plan.sampling, c), c.png, prune=False)
                     report(c)

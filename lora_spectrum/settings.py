@@ -37,7 +37,7 @@ class Settings:
     """The app's and the CLI's settings (``configs/default.yaml``)."""
 
     base: str = "Tongyi-MAI/Z-Image-Turbo"
-    family: str = "z-image"
+    family: str = "auto"  # sdxl | z-image | auto: read from the base (model_index.json, or the file's keys)
     loras: str = "loras"
     logs: str = ""
     device: str = "auto"

@@ -13,6 +13,7 @@ from PIL import Image
 
 from lora_spectrum.cli import main
 from lora_spectrum.grid_files import parse_parameters
+from tests.tiny import garbage
 
 
 @pytest.fixture
@@ -68,7 +69,8 @@ def test_parameters_chunk_round_trips(setup):
         ("2", "Euler", "4.5", "7", "64x64")
     assert params["Lora"] == "jimeng_150" and params["Lora epoch"] == "150" and params["Lora strength"] == "0.6"
     assert params["Lora hashes"] == f"jimeng_150: {cell['sha256'][:12]}"
-    assert params["Model"].endswith("base-sdxl")
+    assert params["Model"] == "base-sdxl", "the base's name, never its local path"
+    assert "Model hash" not in params, "a diffusers folder has no single file to hash"
 
 
 def test_cache_hits_and_changed_content_is_rendered_again(setup):
@@ -161,3 +163,36 @@ def test_grid_mix_renders_the_same_cells_and_refuses_zero(setup, capsys):
     capsys.readouterr()
     assert grid(config, loras, out, *args, "--mix", "0") == 2
     assert "--mix must be at least 1" in capsys.readouterr().err
+
+
+def test_epochs_all_lists_each_skipped_file_and_a_requested_unusable_epoch_names_its_file(setup, capsys):
+    config, loras, out = setup
+    (loras / "jimeng_10.safetensors").write_bytes(garbage(4096))
+    assert grid(config, loras, out, "--epochs", "all", "--prompt", "p", "--seeds", "1") == 0
+    err = capsys.readouterr().err
+    assert "skipped jimeng_10.safetensors: unreadable: not a safetensors file" in err
+    cells = json.loads((out / "manifest.json").read_text())["cells"]
+    assert [c["epoch"] for c in cells] == [20, 50, 80, 150, 220, 300]
+    assert grid(config, loras, out.with_name("two"), "--epochs", "20,10", "--prompt", "p") == 2
+    err = capsys.readouterr().err.strip()
+    assert "epoch 10 of series 'jimeng' is jimeng_10.safetensors, which cannot be used: unreadable" in err
+    assert len(err.splitlines()) == 1 and not out.with_name("two").exists()
+    assert grid(config, loras, out.with_name("three"), "--epochs", "20,11", "--prompt", "p") == 2
+    assert "epoch(s) [11] not in series 'jimeng'" in capsys.readouterr().err
+
+
+def test_a_base_named_on_the_command_line_brings_its_own_family(setup, tmp_path, capsys):
+    """The config says z-image; --base names an SDXL folder: its model_index.json decides, not the config."""
+    from lora_spectrum import demo
+
+    config, loras, out = setup
+    config.write_text(config.read_text() + "family: z-image\n")
+    base = tmp_path / "some-sdxl"
+    demo.build_tiny("sdxl", seed=0).save_pretrained(base)
+    assert main(["grid", "--config", str(config), "--base", str(base), "--loras", str(loras), "--out", str(out),
+                 "--epochs", "20", "--steps", "1", "--width", "64", "--height", "64", "--prompt", "p"]) == 0, \
+        capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["family"] == "sdxl"
+    params = parse_parameters(Image.open(out / manifest["cells"][0]["image"]).text["parameters"])
+    assert params["Model"] == "some-sdxl" and str(tmp_path) not in Image.open(out / manifest["cells"][0]["image"]).text["parameters"]

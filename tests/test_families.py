@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from lora_spectrum.errors import BaseLoadError, ConfigError
 from lora_spectrum.families import detect_family, get_family
@@ -17,21 +19,34 @@ def test_the_family_comes_from_model_index_json(tmp_path, class_name, family):
     assert detect_family(str(tmp_path)) == family
 
 
-def test_a_single_file_is_sdxl_and_unknown_pipelines_are_named(tmp_path):
-    single = tmp_path / "juggernautXL.safetensors"
-    single.write_bytes(b"x")
-    assert detect_family(str(single)) == "sdxl"
+def test_a_single_file_is_told_by_its_tensor_names_and_unknown_pipelines_are_named(tmp_path):
+    sdxl = tmp_path / "juggernautXL.safetensors"
+    save_file({"conditioner.embedders.1.model.ln_final.weight": torch.zeros(2),
+               "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2)}, str(sdxl))
+    assert detect_family(str(sdxl)) == "sdxl"
+    zimage = tmp_path / "z_image_turbo_bf16.safetensors"
+    save_file({"noise_refiner.0.attention.to_q.weight": torch.zeros(2)}, str(zimage))
+    assert detect_family(str(zimage)) == "z-image"
+    sd15 = tmp_path / "v1-5.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2)}, str(sd15))
+    with pytest.raises(BaseLoadError, match="not an SDXL or Z-Image checkpoint"):
+        detect_family(str(sd15))
+    (tmp_path / "garbage.safetensors").write_bytes(b"x")
+    with pytest.raises(BaseLoadError, match="not a readable safetensors checkpoint"):
+        detect_family(str(tmp_path / "garbage.safetensors"))
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     with pytest.raises(BaseLoadError, match="'FluxPipeline' is not supported"):
         detect_family(str(tmp_path))
     (tmp_path / "model_index.json").write_text("{not json")
     with pytest.raises(BaseLoadError, match="unreadable model_index.json"):
         detect_family(str(tmp_path))
+    with pytest.raises(BaseLoadError, match="no model_index.json there"):
+        detect_family(str(tmp_path / "missing"))
 
 
 def test_a_repo_id_not_in_the_cache_cannot_tell_without_the_network(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    with pytest.raises(BaseLoadError, match="set family: sdxl or z-image"):
+    with pytest.raises(BaseLoadError, match="not found in the local Hugging Face cache.*local_files_only: false"):
         detect_family("someone/not-cached-anywhere", local_files_only=True)
 
 
@@ -48,3 +63,15 @@ def test_every_offered_sampler_builds_and_others_are_refused(family):
 def test_unknown_families_are_named():
     with pytest.raises(ConfigError, match="unknown model family 'sd3'"):
         get_family("sd3")
+
+
+def test_an_engine_names_a_local_base_by_its_name_and_hashes_a_single_file(tmp_path):
+    engine = new_engine("sdxl")
+    assert engine.model_name == "tiny-sdxl" and engine.model_hash() is None
+    single = tmp_path / "juggernautXL_v9.safetensors"
+    save_file({"conditioner.embedders.1.x": torch.zeros(2)}, str(single))
+    engine.base_id = str(single)
+    import hashlib
+
+    assert engine.model_name == "juggernautXL_v9"
+    assert engine.model_hash() == hashlib.sha256(single.read_bytes()).hexdigest()[:10]

@@ -16,3 +16,11 @@ def test_parse_parameters_reads_a1111_text():
     cell = Cell(0, None, None, None, 3, 0.0, "only a prompt")
     back = parse_parameters(parameters_text(cell, Sampling("", 8, 5.0, 64, 64, "Euler"), "m"))
     assert back["prompt"] == "only a prompt" and back["Seed"] == "3" and "Lora" not in back
+
+
+def test_a_single_file_base_is_named_and_hashed_as_a1111_does():
+    cell = Cell(0, 20, "jimeng_20.safetensors", "ab" * 32, 3, 1.0, "a fox")
+    text = parameters_text(cell, Sampling("", 30, 7.0, 1024, 1024, "Euler"), "juggernautXL", "0123456789")
+    back = parse_parameters(text)
+    assert back["Model"] == "juggernautXL" and back["Model hash"] == "0123456789"
+    assert back["Lora hashes"] == "jimeng_20: abababababab" and back["prompt"] == "a fox <lora:jimeng_20:1>"

@@ -16,7 +16,7 @@ def write(tmp_path, text):
 
 def test_defaults_load_and_name_the_z_image_base():
     s = load_settings()
-    assert (s.base, s.family, s.loras, s.fuse, s.demo) == ("Tongyi-MAI/Z-Image-Turbo", "z-image", "loras", "auto",
+    assert (s.base, s.family, s.loras, s.fuse, s.demo) == ("Tongyi-MAI/Z-Image-Turbo", "auto", "loras", "auto",
                                                            "trained")
 
 
