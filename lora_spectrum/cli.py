@@ -103,11 +103,13 @@ def _cmd_inspect(args) -> int:
     if args.json:
         print(json.dumps([e.to_json() for e in entries], indent=2, ensure_ascii=False))
         return 0
-    rows = [("file", "series", "epoch", "state", "format", "rank", "alpha", "unet/dit", "te", "reason")]
+    rows = [("file", "series", "epoch", "step", "state", "format", "algorithm", "rank", "alpha", "unet/dit", "te",
+             "reason")]
     for e in entries:
-        rows.append((e.name, e.series, "" if e.epoch is None else str(e.epoch), e.state, e.format,
-                     "" if e.rank is None else str(e.rank), "" if e.alpha is None else f"{e.alpha:g}",
-                     str(e.denoiser_keys), str(e.text_encoder_keys), e.reason))
+        rows.append((e.name, e.series, "" if e.epoch is None else str(e.epoch), "" if e.step is None else str(e.step),
+                     e.state, e.format, e.algorithm, "" if e.rank is None else str(e.rank),
+                     "" if e.alpha is None else f"{e.alpha:g}", str(e.denoiser_keys), str(e.text_encoder_keys),
+                     e.reason or e.unsupported))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])

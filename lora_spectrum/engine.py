@@ -26,6 +26,8 @@ from lora_spectrum.errors import (
     OutOfMemoryError,
     PlanError,
     RenderError,
+    reason,
+    shorten,
     translated,
 )
 from lora_spectrum.families import Family, detect_family, get_family
@@ -376,11 +378,11 @@ def _render_error(exc: BaseException) -> RenderError:
     """A library error raised while rendering, as the engine reports it (out of memory gets its own type)."""
     if is_out_of_memory(exc):
         return OutOfMemoryError(str(exc))
-    return RenderError(f"render failed ({type(exc).__name__}: {exc})")
+    return RenderError(f"render failed ({reason(exc)})")
 
 
 def _load_error(base: str, family: str, exc: BaseException) -> BaseLoadError:
-    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if "safetensors" in reason:
-        reason += "; only safetensors weights are loaded, never pickle-based .bin files"
-    return BaseLoadError(f"{base}: cannot load the {family} base ({reason})")
+    why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "safetensors" in why:
+        why += "; only safetensors weights are loaded, never pickle-based .bin files"
+    return BaseLoadError(f"{base}: cannot load the {family} base ({shorten(why, 300)})")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.engine import RenderRequest, Route
-from lora_spectrum.errors import Cancelled, LoraSpectrumError
+from lora_spectrum.errors import Cancelled, LoraSpectrumError, shorten
 from lora_spectrum.grid_files import encode_png, parameters_text
 from lora_spectrum.plan import Cell, GroupKey, Plan, calls, column_label, groups, jobs, plan_cells
 from lora_spectrum.render_cache import RenderCache
@@ -87,7 +87,7 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
                     continue
                 for i, c in enumerate(todo):
                     if isinstance(result, Exception):
-                        c.error = str(result)
+                        c.error = shorten(str(result))
                     else:
                         c.image, c.seconds, c.swap_seconds = result.images[i], per_image, result.swap.seconds
                         c.routed = result.swap.kind.startswith("routed")
