@@ -144,7 +144,7 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_insight(args) -> int:
-    from lora_spectrum.metrics import folder_insight, format_insight
+    from lora_spectrum.measures import folder_insight, format_insight
 
     result = folder_insight(args.loras, series=args.series, logs=args.logs, grid=args.grid,
                             clip_model=args.clip_model, allow_download=args.clip_download)

@@ -584,11 +584,11 @@ def grid_command(args, out, err) -> int:
 
 def _add_insight(out_dir, manifest: dict, catalog: Catalog, columns) -> None:
     """Add the epoch measures (weight and image curves, suggestion) to the written manifest."""
-    from lora_spectrum import metrics
+    from lora_spectrum import measures
 
     series = next((c.series for c in columns if c is not None), None)
     try:
-        manifest["insight"] = metrics.folder_insight(catalog.folder, series=series, grid=out_dir)
+        manifest["insight"] = measures.folder_insight(catalog.folder, series=series, grid=out_dir)
     except LoraSpectrumError as exc:
         manifest["insight"] = {"error": str(exc)}
     path = Path(out_dir) / "manifest.json"
