@@ -144,9 +144,12 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_insight(args) -> int:
-    from lora_spectrum.measures import folder_insight, format_insight
+    from lora_spectrum.catalog import Catalog
+    from lora_spectrum.measures import format_insight, series_insight
 
-    result = folder_insight(args.loras, series=args.series, logs=args.logs, grid=args.grid,
+    catalog = Catalog(args.loras)
+    catalog.scan()
+    result = series_insight(catalog, series=args.series, logs=args.logs, grid=args.grid,
                             clip_model=args.clip_model, allow_download=args.clip_download)
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else format_insight(result))
     return 0

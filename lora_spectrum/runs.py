@@ -588,7 +588,8 @@ def _add_insight(out_dir, manifest: dict, catalog: Catalog, columns) -> None:
 
     series = next((c.series for c in columns if c is not None), None)
     try:
-        manifest["insight"] = measures.folder_insight(catalog.folder, series=series, grid=out_dir)
+        catalog.scan()  # the folder as it is now: files may have changed while the grid rendered
+        manifest["insight"] = measures.series_insight(catalog, series=series, grid=out_dir)
     except LoraSpectrumError as exc:
         manifest["insight"] = {"error": str(exc)}
     path = Path(out_dir) / "manifest.json"

@@ -23,14 +23,16 @@ def _epoch_loss(loss: dict | None, epoch: int | None) -> dict[str, float] | None
     return found or None
 
 
-def folder_insight(loras: str | Path | Catalog, series: str | None = None, logs: str | Path | None = None,
+def series_insight(catalog: Catalog, series: str | None = None, logs: str | Path | None = None,
                    grid: str | Path | None = None, *, cache: WeightCache | None = None,
                    clip_model: str | tuple | None = None, use_clip: bool = True, allow_download: bool = False,
                    progress: Progress | None = None, lenient: bool = False) -> dict:
-    """Weight curves, loss curve, image measures and a suggestion for one series; the shape is in docs/measures.md."""
+    """Weight curves, loss curve, image measures and a suggestion for one series; the shape is in docs/measures.md.
+
+    ``catalog`` is used as its caller last scanned it: this never lists the folder again, so the files measured are
+    the ones the caller's view or command showed.
+    """
     # 1. The series' files, from the catalog.
-    catalog = loras if isinstance(loras, Catalog) else Catalog(loras)
-    catalog.scan()
     series, entries = catalog.choose_series(series)
     ready = [e for e in entries if e.state == READY]
     skipped = [{"file": e.name, "reason": f"{e.state}: {e.reason}"} for e in entries if e.state != READY]

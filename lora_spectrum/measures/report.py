@@ -16,7 +16,7 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def format_insight(result: dict) -> str:
-    """``folder_insight``'s result as readable tables, ending with the suggestion."""
+    """``series_insight``'s result as readable tables, ending with the suggestion."""
     lines = [f"series {result['series']} in {result['folder']}: {len(result['epochs'])} epoch file(s)", ""]
     image = result.get("image")
 

@@ -60,7 +60,7 @@ def insight_view(settings, choice, catalog, controls) -> None:
     else:
         try:
             with st.spinner("Measuring the epochs..."):
-                result = measures.folder_insight(catalog, series=series, logs=logs, grid=grid,
+                result = measures.series_insight(catalog, series=series, logs=logs, grid=grid,
                                                  cache=_weight_cache(), lenient=True,
                                                  clip_model=settings.clip_model or None,
                                                  allow_download=not settings.local_files_only)

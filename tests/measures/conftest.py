@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from lora_spectrum import demo
-from lora_spectrum.measures.insight import folder_insight
+from lora_spectrum.measures.insight import series_insight
+from tests.measures.files import scanned
 
 
 @pytest.fixture(scope="session")
@@ -27,4 +28,4 @@ def demo_loras(unet, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_result(demo_loras) -> dict:
-    return folder_insight(demo_loras)
+    return series_insight(scanned(demo_loras))

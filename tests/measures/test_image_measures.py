@@ -9,7 +9,7 @@ import torch
 from lora_spectrum import demo
 from lora_spectrum.errors import ConfigError
 from lora_spectrum.measures.image_measures import image_measures
-from tests.measures.grids import write_grid
+from tests.measures.files import write_grid
 
 
 def test_pixel_distance_from_base_grows_with_the_epoch(tmp_path):
@@ -31,12 +31,14 @@ def test_pixel_distance_from_base_grows_with_the_epoch(tmp_path):
     assert rows[0]["change_from_previous"] is None and rows[1]["change_from_previous"] > 0
     assert all(r["seed_spread"] is not None and r["seed_spread"] >= 0 for r in rows)
 
+
 def test_clip_is_skipped_offline_instead_of_failing(tmp_path, monkeypatch):
     grid = write_grid(tmp_path / "grid", steps=(0.2,), seeds=(1,))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = image_measures(grid, clip_model="lora-spectrum-tests/no-such-clip")
     assert result["clip"] == {"skipped": True, "reason": result["clip"]["reason"]} and result["clip"]["reason"]
     assert result["measure"] == "pixel" and result["rows"][0]["clip_score"] is None
+
 
 def test_clip_measures_run_with_a_local_model(tmp_path):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
@@ -59,6 +61,7 @@ def test_clip_measures_run_with_a_local_model(tmp_path):
     for r in result["rows"]:
         assert 0 <= r["distance_from_base"] <= 2 and 0 <= r["clip_score"] <= 100
         assert r["pixel"]["distance_from_base"] > 0
+
 
 def test_missing_manifest_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no manifest.json"):

@@ -13,24 +13,35 @@ import pytest
 from lora_spectrum import demo
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.errors import CatalogError, ConfigError
-from lora_spectrum.measures.insight import folder_insight
+from lora_spectrum.measures.insight import series_insight
 from lora_spectrum.measures.report import format_insight
-from tests.measures.grids import write_grid
+from tests.measures.files import scanned, write_grid
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_folder_problems_are_reported_with_the_choices(demo_loras, unet, tmp_path):
     with pytest.raises(CatalogError, match="does not exist"):
-        folder_insight(tmp_path / "nowhere")
+        series_insight(scanned(tmp_path / "nowhere"))
     two = tmp_path / "two"
     demo.write_demo_loras(unet, two, "sdxl", epochs=(1, 2), series="alpha")
     demo.write_demo_loras(unet, two, "sdxl", epochs=(1, 2), series="beta")
     with pytest.raises(CatalogError, match=r"2 series.*alpha \(2 files\), beta \(2 files\)"):
-        folder_insight(two)
+        series_insight(scanned(two))
     with pytest.raises(CatalogError, match="no series 'gamma'.*alpha, beta"):
-        folder_insight(two, series="gamma")
-    assert folder_insight(Catalog(two), series="beta")["series"] == "beta"
+        series_insight(scanned(two), series="gamma")
+    assert series_insight(scanned(two), series="beta")["series"] == "beta"
+
+
+def test_the_catalog_is_measured_as_its_caller_scanned_it(unet, tmp_path):
+    demo.write_demo_loras(unet, tmp_path, "sdxl", epochs=(1, 2), series="alpha")
+    catalog = Catalog(tmp_path)
+    catalog.scan()
+    demo.write_demo_loras(unet, tmp_path, "sdxl", epochs=(3,), series="alpha")  # a file arrives after the scan
+    assert [e["epoch"] for e in series_insight(catalog)["epochs"]] == [1, 2]
+    catalog.scan()
+    assert [e["epoch"] for e in series_insight(catalog)["epochs"]] == [1, 2, 3]
+
 
 def test_insight_attaches_image_rows_to_epochs(demo_loras, tmp_path):
     grid = write_grid(tmp_path / "grid", steps=(0.1, 0.3))
@@ -39,12 +50,13 @@ def test_insight_attaches_image_rows_to_epochs(demo_loras, tmp_path):
         if c["file"]:
             c["file"] = {"s_10.safetensors": "jimeng_20.safetensors"}.get(c["file"], "jimeng_50.safetensors")
     (grid / "manifest.json").write_text(json.dumps(manifest))
-    result = folder_insight(demo_loras, grid=grid, use_clip=False)
+    result = series_insight(scanned(demo_loras), grid=grid, use_clip=False)
     by_file = {e["file"]: e["image"] for e in result["epochs"]}
     assert by_file["jimeng_20.safetensors"]["distance_from_base"] < by_file["jimeng_50.safetensors"][
         "distance_from_base"]
     assert by_file["jimeng_300.safetensors"] is None
     assert "image measure: pixel" in format_insight(result)
+
 
 def test_lenient_insight_keeps_the_curves_when_the_log_folder_is_empty(tmp_path):
     pipe = demo.build_tiny("sdxl")
@@ -52,11 +64,12 @@ def test_lenient_insight_keeps_the_curves_when_the_log_folder_is_empty(tmp_path)
     empty = tmp_path / "loras" / "logs"
     empty.mkdir()
     with pytest.raises(ConfigError):
-        folder_insight(tmp_path / "loras", logs=empty)
-    result = folder_insight(tmp_path / "loras", logs=empty, grid=tmp_path / "nogrid", lenient=True)
+        series_insight(scanned(tmp_path / "loras"), logs=empty)
+    result = series_insight(scanned(tmp_path / "loras"), logs=empty, grid=tmp_path / "nogrid", lenient=True)
     assert [e["epoch"] for e in result["epochs"]] == [20, 50] and result["loss"] is None
     assert any("training log not used" in n for n in result["notes"])
     assert any("image measures not available" in n for n in result["notes"])
+
 
 def test_format_insight_is_a_table_with_the_suggestion(demo_result):
     text = format_insight(demo_result)
@@ -85,6 +98,7 @@ def test_insight_command_prints_the_documented_json(demo_loras, tmp_path):
                                                                {"loss/epoch": pytest.approx(0.4)}, None]
     assert [m["step"] for m in result["loss"]["markers"]] == [10 * e for e in demo.DEMO_EPOCHS]
 
+
 def test_insight_command_takes_the_clip_model_and_says_why_it_was_skipped(demo_loras, tmp_path, capsys):
     from lora_spectrum.cli import main
 
@@ -95,6 +109,14 @@ def test_insight_command_takes_the_clip_model_and_says_why_it_was_skipped(demo_l
     clip = result["image"]["clip"]
     assert clip["skipped"] and "lora-spectrum-tests/no-such-clip" in clip["reason"]
     assert "no download attempted" in clip["reason"] and result["image"]["measure"] == "pixel"
+
+
+def test_insight_command_names_a_missing_loras_folder(tmp_path, capsys):
+    from lora_spectrum.cli import main
+
+    assert main(["insight", "--loras", str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere'}: loras folder does not exist" in capsys.readouterr().err
+
 
 def test_insight_command_names_the_series_to_choose(unet, tmp_path, capsys):
     from lora_spectrum.cli import main

@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 
 from lora_spectrum import demo
-from lora_spectrum.measures.insight import folder_insight
+from lora_spectrum.measures.insight import series_insight
 from lora_spectrum.measures.suggestion import suggest_epoch
+from tests.measures.files import scanned
 
 
 def _rows(changes, to_last):
     return [{"epoch": 10 * (i + 1), "file": f"s_{10 * (i + 1)}.safetensors", "label": f"epoch {10 * (i + 1)}",
              "weight_norm": 1.0, "relative_change": c, "relative_change_to_last": d, "cosine_to_last": 0.99}
             for i, (c, d) in enumerate(zip(changes, to_last, strict=True))]
+
 
 def test_suggestion_rules():
     settled = suggest_epoch(_rows([None, 0.5, 0.2, 0.04, 0.03], [0.6, 0.3, 0.1, 0.05, 0.0]))
@@ -27,9 +29,11 @@ def test_suggestion_rules():
     one = suggest_epoch(_rows([None], [0.0]))
     assert one["epoch"] == 10 and one["reason"].startswith("Suggestion:") and one["label"] == "suggestion"
 
+
 def _validation(values):
     return {"series": {"loss/validation/epoch_average": [(10 * (i + 1), v) for i, v in enumerate(values)]},
             "per_epoch": ["loss/validation/epoch_average"]}
+
 
 def test_a_rising_validation_loss_moves_the_suggestion_earlier():
     rows = _rows([None, 0.5, 0.2, 0.04, 0.03], [0.6, 0.3, 0.1, 0.05, 0.0])  # the weights alone: epoch 30
@@ -41,22 +45,24 @@ def test_a_rising_validation_loss_moves_the_suggestion_earlier():
     assert suggest_epoch(rows, loss=_validation([0.30, 0.25, 0.26, 0.33, 0.35]))["epoch"] == 30
     assert suggest_epoch(rows, loss=_validation([0.30, 0.28, 0.27, 0.26, 0.25]))["epoch"] == 30
 
+
 def test_demo_suggestion_names_an_epoch_with_its_numbers(demo_result):
     assert demo_result["suggested_epoch"] in demo.DEMO_EPOCHS
     assert demo_result["reason"].startswith(f"Suggestion: epoch {demo_result['suggested_epoch']}")
     assert demo_result["suggestion"]["numbers"]["relative_change_to_last"] is not None
     json.dumps(demo_result, allow_nan=False)  # plain, valid JSON
 
+
 def test_a_validation_loss_in_the_log_reaches_the_suggestion(demo_loras, tmp_path):
     """End to end from TensorBoard event files: the weights alone suggest epoch 220 of the demo series; a
     validation loss lowest at epoch 80 and 30% higher at 220 moves the suggestion to 80."""
     from torch.utils.tensorboard import SummaryWriter
 
-    assert folder_insight(demo_loras, use_clip=False)["suggested_epoch"] == 220
+    assert series_insight(scanned(demo_loras), use_clip=False)["suggested_epoch"] == 220
     values = {20: 0.40, 50: 0.33, 80: 0.30, 150: 0.34, 220: 0.39, 300: 0.45}
     with SummaryWriter(str(tmp_path / "logs")) as w:
         for epoch, v in values.items():
             w.add_scalar("loss/validation/epoch_average", v, epoch)
-    result = folder_insight(demo_loras, logs=tmp_path / "logs", use_clip=False)
+    result = series_insight(scanned(demo_loras), logs=tmp_path / "logs", use_clip=False)
     assert (result["suggested_epoch"], result["suggestion"]["rule"]) == (80, "validation loss")
     assert "30.0% higher at epoch 220" in result["reason"]

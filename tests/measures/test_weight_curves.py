@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 
 from lora_spectrum import demo
 from lora_spectrum.measures import weight_curves as curves
-from lora_spectrum.measures.insight import folder_insight
+from lora_spectrum.measures.insight import series_insight
+from tests.measures.files import scanned
 
 EVEN_EPOCHS = (20, 40, 60, 80, 100)
 
@@ -26,6 +27,7 @@ def test_norms_and_inner_products_match_the_dense_update():
     assert curves.sq_norm(f) == pytest.approx(float((dense_f**2).sum()), rel=1e-12)
     assert curves.inner(f, g) == pytest.approx(float((dense_f * dense_g).sum()), rel=1e-12)
     assert curves.inner(f, curves.LowRank(down=rng.normal(size=(3, 7)), up=rng.normal(size=(12, 3)))) is None
+
 
 def test_alpha_over_rank_scales_the_update_in_every_key_layout(tmp_path):
     # 1. The same update written as kohya (alpha = rank / 2), diffusers/peft (no alpha) and a conv LoCon layer.
@@ -53,6 +55,7 @@ def test_alpha_over_rank_scales_the_update_in_every_key_layout(tmp_path):
     assert math.sqrt(curves.sq_norm(conv["lora_unet_conv_in"])) == pytest.approx(dense)
     assert info["unsupported_keys"] == 1
 
+
 def test_layer_groups_cover_unet_and_dit_names():
     assert curves.layer_group("lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q") == "down"
     assert curves.layer_group("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn2_to_k") == "mid"
@@ -79,6 +82,7 @@ def test_demo_weight_norm_rises_and_change_shrinks(demo_result):
     assert rows[0]["relative_change"] is None and rows[0]["cosine_to_previous"] is None
     assert all(r["cosine_to_last"] > 0.99 for r in rows) and rows[-1]["cosine_to_last"] == pytest.approx(1.0)
 
+
 def test_norm_follows_the_demo_growth_and_groups_partition_the_total(demo_result):
     rows = demo_result["epochs"]
     for r in rows:
@@ -88,11 +92,13 @@ def test_norm_follows_the_demo_growth_and_groups_partition_the_total(demo_result
         parts = sum(g["weight_norm"] ** 2 for g in r["groups"].values())
         assert math.sqrt(parts) == pytest.approx(r["weight_norm"], rel=1e-4)
 
+
 def test_evenly_spaced_epochs_change_less_and_less(unet, tmp_path):
     demo.write_demo_loras(unet, tmp_path, "sdxl", epochs=EVEN_EPOCHS, series="even")
-    rows = folder_insight(tmp_path)["epochs"]
+    rows = series_insight(scanned(tmp_path))["epochs"]
     changes = [r["relative_change"] for r in rows[1:]]
     assert all(a > b for a, b in zip(changes, changes[1:], strict=False)), changes
+
 
 def test_cosine_to_last_grows_when_the_direction_drifts(unet, tmp_path):
     # Each epoch = growth * direction 1 + a drift along direction 2 that grows with the epoch (rank 4 + 4).
@@ -108,13 +114,14 @@ def test_cosine_to_last_grows_when_the_direction_drifts(unet, tmp_path):
             else:
                 sd[key] = torch.tensor(8.0)
         save_file(sd, str(tmp_path / f"drift_{epoch}.safetensors"))
-    rows = folder_insight(tmp_path)["epochs"]
+    rows = series_insight(scanned(tmp_path))["epochs"]
     cosines = [r["cosine_to_last"] for r in rows]
     assert all(a < b for a, b in zip(cosines, cosines[1:], strict=False)), cosines
 
+
 def test_weight_cache_is_reused_from_memory_and_disk(demo_loras, demo_result, tmp_path, monkeypatch):
     cache = curves.WeightCache(tmp_path / "cache")
-    first = folder_insight(demo_loras, cache=cache)
+    first = series_insight(scanned(demo_loras), cache=cache)
     n = len(demo.DEMO_EPOCHS)  # one record per file, per (previous, this) pair, per (this, last) pair not yet seen
     assert len(list((tmp_path / "cache").glob("*.json"))) == n + (n - 1) + (n - 2)
 
@@ -122,5 +129,5 @@ def test_weight_cache_is_reused_from_memory_and_disk(demo_loras, demo_result, tm
         raise AssertionError(f"{path} was read although its measures are cached")
 
     monkeypatch.setattr(curves, "read_lora_factors", no_reading)
-    again = folder_insight(demo_loras, cache=curves.WeightCache(tmp_path / "cache"))
+    again = series_insight(scanned(demo_loras), cache=curves.WeightCache(tmp_path / "cache"))
     assert again["epochs"] == first["epochs"] == demo_result["epochs"]

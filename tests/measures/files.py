@@ -1,4 +1,5 @@
-"""A synthetic rendered grid (PNG cells and the manifest ``runs.write_outputs`` writes) for the image measures."""
+"""What the measures read, as their callers give it: a scanned loras folder, and a synthetic rendered grid (PNG cells
+and the manifest ``runs.write_outputs`` writes)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,15 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from lora_spectrum.catalog import Catalog
+
+
+def scanned(folder: Path) -> Catalog:
+    """The catalog of ``folder``, scanned, as the CLI and the app hand it to ``series_insight``."""
+    catalog = Catalog(folder)
+    catalog.scan()
+    return catalog
 
 
 def write_grid(folder: Path, steps=(0.1, 0.25, 0.45, 0.7), seeds=(1, 2, 3)) -> Path:
