@@ -2,6 +2,7 @@
 
 from lora_spectrum.measures.insight import series_insight
 from lora_spectrum.measures.report import format_insight
+from lora_spectrum.measures.suggestion import Suggestion
 from lora_spectrum.measures.weight_curves import WeightCache
 
-__all__ = ["WeightCache", "format_insight", "series_insight"]
+__all__ = ["Suggestion", "WeightCache", "format_insight", "series_insight"]

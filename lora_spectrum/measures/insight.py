@@ -74,5 +74,5 @@ def series_insight(catalog: Catalog, series: str | None = None, logs: str | Path
     # 5. The suggestion.
     suggestion = suggest_epoch(epochs, image=image, loss=loss)
     return {"series": series, "folder": str(catalog.folder), "epochs": epochs, "skipped": skipped, "loss": loss,
-            "image": image, "notes": notes, "suggested_epoch": suggestion["epoch"], "suggested_file": suggestion["file"],
-            "reason": suggestion["reason"], "suggestion": suggestion}
+            "image": image, "notes": notes, "suggested_epoch": suggestion.epoch, "suggested_file": suggestion.file,
+            "reason": suggestion.reason, "suggestion": suggestion.to_json()}

@@ -5,6 +5,9 @@ log has one), with a one-sentence reason and the numbers behind it. Plain rules 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+from lora_spectrum.errors import ConfigError
 from lora_spectrum.measures.image_measures import image_row_for
 from lora_spectrum.measures.numbers import percent, rounded
 
@@ -12,6 +15,39 @@ SETTLED_CHANGE = 0.05  # relative change to the previous epoch below which the w
 NEAR_LAST = 0.10  # relative distance to the last epoch within which an epoch counts as "nearly there"
 VALIDATION_TAG = "loss/validation/epoch_average"
 VALIDATION_RISE = 0.05  # a validation loss this much above its minimum means the later epochs overfit
+RULES = ("only one epoch", "settled", "near the last epoch", "still moving", "validation loss")
+LABEL = "suggestion"
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """Which epoch file to look at first, the rule that chose it and why, with the numbers behind it.
+
+    ``to_json()`` is the ``suggestion`` block of the insight JSON and of a grid manifest; ``from_json`` reads one
+    back. No epoch (an empty series): ``epoch``, ``file`` and ``rule`` are None and ``reason`` says so.
+    """
+
+    epoch: int | None
+    file: str | None
+    rule: str | None  # one of RULES, or None when there was nothing to choose from
+    reason: str  # one sentence, starts with "Suggestion:"
+    numbers: dict = field(default_factory=dict)  # thresholds and measures the reason quotes; plain JSON values
+
+    def to_json(self) -> dict:
+        return {"label": LABEL, "epoch": self.epoch, "file": self.file, "rule": self.rule, "reason": self.reason,
+                "numbers": dict(self.numbers)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Suggestion:
+        """Read a ``suggestion`` block back; ``ConfigError`` naming what is wrong when it is not one."""
+        keys = {"label", "epoch", "file", "rule", "reason", "numbers"}
+        if not isinstance(data, dict) or set(data) != keys or data["label"] != LABEL:
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise ConfigError(f"not a suggestion block (expected label {LABEL!r} and keys {sorted(keys)}, got {got})")
+        if data["rule"] is not None and data["rule"] not in RULES:
+            raise ConfigError(f"suggestion rule {data['rule']!r} is not one of: {', '.join(RULES)}")
+        return cls(epoch=data["epoch"], file=data["file"], rule=data["rule"], reason=data["reason"],
+                   numbers=dict(data["numbers"]))
 
 
 def _name(row: dict) -> str:
@@ -20,7 +56,7 @@ def _name(row: dict) -> str:
 
 
 def suggest_epoch(epochs: list[dict], image: dict | None = None, loss: dict | None = None,
-                  settled: float = SETTLED_CHANGE, near_last: float = NEAR_LAST) -> dict:
+                  settled: float = SETTLED_CHANGE, near_last: float = NEAR_LAST) -> Suggestion:
     """A suggested epoch from the weight curves, with a one-sentence reason and the numbers behind it.
 
     Rules, in order (``r_i`` is the relative change of epoch i to the epoch before it):
@@ -37,10 +73,9 @@ def suggest_epoch(epochs: list[dict], image: dict | None = None, loss: dict | No
     The image measures (distance from base, spread across seeds) and the training loss are quoted when known;
     they do not change the choice. It is a suggestion for where to look first, not a verdict.
     """
-    out = {"label": "suggestion", "epoch": None, "file": None, "rule": None, "reason": "", "numbers": {}}
     if not epochs:
-        out["reason"] = "Suggestion: none, no readable epoch file in this series."
-        return out
+        return Suggestion(epoch=None, file=None, rule=None, reason="Suggestion: none, no readable epoch file in "
+                          "this series.")
     n = len(epochs)
     changes = [e["relative_change"] for e in epochs]
 
@@ -126,6 +161,5 @@ def suggest_epoch(epochs: list[dict], image: dict | None = None, loss: dict | No
                 numbers["epoch_loss"] = {"tag": tag, "value": rounded(points[row["epoch"]])}
                 why += f"; {tag} there is {points[row['epoch']]:.4g}"
                 break
-    out.update({"epoch": row.get("epoch"), "file": row["file"], "rule": rule, "numbers": numbers,
-                "reason": f"Suggestion: {why}."})
-    return out
+    return Suggestion(epoch=row.get("epoch"), file=row["file"], rule=rule, reason=f"Suggestion: {why}.",
+                      numbers=numbers)
