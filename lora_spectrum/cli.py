@@ -149,7 +149,11 @@ def _cmd_insight(args) -> int:
 
     catalog = Catalog(args.loras)
     catalog.scan()
-    result = series_insight(catalog, series=args.series, logs=args.logs, grid=args.grid,
+    # The log folder as the app picks it (EngineChoice.logs_folder), less what only the app has (a config, the
+    # demo): --logs as typed, else <loras>/logs when there is one.
+    beside = Path(args.loras) / "logs"
+    logs = args.logs or (beside if beside.is_dir() else None)
+    result = series_insight(catalog, series=args.series, logs=logs, grid=args.grid,
                             clip_model=args.clip_model, allow_download=args.clip_download)
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else format_insight(result))
     return 0

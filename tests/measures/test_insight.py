@@ -99,6 +99,23 @@ def test_insight_command_prints_the_documented_json(demo_loras, tmp_path):
     assert [m["step"] for m in result["loss"]["markers"]] == [10 * e for e in demo.DEMO_EPOCHS]
 
 
+def test_insight_command_reads_the_log_beside_the_loras_unless_told_otherwise(unet, tmp_path, capsys):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lora_spectrum.cli import main
+
+    loras = tmp_path / "loras"
+    demo.write_demo_loras(unet, loras, "sdxl", epochs=(20, 50))
+    for folder, value in ((loras / "logs", 0.5), (tmp_path / "other", 0.25)):
+        with SummaryWriter(str(folder)) as w:
+            w.add_scalar("loss/epoch", value, 20)
+    assert main(["insight", "--loras", str(loras), "--json"]) == 0
+    loss = json.loads(capsys.readouterr().out)["loss"]
+    assert loss["folder"] == str(loras / "logs") and loss["series"]["loss/epoch"] == [[20, 0.5]]
+    assert main(["insight", "--loras", str(loras), "--logs", str(tmp_path / "other"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"]["series"]["loss/epoch"] == [[20, 0.25]]
+
+
 def test_insight_command_takes_the_clip_model_and_says_why_it_was_skipped(demo_loras, tmp_path, capsys):
     from lora_spectrum.cli import main
 
