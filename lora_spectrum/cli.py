@@ -197,11 +197,12 @@ def _cmd_grid(args) -> int:
 
 def _add_insight(out_dir, manifest: dict, catalog, columns) -> None:
     """Add the epoch measures (weight and image curves, suggestion) to the written manifest."""
-    from lora_spectrum import metrics
+    from lora_spectrum import measures
 
     series = next((c.series for c in columns if c is not None), None)
     try:
-        manifest["insight"] = metrics.folder_insight(catalog.folder, series=series, grid=out_dir)
+        catalog.scan()  # the folder as it is now: files may have changed while the grid rendered
+        manifest["insight"] = measures.series_insight(catalog, series=series, grid=out_dir)
     except LoraSpectrumError as exc:
         manifest["insight"] = {"error": str(exc)}
     path = Path(out_dir) / "manifest.json"
@@ -218,9 +219,16 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_insight(args) -> int:
-    from lora_spectrum.metrics import folder_insight, format_insight
+    from lora_spectrum.catalog import Catalog
+    from lora_spectrum.measures import format_insight, series_insight
+    from lora_spectrum.workbench import logs_folder
 
-    result = folder_insight(args.loras, series=args.series, logs=args.logs, grid=args.grid,
+    catalog = Catalog(args.loras)
+    catalog.scan()
+    # The log folder as the app picks it, less what only the app has (a config, the demo): --logs as typed, else
+    # <loras>/logs when there is one.
+    logs = args.logs or logs_folder(args.loras)
+    result = series_insight(catalog, series=args.series, logs=logs, grid=args.grid,
                             clip_model=args.clip_model, allow_download=args.clip_download)
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else format_insight(result))
     return 0

@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from lora_spectrum.errors import ConfigError
 from lora_spectrum.plan import Cell, Plan, cell_at, column_label, index_cells
 from lora_spectrum.sampling import Sampling
 
@@ -153,3 +154,19 @@ def write_outputs(out_dir: str | Path, plan: Plan, cells: list[Cell], base: str,
     manifest = {"settings": plan.settings(base, family), "cells": [c.record() for c in cells]}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
     return manifest
+
+
+def read_manifest(grid: str | Path) -> tuple[Path, dict]:
+    """The grid folder and its parsed ``manifest.json``; ``ConfigError`` naming the folder when it is missing."""
+    folder = Path(grid)
+    path = folder / "manifest.json" if folder.is_dir() or not folder.name.endswith(".json") else folder
+    folder = path.parent
+    if not path.is_file():
+        raise ConfigError(f"{folder}: no manifest.json here; give --grid the output folder of a `grid` run")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable grid manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("cells"), list):
+        raise ConfigError(f"{path}: not a grid manifest (no 'cells' list)")
+    return folder, manifest

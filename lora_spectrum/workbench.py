@@ -39,15 +39,17 @@ class EngineChoice:
         return self.scanned
 
     def logs_folder(self, settings, given: str | Path | None = None) -> Path | None:
-        """The training log folder: ``given`` (typed on the command line), else the configured one, else the
-        demo's, else ``<loras>/logs``; the first that exists. The app never passes a path typed in the browser."""
-        candidates = [Path(given)] if given else []
-        if settings.logs:
-            candidates.append(settings.path(settings.logs))
-        if self.logs_dir is not None:
-            candidates.append(Path(self.logs_dir))
-        candidates.append(Path(self.loras_dir) / "logs")
-        return next((p for p in candidates if p.is_dir()), None)
+        """The training log folder for this start-up (``logs_folder``); the app never passes a typed path."""
+        return logs_folder(self.loras_dir, given, settings.path(settings.logs) if settings.logs else None,
+                           self.logs_dir)
+
+
+def logs_folder(loras_dir: str | Path, given: str | Path | None = None, configured: str | Path | None = None,
+                demo: str | Path | None = None) -> Path | None:
+    """The first that exists of: ``given`` (typed on the command line), the configured folder, the demo's log,
+    ``<loras>/logs``."""
+    candidates = [Path(p) for p in (given, configured, demo) if p] + [Path(loras_dir) / "logs"]
+    return next((p for p in candidates if p.is_dir()), None)
 
 
 def demo_engine(settings, reason: str = "") -> EngineChoice:

@@ -1,5 +1,5 @@
 """The Insight view: weight-space curves, image measures of the last grid, the training loss with a marker per
-epoch file, and a suggested epoch with its reason. Numbers come from ``metrics``; this file only draws them."""
+epoch file, and a suggested epoch with its reason. Numbers come from ``measures``; this file only draws them."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from lora_spectrum import metrics
+from lora_spectrum import measures
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
 
 
 @st.cache_resource
-def _weight_cache() -> metrics.WeightCache:
+def _weight_cache() -> measures.WeightCache:
     """Weight measures keyed by file hash, shared by every session (the cache is thread-safe)."""
-    return metrics.WeightCache()
+    return measures.WeightCache()
 
 
 def _open_in_compare() -> None:
@@ -60,10 +60,10 @@ def insight_view(settings, choice, catalog, controls) -> None:
     else:
         try:
             with st.spinner("Measuring the epochs..."):
-                result = metrics.folder_insight(catalog, series=series, logs=logs, grid=grid,
-                                                cache=_weight_cache(), lenient=True,
-                                                clip_model=settings.clip_model or None,
-                                                allow_download=not settings.local_files_only)
+                result = measures.series_insight(catalog, series=series, logs=logs, grid=grid,
+                                                 cache=_weight_cache(), lenient=True,
+                                                 clip_model=settings.clip_model or None,
+                                                 allow_download=not settings.local_files_only)
         except LoraSpectrumError as exc:
             st.error(md_escape(str(exc)))
             return

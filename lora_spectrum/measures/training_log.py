@@ -1,34 +1,8 @@
 """Training logs: the loss scalars of a TensorBoard log folder, and where the epoch files sit on its step axis.
 
-This module owns reading TensorBoard event files (``events.out.tfevents.*``, searched recursively) without running
-TensorBoard, with ``tbparse`` (which keeps every point; TensorBoard's own default keeps a 10,000-point sample per tag).
-Nothing here renders, loads a model or imports streamlit; every function returns plain data.
-
-kohya sd-scripts tags: per step ``loss/current``, ``loss/average`` (also ``lr/*``); per epoch ``loss/epoch`` (renamed
-``loss/epoch_average`` in v0.10) and ``loss/validation/epoch_average``. Per-epoch tags use the epoch number as step.
-
-Public functions (all return plain data):
-
-``find_event_files(folder) -> list[Path]``
-    the event files under ``folder``; raises ``ConfigError`` naming the folder when there are none.
-``read_scalars(folder, tags=None, run=None) -> dict[str, list[tuple[int, float]]]``
-    every scalar tag (or only ``tags``) as ``(step, value)`` pairs in step order. When one step was written twice
-    (a resumed run), the later write wins.
-``read_loss(folder, run=None) -> dict``
-    the loss curves for a UI or the CLI::
-
-        {"folder": str, "event_files": int,
-         "runs": [str, ...],            # sub-folders holding loss scalars ("" = the folder itself)
-         "run": str,                    # the one read (the most recently written unless ``run`` is given)
-         "series": {tag: [[step, value], ...]},   # loss tags only, JSON-friendly lists
-         "per_step": [tag, ...], "per_epoch": [tag, ...],   # which of them count steps, which count epochs
-         "note": str | None}
-``place_entries(entries) -> list[dict]``
-    catalog entries (epoch files) on the step axis, from their ``ss_epoch``/``ss_steps`` metadata::
-
-        [{"file": str, "epoch": int | None, "step": int | None, "step_source": "ss_steps" | "file name" | "estimated" | None}]
-
-    A file without ``ss_steps`` gets a step estimated from the other files' steps per epoch when they agree.
+Reads TensorBoard event files (``events.out.tfevents.*``, searched recursively) with ``tbparse``, without running
+TensorBoard. Nothing here renders, loads a model or imports streamlit; every function returns plain data (the shapes
+and kohya's tags are in docs/measures.md).
 """
 
 from __future__ import annotations
@@ -113,7 +87,7 @@ def read_scalars(folder: str | Path, tags=None, run: str | None = None) -> dict[
 
 
 def read_loss(folder: str | Path, run: str | None = None) -> dict:
-    """The loss curves of a training log folder (see the module docstring for the shape)."""
+    """The loss curves of a training log folder (the shape is in docs/measures.md)."""
     # 1. Find and read the event files.
     root = Path(folder)
     files = find_event_files(root)

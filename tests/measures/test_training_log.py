@@ -1,4 +1,4 @@
-"""Training logs (lora_spectrum.training_log): kohya's loss tags read from event files this test writes, several
+"""Training logs (lora_spectrum.measures.training_log): kohya's loss tags read from event files this test writes, several
 runs in one folder, resumed runs, clear errors, and epoch files placed on the step axis."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.tensorboard import SummaryWriter
 
-from lora_spectrum import training_log
 from lora_spectrum.catalog import Catalog, LoraEntry
 from lora_spectrum.errors import ConfigError
+from lora_spectrum.measures import training_log
 
 # Values exactly representable in float32 (event files store float32), so the comparison can be exact.
 STEP_LOSS = [(step, 1.0 - step / 64) for step in range(1, 31)]

@@ -1,0 +1,67 @@
+"""CLIP for the image measures: loading a model from this machine (a download only when allowed) and unit-length
+image and prompt embeddings. Raises ``ClipUnavailable`` with the reason; the caller falls back to pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lora_spectrum.errors import ClipUnavailable
+
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
+CLIP_MODEL_ENV = "LORA_SPECTRUM_CLIP_MODEL"
+
+
+def load_clip(model_id: str | None = None, allow_download: bool = False):
+    """``(model, processor, model_id)``, from local files only unless ``allow_download``; raises
+    ``ClipUnavailable`` with the reason."""
+    model_id = model_id or os.environ.get(CLIP_MODEL_ENV) or DEFAULT_CLIP_MODEL
+    try:
+        from transformers import CLIPModel, CLIPProcessor
+    except ImportError as exc:
+        raise ClipUnavailable(f"transformers is not installed ({exc})") from exc
+    try:
+        model = CLIPModel.from_pretrained(model_id, local_files_only=not allow_download, use_safetensors=True)
+        processor = CLIPProcessor.from_pretrained(model_id, local_files_only=not allow_download)
+    except OSError as exc:  # not in the local cache (or, when downloading, not reachable)
+        where = "could not be downloaded" if allow_download else "is not on this machine (no download attempted)"
+        raise ClipUnavailable(f"CLIP model {model_id!r} {where}; fetch it once with `hf download {model_id}` or set "
+                              f"${CLIP_MODEL_ENV} to a local folder holding a CLIP model") from exc
+    except (ValueError, KeyError) as exc:
+        raise ClipUnavailable(f"CLIP model {model_id!r} could not be loaded ({exc})") from exc
+    model.eval()
+    return model, processor, model_id
+
+
+def _features(out) -> torch.Tensor:
+    """``get_*_features`` returns a tensor in older transformers and an output object with ``pooler_output`` in
+    newer ones."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def clip_embeddings(model, processor, images: list[Path], prompts: list[str], batch: int = 16):
+    """Unit-length CLIP embeddings of ``images`` and ``prompts`` (two float64 numpy arrays)."""
+    from PIL import Image
+
+    img_out, txt_out = [], []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch):
+            pics = []
+            for p in images[start:start + batch]:
+                with Image.open(p) as im:
+                    pics.append(im.convert("RGB"))
+            inputs = processor(images=pics, return_tensors="pt")
+            img_out.append(_features(model.get_image_features(pixel_values=inputs["pixel_values"])))
+        unique = sorted(set(prompts))
+        for start in range(0, len(unique), batch):
+            inputs = processor(text=unique[start:start + batch], return_tensors="pt", padding=True, truncation=True)
+            txt_out.append(_features(model.get_text_features(input_ids=inputs["input_ids"],
+                                                             attention_mask=inputs["attention_mask"])))
+    img = torch.nn.functional.normalize(torch.cat(img_out).double(), dim=-1).numpy()
+    txt = torch.nn.functional.normalize(torch.cat(txt_out).double(), dim=-1).numpy() if txt_out else None
+    by_prompt = {p: txt[i] for i, p in enumerate(unique)} if txt is not None else {}
+    return img, np.stack([by_prompt[p] for p in prompts]) if prompts else None

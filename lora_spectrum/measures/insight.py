@@ -1,0 +1,78 @@
+"""One series' insight: the weight curves, the training loss with a marker per epoch file, the image measures of a
+rendered grid and the suggestion, put together into one plain dict (its shape is in docs/measures.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lora_spectrum.catalog import READY, Catalog
+from lora_spectrum.errors import CatalogError, ConfigError
+from lora_spectrum.measures.image_measures import image_measures, image_row_for
+from lora_spectrum.measures.numbers import Progress
+from lora_spectrum.measures.suggestion import suggest_epoch
+from lora_spectrum.measures.training_log import place_entries, read_loss
+from lora_spectrum.measures.weight_curves import WeightCache, weight_curves
+
+
+def _epoch_loss(loss: dict | None, epoch: int | None) -> dict[str, float] | None:
+    """``{tag: value}`` of the per-epoch loss tags at ``epoch`` (they use the epoch number as step)."""
+    if not loss or epoch is None:
+        return None
+    found = {tag: v for tag in loss["per_epoch"] for s, v in loss["series"][tag] if s == epoch}
+    return found or None
+
+
+def series_insight(catalog: Catalog, series: str | None = None, logs: str | Path | None = None,
+                   grid: str | Path | None = None, *, cache: WeightCache | None = None,
+                   clip_model: str | tuple | None = None, use_clip: bool = True, allow_download: bool = False,
+                   progress: Progress | None = None, lenient: bool = False) -> dict:
+    """Weight curves, loss curve, image measures and a suggestion for one series; the shape is in docs/measures.md.
+
+    ``catalog`` is used as its caller last scanned it: this never lists the folder again, so the files measured are
+    the ones the caller's view or command showed.
+    """
+    # 1. The series' files, from the catalog.
+    series, entries = catalog.choose_series(series)
+    ready = [e for e in entries if e.state == READY]
+    skipped = [{"file": e.name, "reason": f"{e.state}: {e.reason}"} for e in entries if e.state != READY]
+    if not ready:
+        raise CatalogError(f"{catalog.folder}: no readable file in series {series!r} "
+                           f"({'; '.join(s['file'] + ' ' + s['reason'] for s in skipped)})")
+
+    # 2. Weight-space curves.
+    epochs = weight_curves(ready, catalog=catalog, cache=cache, progress=progress)
+
+    # 3. The loss curve, with a marker per epoch file.
+    # With ``lenient`` (the UI), an unusable log folder or grid is reported in ``notes`` instead of failing the
+    # whole insight: the weight curves and the suggestion do not depend on them.
+    loss, notes = None, []
+    if logs:
+        try:
+            loss = read_loss(logs)
+            loss["markers"] = place_entries(ready)
+        except ConfigError as exc:
+            if not lenient:
+                raise
+            loss, notes = None, [*notes, f"training log not used: {exc}"]
+    for row in epochs:
+        row["epoch_loss"] = _epoch_loss(loss, row["epoch"])
+
+    # 4. Image measures from a rendered grid.
+    image = None
+    if grid:
+        try:
+            image = image_measures(grid, clip_model=clip_model, use_clip=use_clip, allow_download=allow_download,
+                                   progress=progress)
+        except ConfigError as exc:
+            if not lenient:
+                raise
+            notes.append(f"image measures not available: {exc}")
+    for row in epochs:
+        row["image"] = image_row_for(image, row["file"])
+
+    # 5. The suggestion.
+    suggestion = suggest_epoch(epochs, image=image, loss=loss)
+    return {"series": series, "folder": str(catalog.folder), "epochs": epochs, "skipped": skipped, "loss": loss,
+            "image": image, "notes": notes, "suggested_epoch": suggestion.epoch, "suggested_file": suggestion.file,
+            "reason": suggestion.reason, "suggestion": suggestion.to_json()}
