@@ -1,0 +1,38 @@
+"""AppTest helpers shared by the view tests: a config of its own on the demo, a started app."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from lora_spectrum.ui.resources import CONFIG_ENV
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+
+
+@pytest.fixture
+def app_config(tmp_path, demo_dir, monkeypatch):
+    """A config of its own (so the shared engine is its own too) with the demo epochs copied into its loras."""
+    loras = tmp_path / "loras"
+    shutil.copytree(demo_dir / "loras", loras)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"base: demo\ndemo: random\nloras: {loras}\ncache_dir: {tmp_path / 'cache'}\ndemo_dir: {demo_dir}\n"
+                      f"device: cpu\n", encoding="utf-8")
+    monkeypatch.setenv(CONFIG_ENV, str(config))
+    return config, loras
+
+
+def start(steps=2) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.run()
+    assert not at.exception, at.exception
+    at.sidebar.text_input(key="seeds").set_value("1")
+    at.number_input(key="steps").set_value(steps)
+    return at
+
+
+def epoch_options(at):
+    return list(at.sidebar.multiselect(key="epochs").options)

@@ -1,0 +1,56 @@
+"""Compare through AppTest: a grid with the base column, captions and downloads; routed batches; busy."""
+
+from __future__ import annotations
+
+from lora_spectrum.ui.resources import get_workbench
+from tests.ui.apptest import start
+
+
+def test_render_a_grid_with_base_column_captions_and_downloads(app_config):
+    at = start()
+    assert any("Demo mode" in w.value for w in at.warning)
+    at.sidebar.multiselect(key="epochs").set_value(["jimeng_20.safetensors", "jimeng_300.safetensors"])
+    at.button(key="render").click().run()
+    assert not at.exception, at.exception
+    captions = [c for im in at.main.image for c in im.captions]
+    for expected in ("base · seed 1", "epoch 20 · strength 1 · seed 1", "epoch 300 · strength 1 · seed 1"):
+        assert expected in captions, captions
+    labels = {b.label for b in at.get("download_button")}
+    assert {"Grid PNG", "Manifest", "All cells (zip)"} <= labels
+    assert any("swap" in c.value for c in at.main.caption)
+
+
+def test_epochs_per_batch_renders_the_same_grid_in_routed_batches(app_config, tmp_path):
+    config, _ = app_config
+    config.write_text(config.read_text(encoding="utf-8") + "batch_epochs: 3\n", encoding="utf-8")
+    at = start()
+    assert at.number_input(key="batch_epochs").value == 3, "the config sets the starting value"
+    at.sidebar.multiselect(key="epochs").set_value(["jimeng_20.safetensors", "jimeng_150.safetensors",
+                                                      "jimeng_300.safetensors"])
+    at.button(key="render").click().run()
+    assert not at.exception, at.exception
+    captions = [c for im in at.main.image for c in im.captions]
+    for expected in ("base · seed 1", "epoch 20 · strength 1 · seed 1", "epoch 300 · strength 1 · seed 1"):
+        assert expected in captions, captions
+    _, choice, _ = get_workbench(str(config))
+    kinds = [r.kind for r in choice.engine.hotswap.history]
+    assert kinds.count("routed") == 1, kinds  # base + 3 epochs in calls of 3 and 1
+    assert choice.engine.hotswap.get_active_adapter()[0].endswith("jimeng_300.safetensors")
+
+
+def test_busy_workbench_says_so_instead_of_queueing(app_config):
+    config, _ = app_config
+    _, choice, _ = get_workbench(str(config))
+    engine = choice.engine
+    held = [engine._admission.acquire(blocking=False) for _ in range(2)]
+    assert all(held)
+    try:
+        at = start()
+        at.button(key="render").click().run()
+        assert any("busy" in w.value for w in at.warning), [w.value for w in at.warning]
+        assert not at.main.image
+    finally:
+        for _ in held:
+            engine._admission.release()
+    at.button(key="render").click().run()
+    assert at.main.image, "renders again once the others finished"
