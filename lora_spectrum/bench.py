@@ -3,7 +3,7 @@ switch LoRAs today, measured in one run on one model as medians over repeated sw
 
 This module owns the benchmark: building the benchmark denoisers (the tiny demo pipeline, and the real SDXL UNet and
 Z-Image-Turbo transformer architectures with random weights), writing the epoch files, every measurement, and the
-table. It measures the swapper in ``hotswap.py`` without changing it. Nothing here knows about Streamlit; progress
+table. It measures the swapper in ``adapters/`` without changing it. Nothing here knows about Streamlit; progress
 goes out through a callback. Timings belong here, never in tests.
 
 What is compared, per swap from one epoch file to another (files sit in the OS page cache, as after a first read):
@@ -317,7 +317,7 @@ def _measure_ours(pipe, family, paths, device, swaps, forward, fwd_repeats, base
                   fused_swap_repeats: int = 8) -> dict:
     """This project's swapper: first install, cold and warm swaps, memory over ``swaps`` swaps, forwards unfused
     and fused, fused swaps."""
-    from lora_spectrum.hotswap import HotSwapper
+    from lora_spectrum.adapters import HotSwapper
 
     # 1. The first file installs the adapter slot through diffusers (once per layout) and teaches the fast path.
     swapper = HotSwapper(pipe, family, resident=4)
@@ -401,7 +401,7 @@ def _measure_routed(pipe, family, paths, device, dtype, latent: int, repeats: in
     """Issue 6's stretch: ``k`` epochs, one image each, through the denoiser. Epoch by epoch is a warm swap and
     a batch-1 forward per epoch; routed is one forward of ``k`` samples, each through its own adapter
     (``HotSwapper.routed``, both ways), after a set-up paid once per grid."""
-    from lora_spectrum.hotswap import HotSwapper
+    from lora_spectrum.adapters import HotSwapper
 
     k = min(4, len(paths))
     chosen = paths[-k:]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from lora_spectrum.adapters import HotSwapper, SwapRecord
 from lora_spectrum.errors import (
     BaseLoadError,
     BusyError,
@@ -28,7 +29,6 @@ from lora_spectrum.errors import (
     RenderError,
 )
 from lora_spectrum.families import Family, detect_family, get_family
-from lora_spectrum.hotswap import HotSwapper, SwapRecord
 
 
 @dataclass(frozen=True)

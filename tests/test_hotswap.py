@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lora_spectrum import demo
+from lora_spectrum.adapters import fusing
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.engine import resolve_fuse
 from lora_spectrum.errors import BaseLoadError, ConfigError, LoraLoadError
-from lora_spectrum.hotswap import HotSwapper
 from lora_spectrum.settings import load_settings
 from tests.tiny import FAMILIES, garbage, new_engine, pixels, request
 
@@ -253,8 +253,8 @@ def test_fused_render_is_close_to_unfused_and_the_base_comes_back_bit_exact(fami
     assert to_unfused.max() <= 2 and to_unfused.mean() < 0.02 * to_base.mean(), (to_unfused.max(), to_base.mean())
     # One copy of the targeted weights, no more.
     targeted = {n for n in engine.hotswap._slot.layer_names}
-    expected = sum(engine.hotswap._base_weight(n).numel() * engine.hotswap._base_weight(n).element_size()
-                   for n in targeted)
+    base_weight = engine.hotswap.fuser.base_weight
+    expected = sum(base_weight(n).numel() * base_weight(n).element_size() for n in targeted)
     assert engine.hotswap.fused_pristine_bytes() == expected > 0
     # Back to the base by copying: bit-identical weights and pixels.
     engine.render(request(family), None)
@@ -308,7 +308,7 @@ def test_a_merge_failing_midway_restores_the_base(demo_loras, monkeypatch):
     engine = new_engine(family, fuse=True)
     with engine.lock:
         engine.hotswap.activate(paths[1], 1.0)
-    merged = HotSwapper._merged
+    merged = fusing._merged
     calls = []
 
     def fail_on_the_third_layer(*args):
@@ -317,14 +317,14 @@ def test_a_merge_failing_midway_restores_the_base(demo_loras, monkeypatch):
             raise RuntimeError("out of memory (simulated)")
         return merged(*args)
 
-    monkeypatch.setattr(HotSwapper, "_merged", staticmethod(fail_on_the_third_layer))
+    monkeypatch.setattr(fusing, "_merged", fail_on_the_third_layer)
     with pytest.raises(LoraLoadError, match="base weights were restored"):
         with engine.lock:
             engine.hotswap.activate(paths[3], 1.0)
     assert engine.hotswap.get_active_adapter() == (None, 0.0)
     assert not engine.hotswap.is_fused()
     assert_same_tensors(base_weights(engine.hotswap.denoiser), fresh_base_weights(family))
-    monkeypatch.setattr(HotSwapper, "_merged", staticmethod(merged))
+    monkeypatch.setattr(fusing, "_merged", merged)
     fresh = pixels(new_engine(family, fuse=True).render(request(family), str(paths[3])).images)
     assert np.array_equal(pixels(engine.render(request(family), str(paths[3])).images), fresh)
 
