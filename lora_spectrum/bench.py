@@ -430,7 +430,7 @@ def _measure_routed(pipe, family, paths, device, dtype, latent: int, repeats: in
         setups, times, out = [], [], None
         for _ in range(2):
             t0 = time.perf_counter()
-            with swapper.routed([(p, 1.0) for p in chosen], way=way):
+            with swapper.routed([(p, 1.0) for p in chosen], 1, way=way):
                 _sync(device)
                 setups.append(time.perf_counter() - t0)
                 out = batched()

@@ -290,11 +290,11 @@ class Engine:
 
     def _render_shared(self, request, routes, group, prepared, out, cancel, on_step) -> None:
         t0 = time.perf_counter()
-        samples = [(routes[i][0], float(routes[i][1])) for i in group for _ in routes[i][2]]
+        blocks = [(routes[i][0], float(routes[i][1])) for i in group]  # one block a route, its seeds its samples
         seeds = tuple(seed for i in group for seed in routes[i][2])
         swap = images = None
         try:
-            with self.hotswap.routed(samples, prepared=prepared) as swap:
+            with self.hotswap.routed(blocks, len(routes[group[0]][2]), prepared=prepared) as swap:
                 images = self._render_locked(dataclasses.replace(request, seeds=seeds), cancel, on_step)
         except Cancelled:
             raise

@@ -130,7 +130,7 @@ def test_a_bad_file_fails_only_its_own_route(family, demo_loras, tmp_path):
     expected = separate(new_engine(family), req, [routes[0], routes[2]])
     assert diff(pixels(results[0].images), expected[0]) < 0.05
     assert diff(pixels(results[2].images), expected[1]) < 0.05
-    with pytest.raises(LoraLoadError, match="broken_7"), engine.lock, engine.hotswap.routed([(str(bad), 1.0)]):
+    with pytest.raises(LoraLoadError, match="broken_7"), engine.lock, engine.hotswap.routed([(str(bad), 1.0)], 1):
         pass
     assert only_the_slot(engine), "no temporary adapter stays"
     assert engine.hotswap.get_active_adapter() == (None, 0.0)

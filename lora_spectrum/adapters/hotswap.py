@@ -198,11 +198,11 @@ class HotSwapper:
         return unroutable(prepared, self.family)
 
     @contextmanager
-    def routed(self, routes: list[tuple[str | None, float]], way: str = "auto",
+    def routed(self, blocks: list[tuple[str | None, float]], samples: int, way: str = "auto",
                prepared: dict[str, PreparedAdapter] | None = None):
-        """Several adapters in one denoiser batch: sample ``j`` goes through ``routes[j]`` (file or ``None``,
-        strength); on leaving, the slot is exactly as it was (``routing.route`` says how)."""
-        with self._lock, route(self, routes, way, prepared) as record:
+        """Several adapters in one denoiser batch: each block (file or ``None``, strength) is ``samples``
+        consecutive samples of it; on leaving, the slot is exactly as it was (``routing.route`` says how)."""
+        with self._lock, route(self, blocks, samples, way, prepared) as record:
             yield record
 
     # ------------------------------------------------------------------ for routing.py (not for callers)

@@ -1,4 +1,4 @@
-"""Routed batches: several adapters in one denoiser batch, each sample through its own (stacked forward
+"""Routed batches: several adapters in one denoiser batch, each block of samples through its own (stacked forward
 hooks, or peft's mixed-batch forward), set up on a ``HotSwapper``'s denoiser and taken back again.
 
 Never writes a base weight; the slot itself is borrowed and given back through the swapper. See
@@ -70,21 +70,25 @@ def unroutable(prepared, family) -> str:
 
 
 @contextmanager
-def route(swapper, routes: list[tuple[str | None, float]], way: str = "auto", prepared: dict | None = None):
-    """``HotSwapper.routed`` (the caller holds the swapper's lock): sample ``j`` of every denoiser call inside the
-    block goes through ``routes[j]`` = (file or ``None`` for the base, strength).
+def route(swapper, blocks: list[tuple[str | None, float]], samples: int, way: str = "auto",
+          prepared: dict | None = None):
+    """``HotSwapper.routed`` (the caller holds the swapper's lock): each of ``blocks`` = (file or ``None`` for
+    the base, strength) is ``samples`` consecutive samples of every denoiser call inside the block.
 
-    Two ways, both unfused arithmetic that never writes a base weight: *stacked* (kind ``routed``) when the
-    samples come in equal consecutive blocks per route, every file shares one layout and every adapted layer is
-    a Linear (``_stackable``), else *peft* (kind ``routed-peft``); ``way="peft"`` forces the second. Every file is read and checked before anything changes
+    Two ways, both unfused arithmetic that never writes a base weight: *stacked* (kind ``routed``) when every
+    file shares one layout and every adapted layer is a Linear (``_stackable``), else *peft* (kind
+    ``routed-peft``); ``way="peft"`` forces the second. Every file is read and checked before anything changes
     (``LoraLoadError`` names it); a file that ``unroutable`` refuses raises too: render it on its own.
     ``prepared`` passes adapters the caller read just now (by path), so that a batch wider than the LRU does not
     read its files twice. Yields the set-up's ``SwapRecord``.
     """
     t0 = time.perf_counter()
+    if samples < 1 or not blocks:
+        raise RenderError(f"a routed batch needs at least one block of at least one sample ({len(blocks)} "
+                          f"block(s) of {samples} sample(s) asked for)")
     # 1. Read and check every file first (warm ones from the LRU); nothing has changed if one fails. Each
-    #    sample's key: (file, strength), or None for the base.
-    keys = [None if p is None or float(s) == 0.0 else (str(p), float(s)) for p, s in routes]
+    #    block's key: (file, strength), or None for the base.
+    keys = [None if p is None or float(s) == 0.0 else (str(p), float(s)) for p, s in blocks]
     distinct: dict[tuple[str, float], object] = {}
     for key in keys:
         if key is None or key in distinct:
@@ -97,19 +101,19 @@ def route(swapper, routes: list[tuple[str | None, float]], way: str = "auto", pr
         if why:
             raise LoraLoadError(path, f"cannot share a batch with other epochs: {why}")
         distinct[key] = adapter
-    blocks = _stackable(keys, distinct, swapper.reader.layers) if way == "auto" else None
+    stacked = way == "auto" and _stackable(distinct, swapper.reader.layers)
     installed, undo, in_flight = swapper._lend_slot(), [], False
     try:
         # 2. Set up the chosen way; ``undo`` collects what step 4 takes back. Torch errors (out of memory while
         #    stacking, say) are translated, so the caller can fail or fall back like for any other.
         with translated(lambda exc: RenderError(f"could not set up the routed batch ({type(exc).__name__}: "
                                                 f"{exc})")):
-            if blocks is not None:
+            if stacked:
                 kind = "routed"
-                _route_stacked(swapper, blocks, len(keys) // len(blocks), distinct, undo)
+                _route_stacked(swapper, keys, samples, distinct, undo)
             else:
                 kind = "routed-peft"
-                _route_peft(swapper, keys, distinct, undo)
+                _route_peft(swapper, keys, samples, distinct, undo)
         record = swapper._record(f"{len(distinct)} adapter(s) routed", kind, t0, 1.0)
         # 3. The caller renders.
         try:
@@ -135,32 +139,23 @@ def route(swapper, routes: list[tuple[str | None, float]], way: str = "auto", pr
                               f"base is active") from failures[0]
 
 
-def _stackable(keys, distinct: dict, layers: dict[str, tuple[str, tuple[int, ...]]]) -> list | None:
-    """The samples' consecutive blocks (file and strength, ``None`` for the base) when the stacked way applies;
-    ``None`` otherwise (``layers``: the denoiser's layer table)."""
+def _stackable(distinct: dict, layers: dict[str, tuple[str, tuple[int, ...]]]) -> bool:
+    """Whether the stacked way applies: some file, every file of one layout, every adapted layer a Linear
+    (``layers``: the denoiser's layer table)."""
     if not distinct:
-        return None
-    blocks, sizes = [], []
-    for key in keys:
-        if blocks and blocks[-1] == key:
-            sizes[-1] += 1
-        else:
-            blocks.append(key)
-            sizes.append(1)
-    if len(set(sizes)) != 1:
-        return None
+        return False
     first = next(iter(distinct.values()))
     if any(p.signature != first.signature for p in distinct.values()):
-        return None
+        return False
     for key, tensor in first.tensors.items():
         stem, leaf = key.rsplit(".", 1)[0], key.rsplit(".", 2)[-2]
         module = stem.rsplit(".", 1)[0]
         if leaf not in ("lora_A", "lora_B") or tensor.dim() != 2 or layers.get(module, ("",))[0] != "linear":
-            return None
-    return blocks
+            return False
+    return True
 
 
-def _route_stacked(swapper, blocks, samples: int, distinct, undo: list) -> None:
+def _route_stacked(swapper, keys, samples: int, distinct, undo: list) -> None:
     """Stacked routing: per adapted layer, (blocks, r, in) downs and (blocks, out, r) ups with each block's
     scaling folded in (the base's block: zeros), added after the layer's own forward."""
     from peft.tuners.lora import LoraLayer
@@ -177,8 +172,8 @@ def _route_stacked(swapper, blocks, samples: int, distinct, undo: list) -> None:
         scaling = peft_scaling(layer, slot.adapter_name)
         down_key, up_key = f"{name}.lora_A.weight", f"{name}.lora_B.weight"
         zeros = torch.zeros_like(first.tensors[up_key])  # the base's block adds nothing
-        downs = [(first if key is None else distinct[key]).tensors[down_key] for key in blocks]
-        ups = [zeros if key is None else distinct[key].tensors[up_key] * (scaling * key[1]) for key in blocks]
+        downs = [(first if key is None else distinct[key]).tensors[down_key] for key in keys]
+        ups = [zeros if key is None else distinct[key].tensors[up_key] * (scaling * key[1]) for key in keys]
         device = layer.get_base_layer().weight.device
         down_t = torch.stack(downs).to(device).transpose(1, 2)  # (blocks, in, r)
         up_t = torch.stack(ups).to(device).transpose(1, 2)  # (blocks, r, out)
@@ -186,8 +181,9 @@ def _route_stacked(swapper, blocks, samples: int, distinct, undo: list) -> None:
         undo.append(layer.register_forward_hook(hook).remove)
 
 
-def _route_peft(swapper, keys, distinct, undo: list) -> None:
-    """peft's mixed-batch forward: one temporary adapter per distinct (file, strength)."""
+def _route_peft(swapper, keys, samples: int, distinct, undo: list) -> None:
+    """peft's mixed-batch forward: one temporary adapter per distinct (file, strength), each block's name
+    repeated for its samples."""
     from peft.tuners.lora import LoraLayer
 
     # 1. One temporary adapter per distinct (file, strength), dropped again on leaving the block.
@@ -196,7 +192,7 @@ def _route_peft(swapper, keys, distinct, undo: list) -> None:
         names_for[key] = f"lora_spectrum_mix{i}"
         swapper._load_named(prepared, names_for[key])
         undo.append(functools.partial(swapper._drop_adapter, names_for[key]))
-    names = [MIX_BASE if key is None else names_for[key] for key in keys]
+    names = [MIX_BASE if key is None else names_for[key] for key in keys for _ in range(samples)]
     # 2. Every LoRA layer enabled, each temporary adapter at its strength, told every sample's adapter.
     for layer in swapper.denoiser.modules():
         if not isinstance(layer, LoraLayer):
