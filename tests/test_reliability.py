@@ -33,7 +33,7 @@ from lora_spectrum.engine import Engine
 from lora_spectrum.errors import BaseLoadError, BusyError, Cancelled, PlanError, RenderError
 from lora_spectrum.lora_keys import HEADER_LIMIT
 from lora_spectrum.runs import RenderCache, make_plan, run_plan, write_outputs
-from tests.test_hotswap import assert_same_tensors, base_weights
+from tests.adapters.helpers import assert_same_tensors, base_weights
 from tests.tiny import new_engine, pixels
 from tests.tiny import request as tiny_request
 

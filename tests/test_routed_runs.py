@@ -1,5 +1,6 @@
-"""Routed batches: several epochs (and strengths, and the base) in one denoiser call, each sample through its own
-adapter. Tiny real pipelines of both families; routed images are compared with epoch-by-epoch renders."""
+"""Routed runs: several epochs (and strengths, and the base) in one denoiser call through ``Engine.render_routed``
+and ``run_plan``'s ``mix``, each sample through its own adapter. Tiny real pipelines of both families; routed images
+are compared with epoch-by-epoch renders."""
 
 from __future__ import annotations
 
@@ -11,51 +12,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora_spectrum import demo
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.errors import Cancelled, LoraLoadError
 from lora_spectrum.runs import make_plan, run_plan
-from tests.test_hotswap import assert_same_tensors, base_weights, te_state
+from tests.adapters.helpers import (
+    assert_same_tensors,
+    base_weights,
+    diff,
+    only_the_slot,
+    other_rank,
+    separate,
+    te_state,
+)
 from tests.tiny import FAMILIES, garbage, new_engine, pixels, request
-
-
-def separate(engine, req, routes) -> list[np.ndarray]:
-    """Each route rendered the usual way: swap, then one batched call of its seeds."""
-    return [pixels(engine.render(dataclasses.replace(req, seeds=seeds), path, strength).images)
-            for path, strength, seeds in routes]
-
-
-def only_the_slot(engine) -> bool:
-    """No adapter in the denoiser but the swapper's one slot (routing's temporary ones are gone)."""
-    names = list(getattr(engine.hotswap.denoiser, "peft_config", {}))
-    return len(names) <= 1 and all(name.startswith("lora_spectrum_slot") for name in names)
-
-
-def diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(int) - b.astype(int)).mean())
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_every_layer_but_the_listed_ones_sees_one_row_per_sample(family):
-    """What routing rests on: a layer's input has the batch as its first dimension. Checked in a real forward
-    of three samples, for every Linear and Conv2d of the denoiser, against ``Family.unbatched_layers``."""
-    engine = new_engine(family)
-    seen: dict[str, set[int]] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, set()).add(args[0].shape[0]))
-             for name, m in engine.hotswap.denoiser.named_modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
-    engine.render(dataclasses.replace(request(family, seeds=(1, 2, 3), steps=1), guidance=0.0))
-    for h in hooks:
-        h.remove()
-    unbatched = {name for name, rows in seen.items() if rows != {3}}
-    listed = {name for name in seen if name.split(".", 1)[0] in engine.family.unbatched_layers}
-    assert seen and unbatched == listed
-
-
-def other_rank(family, tmp_path) -> str:
-    """An epoch file of another layout (rank 8): it cannot be stacked with the demo's rank-4 epochs."""
-    path = tmp_path / "rank8_1.safetensors"
-    save_file(demo.make_lora_state_dict(new_engine(family).hotswap.denoiser, family, rank=8, seed=5), str(path))
-    return str(path)
 
 
 @pytest.mark.parametrize("way", ["routed", "routed-peft"])
