@@ -4,6 +4,7 @@ swap must refuse, and routed renders against epoch-by-epoch ones."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import torch
@@ -97,3 +98,18 @@ def other_rank(family, tmp_path) -> str:
     save_file(demo.make_lora_state_dict(new_engine(family).hotswap.denoiser, family, rank=8, seed=5), str(path))
     return str(path)
 
+
+def new_reader(family: str):
+    """A ``Reader`` for a fresh tiny pipeline of ``family``, and that pipeline's denoiser."""
+    from lora_spectrum.adapters.reading import Reader, layer_table
+    from lora_spectrum.families import get_family
+
+    fam = get_family(family)
+    pipe = demo.build_tiny(family, seed=0)
+    denoiser = fam.denoiser(pipe)
+    return Reader(fam, functools.partial(fam.convert_lora, pipe=pipe), layer_table(denoiser)), denoiser
+
+
+def read(reader, path):
+    """``reader.prepare`` for a float32 model on the CPU (the tiny pipelines)."""
+    return reader.prepare(path, torch.device("cpu"), torch.float32)

@@ -104,6 +104,7 @@ def test_a_merge_failing_midway_restores_the_base(demo_loras, monkeypatch):
     with pytest.raises(LoraLoadError, match="base weights were restored"):
         with engine.lock:
             engine.hotswap.activate(paths[3], 1.0)
+    assert len(calls) == 3, "the merge stopped at the failing layer"
     assert engine.hotswap.get_active_adapter() == (None, 0.0)
     assert not engine.hotswap.is_fused()
     assert_same_tensors(base_weights(engine.hotswap.denoiser), fresh_base_weights(family))

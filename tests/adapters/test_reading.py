@@ -1,5 +1,5 @@
-"""Reading a file into a ``PreparedAdapter`` (``adapters/reading.py``): it drops text-encoder keys, reads
-diffusers/peft files like their kohya twins, and refuses what it cannot load, naming a key."""
+"""Reading a file into a ``PreparedAdapter`` (``adapters/reading.py``): it touches no model, drops text-encoder
+keys, reads diffusers/peft files like their kohya twins, and refuses what it cannot load, naming a key."""
 
 from __future__ import annotations
 
@@ -10,8 +10,24 @@ from safetensors.torch import load_file, save_file
 
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.errors import LoraLoadError
-from tests.adapters.helpers import assert_same_tensors, te_state
-from tests.tiny import new_engine, pixels, request
+from tests.adapters.helpers import assert_same_tensors, new_reader, read, te_state, weights_now
+from tests.tiny import FAMILIES, new_engine, pixels, request
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reading_touches_no_model(family, demo_loras):
+    """Step 1 of a swap: read, convert and check, with the denoiser exactly as it was and no peft adapter in it;
+    the result is what the swapper installs."""
+    reader, denoiser = new_reader(family)
+    before, modules = weights_now(denoiser), [type(m) for m in denoiser.modules()]
+    for path in demo_loras[family][:3]:  # the first teaches the fast path, the others take it
+        prepared = read(reader, path)
+        assert prepared.path == str(path) and prepared.nbytes > 0
+    assert_same_tensors(weights_now(denoiser), before)
+    assert [type(m) for m in denoiser.modules()] == modules and not getattr(denoiser, "peft_config", None)
+    swapped = new_engine(family).hotswap.load_adapter(demo_loras[family][2])[0]
+    assert prepared.signature == swapped.signature and prepared.network_alphas == swapped.network_alphas
+    assert_same_tensors(prepared.tensors, swapped.tensors)
 
 
 def test_text_encoder_keys_are_dropped_and_encoders_untouched(demo_loras, tmp_path):
