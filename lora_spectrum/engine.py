@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from lora_spectrum.adapters import HotSwapper, SwapRecord
 from lora_spectrum.devices import free_memory, is_out_of_memory, reserve_vram, resolve_device, resolve_dtype
 from lora_spectrum.errors import (
     BaseLoadError,
@@ -31,7 +32,6 @@ from lora_spectrum.errors import (
     translated,
 )
 from lora_spectrum.families import Family, detect_family, get_family
-from lora_spectrum.hotswap import HotSwapper, SwapRecord
 from lora_spectrum.sampling import Sampling
 
 Route = tuple[str | None, float, tuple[int, ...]]  # (file or None for the base, strength, seeds)
@@ -54,7 +54,7 @@ class RenderResult:
 
 
 def resolve_fuse(fuse: bool | str, device: torch.device, offload: str = "none") -> bool:
-    """Whether the hot-swapper merges the active adapter into the base weights (``hotswap.py``, fused mode).
+    """Whether the hot-swapper merges the active adapter into the base weights (``adapters/fusing.py``).
 
     ``auto``: on for CUDA, where peft's unfused LoRA layers cost up to 2x per denoiser forward; off on the CPU, where
     they cost about 1.2x and a merge costs seconds per swap. Sequential offload keeps the weights off the module
@@ -290,11 +290,11 @@ class Engine:
 
     def _render_shared(self, request, routes, group, prepared, out, cancel, on_step) -> None:
         t0 = time.perf_counter()
-        samples = [(routes[i][0], float(routes[i][1])) for i in group for _ in routes[i][2]]
+        blocks = [(routes[i][0], float(routes[i][1])) for i in group]  # one block a route, its seeds its samples
         seeds = tuple(seed for i in group for seed in routes[i][2])
         swap = images = None
         try:
-            with self.hotswap.routed(samples, prepared=prepared) as swap:
+            with self.hotswap.routed(blocks, len(routes[group[0]][2]), prepared=prepared) as swap:
                 images = self._render_locked(replace(request, seeds=seeds), cancel, on_step)
         except Cancelled:
             raise

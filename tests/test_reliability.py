@@ -36,7 +36,7 @@ from lora_spectrum.lora_keys import HEADER_LIMIT
 from lora_spectrum.plan import make_plan
 from lora_spectrum.render_cache import RenderCache
 from lora_spectrum.runs import run_plan
-from tests.test_hotswap import assert_same_tensors, base_weights
+from tests.adapters.helpers import assert_same_tensors, base_weights
 from tests.tiny import new_engine, pixels
 from tests.tiny import request as tiny_request
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 
@@ -27,6 +28,10 @@ def request(family: str, seeds=(1, 2), prompt="a red circle", steps=2) -> Render
     sampler = "Euler" if family == "sdxl" else "Euler (flow)"
     sampling = Sampling("", steps, GUIDANCE[family], SIZE[family], SIZE[family], sampler)
     return RenderRequest(prompt, tuple(seeds), sampling)
+
+
+def with_guidance(req: RenderRequest, guidance: float) -> RenderRequest:
+    return replace(req, sampling=req.sampling.override(guidance=guidance))
 
 
 def garbage(n: int, seed: int = 0) -> bytes:

@@ -14,7 +14,7 @@ def measure_routed(pipe, family, paths, device, dtype, latent: int, repeats: int
     """Issue 6's stretch: ``k`` epochs, one image each, through the denoiser. Epoch by epoch is a warm swap and
     a batch-1 forward per epoch; routed is one forward of ``k`` samples, each through its own adapter
     (``HotSwapper.routed``, both ways), after a set-up paid once per grid."""
-    from lora_spectrum.hotswap import HotSwapper
+    from lora_spectrum.adapters import HotSwapper
 
     k = min(4, len(paths))
     chosen = paths[-k:]
@@ -43,7 +43,7 @@ def measure_routed(pipe, family, paths, device, dtype, latent: int, repeats: int
         setups, times, out = [], [], None
         for _ in range(2):
             t0 = time.perf_counter()
-            with swapper.routed([(p, 1.0) for p in chosen], way=way):
+            with swapper.routed([(p, 1.0) for p in chosen], 1, way=way):
                 sync(device)
                 setups.append(time.perf_counter() - t0)
                 out = batched()

@@ -60,7 +60,7 @@ def measure_ours(pipe, family, paths, device, swaps, forward, fwd_repeats, base_
                   fused_swap_repeats: int = 8) -> dict:
     """This project's swapper: first install, cold and warm swaps, memory over ``swaps`` swaps, forwards unfused
     and fused, fused swaps."""
-    from lora_spectrum.hotswap import HotSwapper
+    from lora_spectrum.adapters import HotSwapper
 
     # 1. The first file installs the adapter slot through diffusers (once per layout) and teaches the fast path.
     swapper = HotSwapper(pipe, family, resident=4)

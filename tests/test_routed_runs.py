@@ -1,9 +1,9 @@
-"""Routed batches: several epochs (and strengths, and the base) in one denoiser call, each sample through its own
-adapter. Tiny real pipelines of both families; routed images are compared with epoch-by-epoch renders."""
+"""Routed runs: several epochs (and strengths, and the base) in one denoiser call through ``Engine.render_routed``
+and ``run_plan``'s ``mix``, each sample through its own adapter. Tiny real pipelines of both families; routed images
+are compared with epoch-by-epoch renders."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 import numpy as np
@@ -11,51 +11,30 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora_spectrum import demo
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.errors import Cancelled, LoraLoadError
-from lora_spectrum.runs import make_plan, run_plan
-from tests.test_hotswap import assert_same_tensors, base_weights, te_state
-from tests.tiny import FAMILIES, garbage, new_engine, pixels, request
+from lora_spectrum.plan import calls, make_plan
+from lora_spectrum.runs import run_plan
+from lora_spectrum.sampling import Sampling
+from tests.adapters.helpers import (
+    assert_same_tensors,
+    base_weights,
+    diff,
+    only_the_slot,
+    other_rank,
+    separate,
+    te_state,
+)
+from tests.tiny import FAMILIES, garbage, new_engine, pixels, request, with_guidance
 
 
-def separate(engine, req, routes) -> list[np.ndarray]:
-    """Each route rendered the usual way: swap, then one batched call of its seeds."""
-    return [pixels(engine.render(dataclasses.replace(req, seeds=seeds), path, strength).images)
-            for path, strength, seeds in routes]
-
-
-def only_the_slot(engine) -> bool:
-    """No adapter in the denoiser but the swapper's one slot (routing's temporary ones are gone)."""
-    names = list(getattr(engine.hotswap.denoiser, "peft_config", {}))
-    return len(names) <= 1 and all(name.startswith("lora_spectrum_slot") for name in names)
-
-
-def diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a.astype(int) - b.astype(int)).mean())
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_every_layer_but_the_listed_ones_sees_one_row_per_sample(family):
-    """What routing rests on: a layer's input has the batch as its first dimension. Checked in a real forward
-    of three samples, for every Linear and Conv2d of the denoiser, against ``Family.unbatched_layers``."""
-    engine = new_engine(family)
-    seen: dict[str, set[int]] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: seen.setdefault(name, set()).add(args[0].shape[0]))
-             for name, m in engine.hotswap.denoiser.named_modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)]
-    engine.render(dataclasses.replace(request(family, seeds=(1, 2, 3), steps=1), guidance=0.0))
-    for h in hooks:
-        h.remove()
-    unbatched = {name for name, rows in seen.items() if rows != {3}}
-    listed = {name for name in seen if name.split(".", 1)[0] in engine.family.unbatched_layers}
-    assert seen and unbatched == listed
-
-
-def other_rank(family, tmp_path) -> str:
-    """An epoch file of another layout (rank 8): it cannot be stacked with the demo's rank-4 epochs."""
-    path = tmp_path / "rank8_1.safetensors"
-    save_file(demo.make_lora_state_dict(new_engine(family).hotswap.denoiser, family, rank=8, seed=5), str(path))
-    return str(path)
+def render_routed(engine, req, routes, **kwargs):
+    """``Engine.render_routed`` with the routes grouped into calls as ``plan.calls`` groups a job (by the number of
+    seeds), its results back in the routes' order."""
+    batched = calls([(i, list(route[2])) for i, route in enumerate(routes)])
+    out = engine.render_routed(req, [[routes[i] for i, _ in call] for call in batched], **kwargs)
+    flat = {i: r for call, results in zip(batched, out, strict=True) for (i, _), r in zip(call, results, strict=True)}
+    return [flat[i] for i in range(len(routes))]
 
 
 @pytest.mark.parametrize("way", ["routed", "routed-peft"])
@@ -73,7 +52,7 @@ def test_routed_render_matches_epoch_by_epoch_and_leaves_nothing_behind(family, 
     fresh = base_weights(engine.hotswap.denoiser)
     te_before = te_state(engine)
     active_before = pixels(engine.render(req, files[2], 0.7).images)
-    results = engine.render_routed(req, routes)
+    results = render_routed(engine, req, routes)
     # 1. Each route's images are its own epoch's (within rounding of a different batch shape), not a neighbour's.
     for i, result in enumerate(results):
         got = pixels(result.images)
@@ -98,7 +77,7 @@ def test_the_base_renders_exactly_after_routing(family, demo_loras):
     req = request(family)
     base = pixels(new_engine(family).render(req).images)
     engine = new_engine(family)
-    engine.render_routed(req, [(files[1], 1.0, (1,)), (files[3], 1.3, (2,))])
+    render_routed(engine, req, [(files[1], 1.0, (1,)), (files[3], 1.3, (2,))])
     assert engine.hotswap.get_active_adapter() == (None, 0.0)
     assert np.array_equal(pixels(engine.render(req).images), base)
 
@@ -110,7 +89,7 @@ def test_fused_mode_is_put_back_after_routing(demo_loras):
     engine = new_engine(family, fuse=True)
     before = pixels(engine.render(req, files[4], 0.8).images)
     assert engine.hotswap.is_fused()
-    results = engine.render_routed(req, [(files[0], 1.0, (1, 2)), (files[4], 0.8, (1, 2))])
+    results = render_routed(engine, req, [(files[0], 1.0, (1, 2)), (files[4], 0.8, (1, 2))])
     unfused = pixels(new_engine(family).render(req, files[4], 0.8).images)
     assert diff(pixels(results[1].images), unfused) < 0.05, "routed samples add their deltas unfused"
     assert engine.hotswap.is_fused() and engine.hotswap.get_active_adapter() == (files[4], 0.8)
@@ -125,12 +104,12 @@ def test_a_bad_file_fails_only_its_own_route(family, demo_loras, tmp_path):
     req = request(family)
     routes = [(files[0], 1.0, (1, 2)), (str(bad), 1.0, (1, 2)), (files[-1], 1.0, (1, 2))]
     engine = new_engine(family)
-    results = engine.render_routed(req, routes)
+    results = render_routed(engine, req, routes)
     assert isinstance(results[1], LoraLoadError) and "broken_7.safetensors" in str(results[1])
     expected = separate(new_engine(family), req, [routes[0], routes[2]])
     assert diff(pixels(results[0].images), expected[0]) < 0.05
     assert diff(pixels(results[2].images), expected[1]) < 0.05
-    with pytest.raises(LoraLoadError, match="broken_7"), engine.lock, engine.hotswap.routed([(str(bad), 1.0)]):
+    with pytest.raises(LoraLoadError, match="broken_7"), engine.lock, engine.hotswap.routed([(str(bad), 1.0)], 1):
         pass
     assert only_the_slot(engine), "no temporary adapter stays"
     assert engine.hotswap.get_active_adapter() == (None, 0.0)
@@ -153,7 +132,7 @@ def test_a_file_that_adapts_an_unbatched_layer_renders_on_its_own(demo_loras, tm
     assert "cap_embedder" in engine.hotswap.unroutable(prepared)
     req = request(family)
     routes = [(files[0], 1.0, (1, 2)), (str(odd), 1.0, (1, 2)), (files[-1], 1.0, (1, 2))]
-    results = engine.render_routed(req, routes)
+    results = render_routed(engine, req, routes)
     expected = separate(new_engine(family), req, routes)
     assert np.array_equal(pixels(results[1].images), expected[1]), "rendered alone, exactly as a plain render"
     assert results[1].swap.kind != "routed" and results[0].swap.kind == "routed"
@@ -170,8 +149,9 @@ def test_run_plan_with_mix_gives_the_grid_of_epoch_by_epoch(demo_loras, tmp_path
     catalog = Catalog(folder)
     entries = [e for e in catalog.scan() if e.state == "ready"]
     engine = new_engine(family)
+    sampling = Sampling("", 2, 5.0, 64, 64, "Euler")
     plan = make_plan(engine.defaults, [None, *entries], [1, 2], [1.0, 0.5], ["a red circle", "a blue square"],
-                     steps=2, guidance=5.0, width=64, height=64, sampler="Euler")
+                     sampling)
     plain = run_plan(new_engine(family), plan, catalog)
     seen = []
     mixed = run_plan(engine, plan, catalog, mix=3, on_progress=lambda d, t, c: seen.append(d))
@@ -190,10 +170,10 @@ def test_z_image_with_guidance_and_uneven_seeds(demo_loras):
     their own (here alone: a plain render)."""
     family = "z-image"
     files = [str(p) for p in demo_loras[family]]
-    req = dataclasses.replace(request(family, steps=3), guidance=2.0)
+    req = with_guidance(request(family, steps=3), 2.0)
     routes = [(None, 0.0, (1, 2)), (files[0], 1.0, (1, 2)), (files[-1], 1.0, (3,))]
     expected = separate(new_engine(family), req, routes)
-    results = new_engine(family).render_routed(req, routes)
+    results = render_routed(new_engine(family), req, routes)
     assert [r.swap.kind for r in results][:2] == ["routed", "routed"]
     assert not results[2].swap.kind.startswith("routed")
     assert np.array_equal(pixels(results[2].images), expected[2])
@@ -210,7 +190,7 @@ def test_a_cancel_inside_a_routed_call_puts_everything_back(demo_loras):
     before = pixels(engine.render(req, files[2], 0.7).images)
     fresh = base_weights(engine.hotswap.denoiser)
     cancel = threading.Event()
-    results = engine.render_routed(req, [(files[0], 1.0, (1, 2)), (files[-1], 1.0, (1, 2))], cancel=cancel,
+    results = render_routed(engine, req, [(files[0], 1.0, (1, 2)), (files[-1], 1.0, (1, 2))], cancel=cancel,
                                    on_step=lambda i, n: cancel.set())
     assert all(isinstance(r, Cancelled) for r in results)
     assert engine.hotswap.history[-1].kind == "routed", "the cancel came inside the routed call"
@@ -227,7 +207,7 @@ def test_a_slot_of_another_layout_is_reinstalled_after_routing(family, demo_lora
     req = request(family)
     engine = new_engine(family)
     before = pixels(engine.render(req, odd, 0.6).images)
-    results = engine.render_routed(req, [(files[0], 1.0, (1, 2)), (files[-1], 1.0, (1, 2))])
+    results = render_routed(engine, req, [(files[0], 1.0, (1, 2)), (files[-1], 1.0, (1, 2))])
     assert all(r.swap.kind == "routed" for r in results)
     assert engine.hotswap.get_active_adapter() == (odd, 0.6) and only_the_slot(engine)
     assert np.array_equal(pixels(engine.render(req, odd, 0.6).images), before)
@@ -242,8 +222,7 @@ def test_a_cancel_in_a_routed_run_keeps_finished_calls_and_reports_every_cell(de
     catalog = Catalog(folder)
     entries = [e for e in catalog.scan() if e.state == "ready"]
     engine = new_engine(family)
-    plan = make_plan(engine.defaults, entries, [1, 2], [1.0], ["a red circle"], steps=2, guidance=5.0, width=64,
-                     height=64, sampler="Euler")
+    plan = make_plan(engine.defaults, entries, [1, 2], [1.0], ["a red circle"], Sampling("", 2, 5.0, 64, 64, "Euler"))
     cancel, seen = threading.Event(), []
 
     def cancel_after_first_call(done, total, cell):
@@ -266,7 +245,7 @@ def test_a_batch_wider_than_the_lru_reads_each_file_once(demo_loras):
     real_prepare = engine.hotswap.prepare
     engine.hotswap.prepare = lambda path: reads.append(str(path)) or real_prepare(path)  # counts, then the real one
     routes = [(f, 1.0, (1,)) for f in files] + [(files[0], 1.0, (2, 3))]  # the last one renders alone
-    results = engine.render_routed(request(family), routes)
+    results = render_routed(engine, request(family), routes)
     assert all(not isinstance(r, Exception) for r in results)
     assert sorted(reads) == sorted(files), "each file read once, though only 2 stay resident"
 
@@ -286,7 +265,7 @@ def test_a_wide_batch_that_runs_out_of_memory_renders_its_routes_one_by_one(demo
 
     handle = engine.hotswap.denoiser.register_forward_pre_hook(wide_batches_fail, with_kwargs=True)
     try:
-        results = engine.render_routed(req, routes)
+        results = render_routed(engine, req, routes)
     finally:
         handle.remove()
     assert all(not isinstance(r, Exception) for r in results), results

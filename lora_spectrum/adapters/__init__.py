@@ -1,0 +1,7 @@
+"""LoRA files read into a denoiser, swapped, fused and routed; nothing here chooses devices (docs/adapters.md)."""
+
+from lora_spectrum.adapters.hotswap import HotSwapper, SwapRecord
+from lora_spectrum.adapters.reading import PreparedAdapter
+from lora_spectrum.adapters.routing import MIX_BASE
+
+__all__ = ["MIX_BASE", "HotSwapper", "PreparedAdapter", "SwapRecord"]

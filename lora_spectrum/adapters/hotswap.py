@@ -1,0 +1,363 @@
+"""Which adapter is in the denoiser, atomically: the one peft adapter slot, the LRU of prepared adapters, strength,
+swap history and the generation counter. Reading, fused mode and routed batches live in their own modules; the
+steps are explained in ``docs/adapters.md``. Nothing here chooses devices or knows about Streamlit.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lora_spectrum.adapters.fusing import Fuser, unfusable
+from lora_spectrum.adapters.reading import PreparedAdapter, Reader, file_identity, layer_table
+from lora_spectrum.adapters.routing import route, unroutable
+from lora_spectrum.errors import LoraLoadError, LoraSpectrumError, translated
+
+
+@dataclass
+class SwapRecord:
+    name: str
+    kind: str  # cold | warm | rebuild | base | strength | routed | routed-peft
+    seconds: float
+    strength: float = 1.0
+    fused: bool = False  # the adapter is merged into the base weights (fused mode) rather than added by peft
+
+
+@dataclass
+class _Slot:
+    adapter_name: str
+    signature: tuple
+    params: dict[str, torch.nn.Parameter] | None  # key -> slot parameter; None when the fast path cannot map
+    layers: list = field(default_factory=list)  # peft LoRA layers holding this slot
+    layer_names: list[str] = field(default_factory=list)  # their module names in the denoiser, same order
+    unfusable: str | None = None  # why fused mode cannot merge this slot ("" when it can); None: not checked yet
+
+
+class HotSwapper:
+    """Owns the adapter slot in one denoiser. Not thread-safe by itself: the engine's lock serialises callers."""
+
+    def __init__(self, pipe, family, resident: int = 4, empty_cache: bool = False, fuse: bool = False,
+                 pristine_device: str | torch.device | None = None):
+        self.pipe = pipe
+        self.family = family
+        self.denoiser = family.denoiser(pipe)
+        self.resident = max(1, int(resident))
+        self.empty_cache = empty_cache
+        self._lru: OrderedDict[str, PreparedAdapter] = OrderedDict()
+        self._slot: _Slot | None = None
+        self._slot_counter = 0
+        self._lock = threading.RLock()
+        # Files are checked against the untouched denoiser's layers, and converted for this pipe (only read).
+        self.reader = Reader(family, functools.partial(family.convert_lora, pipe=pipe), layer_table(self.denoiser))
+        self.active: str | None = None  # path of the active file, None for the base
+        self._installed: PreparedAdapter | None = None  # what the slot's parameters hold now
+        self.strength: float = 0.0
+        self.generation = 0  # changes on every swap: stale state is detectable
+        self.history: list[SwapRecord] = []
+        self._layer_state: tuple[bool, float] | None = None  # (enabled, strength) the slot's layers hold now
+        # Fused mode (docs/adapters.md). ``pristine_device`` None keeps the pristine copy on the weights' device.
+        self.fuse = bool(fuse)
+        self.fuser = Fuser(self.denoiser, pristine_device)
+        self._install_serial = 0  # changes whenever the slot's parameters change (rebind or rebuild)
+        self.fuse_note = ""  # why the last file in fused mode rendered unfused ("" when it was merged)
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def fast_path_note(self) -> str:  # why the last new layout was (not) learned by the fast path
+        return self.reader.fast.note
+
+    def prepare(self, path: str | Path) -> PreparedAdapter:
+        """Read, convert and check one file against this denoiser. Touches no model; raises ``LoraLoadError``."""
+        ref = next(self.denoiser.parameters())  # where the denoiser is now (offload modes move it)
+        return self.reader.prepare(path, ref.device, ref.dtype)
+
+    def load_adapter(self, path: str | Path) -> tuple[PreparedAdapter, bool]:
+        """The prepared adapter for ``path`` from the LRU (warm) or the file (cold). Touches no model."""
+        path = str(path)
+        identity = file_identity(path)
+        hit = self._lru.get(path)
+        if hit is not None and hit.identity == identity:
+            self._lru.move_to_end(path)
+            return hit, True
+        prepared = self.prepare(path)
+        self._lru[path] = prepared
+        self._lru.move_to_end(path)
+        while len(self._lru) > self.resident:
+            self._lru.popitem(last=False)
+        return prepared, False
+
+    def resident_names(self) -> list[str]:
+        return [p.name for p in self._lru.values()]
+
+    def resident_bytes(self) -> int:
+        return sum(p.nbytes for p in self._lru.values())
+
+    # ------------------------------------------------------------------ state changes
+    def get_active_adapter(self) -> tuple[str | None, float]:
+        return self.active, self.strength
+
+    def activate(self, path: str | Path, strength: float = 1.0, prepared: PreparedAdapter | None = None
+                 ) -> SwapRecord:
+        """Make ``path`` the active adapter at ``strength``. On any error the previous state stays exactly.
+        ``prepared``: the adapter for ``path`` the caller read just now (it is then not read again)."""
+        with self._lock:
+            t0 = time.perf_counter()
+            strength = float(strength)
+            if not math.isfinite(strength):
+                raise LoraLoadError(path, f"strength must be a finite number, not {strength}")
+            # 1. Prepare (or take from the LRU); raises before anything changed.
+            warm = prepared is not None and prepared is self._lru.get(str(path))
+            if prepared is None:
+                prepared, warm = self.load_adapter(path)
+            # 2. Install into the slot.
+            kind = "warm" if warm else "cold"
+            if prepared is not self._installed or self._slot is None:
+                if self._install(prepared):
+                    kind = "rebuild"
+            else:
+                kind = "strength"
+            # 3. Strength (0 means the adapter layers are bypassed); in fused mode, merged into the base weights.
+            try:
+                self._apply_strength(prepared, strength)
+            except LoraLoadError:  # a failed merge: the base weights were restored, so the base is what renders
+                self.active, self.strength = None, 0.0
+                self.generation += 1
+                raise
+            self.active, self.strength = str(path), strength
+            if self.empty_cache and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return self._record(prepared.name, kind, t0, strength, self.fuser.is_fused())
+
+    def use_base(self) -> SwapRecord:
+        """Render with the bare base: every adapter layer is bypassed (its forward is the base layer's) and, in
+        fused mode, every merged weight is copied back from the pristine copy."""
+        with self._lock:
+            t0 = time.perf_counter()
+            self.fuser.restore_all()
+            if self._slot is not None:
+                self._set_strength(0.0)
+            self.active, self.strength = None, 0.0
+            return self._record("base", "base", t0, 0.0)
+
+    def unload(self) -> None:
+        """Remove the adapter slot and the peft wrappers entirely, giving back the original modules."""
+        with self._lock:
+            self.fuser.clear()  # the weights are the base again; a later merge takes a new copy
+            if self._slot is not None:
+                self.denoiser.unload_lora()
+                self._slot = None
+            self._layer_state = None
+            self._lru.clear()
+            self._installed = None
+            self.active, self.strength = None, 0.0
+            self.generation += 1
+
+    def set_fuse(self, enabled: bool) -> None:
+        """Switch fused mode (docs/adapters.md) on or off; the active adapter and strength stay what they are.
+        Off: merged weights are copied back, the pristine copy is freed and the adapter layers are enabled again;
+        on: the active adapter is merged now. Renders change slightly (other arithmetic): the generation moves."""
+        with self._lock:
+            enabled = bool(enabled)
+            if enabled == self.fuse:
+                return
+            self.fuse = enabled
+            self.generation += 1
+            if not enabled:
+                self.fuser.clear()
+            if self._slot is None:
+                return
+            if self.active is None or self._installed is None:
+                self._set_strength(0.0)
+                return
+            try:
+                self._apply_strength(self._installed, self.strength)
+            except LoraLoadError:
+                self.active, self.strength = None, 0.0
+                raise
+
+    def fused_pristine_bytes(self) -> int:
+        """What fused mode costs in memory: the pristine copy of every base weight merged so far (0 unfused)."""
+        return self.fuser.pristine_bytes()
+
+    def is_fused(self) -> bool:
+        """Whether an adapter is merged into the base weights now."""
+        return self.fuser.is_fused()
+
+    # ------------------------------------------------------------------ routed batches (routing.py)
+    def unroutable(self, prepared: PreparedAdapter) -> str:
+        """Why this adapter cannot share a routed batch ("" when it can); see ``routing.unroutable``."""
+        return unroutable(prepared, self.family)
+
+    @contextmanager
+    def routed(self, blocks: list[tuple[str | None, float]], samples: int, way: str = "auto",
+               prepared: dict[str, PreparedAdapter] | None = None):
+        """Several adapters in one denoiser batch: each block (file or ``None``, strength) is ``samples``
+        consecutive samples of it; on leaving, the slot is exactly as it was (``routing.route`` says how)."""
+        with self._lock, route(self, blocks, samples, way, prepared) as record:
+            yield record
+
+    # ------------------------------------------------------------------ for routing.py (not for callers)
+    def _record(self, name: str, kind: str, t0: float, strength: float = 1.0, fused: bool = False) -> SwapRecord:
+        """A state change done: the generation moves and the history keeps its record (the last 1000)."""
+        self.generation += 1
+        record = SwapRecord(name, kind, time.perf_counter() - t0, strength, fused)
+        self.history.append(record)
+        del self.history[:-1000]
+        return record
+
+    def _lend_slot(self) -> PreparedAdapter | None:
+        """Before a routed batch: the base weights the base (routed deltas are added unfused); returns what the
+        slot holds, for ``_put_back``."""
+        self.fuser.restore_all()
+        self._layer_state = None
+        return self._installed
+
+    def _slot_for(self, prepared: PreparedAdapter) -> _Slot:
+        """The slot, installed for ``prepared``'s layout if it holds another (its layers tell their scaling)."""
+        if self._slot is None or self._slot.signature != prepared.signature:
+            self._install(prepared)
+        return self._slot
+
+    def _put_back(self, installed: PreparedAdapter | None, broken: bool) -> Exception | None:
+        """After a routed batch: the slot holds ``installed`` again, active at its strength (merged again when
+        fused) or bypassed; when ``broken`` (hooks may be left) or this fails, the base is active (returns why)."""
+        self._layer_state = None
+        self.generation += 1
+        failure = None
+        if not broken:
+            try:
+                if installed is not None and self._installed is not installed:
+                    self._install(installed)
+                if self._slot is not None:
+                    for layer in self._slot.layers:
+                        layer.set_adapter(self._slot.adapter_name)
+                    if self.active is not None and self._installed is not None:
+                        self._apply_strength(self._installed, self.strength)
+                    else:
+                        self._set_strength(0.0)
+                return None
+            except Exception as exc:  # noqa: BLE001 - a failed reinstall or merge: the base is what renders
+                failure = exc
+        self.active, self.strength = None, 0.0
+        self.fuser.restore_all()
+        if self._slot is not None:
+            self._layer_state = None
+            self._set_strength(0.0)
+        return failure
+
+    # ------------------------------------------------------------------ internals
+    def _apply_strength(self, prepared: PreparedAdapter, strength: float) -> None:
+        """Unfused: set the adapter layers' scale. Fused: merge the slot into the base weights at ``strength``
+        and bypass the adapter layers; a slot that cannot be merged renders unfused (``fuse_note`` says why)."""
+        if not self.fuse or strength == 0.0:
+            self.fuser.restore_all()
+            self._set_strength(strength)
+            return
+        slot = self._slot
+        named_layers = list(zip(slot.layer_names, slot.layers, strict=True))
+        if slot.unfusable is None:  # checked once per slot
+            slot.unfusable = unfusable(slot.adapter_name, named_layers)
+        if slot.unfusable:
+            self.fuse_note = f"{prepared.name} renders unfused: {slot.unfusable}"
+            self.fuser.restore_all()
+            self._set_strength(strength)
+            return
+        self.fuse_note = ""
+        self._set_strength(0.0)  # bypassed first: the delta lives in the weights, never added twice
+        self.fuser.merge(prepared.path, slot.adapter_name, named_layers, strength, (self._install_serial, strength))
+
+    def _set_strength(self, strength: float) -> None:
+        """Set every adapter layer's scale (0: bypassed). The layers are only touched when the state changes:
+        peft's ``enable_adapters`` walks each layer's modules, the one cost left in a warm swap otherwise."""
+        slot = self._slot
+        state = (strength != 0.0, strength if strength != 0.0 else 0.0)
+        if state == self._layer_state:
+            return
+        for layer in slot.layers:
+            if strength == 0.0:
+                layer.enable_adapters(False)
+            else:
+                layer.enable_adapters(True)
+                layer.set_scale(slot.adapter_name, strength)
+        self._layer_state = state
+
+    def _install(self, prepared: PreparedAdapter) -> bool:
+        """Make the slot's parameters hold ``prepared``: re-pointed when the layout matches, else a new slot
+        through diffusers. Returns whether the slot was rebuilt."""
+        rebuilt = not (self._slot is not None and self._slot.signature == prepared.signature and self._slot.params)
+        if rebuilt:
+            self._rebuild(prepared)
+        else:
+            self._rebind(prepared)
+        self._installed = prepared
+        self._install_serial += 1
+        return rebuilt
+
+    def _rebind(self, prepared: PreparedAdapter) -> None:
+        params = self._slot.params
+        device = next(iter(params.values())).device
+        for key, tensor in prepared.tensors.items():
+            if tensor.device != device:  # offload modes move the denoiser between devices
+                tensor = tensor.to(device)
+            params[key].data = tensor
+
+    def _rebuild(self, prepared: PreparedAdapter) -> None:
+        """Load a new slot through diffusers; the old slot is deleted only after the new one loaded."""
+        from peft.tuners.lora import LoraLayer
+
+        self._slot_counter += 1
+        new_name = f"lora_spectrum_slot{self._slot_counter}"
+        old = self._slot
+        self._load_named(prepared, new_name)
+        if old is not None:
+            self._drop_adapter(old.adapter_name)
+        named_layers = [(n, m) for n, m in self.denoiser.named_modules()
+                        if isinstance(m, LoraLayer) and new_name in m.lora_A]
+        layers = [m for _, m in named_layers]
+        for layer in layers:
+            layer.set_adapter(new_name)
+        self._layer_state = None  # new layers: their strength is set by the caller
+        named = dict(self.denoiser.named_parameters())
+        params: dict[str, torch.nn.Parameter] | None = {}
+        for key in prepared.tensors:
+            stem, leaf = key.rsplit(".", 1)
+            pname = f"{stem}.{new_name}.{leaf}"
+            if pname not in named:
+                params = None  # an unusual layout: later swaps go through diffusers again
+                break
+            params[key] = named[pname]
+        self._slot = _Slot(new_name, prepared.signature, params, layers, [n for n, _ in named_layers])
+        if params:
+            self._rebind(prepared)
+
+    def _load_named(self, prepared: PreparedAdapter, name: str) -> None:
+        """Load ``prepared`` through diffusers as peft adapter ``name``; on failure nothing of it stays."""
+        prefix = self.family.lora_prefix
+        sd = {f"{prefix}.{k}": v for k, v in prepared.tensors.items()}
+        alphas = {k: v for k, v in (prepared.network_alphas or {}).items()}
+        try:
+            with translated(lambda exc: LoraLoadError(prepared.path, f"could not be loaded into the "
+                                                                     f"{self.family.denoiser_attr} "
+                                                                     f"({type(exc).__name__}: {exc})")):
+                self.denoiser.load_lora_adapter(sd, prefix=prefix, network_alphas=alphas or None,
+                                                adapter_name=name, low_cpu_mem_usage=True)
+            if name not in getattr(self.denoiser, "peft_config", {}):
+                raise LoraLoadError(prepared.path, "diffusers matched none of its keys to the model")
+        except LoraSpectrumError:
+            self._drop_adapter(name)
+            raise
+
+    def _drop_adapter(self, adapter_name: str) -> None:
+        if adapter_name in getattr(self.denoiser, "peft_config", {}):
+            with warnings.catch_warnings():  # peft names the adapter it falls back to; the caller sets its own
+                warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
+                self.denoiser.delete_adapters(adapter_name)

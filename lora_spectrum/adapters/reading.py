@@ -1,0 +1,200 @@
+"""A LoRA file read, converted and checked against one denoiser's layers into a ``PreparedAdapter``.
+
+Touches no model (like diffusers' ``lora_state_dict`` next to ``load_lora_into_unet``): it needs the denoiser's
+layer table, the family and diffusers' converter, and it reads only files. Step 1 of ``docs/adapters.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from lora_spectrum.adapters.fast_path import FastPath, Layout
+from lora_spectrum.errors import HeaderError, LoraLoadError, translated
+from lora_spectrum.lora_keys import CONVERTED_TE_PREFIXES, read_header
+
+
+@dataclass
+class PreparedAdapter:
+    """A LoRA file read, converted and checked against this denoiser; ready to install."""
+
+    path: str
+    name: str
+    identity: tuple[int, int]  # (size, mtime_ns) of the file it was read from
+    tensors: dict[str, torch.Tensor]  # peft layout without prefix: "<module>.lora_A.weight" -> tensor
+    network_alphas: dict[str, float] | None
+    signature: tuple
+    dropped_text_encoder_keys: int
+    nbytes: int
+
+
+def layer_table(denoiser) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Kind and weight shape of every Linear/Conv2d layer of the untouched denoiser, to validate files with."""
+    layers: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, module in denoiser.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            layers[name] = ("linear", (module.out_features, module.in_features))
+        elif isinstance(module, torch.nn.Conv2d):
+            layers[name] = ("conv", (module.out_channels, module.in_channels, *module.kernel_size))
+    return layers
+
+
+def file_identity(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError as exc:
+        raise LoraLoadError(path, "file not found (removed or renamed after the last scan)") from exc
+    return st.st_size, st.st_mtime_ns
+
+
+def _load_raw(path: str) -> dict[str, torch.Tensor]:
+    try:
+        raw = load_file(path)
+    except FileNotFoundError as exc:
+        raise LoraLoadError(path, "file not found (removed or renamed after the last scan)") from exc
+    except SafetensorError as exc:
+        raise LoraLoadError(path, f"not a valid safetensors file, or truncated ({exc})") from exc
+    except OSError as exc:
+        raise LoraLoadError(path, f"cannot read the file ({exc})") from exc
+    if not raw:
+        raise LoraLoadError(path, "the file holds no tensors")
+    return raw
+
+
+def _signature(tensors: dict[str, torch.Tensor], alphas: dict[str, float] | None) -> tuple:
+    """Files with equal signatures fit the same adapter slot."""
+    return (tuple(sorted((k, tuple(v.shape)) for k, v in tensors.items())), tuple(sorted((alphas or {}).items())))
+
+
+def _exact_table(path: str, size: int) -> tuple[dict | None, int]:
+    """The file's tensor table and where its data starts, when its data ends exactly at the end of the file;
+    ``(None, 0)`` otherwise (truncated, padded or unreadable: safetensors then reads it and says what is wrong)."""
+    try:
+        header = read_header(path, size)
+    except (HeaderError, OSError):
+        return None, 0
+    if header.data_start + header.data_end != size:
+        return None, 0
+    return header.table, header.data_start
+
+
+def _not_a_lora(path: str):
+    """What a converter's error becomes (for ``translated``)."""
+    return lambda exc: LoraLoadError(path, f"diffusers could not read its keys as a LoRA ({type(exc).__name__}: "
+                                           f"{exc})")
+
+
+def check_finite(path: str, sd: dict[str, torch.Tensor]) -> None:
+    tensors = [t for t in sd.values() if t.is_floating_point()]
+    # One grouped norm over all tensors, in their own dtype (a float copy of each cost seconds on 2 cores); a
+    # NaN/Inf anywhere makes its norm non-finite, and an overflowing norm is cleared by the exact check below.
+    if tensors and not bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors)).float()).all()):
+        for key, t in sd.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise LoraLoadError(path, f"holds NaN or Inf values (in {key}); renders would be black. "
+                                          f"The training likely diverged at this epoch")
+
+
+class Reader:
+    """Reads files for one denoiser. ``convert``: diffusers' converter for its pipeline (``Family.convert_lora``
+    bound to the pipe, which it only reads); ``layers``: ``layer_table(denoiser)``. Thread-safe."""
+
+    def __init__(self, family, convert, layers: dict[str, tuple[str, tuple[int, ...]]]):
+        self.family = family
+        self.convert = convert
+        self.layers = layers
+        self.fast = FastPath()
+
+    def prepare(self, path: str | Path, device: torch.device, dtype: torch.dtype) -> PreparedAdapter:
+        """Read, convert and check one file, cast for a denoiser on ``device`` in ``dtype``; raises
+        ``LoraLoadError``."""
+        path = str(path)
+        identity = file_identity(path)
+        # 1. A file whose tensor table matches a learned layout: read straight into one buffer (docs/adapters.md).
+        table, data_start = _exact_table(path, identity[0])
+        candidates = self.fast.candidates(table)
+        if candidates:
+            with self.fast.lock:  # the staging buffer is reused: held until the tensors are copied out of it
+                hit = self.fast.read(path, candidates, data_start, staged=device.type == "cuda")
+                if hit is not None:
+                    return self._finish_flat(path, identity, *hit, device, dtype)
+        # 2. Otherwise read with safetensors only (never pickle), then convert with diffusers' converters.
+        raw = _load_raw(path)
+        dora = next((k for k in raw if k.endswith(".dora_scale")), None)
+        if dora is not None:  # diffusers drops these keys with a log line and loads the rest as a plain LoRA
+            raise LoraLoadError(path, f"is a kohya DoRA file ({dora}); diffusers cannot load its magnitude vectors "
+                                      f"and would render it as a different, plain LoRA, so it is not loaded")
+        mine, alphas, dropped = self._convert(path, raw)
+        # 3. Every key must name a layer of this denoiser, with matching shapes.
+        self._check_layers(path, mine)
+        signature = _signature(mine, alphas)
+        # 4. Learn this layout, so that the next epoch of the same run takes step 1.
+        if table is not None:
+            self.fast.learn(path, table, data_start, raw, mine, lambda sd: self._convert(path, sd)[0],
+                            alphas, signature, dropped)
+        # 5. Cast once to the model's dtype and device; then every value must be finite (a cast can overflow).
+        mine = {k: v.to(device=device, dtype=dtype) for k, v in mine.items()}
+        check_finite(path, mine)
+        nbytes = sum(v.numel() * v.element_size() for v in mine.values())
+        return PreparedAdapter(path, Path(path).name, identity, mine, alphas, signature, dropped, nbytes)
+
+    def _convert(self, path: str, raw: dict[str, torch.Tensor]) -> tuple[dict, dict | None, int]:
+        """diffusers' conversion of a file's tensors: (denoiser tensors in peft layout without prefix, network
+        alphas or None, number of text-encoder tensors dropped)."""
+        with translated(_not_a_lora(path)):  # diffusers raises many types for unknown layouts
+            converted, alphas = self.convert(raw)
+        # Keep the denoiser's keys; count what belongs to the text encoders (dropped, never loaded).
+        prefix = self.family.lora_prefix + "."
+        dropped = sum(1 for k in converted if k.startswith(CONVERTED_TE_PREFIXES))
+        mine = {k[len(prefix):]: v for k, v in converted.items() if k.startswith(prefix)}
+        unknown = [k for k in converted if not k.startswith(prefix) and not k.startswith(CONVERTED_TE_PREFIXES)]
+        if not mine:
+            what = "only text-encoder keys" if dropped else "no keys diffusers recognises for this model"
+            raise LoraLoadError(path, f"no {self.family.denoiser_attr} keys: it has {what}; "
+                                      f"is it a LoRA for another model family than {self.family.name}?")
+        if unknown:
+            raise LoraLoadError(path, f"{len(unknown)} key(s) fit no part of a {self.family.name} pipeline, "
+                                      f"e.g. {unknown[0]!r}; a LoRA for another architecture?")
+        if "lora_A" not in next(iter(mine)):
+            from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
+
+            with translated(_not_a_lora(path)):
+                mine = convert_unet_state_dict_to_peft(mine)
+        if alphas:
+            alphas = {k: float(v) for k, v in alphas.items() if k.startswith(prefix)}
+        return mine, alphas or None, dropped
+
+    def _finish_flat(self, path, identity, layout: Layout, flat: torch.Tensor, device, dtype) -> PreparedAdapter:
+        # 4. Move and cast as one tensor (nothing to do for a bf16 file on a bf16 CPU model).
+        if flat.device != device:
+            flat = flat.to(device)  # synchronous: the staging buffer is free again after this line
+        flat = flat.to(dtype)
+        tensors = {k: part.view(shape) for k, part, shape
+                   in zip(layout.keys, torch.split(flat, layout.numels), layout.shapes, strict=True)}
+        # 5. Every value must be finite: one norm over all of them; NaN/Inf anywhere makes it non-finite (and a
+        #    mere overflow of the norm is sorted out by the per-tensor check, which then finds nothing).
+        if not bool(torch.isfinite(torch.linalg.vector_norm(flat))):
+            check_finite(path, tensors)
+        return PreparedAdapter(path, Path(path).name, identity, tensors, layout.network_alphas, layout.signature,
+                               layout.dropped_text_encoder_keys, flat.numel() * flat.element_size())
+
+    def _check_layers(self, path: str, sd: dict[str, torch.Tensor]) -> None:
+        for key, value in sd.items():
+            module = key.split(".lora_")[0]
+            if module not in self.layers:
+                raise LoraLoadError(path, f"targets layer {module!r}, which this {self.family.name} "
+                                          f"{self.family.denoiser_attr} does not have; a LoRA for another "
+                                          f"architecture or model family?")
+            kind, shape = self.layers[module]
+            out_f, in_f = shape[0], shape[1]
+            if key.endswith("lora_A.weight") and value.shape[1] != in_f:
+                raise LoraLoadError(path, f"shape mismatch at {module}: lora_A is {tuple(value.shape)} but the "
+                                          f"layer takes {in_f} inputs; a LoRA for another architecture?")
+            if key.endswith("lora_B.weight") and value.shape[0] != out_f:
+                raise LoraLoadError(path, f"shape mismatch at {module}: lora_B is {tuple(value.shape)} but the "
+                                          f"layer has {out_f} outputs; a LoRA for another architecture?")
