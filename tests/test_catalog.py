@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.errors import CatalogError
 from lora_spectrum.lora_keys import HEADER_LIMIT
-from tests.tiny import garbage
+from tests.tiny import Boom, garbage
 
 
 def write_lora(path, rank=4, metadata=None, te=False, value=None):
@@ -74,15 +74,6 @@ def test_bak_files_hide_and_come_back(tmp_path):
     assert cat.hidden == ["jimeng_50.safetensors.bak"]
     os.rename(tmp_path / "jimeng_50.safetensors.bak", tmp_path / "jimeng_50.safetensors")
     assert names(cat.scan()) == ["jimeng_50.safetensors", "jimeng_80.safetensors"]
-
-
-class Boom:
-    """Unpickling this writes a marker file: proof that nothing was unpickled if the marker is absent."""
-
-    marker = ""
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def make_pickle(path, marker):

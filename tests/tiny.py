@@ -44,3 +44,12 @@ def garbage(n: int, seed: int = 0) -> bytes:
 
 def pixels(images) -> np.ndarray:
     return np.stack([np.asarray(im) for im in images])
+
+
+class Boom:
+    """Unpickling this creates a marker file: proof that nothing was unpickled if the marker is absent."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))

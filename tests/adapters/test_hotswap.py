@@ -1,11 +1,10 @@
 """The slot and the LRU (``adapters/hotswap.py``) on tiny real pipelines of both families: exact swaps, no residue,
-atomic failures, bounded memory, files read again when they change, thread safety through the engine's lock."""
+atomic failures, bounded memory, files read again when they change."""
 
 from __future__ import annotations
 
 import os
 import random
-import threading
 
 import numpy as np
 import pytest
@@ -102,53 +101,3 @@ def test_file_replaced_under_the_same_name_is_read_again(demo_loras, tmp_path):
     expected = pixels(new_engine(family).render(request(family), str(demo_loras[family][-1])).images)
     assert not np.array_equal(first, second)
     assert np.array_equal(second, expected)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_threads_rendering_different_epochs_match_serial_renders(family, demo_loras):
-    paths = [str(p) for p in demo_loras[family][:4]]
-    serial_engine = new_engine(family)
-    serial = {p: pixels(serial_engine.render(request(family), p).images) for p in paths}
-    engine = new_engine(family, max_queued=8)
-    results, errors = {}, []
-
-    def work(p):
-        try:
-            for _ in range(2):
-                results[p] = pixels(engine.render(request(family), p).images)
-        except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(p,)) for p in paths]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    for p in paths:
-        assert np.array_equal(results[p], serial[p]), p
-
-
-# ---------------------------------------------------------------------------------------------- through the engine
-def test_prompt_is_encoded_once_per_plan(demo_loras):
-    engine = new_engine("sdxl")
-    for p in demo_loras["sdxl"][:5]:
-        engine.render(request("sdxl", seeds=(1, 2)), str(p))
-    assert engine.prompt_encodings == 1
-    forwards = engine.text_encoder_forwards
-    engine.render(request("sdxl", prompt="a blue square"), None)
-    assert engine.prompt_encodings == 2 and engine.text_encoder_forwards > forwards
-
-
-def test_a_z_image_base_loads_from_a_diffusers_folder_and_swaps(demo_loras, tmp_path):
-    """The family is read from model_index.json; the folder renders what the in-memory pipeline renders."""
-    from lora_spectrum.engine import Engine
-    from lora_spectrum.families import detect_family
-
-    demo.build_tiny("z-image", seed=0).save_pretrained(tmp_path / "base")
-    assert detect_family(str(tmp_path / "base")) == "z-image"
-    engine = Engine.load(str(tmp_path / "base"), family="auto", device="cpu", max_sequence_length=32)
-    assert engine.family.name == "z-image"
-    epoch = str(demo_loras["z-image"][-1])
-    got = pixels(engine.render(request("z-image"), epoch, 1.0).images)
-    assert np.array_equal(got, pixels(new_engine("z-image").render(request("z-image"), epoch, 1.0).images))

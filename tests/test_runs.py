@@ -1,9 +1,9 @@
-"""Reliability end to end through the comparison run (issue 8): bad files, faults during work, concurrency and a
-short soak.
+"""Executing plans (``run_plan``) end to end: bad files met by a run, faults during work, cancel, the cache, and
+concurrent runs.
 
 Every case goes through ``run_plan`` on a tiny real engine with a real catalog, the way the app and the ``grid``
 command run, and is compared pixel for pixel with clean renders. What tests/test_catalog.py (each bad file's state
-and reason at scan time) and tests/test_hotswap.py (swap atomicity and purity, engine-level threads) already cover
+and reason at scan time) and tests/adapters/ (swap atomicity and purity, engine-level threads) already cover
 is not repeated: here a run meets those files, mostly files that were fine when the folder was scanned and broke,
 vanished or were replaced before their swap, which is when a run meets them in practice.
 """
@@ -17,7 +17,6 @@ import shutil
 import struct
 import threading
 import time
-import tomllib
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -29,15 +28,14 @@ from safetensors.torch import load_file, save_file
 
 from lora_spectrum import demo
 from lora_spectrum.catalog import Catalog
-from lora_spectrum.engine import Engine
-from lora_spectrum.errors import BaseLoadError, BusyError, Cancelled, PlanError, RenderError
+from lora_spectrum.errors import BusyError, Cancelled, PlanError, RenderError
 from lora_spectrum.grid_files import write_outputs
 from lora_spectrum.lora_keys import HEADER_LIMIT
 from lora_spectrum.plan import make_plan
 from lora_spectrum.render_cache import RenderCache
 from lora_spectrum.runs import run_plan
 from tests.adapters.helpers import assert_same_tensors, base_weights
-from tests.tiny import new_engine, pixels
+from tests.tiny import Boom, new_engine, pixels
 from tests.tiny import request as tiny_request
 
 SEEDS = (1,)
@@ -121,15 +119,6 @@ class FailOnce:
             self.seen.append(weakref.ref(args[0]))
         if self.calls == self.at:
             raise self.kind(self.message)
-
-
-class Boom:
-    """Unpickling this creates a marker file: proof that nothing was unpickled if the marker is absent."""
-
-    marker = ""
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def sd15_lora() -> dict[str, torch.Tensor]:
@@ -401,28 +390,6 @@ def test_a_run_leaves_the_cache_within_its_bound(tmp_path, demo_loras):
     assert sum(p.stat().st_size for p in stored) <= cache.max_bytes
 
 
-def test_cache_writers_of_one_key_do_not_collide(tmp_path):
-    """Every session of the app has its own RenderCache on the one folder; two renders of the same cell meet."""
-    errors = []
-
-    def write(i):
-        cache = RenderCache(tmp_path / "cache", max_mb=0.001)  # tiny: every put also prunes
-        try:
-            for n in range(40):
-                cache.put("ab" + "0" * 62, bytes([i, n]) * 400)
-                cache.put(f"ab{i:02d}{n:02d}" + "1" * 58, b"x" * 800)
-        except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    assert not list((tmp_path / "cache").glob("*/*.tmp")), "temporary files left behind"
-
-
 # ---------------------------------------------------------------------------------------------- concurrency
 @pytest.mark.parametrize("n_threads", [2, 4])
 def test_concurrent_runs_each_get_exactly_their_own_epochs(n_threads, tmp_path, demo_loras, ref):
@@ -487,57 +454,3 @@ def test_the_busy_limit_turns_a_third_run_away_at_once(demo_loras, ref):
         assert np.array_equal(column_pixels(results[e], by_epoch[e].name), ref(family, by_epoch[e].path))
     after = run_plan(engine, plan_for(engine, [by_epoch[150]]), cat)
     assert np.array_equal(column_pixels(after, by_epoch[150].name), ref(family, by_epoch[150].path))
-
-
-# ---------------------------------------------------------------------------------------------- soak
-def test_short_soak_keeps_the_base_and_memory(tmp_path):
-    """The short variant of ``scripts/soak.py``: the same checks except timing (measured there, not here)."""
-    from scripts.soak import soak
-
-    report = soak(swaps=60, epochs=6, render_every=10, workdir=tmp_path, check_timing=False, threads=None)
-    assert report.base_weights_identical and report.base_render_identical
-    assert report.rss_ok, f"RSS {report.rss_start_mb:.1f} -> {report.rss_end_mb:.1f} MB, adapter {report.adapter_mb}"
-    assert report.resident_adapters <= report.resident_limit
-    assert report.swap_kinds.get("cold") and report.swap_kinds.get("warm") and report.swap_kinds.get("base")
-    assert report.ok, report.failures
-
-
-# ---------------------------------------------------------------------------------------------- security
-def test_a_base_is_loaded_from_safetensors_only(tmp_path):
-    """Pickle-based base weights are refused with the reason, never handed to torch.load (docs/SECURITY.md)."""
-    pipe = demo.build_tiny("sdxl", workdir=tmp_path / "tok")
-    pipe.save_pretrained(str(tmp_path / "bin-base"), safe_serialization=False)  # UNet and VAE as .bin pickles
-    with pytest.raises(BaseLoadError, match="safetensors"):
-        Engine.load(str(tmp_path / "bin-base"), family="sdxl", device="cpu")
-    marker = tmp_path / "UNPICKLED"
-    Boom.marker = str(marker)
-    (tmp_path / "model.ckpt").write_bytes(pickle.dumps(Boom()))
-    with pytest.raises(BaseLoadError, match="only .safetensors checkpoints"):
-        Engine.load(str(tmp_path / "model.ckpt"), family="sdxl", device="cpu")
-    assert not marker.exists()
-
-
-FORBIDDEN = {
-    "file_uploader": "no uploads: LoRAs come from the configured folder only",
-    "unsafe_allow_html": "text from files is never rendered as HTML",
-    "st.html(": "text from files is never rendered as HTML",
-    "components.v1": "no custom HTML/JS components",
-    "torch.load(": "no pickle: safetensors only",
-    "pickle.load": "no pickle: safetensors only",
-}
-
-
-def test_server_defaults_are_local_xsrf_protected_and_without_uploads():
-    """The promises of docs/SECURITY.md that live in configuration and in what the code never calls."""
-    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
-    server = config["server"]
-    assert server["address"] == "127.0.0.1", "listens on this machine only"
-    assert server["enableXsrfProtection"] is True and server["enableCORS"] is True
-    assert server["maxUploadSize"] <= 1 and server["headless"] is True
-    assert config["browser"]["gatherUsageStats"] is False
-    assert config["client"]["showErrorDetails"] == "none", "tracebacks (paths, code) are not sent to browsers"
-    sources = [ROOT / "app.py", *sorted((ROOT / "lora_spectrum").rglob("*.py"))]
-    for path in sources:
-        text = path.read_text(encoding="utf-8")
-        for needle, promise in FORBIDDEN.items():
-            assert needle not in text, f"{path.relative_to(ROOT)} uses {needle}: {promise}"

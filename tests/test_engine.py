@@ -1,0 +1,90 @@
+"""The engine: one resident pipeline, its lock (threads get exactly their own epochs), prompt embeddings computed
+once, bases loaded from folders and from safetensors only, and a short soak of swaps and renders."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+
+import numpy as np
+import pytest
+
+from lora_spectrum import demo
+from lora_spectrum.engine import Engine
+from lora_spectrum.errors import BaseLoadError
+from tests.tiny import FAMILIES, Boom, new_engine, pixels, request
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_threads_rendering_different_epochs_match_serial_renders(family, demo_loras):
+    paths = [str(p) for p in demo_loras[family][:4]]
+    serial_engine = new_engine(family)
+    serial = {p: pixels(serial_engine.render(request(family), p).images) for p in paths}
+    engine = new_engine(family, max_queued=8)
+    results, errors = {}, []
+
+    def work(p):
+        try:
+            for _ in range(2):
+                results[p] = pixels(engine.render(request(family), p).images)
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(p,)) for p in paths]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for p in paths:
+        assert np.array_equal(results[p], serial[p]), p
+
+
+def test_prompt_is_encoded_once_per_plan(demo_loras):
+    engine = new_engine("sdxl")
+    for p in demo_loras["sdxl"][:5]:
+        engine.render(request("sdxl", seeds=(1, 2)), str(p))
+    assert engine.prompt_encodings == 1
+    forwards = engine.text_encoder_forwards
+    engine.render(request("sdxl", prompt="a blue square"), None)
+    assert engine.prompt_encodings == 2 and engine.text_encoder_forwards > forwards
+
+
+def test_a_z_image_base_loads_from_a_diffusers_folder_and_swaps(demo_loras, tmp_path):
+    """The family is read from model_index.json; the folder renders what the in-memory pipeline renders."""
+    from lora_spectrum.engine import Engine
+    from lora_spectrum.families import detect_family
+
+    demo.build_tiny("z-image", seed=0).save_pretrained(tmp_path / "base")
+    assert detect_family(str(tmp_path / "base")) == "z-image"
+    engine = Engine.load(str(tmp_path / "base"), family="auto", device="cpu", max_sequence_length=32)
+    assert engine.family.name == "z-image"
+    epoch = str(demo_loras["z-image"][-1])
+    got = pixels(engine.render(request("z-image"), epoch, 1.0).images)
+    assert np.array_equal(got, pixels(new_engine("z-image").render(request("z-image"), epoch, 1.0).images))
+
+
+def test_a_base_is_loaded_from_safetensors_only(tmp_path):
+    """Pickle-based base weights are refused with the reason, never handed to torch.load (docs/SECURITY.md)."""
+    pipe = demo.build_tiny("sdxl", workdir=tmp_path / "tok")
+    pipe.save_pretrained(str(tmp_path / "bin-base"), safe_serialization=False)  # UNet and VAE as .bin pickles
+    with pytest.raises(BaseLoadError, match="safetensors"):
+        Engine.load(str(tmp_path / "bin-base"), family="sdxl", device="cpu")
+    marker = tmp_path / "UNPICKLED"
+    Boom.marker = str(marker)
+    (tmp_path / "model.ckpt").write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(BaseLoadError, match="only .safetensors checkpoints"):
+        Engine.load(str(tmp_path / "model.ckpt"), family="sdxl", device="cpu")
+    assert not marker.exists()
+
+
+def test_short_soak_keeps_the_base_and_memory(tmp_path):
+    """The short variant of ``scripts/soak.py``: the same checks except timing (measured there, not here)."""
+    from scripts.soak import soak
+
+    report = soak(swaps=60, epochs=6, render_every=10, workdir=tmp_path, check_timing=False, threads=None)
+    assert report.base_weights_identical and report.base_render_identical
+    assert report.rss_ok, f"RSS {report.rss_start_mb:.1f} -> {report.rss_end_mb:.1f} MB, adapter {report.adapter_mb}"
+    assert report.resident_adapters <= report.resident_limit
+    assert report.swap_kinds.get("cold") and report.swap_kinds.get("warm") and report.swap_kinds.get("base")
+    assert report.ok, report.failures
