@@ -28,7 +28,7 @@ class Family:
     defaults: FamilyDefaults
     # Denoiser layers that see the tokens of every sample concatenated (no batch dimension), so one batch cannot
     # route its samples to different adapters there. Z-Image embeds all images' patches and all captions in one
-    # call; every other layer of both families is batch-first (tests/test_mixing.py checks it in a real forward).
+    # call; every other layer of both families is batch-first (tests/adapters/test_routing.py checks it in a real forward).
     unbatched_layers: tuple[str, ...] = ()
 
     @property

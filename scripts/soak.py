@@ -13,7 +13,7 @@ What a workbench left open for hours must keep, checked after the last swap:
    first 100 (plus 1 ms, below which timer noise on a shared machine dominates). The swap sequence repeats every
    100 swaps, so both windows do the same mix of cold, warm, strength-only and base swaps.
 
-Prints a summary and exits 1 when a check fails. ``tests/test_reliability.py`` runs a short variant (no timing
+Prints a summary and exits 1 when a check fails. ``tests/test_engine.py`` runs a short variant (no timing
 check: timings are measured here, never asserted in tests).
 """
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -31,3 +33,14 @@ def demo_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo")
     demo.ensure_demo(folder, "sdxl")
     return folder
+
+
+@pytest.fixture
+def setup(tmp_path, demo_dir):
+    """A config of its own on the random demo (base: demo), a copy of its epochs to change, and an output path."""
+    loras = tmp_path / "loras"
+    shutil.copytree(demo_dir / "loras", loras)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"base: demo\ndemo: random\ndemo_dir: {demo_dir}\ncache_dir: {tmp_path / 'cache'}\ndevice: cpu\n",
+                      encoding="utf-8")
+    return config, loras, tmp_path / "out"

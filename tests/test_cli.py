@@ -16,16 +16,6 @@ from lora_spectrum.grid_files import parse_parameters
 from tests.tiny import garbage
 
 
-@pytest.fixture
-def setup(tmp_path, demo_dir):
-    loras = tmp_path / "loras"
-    shutil.copytree(demo_dir / "loras", loras)
-    config = tmp_path / "config.yaml"
-    config.write_text(f"base: demo\ndemo: random\ndemo_dir: {demo_dir}\ncache_dir: {tmp_path / 'cache'}\ndevice: cpu\n",
-                      encoding="utf-8")
-    return config, loras, tmp_path / "out"
-
-
 def grid(config, loras, out, *extra):
     return main(["grid", "--config", str(config), "--loras", str(loras), "--out", str(out), "--steps", "2",
                  *extra])

@@ -2,22 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
-
-import pytest
-
 from lora_spectrum.settings import load_settings
 from lora_spectrum.workbench import open_engine
-
-
-@pytest.fixture
-def setup(tmp_path, demo_dir):
-    loras = tmp_path / "loras"
-    shutil.copytree(demo_dir / "loras", loras)
-    config = tmp_path / "config.yaml"
-    config.write_text(f"base: demo\ndemo: random\ndemo_dir: {demo_dir}\ncache_dir: {tmp_path / 'cache'}\ndevice: cpu\n",
-                      encoding="utf-8")
-    return config, loras, tmp_path / "out"
 
 
 def test_the_demo_hands_on_the_catalog_it_scanned_to_choose_the_loras_folder(setup):
