@@ -77,10 +77,24 @@ class Fuser:
 
     def merge(self, path: str, adapter: str, named_layers: list[tuple[str, object]], strength: float,
               key: tuple) -> None:
-        """Write ``W0 + delta`` into every layer of ``named_layers``, from the pristine ``W0``; nothing to do when
-        ``key`` (what the caller merges: its install serial and strength) is merged already. On any failure every
-        merged weight is copied back from the pristine copy and ``LoraLoadError`` is raised: the base is then
-        active."""
+        """Write ``W0 + strength * scaling * (B @ A)`` of peft adapter ``adapter`` into every layer of
+        ``named_layers`` (``merge_weights``)."""
+        self.merge_weights(path, {name: (lambda w0, w, layer=layer: _merged(layer, adapter, w0, w, strength))
+                                  for name, layer in named_layers}, key)
+
+    def merge_deltas(self, path: str, deltas: dict, strength: float, key: tuple) -> None:
+        """Merge LyCORIS/DoRA ``weight_deltas.LayerDelta`` layers at ``strength`` (0: the base)."""
+        if strength == 0.0:
+            self.restore_all()
+            return
+        self.merge_weights(path, {name: (lambda w0, w, d=d: d.merged(w0, strength)) for name, d in deltas.items()},
+                           key)
+
+    def merge_weights(self, path: str, weights: dict, key: tuple) -> None:
+        """Write ``weights[name](W0, W)`` (the merged weight, any dtype) into each named layer, from the pristine
+        ``W0``; nothing to do when ``key`` (what the caller merges: its install serial and strength) is merged
+        already. On any failure every merged weight is copied back from the pristine copy and ``LoraLoadError``
+        is raised: the base is then active."""
         if key == self._fused_key and self._fused_names:
             return
         try:
@@ -89,19 +103,19 @@ class Fuser:
                     path, f"could not be merged into the base weights (fused mode; {type(exc).__name__}: {exc}); "
                           f"the base weights were restored and the base is active")):
                 # 1. The pristine copy of every layer this adapter targets, taken the first time it is merged.
-                for name, layer in named_layers:
+                for name in weights:
                     if name not in self.pristine:
-                        w = layer.get_base_layer().weight
+                        w = self.base_weight(name)
                         self.pristine[name] = w.detach().to(self.pristine_device or w.device, copy=True)
                 # 2. Layers the previous merge wrote that this adapter leaves alone: back to the base.
-                for name in self._fused_names - {name for name, _ in named_layers}:
+                for name in self._fused_names - set(weights):
                     self._restore(name)
                 # 3. Merge, layer by layer; a layer counts as written before it is, so a failure restores it too.
                 self._fused_key = None
-                for name, layer in named_layers:
-                    w = layer.get_base_layer().weight
+                for name, make in weights.items():
+                    w = self.base_weight(name)
                     self._fused_names.add(name)
-                    w.copy_(_merged(layer, adapter, self.pristine[name], w, strength))
+                    w.copy_(make(self.pristine[name].to(w.device), w))
         except LoraSpectrumError:
             self.restore_all()
             raise

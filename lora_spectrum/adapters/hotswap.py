@@ -173,10 +173,9 @@ class HotSwapper:
             self.generation += 1
             if not enabled:
                 self.fuser.clear()
-            if self._slot is None:
-                return
-            if self.active is None or self._installed is None:
+            if (self.active is None or self._installed is None) and self._slot is not None:
                 self._set_strength(0.0)
+            if self.active is None or self._installed is None:
                 return
             try:
                 self._apply_strength(self._installed, self.strength)
@@ -184,12 +183,10 @@ class HotSwapper:
                 self.active, self.strength = None, 0.0
                 raise
 
-    def fused_pristine_bytes(self) -> int:
-        """What fused mode costs in memory: the pristine copy of every base weight merged so far (0 unfused)."""
+    def fused_pristine_bytes(self) -> int:  # what fused mode costs in memory: the pristine copy (0 unfused)
         return self.fuser.pristine_bytes()
 
-    def is_fused(self) -> bool:
-        """Whether an adapter is merged into the base weights now."""
+    def is_fused(self) -> bool:  # whether an adapter is merged into the base weights now
         return self.fuser.is_fused()
 
     # ------------------------------------------------------------------ routed batches (routing.py)
@@ -237,13 +234,12 @@ class HotSwapper:
             try:
                 if installed is not None and self._installed is not installed:
                     self._install(installed)
-                if self._slot is not None:
-                    for layer in self._slot.layers:
-                        layer.set_adapter(self._slot.adapter_name)
-                    if self.active is not None and self._installed is not None:
-                        self._apply_strength(self._installed, self.strength)
-                    else:
-                        self._set_strength(0.0)
+                for layer in self._slot.layers if self._slot is not None else ():
+                    layer.set_adapter(self._slot.adapter_name)
+                if self.active is not None and self._installed is not None:
+                    self._apply_strength(self._installed, self.strength)
+                elif self._slot is not None:
+                    self._set_strength(0.0)
                 return None
             except Exception as exc:  # noqa: BLE001 - a failed reinstall or merge: the base is what renders
                 failure = exc
@@ -258,6 +254,11 @@ class HotSwapper:
     def _apply_strength(self, prepared: PreparedAdapter, strength: float) -> None:
         """Unfused: set the adapter layers' scale. Fused: merge the slot into the base weights at ``strength``
         and bypass the adapter layers; a slot that cannot be merged renders unfused (``fuse_note`` says why)."""
+        if prepared.deltas is not None:  # LyCORIS/DoRA: always merged, whatever ``fuse`` says (weight_deltas.py)
+            if self._slot is not None:
+                self._set_strength(0.0)
+            self.fuser.merge_deltas(prepared.path, prepared.deltas, strength, (self._install_serial, strength))
+            return
         if not self.fuse or strength == 0.0:
             self.fuser.restore_all()
             self._set_strength(strength)
@@ -292,11 +293,11 @@ class HotSwapper:
 
     def _install(self, prepared: PreparedAdapter) -> bool:
         """Make the slot's parameters hold ``prepared``: re-pointed when the layout matches, else a new slot
-        through diffusers. Returns whether the slot was rebuilt."""
-        rebuilt = not (self._slot is not None and self._slot.signature == prepared.signature and self._slot.params)
+        through diffusers (LyCORIS/DoRA: nothing to install). Returns whether the slot was rebuilt."""
+        rebuilt = prepared.deltas is None and not (self._slot is not None and self._slot.signature == prepared.signature and self._slot.params)
         if rebuilt:
             self._rebuild(prepared)
-        else:
+        elif prepared.deltas is None:
             self._rebind(prepared)
         self._installed = prepared
         self._install_serial += 1

@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from lora_spectrum.adapters.fast_path import FastPath, Layout
+from lora_spectrum.adapters.weight_deltas import NameMap, needs_deltas, read_deltas
 from lora_spectrum.errors import HeaderError, LoraLoadError, translated
 from lora_spectrum.lora_keys import CONVERTED_TE_PREFIXES, read_header
 
@@ -31,6 +32,7 @@ class PreparedAdapter:
     signature: tuple
     dropped_text_encoder_keys: int
     nbytes: int
+    deltas: dict | None = None  # LyCORIS/DoRA: layer name -> ``weight_deltas.LayerDelta`` (``tensors`` is empty)
 
 
 def layer_table(denoiser) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -109,6 +111,7 @@ class Reader:
         self.convert = convert
         self.layers = layers
         self.fast = FastPath()
+        self.names = NameMap(lambda path, sd: self._convert(path, sd)[0], family.lora_prefix)
 
     def prepare(self, path: str | Path, device: torch.device, dtype: torch.dtype) -> PreparedAdapter:
         """Read, convert and check one file, cast for a denoiser on ``device`` in ``dtype``; raises
@@ -125,10 +128,11 @@ class Reader:
                     return self._finish_flat(path, identity, *hit, device, dtype)
         # 2. Otherwise read with safetensors only (never pickle), then convert with diffusers' converters.
         raw = _load_raw(path)
-        dora = next((k for k in raw if k.endswith(".dora_scale")), None)
-        if dora is not None:  # diffusers drops these keys with a log line and loads the rest as a plain LoRA
-            raise LoraLoadError(path, f"is a kohya DoRA file ({dora}); diffusers cannot load its magnitude vectors "
-                                      f"and would render it as a different, plain LoRA, so it is not loaded")
+        if needs_deltas(raw):  # LoHa, LoKr, DoRA: diffusers loads none of them right (weight_deltas.py)
+            deltas, dropped = read_deltas(path, raw, self.names, self.layers, self.family)
+            nbytes = sum(d.nbytes for d in deltas.values())
+            return PreparedAdapter(path, Path(path).name, identity, {}, None, ("deltas", path, identity), dropped,
+                                   nbytes, deltas)
         mine, alphas, dropped = self._convert(path, raw)
         # 3. Every key must name a layer of this denoiser, with matching shapes.
         self._check_layers(path, mine)

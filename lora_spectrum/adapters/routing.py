@@ -61,6 +61,8 @@ def unroutable(prepared, family) -> str:
     """Why this adapter cannot share a routed batch ("" when it can): it targets a layer that embeds every
     sample's tokens in one call (``Family.unbatched_layers``), where samples cannot be told apart, or it is a
     DoRA adapter (peft's mixed-batch forward refuses those)."""
+    if prepared.deltas is not None:
+        return "it is a LyCORIS or DoRA file, merged into the base weights, which every sample would share"
     for key in prepared.tensors:
         if key.split(".", 1)[0] in family.unbatched_layers:
             return f"it adapts {key.rsplit('.', 2)[0]}, which embeds every sample's tokens in one call"

@@ -66,13 +66,13 @@ def bad_files(family, denoiser, good, tmp_path):
     shape = {k: (torch.randn(v.shape[0], v.shape[1] + 3) if k.endswith("lora_down.weight") else v) for k, v in sd.items()}
     save_file(shape, str(tmp_path / "shape.safetensors"))
     bad["shape.safetensors"] = "mismatch"
-    # A kohya DoRA file: diffusers would drop its magnitudes and load a different, plain LoRA without a word.
+    # A kohya DoRA file whose magnitudes fit neither the layers' outputs nor their inputs.
     dora = dict(sd)
     for k, v in sd.items():
         if k.endswith(".lora_up.weight"):
-            dora[k.replace(".lora_up.weight", ".dora_scale")] = torch.ones(v.shape[0], 1)
+            dora[k.replace(".lora_up.weight", ".dora_scale")] = torch.ones(v.shape[0] + 1, 1)
     save_file(dora, str(tmp_path / "dora.safetensors"))
-    bad["dora.safetensors"] = "kohya DoRA file"
+    bad["dora.safetensors"] = "DoRA magnitudes"
     return bad
 
 

@@ -72,18 +72,21 @@ def test_a_diffusers_peft_format_file_renders_like_its_kohya_twin(demo_loras, tm
     assert np.array_equal(pixels(new_engine(family).render(request(family), str(peft_file), 1.0).images), want)
 
 
-def test_loha_and_lokr_files_are_refused_at_swap_naming_a_key(tmp_path):
+def test_malformed_loha_and_lokr_files_are_refused_at_swap_naming_a_key(tmp_path):
+    """LoHa and LoKr files load (tests/adapters/test_weight_deltas.py); broken ones are refused in one sentence
+    naming the file and the module, before anything changes."""
     family = "sdxl"
     engine = new_engine(family)
     stem = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
-    files = {"loha_1.safetensors": {f"{stem}.hada_w1_a": torch.randn(64, 4), f"{stem}.hada_w1_b": torch.randn(4, 64),
-                                    f"{stem}.hada_w2_a": torch.randn(64, 4), f"{stem}.hada_w2_b": torch.randn(4, 64),
-                                    f"{stem}.alpha": torch.tensor(4.0)},
-             "lokr_1.safetensors": {f"{stem}.lokr_w1": torch.randn(8, 8), f"{stem}.lokr_w2": torch.randn(8, 8),
-                                    f"{stem}.alpha": torch.tensor(4.0)}}
-    for name, sd in files.items():
+    files = {"loha_1.safetensors": ({f"{stem}.hada_w1_a": torch.randn(64, 4), f"{stem}.hada_w1_b": torch.randn(4, 64),
+                                     f"{stem}.hada_w2_a": torch.randn(64, 4), f"{stem}.alpha": torch.tensor(4.0)},
+                                    "lacks hada_w2_b"),
+             "lokr_1.safetensors": ({f"{stem}.lokr_w1": torch.randn(8, 8), f"{stem}.lokr_w2": torch.randn(8, 4),
+                                     f"{stem}.alpha": torch.tensor(4.0)}, "do not make a (64, 64) weight")}
+    for name, (sd, words) in files.items():
         save_file(sd, str(tmp_path / name))
         with pytest.raises(LoraLoadError) as info, engine.lock:
             engine.hotswap.activate(tmp_path / name, 1.0)
-        assert name in str(info.value) and stem in str(info.value), str(info.value)
+        message = str(info.value)
+        assert name in message and stem in message and words in message and len(message) <= 600, message
     assert engine.hotswap.get_active_adapter() == (None, 0.0)

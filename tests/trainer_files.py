@@ -1,0 +1,88 @@
+"""Fixture builders for LyCORIS and DoRA epoch files as the trainers save them (written for these tests from the
+trainers' documented key layouts, not copied): kohya sd-scripts with ``network_module=lycoris.kohya`` and musubi
+(``lora_unet_<module with _>.<factor>`` + ``.alpha``, fp16/bf16, ``ss_*`` metadata), ai-toolkit
+(``diffusion_model.<module>.<factor>``; its LoKr writes full ``lokr_w1``/``lokr_w2`` with alpha 1e10), and peft
+DoRA in diffusers' layout (``unet.<module>.lora_A.weight``, ``lora_magnitude_vector``). Each builder also returns
+the delta of every layer computed by hand, for the test to merge into a fresh base."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import save_file
+
+from lora_spectrum.demo import attention_targets
+
+
+def _key(family: str, name: str, style: str) -> str:
+    if style == "kohya":
+        return "lora_unet_" + name.replace(".", "_")
+    if style == "ai-toolkit":
+        return "diffusion_model." + name
+    return f"{'unet' if family == 'sdxl' else 'transformer'}.{name}"
+
+
+def _meta(algo: str, rank: int, alpha: float, family: str, epoch: int) -> dict[str, str]:
+    return {"ss_network_module": "lycoris.kohya", "ss_network_dim": str(rank), "ss_network_alpha": f"{alpha:g}",
+            "ss_network_args": json.dumps({"algo": algo, "conv_dim": "0"}), "ss_epoch": str(epoch),
+            "ss_output_name": f"{algo}run",
+            "ss_base_model_version": "sdxl_base_v1-0" if family == "sdxl" else "z_image_turbo"}
+
+
+def write(path, family: str, denoiser, algo: str, *, epoch: int = 1, rank: int = 4, alpha: float = 2.0,
+          style: str = "kohya", dtype=torch.float16, seed: int = 0, scale: float = 0.3) -> dict[str, torch.Tensor]:
+    """Write one epoch file of ``algo`` (loha, lokr, lokr-full, dora, peft-dora) on the attention projections and
+    return {module name in the denoiser: the layer's merged weight by hand, minus W0 (a delta) or, for DoRA, the
+    whole merged weight} in float32, computed from the tensors as saved (after the dtype cast)."""
+    gen = torch.Generator().manual_seed(seed)
+    sd, meta, by_hand = {}, _meta(algo.split("-")[0], rank, alpha, family, epoch), {}
+
+    def rnd(*shape):
+        return (torch.randn(*shape, generator=gen) * scale).to(dtype)
+
+    for name, layer in attention_targets(denoiser):
+        out_f, in_f = layer.out_features, layer.in_features
+        key = _key(family, name, style)
+        w0 = layer.weight.detach().float()
+        if algo == "loha":  # dW = (w1a @ w1b) * (w2a @ w2b) * alpha / r
+            f = {"hada_w1_a": rnd(out_f, rank), "hada_w1_b": rnd(rank, in_f),
+                 "hada_w2_a": rnd(out_f, rank), "hada_w2_b": rnd(rank, in_f)}
+            g = {k: v.float() for k, v in f.items()}
+            delta = (g["hada_w1_a"] @ g["hada_w1_b"]) * (g["hada_w2_a"] @ g["hada_w2_b"]) * alpha / rank
+        elif algo == "lokr":  # decomposed w2: dW = kron(w1, w2a @ w2b) * alpha / r
+            a = 4 if out_f % 4 == 0 and in_f % 4 == 0 else 2
+            f = {"lokr_w1": rnd(a, a), "lokr_w2_a": rnd(out_f // a, rank), "lokr_w2_b": rnd(rank, in_f // a)}
+            g = {k: v.float() for k, v in f.items()}
+            delta = torch.kron(g["lokr_w1"], g["lokr_w2_a"] @ g["lokr_w2_b"]) * alpha / rank
+        elif algo == "lokr-full":  # ai-toolkit: both sides full, alpha 1e10 meaning no scale
+            a = 4 if out_f % 4 == 0 and in_f % 4 == 0 else 2
+            f = {"lokr_w1": rnd(a, a), "lokr_w2": rnd(out_f // a, in_f // a)}
+            g = {k: v.float() for k, v in f.items()}
+            delta = torch.kron(g["lokr_w1"], g["lokr_w2"])
+            alpha = 1e10
+        else:  # DoRA: W' = m * (W0 + dW) / ||W0 + dW||, per output row; m starts as ||W0|| and moved in training
+            down, up = rnd(rank, in_f), rnd(out_f, rank)
+            m = (w0.norm(dim=1, keepdim=True) * (1 + 0.5 * torch.rand(out_f, 1, generator=gen))).to(dtype)
+            dw = (up.float() @ down.float()) * ((alpha if algo == "dora" else rank) / rank)
+            merged = w0 + dw
+            delta = m.float() * merged / merged.norm(dim=1, keepdim=True) - w0
+            if algo == "dora":  # kohya / LyCORIS: dora_scale shaped (out, 1)
+                f = {"lora_down.weight": down, "lora_up.weight": up, "dora_scale": m}
+            else:  # peft in diffusers' layout: lora_A/lora_B and a 1-D magnitude vector, alpha in the metadata
+                f = {"lora_A.weight": down, "lora_B.weight": up, "lora_magnitude_vector": m.reshape(-1)}
+        for factor, tensor in f.items():
+            sd[f"{key}.{factor}"] = tensor.contiguous()
+        if algo != "peft-dora":  # peft's files carry no alpha keys: alpha = r here, as peft's default
+            sd[f"{key}.alpha"] = torch.tensor(float(alpha))
+        by_hand[name] = delta
+    save_file(sd, str(path), metadata=meta)
+    return by_hand
+
+
+def merged_by_hand(denoiser, deltas: dict[str, torch.Tensor], strength: float = 1.0) -> None:
+    """Write ``W0 + strength * delta`` into a fresh denoiser's layers, in place (the test's own merge)."""
+    with torch.no_grad():
+        for name, delta in deltas.items():
+            w = denoiser.get_submodule(name).weight
+            w.copy_(w.float() + strength * delta)
