@@ -45,8 +45,9 @@ class LayerDelta:
         parts = [*self.factors.values(), *([self.magnitude] if self.magnitude is not None else [])]
         return sum(t.numel() * t.element_size() for t in parts)
 
-    def delta(self, shape: tuple[int, ...], device) -> torch.Tensor:
-        """ΔW in float32 on ``device``, shaped like the layer's weight (lycoris.functional's formulas)."""
+    def delta(self, shape: tuple[int, ...] | None, device) -> torch.Tensor:
+        """ΔW in float32 on ``device``, shaped like the layer's weight (``shape``; None: as the factors make it),
+        by lycoris.functional's formulas."""
         from lycoris.functional import locon, loha, lokr
 
         f = {k: v.to(device=device, dtype=torch.float32) for k, v in self.factors.items()}
@@ -68,7 +69,7 @@ class LayerDelta:
             rank = down.shape[0]
             gamma = (self.alpha if self.alpha is not None else rank) / rank
             out = locon.diff_weight(down, up, None, gamma=gamma, backend="torch")
-        return out.reshape(shape)
+        return out if shape is None else out.reshape(shape)
 
     def merged(self, w0: torch.Tensor, strength: float) -> torch.Tensor:
         """The layer's weight at ``strength``, in float32: ``W0 + s·ΔW``; with DoRA, LyCORIS's weight decompose
@@ -83,7 +84,7 @@ class LayerDelta:
         return weight_decompose(w0 + delta, m, multiplier=strength, wd_on_out=self.wd_on_out, backend="torch")
 
 
-def _group(raw: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], int, list[str]]:
+def group_factors(raw: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], int, list[str]]:
     """Factors by module as the file names them; text-encoder modules counted and dropped; keys that fit no
     factor name."""
     modules: dict[str, dict[str, torch.Tensor]] = {}
@@ -104,7 +105,9 @@ def _group(raw: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tens
     return modules, dropped, strays
 
 
-def _layer_delta(path: str, module: str, factors: dict[str, torch.Tensor], shape) -> LayerDelta:
+def layer_delta(path: str, module: str, factors: dict[str, torch.Tensor], shape=None) -> LayerDelta:
+    """One layer's factors checked for completeness; DoRA magnitudes checked against ``shape`` (None: left out,
+    for measures that see no base weights)."""
     alpha = float(factors.pop("alpha").float().item()) if "alpha" in factors else None
     magnitude = factors.pop("dora_scale", None)
     if any(k.startswith("hada_") for k in factors):
@@ -119,6 +122,8 @@ def _layer_delta(path: str, module: str, factors: dict[str, torch.Tensor], shape
     if missing:
         raise LoraLoadError(path, f"{algorithm} layer {module} lacks {', '.join(missing)}")
     wd_on_out = True
+    if shape is None:
+        magnitude = None
     if magnitude is not None:
         # (out, 1, ...) or peft's (out,): one magnitude per output row; (1, in, ...): one per input column.
         per_input = magnitude.dim() >= 2 and magnitude.shape[0] == 1 and magnitude.numel() == shape[1] != shape[0]
@@ -180,7 +185,7 @@ def read_deltas(path: str, raw: dict[str, torch.Tensor], names: NameMap, layers:
     """Every denoiser layer's ``LayerDelta`` by module name in the denoiser, checked: each names a Linear or
     Conv2d layer of this denoiser, its delta has the layer's shape and is finite. Returns (deltas, dropped
     text-encoder tensors); raises ``LoraLoadError`` naming the file and at most one example module."""
-    modules, dropped, strays = _group(raw)
+    modules, dropped, strays = group_factors(raw)
     if strays:
         raise LoraLoadError(path, f"{len(strays)} key(s) are no LoRA/LyCORIS factor, e.g. {strays[0]!r}")
     if not modules:
@@ -193,7 +198,7 @@ def read_deltas(path: str, raw: dict[str, torch.Tensor], names: NameMap, layers:
             raise LoraLoadError(path, f"targets layer {target!r}, which this {family.name} {family.denoiser_attr} "
                                       f"does not have; a LoRA for another architecture or model family?")
         shape = layers[target][1]
-        delta = _layer_delta(path, module, dict(factors), shape)
+        delta = layer_delta(path, module, dict(factors), shape)
         with translated(lambda exc, m=module, want=tuple(shape): LoraLoadError(
                 path, f"the factors of {m} do not make a {want} weight ({exc})")):
             value = delta.delta(tuple(shape), "cpu")

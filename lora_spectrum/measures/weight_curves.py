@@ -19,12 +19,21 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from lora_spectrum.adapters.weight_deltas import LayerDelta, group_factors, layer_delta
 from lora_spectrum.catalog import Catalog, LoraEntry, file_sha256
-from lora_spectrum.errors import CatalogError
-from lora_spectrum.lora_keys import DOWN_ROLES, MODULE_PREFIXES, ROLE_RE, key_format
+from lora_spectrum.errors import CatalogError, LoraSpectrumError
+from lora_spectrum.lora_keys import (
+    DOWN_ROLES,
+    LOHA_MARKS,
+    LOKR_MARKS,
+    MODULE_PREFIXES,
+    ROLE_RE,
+    TE_PREFIXES,
+    key_format,
+)
 from lora_spectrum.measures.numbers import Progress, rounded
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: LyCORIS layers measured, text-encoder layers left out
 
 
 # ---------------------------------------------------------------------------------------------- reading factors
@@ -40,26 +49,52 @@ class LowRank:
         return int(self.down.shape[0])
 
 
-def read_lora_factors(path: str | Path) -> tuple[dict[str, LowRank], dict]:
-    """Read a LoRA file's low-rank pairs with ``safe_open``. Returns ``(factors, info)``; ``info`` holds
-    ``format``, ``modules`` and ``unsupported_keys``. Raises ``CatalogError`` when the file cannot be read."""
+@dataclass
+class Dense:
+    """One layer's update that is no plain low-rank product (LyCORIS LoHa, LoKr): its factors, made into ``dW``
+    (float64 numpy, ``(out, in * kernel)``) only when a norm or inner product needs it, one layer at a time."""
+
+    layer: LayerDelta
+
+    def matrix(self) -> np.ndarray:
+        w = self.layer.delta(None, "cpu").to(torch.float64)
+        return w.reshape(w.shape[0], -1).numpy()
+
+
+def read_lora_factors(path: str | Path) -> tuple[dict[str, LowRank | Dense], dict]:
+    """Read a LoRA file's low-rank pairs (and LyCORIS layers) with ``safe_open``, denoiser layers only. Returns
+    ``(factors, info)``; ``info`` holds ``format``, ``modules``, ``text_encoder_modules`` (left out: only the
+    denoiser is ever loaded) and ``unsupported_keys``. Raises ``CatalogError`` when the file cannot be read."""
     path = Path(path)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     unsupported = 0
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
-            for key in keys:
-                m = ROLE_RE.match(key)
-                if not m:
-                    unsupported += 1
-                    continue
-                role = "alpha" if m["alpha"] else ("down" if m["role"] in DOWN_ROLES else "up")
-                parts.setdefault(m["module"], {})[role] = f.get_tensor(key)
+            raw = {key: f.get_tensor(key) for key in keys}
     except (SafetensorError, OSError) as exc:
         raise CatalogError(f"{path.name}: cannot read its tensors ({exc})") from exc
-
-    factors: dict[str, LowRank] = {}
+    factors: dict[str, LowRank | Dense] = {}
+    text_encoder = {m for m in (k.rsplit(".", 2)[0] for k in keys) if m.startswith(TE_PREFIXES)}
+    lycoris, _, _ = group_factors({k: v for k, v in raw.items() if k.endswith(LOHA_MARKS + LOKR_MARKS + (".alpha",))})
+    for module, p in lycoris.items():  # LoHa and LoKr layers: their own maths (adapters/weight_deltas.py)
+        if any(k.startswith(("hada_", "lokr_")) for k in p) and not module.startswith(TE_PREFIXES):
+            try:
+                factors[module] = Dense(layer_delta(str(path), module, dict(p)))
+            except LoraSpectrumError:  # a factor missing: not measurable
+                unsupported += len(p)
+                factors.pop(module, None)
+    for key, tensor in raw.items():
+        m = ROLE_RE.match(key)
+        if m and m["module"] in lycoris and any(k.startswith(("hada_", "lokr_")) for k in lycoris[m["module"]]):
+            continue  # a LyCORIS layer's alpha, used (or counted) above
+        if not m:
+            unsupported += 0 if key.endswith(LOHA_MARKS + LOKR_MARKS) else 1
+            continue
+        if m["module"].startswith(TE_PREFIXES):
+            continue
+        role = "alpha" if m["alpha"] else ("down" if m["role"] in DOWN_ROLES else "up")
+        parts.setdefault(m["module"], {})[role] = tensor
     for module, p in parts.items():
         if "down" not in p or "up" not in p:
             unsupported += len(p)
@@ -73,16 +108,27 @@ def read_lora_factors(path: str | Path) -> tuple[dict[str, LowRank], dict]:
         rank = down.shape[0]
         scale = float(p["alpha"].to(torch.float64).reshape(-1)[0]) / rank if "alpha" in p else 1.0
         factors[module] = LowRank(down=down, up=up * scale)
-    return factors, {"format": key_format(keys), "modules": len(factors), "unsupported_keys": unsupported}
+    return factors, {"format": key_format(keys), "modules": len(factors), "text_encoder_modules": len(text_encoder),
+                     "unsupported_keys": unsupported}
 
 
-def sq_norm(f: LowRank) -> float:
-    """``||up @ down||_F^2`` from two rank x rank matrices."""
+def _dense(f: LowRank | Dense) -> np.ndarray:
+    return f.matrix() if isinstance(f, Dense) else f.up @ f.down
+
+
+def sq_norm(f: LowRank | Dense) -> float:
+    """``||up @ down||_F^2`` from two rank x rank matrices (a LyCORIS layer: from its ``dW``)."""
+    if isinstance(f, Dense):
+        return float((f.matrix() ** 2).sum())
     return float(((f.up.T @ f.up) * (f.down @ f.down.T)).sum())
 
 
-def inner(f: LowRank, g: LowRank) -> float | None:
-    """``<up_f down_f, up_g down_g>_F`` from rank-sized matrices; None when the layer shapes differ."""
+def inner(f: LowRank | Dense, g: LowRank | Dense) -> float | None:
+    """``<up_f down_f, up_g down_g>_F`` from rank-sized matrices (through ``dW`` when either is a LyCORIS layer);
+    None when the layer shapes differ."""
+    if isinstance(f, Dense) or isinstance(g, Dense):
+        a, b = _dense(f), _dense(g)
+        return float((a * b).sum()) if a.shape == b.shape else None
     if f.down.shape[1] != g.down.shape[1] or f.up.shape[0] != g.up.shape[0]:
         return None
     return float(((f.up.T @ g.up) * (f.down @ g.down.T)).sum())

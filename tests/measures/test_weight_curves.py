@@ -131,3 +131,38 @@ def test_weight_cache_is_reused_from_memory_and_disk(demo_loras, demo_result, tm
     monkeypatch.setattr(curves, "read_lora_factors", no_reading)
     again = series_insight(scanned(demo_loras), cache=curves.WeightCache(tmp_path / "cache"))
     assert again["epochs"] == first["epochs"] == demo_result["epochs"]
+
+
+def test_a_loha_series_has_real_curves_from_its_delta_weights(unet, tmp_path):
+    """A kohya LyCORIS LoHa run whose update grows along one direction: the norm is ||dW|| computed by hand, it
+    rises with the epochs, and the cosine to the last epoch is 1 (one direction)."""
+    from tests import trainer_files
+
+    norms = []
+    for epoch in (1, 2, 3):
+        path = tmp_path / f"loharun-{epoch:06d}.safetensors"
+        deltas = trainer_files.write(path, "sdxl", unet, "loha", epoch=epoch, seed=5, scale=0.3 * epoch ** 0.25,
+                                     dtype=torch.float32)
+        norms.append(math.sqrt(sum(float((d.double() ** 2).sum()) for d in deltas.values())))
+    factors, info = curves.read_lora_factors(tmp_path / "loharun-000001.safetensors")
+    assert info["unsupported_keys"] == 0 and info["modules"] == len(factors) > 0
+    rows = series_insight(scanned(tmp_path))["epochs"]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for row, by_hand in zip(rows, norms, strict=True):
+        assert row["weight_norm"] == pytest.approx(by_hand, rel=1e-4)
+    assert rows[0]["weight_norm"] < rows[1]["weight_norm"] < rows[2]["weight_norm"]
+    assert all(r["cosine_to_last"] == pytest.approx(1.0, abs=1e-4) for r in rows)
+
+
+def test_text_encoder_layers_are_left_out_of_the_update(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    down, up = torch.randn(4, 16, generator=gen), torch.randn(8, 4, generator=gen)
+    unet_only = {"lora_unet_down_blocks_0_attn1_to_q.lora_down.weight": down,
+                 "lora_unet_down_blocks_0_attn1_to_q.lora_up.weight": up}
+    te = {"lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": down * 9,
+          "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": up.clone(),
+          "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.alpha": torch.tensor(4.0)}
+    save_file(unet_only | te, str(tmp_path / "withte_1.safetensors"))
+    factors, info = curves.read_lora_factors(tmp_path / "withte_1.safetensors")
+    assert list(factors) == ["lora_unet_down_blocks_0_attn1_to_q"] and info["text_encoder_modules"] == 1
+    assert info["unsupported_keys"] == 0
