@@ -43,6 +43,7 @@ from lora_spectrum.lora_keys import (
 
 READY, UNREADABLE, INCOMPLETE, IGNORED = "ready", "unreadable", "incomplete", "ignored"
 INCOMPATIBLE = "incompatible"  # readable, but made for another model family than the base
+UNSUPPORTED = "unsupported"  # readable, but a form no loader here handles (OFT, IA3, full diffs ...)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SETTLE_SECONDS = 2.0  # a file whose size changed this recently is taken as still being copied
 METADATA_KEYS = (
@@ -98,6 +99,8 @@ class LoraEntry:
         made for another family (by metadata or key names) are *incompatible*."""
         if self.state != READY:
             return self.state, self.reason
+        if self.unsupported:
+            return UNSUPPORTED, self.unsupported
         if family and self.family_hint and self.family_hint != family:
             return INCOMPATIBLE, f"made for {self.family_hint} (its metadata or key names); the base is {family}"
         return None

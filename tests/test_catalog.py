@@ -259,3 +259,18 @@ def test_a_file_for_another_family_is_incompatible_and_left_out_of_the_series(tm
         catalog.choose_series("zi", ready_only=True, family="sdxl")
     assert [e.name for e in catalog.choose_series("xl", ready_only=True, family="sdxl")[1]] == \
         ["xl_10.safetensors", "xl_20.safetensors"]
+
+
+def test_forms_no_loader_handles_are_listed_as_unsupported_with_the_reason(tmp_path):
+    stem = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_file({f"{stem}.oft_blocks": torch.zeros(4, 16, 16), f"{stem}.alpha": torch.tensor(4.0)},
+              str(tmp_path / "oft-000001.safetensors"))
+    save_file({f"{stem}.diff": torch.zeros(64, 64)}, str(tmp_path / "full-000001.safetensors"))
+    catalog = Catalog(tmp_path)
+    entries = by_name(catalog.scan())
+    for name, what in (("oft-000001.safetensors", "OFT"), ("full-000001.safetensors", "full weight differences")):
+        state, reason = entries[name].problem("sdxl")
+        assert (entries[name].algorithm, state) == ("other", "unsupported") and what in reason, reason
+        assert "LoRA, LoCon, LoHa, LoKr and DoRA are" in reason
+    with pytest.raises(CatalogError, match="no usable LoRA files"):
+        catalog.choose_series(None, ready_only=True, family="sdxl")
