@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from lora_spectrum import demo
@@ -134,3 +135,28 @@ def test_a_diffsynth_file_is_recognised_and_renders(tmp_path):
     assert entry.denoiser_keys == len(sd) and entry.rank == 4 and entry.algorithm == "lora"
     got = pixels(engine.render(request(family), str(folder / "epoch-0.safetensors")).images)
     assert np.array_equal(got, pixels(new_engine(family).render(request(family), str(musubi)).images))
+
+
+def test_a_tucker_loha_on_convolutions_renders_like_its_delta_merged_by_hand(tmp_path):
+    """LyCORIS's Tucker LoHa on 3x3 convolutions (``hada_t1/_t2`` (r, r, k, k), ``hada_w*_a`` (r, out),
+    ``hada_w*_b`` (r, in)): each side is ``t x1 w_a x2 w_b``, and dW = side1 * side2 * alpha / r."""
+    family, rank, alpha = "sdxl", 4, 2.0
+    engine = new_engine(family)
+    convs = [(n, m) for n, m in engine.hotswap.denoiser.named_modules()
+             if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) and ".resnets." in n][:3]
+    gen, sd, deltas = torch.Generator().manual_seed(0), {}, {}
+    for name, conv in convs:
+        out_c, in_c, k, _ = conv.weight.shape
+        f = {"hada_w1_a": (rank, out_c), "hada_w1_b": (rank, in_c), "hada_t1": (rank, rank, k, k),
+             "hada_w2_a": (rank, out_c), "hada_w2_b": (rank, in_c), "hada_t2": (rank, rank, k, k)}
+        f = {factor: torch.randn(*shape, generator=gen) * 0.3 for factor, shape in f.items()}
+        key = "lora_unet_" + name.replace(".", "_")
+        sd |= {f"{key}.{factor}": t for factor, t in f.items()} | {f"{key}.alpha": torch.tensor(alpha)}
+        sides = [torch.einsum("ijkl,ip,jr->prkl", f[f"hada_t{s}"], f[f"hada_w{s}_a"], f[f"hada_w{s}_b"]) for s in (1, 2)]
+        deltas[name] = sides[0] * sides[1] * alpha / rank
+    path = tmp_path / "tucker-000001.safetensors"
+    save_file(sd, str(path))
+    got = pixels(engine.render(request(family), str(path)).images)
+    assert np.abs(got.astype(int) - by_hand(family, deltas)).max() <= 1
+    assert np.abs(got.astype(int) - pixels(new_engine(family).render(request(family), None).images)).mean() > 0.1
+    assert Catalog(tmp_path).scan()[0].algorithm == "loha"
