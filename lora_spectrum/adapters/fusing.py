@@ -1,13 +1,17 @@
-"""Fused mode: a peft adapter merged into the base weights of the layers it targets, from a pristine copy, and the
-base put back by copying that copy (never by subtracting the delta). Knows peft's LoRA layers, not the slot.
+"""Fused mode: an adapter merged into the base weights of the layers it targets, out of place. Each targeted layer
+keeps its base weight *by reference* (never copied, never written) and gets one merge buffer, reused by every later
+merge; the layer's parameter points at the buffer while an adapter is merged and back at the base weight after.
+Knows peft's LoRA layers and weight tensors, not the slot.
 
-In the spirit of ComfyUI's ``ModelPatcher.backup`` / ``unpatch_model``: patch and undo share one small object. See
+In the spirit of ComfyUI's ``ModelPatcher``, whose backup holds the original weights by reference so that undoing a
+patch is a pointer swap; here the merged weights also go into reused buffers, so a swap allocates nothing. See
 ``docs/adapters.md`` (fused mode).
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -20,14 +24,30 @@ def peft_scaling(layer, adapter: str) -> float:
     return layer.lora_alpha[adapter] / (math.sqrt(r) if layer.use_rslora.get(adapter) else r)
 
 
-def _merged(layer, adapter: str, w0: torch.Tensor, w: torch.Tensor, strength: float) -> torch.Tensor:
-    """``W0 + strength * scaling * (B @ A)`` in float32 on ``w``'s device (the caller casts into ``w``).
-    A Conv2d's 1x1 up-projection makes its delta one matmul."""
+def native_merge(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``W0 + s·(B @ A)`` is merged with one ``addmm`` in the weights' own dtype. CUDA's half-precision
+    GEMMs accumulate in float32 and round once, so they are exact enough and fastest. CPUs without native bf16/fp16
+    kernels emulate them: measured on this project's AVX2 machine, a bf16 ``addmm`` took 4-7x as long as converting
+    to a float32 scratch, ``addmm_`` there and converting back, which rounds once too."""
+    return dtype == torch.float32 or device.type == "cuda"
+
+
+def _merged(layer, adapter: str, w0: torch.Tensor, out: torch.Tensor, strength: float, scratch) -> None:
+    """Write ``W0 + strength * scaling * (B @ A)`` into ``out`` (``w0``'s shape and dtype), computed with float32
+    accumulation and rounded once. A Conv2d's 1x1 up-projection makes its delta one matmul."""
     scaling = strength * peft_scaling(layer, adapter)
-    down = layer.lora_A[adapter].weight.to(device=w.device, dtype=torch.float32)
-    up = layer.lora_B[adapter].weight.to(device=w.device, dtype=torch.float32)
-    delta = (up.flatten(1) @ down.flatten(1)).view(w.shape)
-    return torch.add(w0.to(device=w.device, dtype=torch.float32), delta, alpha=scaling)
+    native = native_merge(out.device, out.dtype)
+    dtype = out.dtype if native else torch.float32
+    down = layer.lora_A[adapter].weight.to(device=out.device, dtype=dtype).flatten(1)
+    up = layer.lora_B[adapter].weight.to(device=out.device, dtype=dtype).flatten(1)
+    rows = out.shape[0]
+    if native:
+        torch.addmm(w0.reshape(rows, -1), up, down, alpha=scaling, out=out.view(rows, -1))
+        return
+    acc = scratch(w0)  # float32, w0's shape, shared by every layer of that shape
+    acc.copy_(w0)
+    acc.view(rows, -1).addmm_(up, down, alpha=scaling)
+    out.copy_(acc)
 
 
 def unfusable(adapter: str, named_layers: list[tuple[str, object]]) -> str:
@@ -54,22 +74,27 @@ def unfusable(adapter: str, named_layers: list[tuple[str, object]]) -> str:
 
 
 class Fuser:
-    """The pristine copy of every base weight merged so far, and which of them hold a merge now.
+    """The base weight of every layer merged so far (by reference), its merge buffer, and which layers point at
+    their buffer now. A layer never merged holds its base weight as loaded.
 
-    ``pristine_device`` None keeps the copy on the weights' own device. A weight not in the copy has never been
-    written, so it is the base as loaded.
+    One buffer a layer, not two: merges are computed from the base weight, never from the buffer, and renders
+    never overlap a swap (the engine lock), so a buffer can be rewritten while its layer points at it; a merge
+    that fails part-way points every layer back at its base weight.
     """
 
-    def __init__(self, denoiser, pristine_device: str | torch.device | None = None):
+    def __init__(self, denoiser):
         self.denoiser = denoiser
-        self.pristine_device = pristine_device
-        self.pristine: dict[str, torch.Tensor] = {}  # module name -> its base weight as loaded, bit for bit
-        self._fused_names: set[str] = set()  # layers whose base weight holds a merged adapter now
+        self.pristine: dict[str, torch.Tensor] = {}  # module name -> its base weight as loaded (the same tensor)
+        self.buffers: dict[str, torch.Tensor] = {}  # module name -> where merges of that layer are written
+        self._scratch: dict[tuple, torch.Tensor] = {}  # (shape, device) -> float32 accumulator (CPU, bf16/fp16)
+        self._fused_names: set[str] = set()  # layers whose parameter points at its merge buffer now
         self._fused_key: tuple | None = None  # what is merged now (the caller's key), None when unknown
+        self.last_merge_s = 0.0  # how long the last merge took (0 when it had nothing to do)
 
-    def pristine_bytes(self) -> int:
-        """What fused mode costs in memory: the pristine copy of every base weight merged so far."""
-        return sum(t.numel() * t.element_size() for t in self.pristine.values())
+    def extra_bytes(self) -> int:
+        """What fused mode costs in memory: the merge buffers plus the float32 scratch (the base weights are
+        kept by reference and cost nothing)."""
+        return sum(t.numel() * t.element_size() for t in [*self.buffers.values(), *self._scratch.values()])
 
     def is_fused(self) -> bool:
         """Whether an adapter is merged into the base weights now."""
@@ -77,9 +102,11 @@ class Fuser:
 
     def merge(self, path: str, adapter: str, named_layers: list[tuple[str, object]], strength: float,
               key: tuple) -> None:
-        """Write ``W0 + strength * scaling * (B @ A)`` of peft adapter ``adapter`` into every layer of
+        """Merge ``W0 + strength * scaling * (B @ A)`` of peft adapter ``adapter`` into every layer of
         ``named_layers`` (``merge_weights``)."""
-        self.merge_weights(path, {name: (lambda w0, w, layer=layer: _merged(layer, adapter, w0, w, strength))
+        scratch = self._scratch_for
+        self.merge_weights(path, {name: (lambda w0, out, layer=layer: _merged(layer, adapter, w0, out, strength,
+                                                                              scratch))
                                   for name, layer in named_layers}, key)
 
     def merge_deltas(self, path: str, deltas: dict, strength: float, key: tuple) -> None:
@@ -87,59 +114,75 @@ class Fuser:
         if strength == 0.0:
             self.restore_all()
             return
-        self.merge_weights(path, {name: (lambda w0, w, d=d: d.merged(w0, strength)) for name, d in deltas.items()},
-                           key)
+        self.merge_weights(path, {name: (lambda w0, out, d=d: out.copy_(d.merged(w0, strength)))
+                                  for name, d in deltas.items()}, key)
 
     def merge_weights(self, path: str, weights: dict, key: tuple) -> None:
-        """Write ``weights[name](W0, W)`` (the merged weight, any dtype) into each named layer, from the pristine
-        ``W0``; nothing to do when ``key`` (what the caller merges: its install serial and strength) is merged
-        already. On any failure every merged weight is copied back from the pristine copy and ``LoraLoadError``
-        is raised: the base is then active."""
+        """Merge each named layer: ``weights[name](W0, out)`` writes its merged weight into ``out`` (a buffer of
+        W0's shape and dtype), from the base weight ``W0``; nothing to do when ``key`` (what the caller merges: its
+        install serial and strength) is merged already. On any failure every layer points at its base weight again
+        and ``LoraLoadError`` is raised: the base is then active."""
         if key == self._fused_key and self._fused_names:
+            self.last_merge_s = 0.0
             return
+        t0 = time.perf_counter()
         try:
             # Out of memory or anything else: the base comes back (below), translated.
             with torch.no_grad(), translated(lambda exc: LoraLoadError(
                     path, f"could not be merged into the base weights (fused mode; {type(exc).__name__}: {exc}); "
                           f"the base weights were restored and the base is active")):
-                # 1. The pristine copy of every layer this adapter targets, taken the first time it is merged.
-                for name in weights:
-                    if name not in self.pristine:
-                        w = self.base_weight(name)
-                        self.pristine[name] = w.detach().to(self.pristine_device or w.device, copy=True)
-                # 2. Layers the previous merge wrote that this adapter leaves alone: back to the base.
+                # 1. Layers the previous merge wrote that this adapter leaves alone: back to the base.
                 for name in self._fused_names - set(weights):
                     self._restore(name)
-                # 3. Merge, layer by layer; a layer counts as written before it is, so a failure restores it too.
+                # 2. Merge, layer by layer, into the layer's buffer (made the first time), then point the layer at
+                #    it. A layer counts as merged before it is, so a failure restores it too.
                 self._fused_key = None
                 for name, make in weights.items():
-                    w = self.base_weight(name)
+                    param = self._parameter(name)
+                    if name not in self.pristine:
+                        self.pristine[name] = param.data
+                    w0 = self.pristine[name]
+                    if name not in self.buffers:
+                        self.buffers[name] = torch.empty_like(w0)
                     self._fused_names.add(name)
-                    w.copy_(make(self.pristine[name].to(w.device), w))
+                    make(w0, self.buffers[name])
+                    param.data = self.buffers[name]
         except LoraSpectrumError:
             self.restore_all()
             raise
         self._fused_key = key
+        self.last_merge_s = time.perf_counter() - t0
 
     def base_weight(self, name: str) -> torch.Tensor:
+        """Layer ``name``'s base weight as loaded, whether or not an adapter is merged into it now."""
+        return self.pristine.get(name, self._parameter(name).data)
+
+    def _parameter(self, name: str) -> torch.nn.Parameter:
         module = self.denoiser.get_submodule(name)
         if hasattr(module, "get_base_layer"):
             module = module.get_base_layer()
         return module.weight
 
+    def _scratch_for(self, w0: torch.Tensor) -> torch.Tensor:
+        key = (tuple(w0.shape), w0.device)
+        if key not in self._scratch:
+            self._scratch[key] = torch.empty(w0.shape, dtype=torch.float32, device=w0.device)
+        return self._scratch[key]
+
     def _restore(self, name: str) -> None:
-        """Copy one base weight back from the pristine copy: bit-exact, never by subtracting the delta."""
-        with torch.no_grad():
-            self.base_weight(name).copy_(self.pristine[name])
+        """Point one layer back at its base weight: bit-exact, since that tensor was never written."""
+        self._parameter(name).data = self.pristine[name]
         self._fused_names.discard(name)
 
     def restore_all(self) -> None:
-        """Every merged weight copied back from the pristine copy (which stays, for the next merge)."""
+        """Every merged layer back at its base weight (the buffers stay, for the next merge)."""
         for name in sorted(self._fused_names):
             self._restore(name)
         self._fused_key = None
 
     def clear(self) -> None:
-        """Restore, then free the pristine copy (a later merge takes a new one)."""
+        """Restore, then free the buffers and the scratch (a later merge makes new ones)."""
         self.restore_all()
         self.pristine.clear()
+        self.buffers.clear()
+        self._scratch.clear()

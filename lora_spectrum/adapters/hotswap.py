@@ -45,8 +45,7 @@ class _Slot:
 class HotSwapper:
     """Owns the adapter slot in one denoiser. Not thread-safe by itself: the engine's lock serialises callers."""
 
-    def __init__(self, pipe, family, resident: int = 4, empty_cache: bool = False, fuse: bool = False,
-                 pristine_device: str | torch.device | None = None):
+    def __init__(self, pipe, family, resident: int = 4, empty_cache: bool = False, fuse: bool = False):
         self.pipe = pipe
         self.family = family
         self.denoiser = family.denoiser(pipe)
@@ -64,9 +63,9 @@ class HotSwapper:
         self.generation = 0  # changes on every swap: stale state is detectable
         self.history: list[SwapRecord] = []
         self._layer_state: tuple[bool, float] | None = None  # (enabled, strength) the slot's layers hold now
-        # Fused mode (docs/adapters.md). ``pristine_device`` None keeps the pristine copy on the weights' device.
+        # Fused mode (docs/adapters.md): merged into reused buffers, the base weights kept by reference.
         self.fuse = bool(fuse)
-        self.fuser = Fuser(self.denoiser, pristine_device)
+        self.fuser = Fuser(self.denoiser)
         self._install_serial = 0  # changes whenever the slot's parameters change (rebind or rebuild)
         self.fuse_note = ""  # why the last file in fused mode rendered unfused ("" when it was merged)
 
@@ -139,7 +138,7 @@ class HotSwapper:
 
     def use_base(self) -> SwapRecord:
         """Render with the bare base: every adapter layer is bypassed (its forward is the base layer's) and, in
-        fused mode, every merged weight is copied back from the pristine copy."""
+        fused mode, every merged layer points at its base weight again."""
         with self._lock:
             t0 = time.perf_counter()
             self.fuser.restore_all()
@@ -151,7 +150,7 @@ class HotSwapper:
     def unload(self) -> None:
         """Remove the adapter slot and the peft wrappers entirely, giving back the original modules."""
         with self._lock:
-            self.fuser.clear()  # the weights are the base again; a later merge takes a new copy
+            self.fuser.clear()  # the weights are the base again; the merge buffers are freed
             if self._slot is not None:
                 self.denoiser.unload_lora()
                 self._slot = None
@@ -163,7 +162,7 @@ class HotSwapper:
 
     def set_fuse(self, enabled: bool) -> None:
         """Switch fused mode (docs/adapters.md) on or off; the active adapter and strength stay what they are.
-        Off: merged weights are copied back, the pristine copy is freed and the adapter layers are enabled again;
+        Off: the base weights come back, the merge buffers are freed and the adapter layers are enabled again;
         on: the active adapter is merged now. Renders change slightly (other arithmetic): the generation moves."""
         with self._lock:
             enabled = bool(enabled)
@@ -183,8 +182,8 @@ class HotSwapper:
                 self.active, self.strength = None, 0.0
                 raise
 
-    def fused_pristine_bytes(self) -> int:  # what fused mode costs in memory: the pristine copy (0 unfused)
-        return self.fuser.pristine_bytes()
+    def fused_extra_bytes(self) -> int:  # what fused mode costs in memory: the merge buffers (0 unfused)
+        return self.fuser.extra_bytes()
 
     def is_fused(self) -> bool:  # whether an adapter is merged into the base weights now
         return self.fuser.is_fused()

@@ -1,5 +1,6 @@
-"""Fused mode (``adapters/fusing.py``): merged renders close to unfused ones, the base back bit-exact by copying
-from the pristine copy, failures that restore the base, LoCon convolutions, and the ``fuse`` setting."""
+"""Fused mode (``adapters/fusing.py``): merged renders close to unfused ones, the base back bit-exact by pointing at
+the base weights kept by reference, reused buffers, failures that restore the base, LoCon convolutions, bf16 on
+the CPU, and the ``fuse`` setting."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def test_fused_render_is_close_to_unfused_and_the_base_comes_back_bit_exact(fami
     unfused = pixels(unfused_engine.render(request(family), x, 0.8).images).astype(int)
     base = pixels(unfused_engine.render(request(family)).images)
     engine = new_engine(family, fuse=True)
-    assert engine.fuse and engine.hotswap.fused_pristine_bytes() == 0, "the pristine copy is taken lazily"
+    assert engine.fuse and engine.hotswap.fused_extra_bytes() == 0, "the merge buffers are made lazily"
     for p in (a, b):
         engine.render(request(family), p, 1.0)
     result = engine.render(request(family), x, 0.8)
@@ -34,19 +35,19 @@ def test_fused_render_is_close_to_unfused_and_the_base_comes_back_bit_exact(fami
     # Other arithmetic (W0 + dW, rounded once), so close to unfused rather than identical; far from the base.
     to_unfused, to_base = np.abs(fused - unfused), np.abs(fused - base.astype(int))
     assert to_unfused.max() <= 2 and to_unfused.mean() < 0.02 * to_base.mean(), (to_unfused.max(), to_base.mean())
-    # One copy of the targeted weights, no more.
+    # One buffer per targeted weight, no more (float32 here: no scratch).
     targeted = {n for n in engine.hotswap._slot.layer_names}
     base_weight = engine.hotswap.fuser.base_weight
     expected = sum(base_weight(n).numel() * base_weight(n).element_size() for n in targeted)
-    assert engine.hotswap.fused_pristine_bytes() == expected > 0
-    # Back to the base by copying: bit-identical weights and pixels.
+    assert engine.hotswap.fused_extra_bytes() == expected > 0
+    # Back to the base by pointing at it: bit-identical weights and pixels.
     engine.render(request(family), None)
     assert not engine.hotswap.is_fused()
     assert_same_tensors(base_weights(engine.hotswap.denoiser), fresh_base_weights(family))
     assert np.array_equal(pixels(engine.render(request(family)).images), base)
     engine.hotswap.unload()
     assert_same_tensors(engine.hotswap.denoiser.state_dict(), fresh_base_weights(family))
-    assert engine.hotswap.fused_pristine_bytes() == 0
+    assert engine.hotswap.fused_extra_bytes() == 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -61,7 +62,7 @@ def test_fused_strength_changes_restore_exactly(family, demo_loras):
         for strength in (1.0, 1.3, 0.5):
             engine.hotswap.activate(x, strength)
         assert engine.hotswap.history[-1].kind == "strength"
-        # Merged from the pristine weights every time, never on top of the previous merge.
+        # Merged from the base weights every time, never on top of the previous merge.
         assert_same_tensors(weights_now(engine.hotswap.denoiser), at_half)
         engine.hotswap.activate(x, 0.0)
         assert not engine.hotswap.is_fused()
@@ -123,7 +124,7 @@ def test_switching_fuse_off_restores_and_renders_unfused(family, demo_loras):
     with engine.lock:
         engine.hotswap.set_fuse(False)
     assert engine.hotswap.generation > generation and engine.hotswap.get_active_adapter() == (x, 0.9)
-    assert engine.hotswap.fused_pristine_bytes() == 0 and not engine.hotswap.is_fused()
+    assert engine.hotswap.fused_extra_bytes() == 0 and not engine.hotswap.is_fused()
     assert_same_tensors(base_weights(engine.hotswap.denoiser), fresh_base_weights(family))
     with engine.lock:
         assert np.array_equal(pixels(engine._render_locked(request(family))), unfused)
@@ -173,3 +174,58 @@ def test_fuse_setting_auto_on_off(tmp_path):
     with pytest.raises(BaseLoadError, match="offload: sequential"):
         resolve_fuse("on", cuda, "sequential")
     assert new_engine("sdxl", fuse="auto").hotswap.fuse is False  # the tiny engines run on the CPU
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_200_fused_swaps_reuse_one_buffer_a_layer_and_never_write_the_base(family, demo_loras):
+    paths = demo_loras[family]
+    engine = new_engine(family, resident=2, fuse=True)  # two resident: warm and cold swaps mixed
+    hotswap = engine.hotswap
+    with engine.lock:
+        hotswap.activate(paths[0], 1.0)
+    fuser = hotswap.fuser
+    base = {n: (t.data_ptr(), t.clone()) for n, t in fuser.pristine.items()}
+    buffers = {n: t.data_ptr() for n, t in fuser.buffers.items()}
+    extra = hotswap.fused_extra_bytes()
+    rng = np.random.default_rng(0)
+    with engine.lock:
+        for _ in range(200):
+            path = paths[int(rng.integers(len(paths)))]
+            hotswap.activate(path, float(rng.choice([0.0, 0.5, 1.0, 1.2])))
+        assert hotswap.is_fused() or hotswap.strength == 0.0
+        assert {n: t.data_ptr() for n, t in fuser.buffers.items()} == buffers, "the buffers were reused"
+        assert hotswap.fused_extra_bytes() == extra, "no growth"
+        for name, (ptr, clone) in base.items():
+            assert fuser.pristine[name].data_ptr() == ptr and torch.equal(fuser.pristine[name], clone)
+        hotswap.use_base()
+    for name, (ptr, _) in base.items():
+        assert fuser._parameter(name).data_ptr() == ptr, "restored by pointing at the base weight"
+    assert_same_tensors(base_weights(hotswap.denoiser), fresh_base_weights(family))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bf16_weights_on_the_cpu_are_merged_in_float32_and_rounded_once(family, demo_loras):
+    pipe = demo.build_tiny(family, seed=0).to(torch.bfloat16)
+    from lora_spectrum.adapters import HotSwapper
+    from lora_spectrum.families import get_family
+
+    hotswap = HotSwapper(pipe, get_family(family), fuse=True)
+    hotswap.activate(demo_loras[family][4], 0.8)
+    adapter, fuser = hotswap._slot.adapter_name, hotswap.fuser
+    assert not fusing.native_merge(torch.device("cpu"), torch.bfloat16) and fuser._scratch
+    shapes = set()
+    for name, layer in zip(hotswap._slot.layer_names, hotswap._slot.layers, strict=True):
+        w0 = fuser.base_weight(name)
+        shapes.add(tuple(w0.shape))
+        up = layer.lora_B[adapter].weight.float().flatten(1)
+        down = layer.lora_A[adapter].weight.float().flatten(1)
+        want = torch.add(w0.float(), (up @ down).view(w0.shape), alpha=0.8 * fusing.peft_scaling(layer, adapter))
+        got = layer.get_base_layer().weight
+        assert got.dtype == torch.bfloat16 and got.data_ptr() == fuser.buffers[name].data_ptr()
+        # Rounded once: at most 1 ulp from the float32 result rounded (or float32 noise, where terms cancel to ~0).
+        ulp = (want.abs() * 2.0 ** -7).clamp_min(1e-6)
+        assert ((got.float() - want.bfloat16().float()).abs() <= ulp).all(), name
+    assert len(fuser._scratch) == len(shapes), "one float32 scratch per shape, shared"
+    hotswap.use_base()
+    assert_same_tensors(base_weights(hotswap.denoiser), base_weights(demo.build_tiny(family, seed=0).to(
+        torch.bfloat16).unet if family == "sdxl" else demo.build_tiny(family, seed=0).to(torch.bfloat16).transformer))
