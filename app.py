@@ -21,8 +21,9 @@ engine = choice.engine
 st.title("LoRA Spectrum")
 if choice.is_demo:
     st.warning(md_escape(engine.note))
+fuse = engine.fuse_mode + (f" ({engine.fuse_decision.removeprefix('fuse auto: ')})" if engine.fuse_decision else "")
 st.caption(md_escape(f"Base: {engine.base_id} ({engine.family.name}, {engine.device.type}, {str(engine.dtype)[6:]}) · "
-                     f"LoRAs: {catalog.folder}"))
+                     f"fuse {fuse} · LoRAs: {catalog.folder}"))
 
 controls = render_controls(catalog, engine.defaults, choice.prompt, settings.batch_epochs, engine.family.name)
 st.session_state.setdefault("view", "Compare")

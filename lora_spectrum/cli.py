@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rank", type=int, default=32)
     s.add_argument("--epochs", type=int, default=10)
     s.add_argument("--swaps", type=int, default=200, help="swaps for the memory-growth figure")
+    s.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="the weights' dtype (auto: float16/bfloat16 on CUDA, bfloat16 for full-size models on a CPU)")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("insight", help="weight-space curves, loss curve and a suggested epoch, without rendering")
@@ -213,7 +215,8 @@ def _cmd_bench(args) -> int:
     from lora_spectrum.bench import format_table, run_benchmark
 
     result = run_benchmark(model=args.model, device=args.device, rank=args.rank, epochs=args.epochs,
-                           swaps=args.swaps, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+                           swaps=args.swaps, progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+                           dtype=args.dtype)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 

@@ -8,6 +8,7 @@ of its state changes (swap + render) happen under ``Engine.lock``, because diffu
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -32,8 +33,10 @@ from lora_spectrum.errors import (
     translated,
 )
 from lora_spectrum.families import Family, detect_family, get_family
+from lora_spectrum.fuse_policy import FusePolicy, resolve_fuse
 from lora_spectrum.sampling import Sampling
 
+log = logging.getLogger(__name__)
 Route = tuple[str | None, float, tuple[int, ...]]  # (file or None for the base, strength, seeds)
 
 
@@ -53,27 +56,6 @@ class RenderResult:
     seconds: float
 
 
-def resolve_fuse(fuse: bool | str, device: torch.device, offload: str = "none") -> bool:
-    """Whether the hot-swapper merges the active adapter into the base weights (``adapters/fusing.py``).
-
-    ``auto``: on for CUDA, where peft's unfused LoRA layers cost up to 2x per denoiser forward; off on the CPU, where
-    they cost about 1.2x and a merge costs seconds per swap. Sequential offload keeps the weights off the module
-    (accelerate hooks), where nothing can be merged: fused mode is refused there.
-    """
-    if isinstance(fuse, bool):
-        value = "on" if fuse else "off"
-    else:
-        value = str(fuse).lower()
-    if value not in ("auto", "on", "off"):
-        raise BaseLoadError(f"unknown fuse setting {fuse!r}; use auto, on or off")
-    if value == "auto":
-        return device.type == "cuda" and offload != "sequential"
-    if value == "on" and offload == "sequential":
-        raise BaseLoadError("fuse: on does not work with offload: sequential (the weights live in offload hooks); "
-                            "use fuse: off, or offload: model")
-    return value == "on"
-
-
 class Engine:
     """A resident base pipeline plus its hot-swapper, shared by every caller of this process."""
 
@@ -88,15 +70,17 @@ class Engine:
         self.dtype = next(family.denoiser(pipe).parameters()).dtype
         self.offload = offload
         self.note = note  # shown by the UI, e.g. why the demo is in use
-        self._model_hash: str | None = None
         # Render defaults: the family's YAML, overridden for bases that need others (the tiny demo).
         self.defaults = family.defaults.with_sampling(**(defaults or {}))
         self.max_sequence_length = max_sequence_length
         self.lock = threading.Lock()
         self._admission = threading.BoundedSemaphore(max(1, max_queued))
-        self.fuse = resolve_fuse(fuse, self.device, offload)  # merge the active adapter into the base weights
+        # Merge the active adapter into the base weights: on, off, or auto (decided from measurements).
+        self.fuse_mode = resolve_fuse(fuse, self.device, offload)
+        self.fuse_policy = FusePolicy() if self.fuse_mode == "auto" else None
+        self.fuse_decision = ""  # why fuse: auto chose what it did for the last swap ("" until it decided)
         self.hotswap = HotSwapper(pipe, family, resident=resident_adapters, empty_cache=empty_cache_after_swap,
-                                  fuse=self.fuse)
+                                  fuse=self.fuse_mode == "on")
         self._scheduler_config = pipe.scheduler.config
         self._embeds: OrderedDict[tuple, tuple] = OrderedDict()
         self.prompt_encodings = 0  # encode_prompt calls actually run (cache misses)
@@ -106,25 +90,9 @@ class Engine:
         pipe.set_progress_bar_config(disable=True)
 
     @property
-    def model_name(self) -> str:
-        """The base as PNG parameters name it: a repo id as it is, a local folder or file by its name only (a
-        shared image never tells where the base lives on this machine)."""
-        path = Path(self.base_id).expanduser()
-        if path.is_file():
-            return path.stem
-        return path.name if path.is_dir() else self.base_id
-
-    def model_hash(self) -> str | None:
-        """A1111's ``Model hash`` of a single-file base (the first 10 hex digits of its sha256, computed once);
-        None for diffusers folders and repo ids, which have no single file to hash."""
-        path = Path(self.base_id).expanduser()
-        if not path.is_file():
-            return None
-        if self._model_hash is None:
-            from lora_spectrum.catalog import file_sha256
-
-            self._model_hash = file_sha256(path)[:10]
-        return self._model_hash
+    def fuse(self) -> bool:
+        """Whether swaps merge the adapter into the base weights now (fixed by ``fuse: on/off``; auto decides)."""
+        return self.hotswap.fuse
 
     def _count_te_forward(self, *_):
         self.text_encoder_forwards += 1
@@ -239,7 +207,8 @@ class Engine:
         """
         with self.lock:
             t0 = time.perf_counter()
-            swap = self.set_lora(lora_path, strength)
+            self._choose_fuse(request, lora_path, strength)
+            swap = self._observed(self.set_lora(lora_path, strength))
             images = self._render_locked(request, cancel, on_step)
             return RenderResult(images, swap, time.perf_counter() - t0)
 
@@ -295,7 +264,7 @@ class Engine:
         swap = images = None
         try:
             with self.hotswap.routed(blocks, len(routes[group[0]][2]), prepared=prepared) as swap:
-                images = self._render_locked(replace(request, seeds=seeds), cancel, on_step)
+                images = self._render_locked(replace(request, seeds=seeds), cancel, on_step, measure=False)
         except Cancelled:
             raise
         except LoraSpectrumError as exc:
@@ -320,7 +289,8 @@ class Engine:
         path, strength, seeds = routes[i]
         t0 = time.perf_counter()
         try:
-            swap = self.set_lora(path, strength, prepared.get(str(path)))  # the file step 1 read, not read again
+            self._choose_fuse(request, path, strength)
+            swap = self._observed(self.set_lora(path, strength, prepared.get(str(path))))  # read in step 1
             images = self._render_locked(replace(request, seeds=tuple(seeds)), cancel, on_step)
         except Cancelled:
             raise
@@ -329,7 +299,26 @@ class Engine:
             return
         out[i] = RenderResult(images, swap, time.perf_counter() - t0)
 
-    def _render_locked(self, req: RenderRequest, cancel=None, on_step=None) -> list:
+    # ------------------------------------------------------------------ fuse: auto (fuse_policy.py)
+    def _shape(self, req: RenderRequest) -> tuple:
+        s = req.sampling
+        return (s.width, s.height, len(req.seeds), self._uses_cfg(s.guidance))
+
+    def _choose_fuse(self, req: RenderRequest, lora_path: str | None, strength: float) -> None:
+        """Before a swap to an adapter under ``fuse: auto``: fused or not, as the measurements say (logged)."""
+        if self.fuse_policy is not None and lora_path is not None and float(strength) != 0.0:
+            why = self.fuse_policy.apply(self.hotswap, self._shape(req), req.sampling.steps)
+            if why != self.fuse_decision:
+                log.info(why)
+                self.fuse_decision = why
+
+    def _observed(self, swap: SwapRecord) -> SwapRecord:
+        if self.fuse_policy is not None and swap.fused and self.hotswap.fuse:
+            self.fuse_policy.observe_merge(self.hotswap.fuser.last_merge_s)
+        return swap
+
+    def _render_locked(self, req: RenderRequest, cancel=None, on_step=None, measure: bool = True) -> list:
+        """Render ``req`` with the adapter as it stands. ``measure``: feed the step times to ``fuse: auto``."""
         sampling = req.sampling
         # 1. Scheduler: a fresh one per render, so no state carries over between renders.
         self.pipe.scheduler = self.family.make_scheduler(sampling.sampler or self.defaults.sampling.sampler,
@@ -339,7 +328,13 @@ class Engine:
         n = len(req.seeds)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in req.seeds]
 
+        stamps: list[float] | None = [] if measure and self.fuse_policy is not None else None
+
         def step_end(pipe, i, t, kwargs):
+            if stamps is not None:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)  # the step's kernels done, so the interval is the step's
+                stamps.append(time.perf_counter())
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled")
             if on_step is not None:
@@ -365,6 +360,8 @@ class Engine:
         except OutOfMemoryError:
             pass
         else:
+            if stamps is not None:  # intervals between step ends: steps 2..n, free of the set-up before step 1
+                self.fuse_policy.observe_render(self.hotswap, self._shape(req), stamps)
             return list(out.images)
         self.free_memory()
         raise OutOfMemoryError(f"out of memory rendering {n} image(s) at {sampling.width}x{sampling.height}: use a "

@@ -3,6 +3,7 @@ and reading it back. Nothing here renders."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -19,13 +20,34 @@ from lora_spectrum.sampling import Sampling
 
 
 # ---------------------------------------------------------------------------------------------- PNG parameters
+def base_name(base_id: str) -> str:
+    """The base as PNG parameters name it: a repo id as it is, a local folder or file by its name only (a shared
+    image never tells where the base lives on this machine)."""
+    path = Path(base_id).expanduser()
+    if path.is_file():
+        return path.stem
+    return path.name if path.is_dir() else base_id
+
+
+@functools.lru_cache(maxsize=4)
+def base_hash(base_id: str) -> str | None:
+    """A1111's ``Model hash`` of a single-file base (the first 10 hex digits of its sha256, computed once); None
+    for diffusers folders and repo ids, which have no single file to hash."""
+    path = Path(base_id).expanduser()
+    if not path.is_file():
+        return None
+    from lora_spectrum.catalog import file_sha256
+
+    return file_sha256(path)[:10]
+
+
 def _quote(value: str) -> str:
     return json.dumps(value, ensure_ascii=False) if ("," in value or ":" in value or '"' in value) else value
 
 
 def parameters_text(cell: Cell, sampling: Sampling, model: str, model_hash: str | None = None) -> str:
     """A1111's ``parameters`` text: prompt, ``Negative prompt:`` line, then ``Key: value`` pairs. ``model`` is
-    the base's name (``Engine.model_name``), never a local path."""
+    the base's name (``base_name``), never a local path."""
     prompt = cell.prompt
     pairs = [("Steps", str(sampling.steps)), ("Sampler", sampling.sampler), ("CFG scale", f"{sampling.guidance:g}"),
              ("Seed", str(cell.seed)), ("Size", f"{sampling.width}x{sampling.height}"),

@@ -28,7 +28,7 @@ class RenderCache:
     def key(engine, sampling: Sampling, cell: Cell) -> str:
         """Everything that decides a cell's pixels: the base as loaded, the file's bytes, the sampling."""
         fields = {"base": engine.base_id, "family": engine.family.name, "dtype": str(engine.dtype),
-                  "device": engine.device.type, "fused": engine.fuse, "lora_sha256": cell.sha256,
+                  "device": engine.device.type, "fuse": engine.fuse_mode, "lora_sha256": cell.sha256,
                   "strength": cell.strength if cell.file else None, "prompt": cell.prompt,
                   "negative": sampling.negative_prompt, "seed": cell.seed, "steps": sampling.steps,
                   "guidance": sampling.guidance, "width": sampling.width, "height": sampling.height,

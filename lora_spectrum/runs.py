@@ -14,7 +14,7 @@ from PIL import Image
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.engine import RenderRequest, Route
 from lora_spectrum.errors import Cancelled, LoraSpectrumError, shorten
-from lora_spectrum.grid_files import encode_png, parameters_text
+from lora_spectrum.grid_files import base_hash, base_name, encode_png, parameters_text
 from lora_spectrum.plan import Cell, GroupKey, Plan, calls, column_label, groups, jobs, plan_cells
 from lora_spectrum.render_cache import RenderCache
 
@@ -91,8 +91,8 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
                     else:
                         c.image, c.seconds, c.swap_seconds = result.images[i], per_image, result.swap.seconds
                         c.routed = result.swap.kind.startswith("routed")
-                        c.png = encode_png(c.image, parameters_text(c, plan.sampling, engine.model_name,
-                                                                    engine.model_hash()))
+                        c.png = encode_png(c.image, parameters_text(c, plan.sampling, base_name(engine.base_id),
+                                                                    base_hash(engine.base_id)))
                         if cache:
                             cache.put(RenderCache.key(engine, plan.sampling, c), c.png, prune=False)
                     report(c)

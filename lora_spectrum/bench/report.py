@@ -8,9 +8,9 @@ from pathlib import Path
 from lora_spectrum.bench.timing import ratio
 
 
-def command_line(model: str, device: str, rank: int, epochs: int, swaps: int) -> str:
+def command_line(model: str, device: str, rank: int, epochs: int, swaps: int, dtype: str = "") -> str:
     return (f"{Path(sys.executable).name} -m lora_spectrum bench --model {model} --device {device} --rank {rank} "
-            f"--epochs {epochs} --swaps {swaps}")
+            f"--epochs {epochs} --swaps {swaps}" + (f" --dtype {dtype}" if dtype else ""))
 
 
 def _s(v: float | None) -> str:
@@ -41,8 +41,12 @@ def format_table(result: dict) -> str:
         ("full pipeline reload per epoch", _s(r["pipeline_reload_s"]),
          _x(ratio(r["pipeline_reload_s"], r["floor_s"]))),
         ("ours, first file (installs the slot)", _s(r["swap_first_s"]), _x(ratio(r["swap_first_s"], r["floor_s"]))),
-        ("ours, fused (resident; merge into the weights)", _s(r["swap_fused_s"]),
+        ("ours, fused (file read + merge into the weights)", _s(r["swap_fused_s"]),
          _x(ratio(r["swap_fused_s"], r["floor_s"]))),
+        ("ours, fused, resident (merge only)", _s(r["swap_fused_warm_s"]),
+         _x(ratio(r["swap_fused_warm_s"], r["floor_s"]))),
+        ("ours, fused: back to the base (re-point)", _s(r["swap_fused_split"]["restore_s"]),
+         _x(ratio(r["swap_fused_split"]["restore_s"], r["floor_s"]))),
     ]
     lines = [head, "", "| swap (median) | time | vs floor |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
@@ -92,10 +96,13 @@ def format_table(result: dict) -> str:
               f"Base bit-exact after the swaps: {'yes' if r['base_bit_exact_after_swaps'] else 'NO'}; "
               f"fast path: {r['fast_path']}; resident adapters hold {mem['resident_adapters_mb']:.0f} MB by design.",
               f"Fused mode: base bit-exact after fused swaps and switching it off: "
-              f"{'yes' if r['base_bit_exact_after_fused_swaps'] else 'NO'}; pristine copy of the targeted weights "
-              f"{r['fused_pristine_mb']:.1f} MB; forward max |fused - unfused| {r['fused_vs_unfused_max_abs']:.2g} "
-              f"(the adapter moves it {r['unfused_vs_base_max_abs']:.2g} off the base).",
-              "Targets (issue 6, sdxl-size on CPU): " + ", ".join(
+              f"{'yes' if r['base_bit_exact_after_fused_swaps'] else 'NO'}; merge buffers (the base weights are "
+              f"kept by reference) {r['fused_extra_mb']:.1f} MB; fused swap split: read "
+              f"{_s(r['swap_fused_split']['read_s'])}, merge {_s(r['swap_fused_split']['merge_s'])}, restore "
+              f"{_s(r['swap_fused_split']['restore_s'])}; forward max |fused - unfused| "
+              f"{r['fused_vs_unfused_max_abs']:.2g} (the adapter moves it {r['unfused_vs_base_max_abs']:.2g} off the "
+              f"base).",
+              "Targets (issues 6 and 20, sdxl-size): " + ", ".join(
                   f"{k} {'met' if v else 'MISSED'}" for k, v in r["targets"].items()) + ".",
               f"Total {r['total_s']:.0f} s (build {r['build_s']:.1f} s); load average at start "
               f"{r['load_average']['start'][0]:.1f}, at end {r['load_average']['end'][0]:.1f} "

@@ -31,7 +31,7 @@ from lora_spectrum.errors import ConfigError
 
 
 def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epochs: int = 10, swaps: int = 200,
-                  progress: Callable[[str], None] | None = None) -> dict:
+                  progress: Callable[[str], None] | None = None, dtype: str = "auto") -> dict:
     """Measure everything in docs/bench/README.md for ``model`` and return one JSON-ready dict (seconds, MB)."""
     import diffusers
     import peft
@@ -53,7 +53,11 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         raise ConfigError("bench needs --rank >= 1, --epochs >= 2 (swaps go between files) and --swaps >= 1")
     dev = resolve_device(device)
     size_model = model != "tiny"
-    if dev.type == "cuda":
+    if dtype != "auto":  # e.g. float32 on a CPU without native bf16, where a full-size bf16 forward takes minutes
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"unknown benchmark dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+        dtype = getattr(torch, dtype)
+    elif dev.type == "cuda":
         dtype = torch.bfloat16 if model == "z-image-size" else torch.float16
     else:
         dtype = torch.bfloat16 if size_model else torch.float32
@@ -73,7 +77,7 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "diffusers": diffusers.__version__, "peft": peft.__version__},
         "rank": rank, "epochs": epochs, "swaps": swaps,
-        "command": command_line(model, device, rank, epochs, swaps),
+        "command": command_line(model, device, rank, epochs, swaps, str(dtype).removeprefix("torch.")),
     }
     with quiet(), tempfile.TemporaryDirectory(prefix="lora_spectrum_bench_") as tmp:
         folder = Path(tmp)
@@ -102,7 +106,7 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         base_times, base_out = measure_forward(forward, dev, fwd_repeats)
         # 4. Ours on the pristine model; everything of ours is unloaded before diffusers' turn.
         ours = measure_ours(pipe, family, paths, dev, swaps, forward, fwd_repeats, base_out, say,
-                             fused_swap_repeats=8 if dev.type == "cuda" or model == "tiny" else 4)
+                             fused_swap_repeats=30 if dev.type == "cuda" or model == "tiny" else 15)
         say("several epochs in one routed batch vs epoch by epoch ...")
         routed = measure_routed(pipe, family, paths, dev, dtype, latent, fwd_repeats, base_out)
         # 5. diffusers' ways, on the same model after our unload (which gives back the original modules).
@@ -129,6 +133,9 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
     reload_s, hotswap_s, pipeline_s = median(reload_times), median(hotswap_times), median(pipeline_times)
     base_s, active_s, fused_s = median(base_times + ours["base_again"]), median(ours["active"]), median(ours["fused"])
     swap_fused_s = median(ours["fused_swaps"])
+    merge_s = median(ours["fused_merges"])
+    fused_split = {"read_s": median([t - m for t, m in zip(ours["fused_swaps"], ours["fused_merges"], strict=True)]),
+                   "merge_s": merge_s, "restore_s": median(ours["fused_restores"])}
     growth = ours["after"]["rss_mb"] - ours["before"]["rss_mb"]
     seq_s, routed_s, setup_s = median(routed["sequential"]), median(routed["routed"]), median(routed["setup"])
     steps = family.defaults.sampling.steps
@@ -153,7 +160,8 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         "diffusers_hotswap_s": hotswap_s, "diffusers_reload_s": reload_s, "pipeline_reload_s": pipeline_s,
         "forward_latent": f"{latent}x{latent}", "forward_image": f"{latent * 8}x{latent * 8}",
         "forward_base_s": base_s, "forward_active_s": {"unfused": active_s, "fused": fused_s},
-        "swap_fused_s": swap_fused_s, "fused_pristine_mb": ours["fused_pristine_mb"],
+        "swap_fused_s": swap_fused_s, "swap_fused_split": fused_split, "swap_fused_warm_s": median(ours["fused_warm"]),
+        "fused_extra_mb": ours["fused_extra_mb"],
         "fused_merged": ours["fused_merged"],
         "fused_vs_unfused_max_abs": ours["fused_vs_unfused_max_abs"],
         "unfused_vs_base_max_abs": ours["unfused_vs_base_max_abs"],
@@ -173,7 +181,10 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
             "forward": "one denoiser forward, batch 1; base: the untouched model, timed before and after ours; "
                        "active at strength 1: unfused = peft LoRA layers, fused = the adapter merged into the base "
                        "weights (adapter layers bypassed)",
-            "swap_fused": "HotSwapper.activate in fused mode among 4 resident adapters: restore + merge in float32",
+            "swap_fused": "HotSwapper.activate in fused mode, file not resident (resident=1, a different file each "
+                          "time), from the epoch merged before: read + merge out of place into reused buffers; "
+                          "split: merge = the fuser's own clock, read = the rest, restore = use_base from a "
+                          "merged epoch (re-pointing at the base weights); warm = among 4 resident adapters",
             "grid_routed": "k epochs x 1 image with the same inputs, one denoising step: epoch by epoch = a warm "
                            "swap + a batch-1 forward per epoch; routed = one batch-k forward inside "
                            "HotSwapper.routed (stacked: two broadcast matmuls per layer; peft: its mixed-batch "
@@ -184,7 +195,8 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         "repeats": {"floor": len(floor), "swap_cold": len(ours["cold"]), "swap_warm": len(ours["warm"]),
                     "diffusers_reload": len(reload_times), "diffusers_hotswap": len(hotswap_times),
                     "pipeline_reload": len(pipeline_times), "forward": fwd_repeats,
-                    "swap_fused": len(ours["fused_swaps"]), "grid_routed": len(routed["routed"])},
+                    "swap_fused": len(ours["fused_swaps"]), "fused_restore": len(ours["fused_restores"]),
+                    "grid_routed": len(routed["routed"])},
         "swap_kinds_seen": ours["kinds"],
         "fast_path": ours["fast_path"],
         "adapter_changes_output": ours["active_differs"],
@@ -197,6 +209,7 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
             "pipeline_reload_vs_cold": ratio(pipeline_s, cold_s),
             "forward_active_vs_base": {"unfused": ratio(active_s, base_s), "fused": ratio(fused_s, base_s)},
             "swap_fused_vs_warm": ratio(swap_fused_s, warm_s),
+            "swap_fused_vs_floor": ratio(swap_fused_s, floor_s),
         },
         "targets": {
             "cold_le_2x_floor": cold_s <= 2 * floor_s,
@@ -205,6 +218,9 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
             "memory_growth_le_one_adapter": growth <= result["adapter_mb"],
             "fused_forward_within_2pct_of_base": fused_s <= 1.02 * base_s,
             "fused_base_restored_bit_exact": ours["fused_base_exact"],
+            # issue 20: on the CPU within 15x the floor; on a GPU under 20 ms (defined for SDXL).
+            "fused_swap_le_15x_floor" if dev.type != "cuda" else "fused_swap_le_20ms":
+                swap_fused_s <= (15 * floor_s if dev.type != "cuda" else 0.020),
         },
         "text_encoder": te,
         "total_s": time.perf_counter() - t_start,

@@ -57,9 +57,9 @@ def measure_forward(forward: Callable, device: torch.device, repeats: int) -> tu
 
 
 def measure_ours(pipe, family, paths, device, swaps, forward, fwd_repeats, base_out, say,
-                  fused_swap_repeats: int = 8) -> dict:
+                  fused_swap_repeats: int = 15) -> dict:
     """This project's swapper: first install, cold and warm swaps, memory over ``swaps`` swaps, forwards unfused
-    and fused, fused swaps."""
+    and fused, fused swaps (cold and warm, with the merge's share) and fused restores."""
     from lora_spectrum.adapters import HotSwapper
 
     # 1. The first file installs the adapter slot through diffusers (once per layout) and teaches the fast path.
@@ -100,17 +100,29 @@ def measure_ours(pipe, family, paths, device, swaps, forward, fwd_repeats, base_
     active, active_out = measure_forward(forward, device, fwd_repeats)
     swapper.use_base()
     base_exact = bool(torch.equal(forward(), base_out))
-    # 6. Fused mode: swaps among resident files (each one merges into the base weights), the forward with the
-    #    last epoch merged, then the base again, bit for bit, and after switching fused mode off.
-    say("fused mode: swaps and forward ...")
+    # 6. Fused mode. Cold: one adapter resident, a different file every time, so each swap reads its file and
+    #    merges it over the epoch merged before (as ComfyUI's unpatch + load + patch does); the merge's own share is
+    #    the fuser's clock. Restore: the base back from a merged epoch. Warm: among four resident files.
+    say("fused mode: swaps, restores and forward ...")
     swapper.set_fuse(True)
+    swapper.resident = 1
+    swapper.activate(paths[0], 1.0)
+    fused_swaps, fused_merges, fused_restores = [], [], []
+    for i in range(fused_swap_repeats):
+        path = paths[(i + 1) % len(paths)]
+        fused_swaps.append(timed(lambda p=path: swapper.activate(p, 1.0), device))
+        fused_merges.append(swapper.fuser.last_merge_s)
+    for path in cycle(paths, max(5, fused_swap_repeats // 2)):
+        swapper.activate(path, 1.0)
+        fused_restores.append(timed(swapper.use_base, device))
+    swapper.resident = 4
     for path in warm_set:
         swapper.activate(path, 1.0)
-    fused_swaps = [timed(lambda p=path: swapper.activate(p, 1.0), device)
-                   for path in cycle(warm_set, fused_swap_repeats)]
+    fused_warm = [timed(lambda p=path: swapper.activate(p, 1.0), device)
+                  for path in cycle(warm_set, fused_swap_repeats)]
     swapper.activate(paths[-1], 1.0)
     fused_merged = swapper.is_fused() and swapper.history[-1].fused
-    pristine_mb = swapper.fused_pristine_bytes() / MB
+    extra_mb = swapper.fused_extra_bytes() / MB
     fused, fused_out = measure_forward(forward, device, fwd_repeats)
     swapper.use_base()
     fused_base_exact = bool(torch.equal(forward(), base_out))
@@ -131,9 +143,10 @@ def measure_ours(pipe, family, paths, device, swaps, forward, fwd_repeats, base_
         "after": after, "active": active, "active_differs": not bool(torch.equal(active_out, base_out)),
         "base_exact": base_exact and unloaded_exact and residue == 0, "fast_path": swapper.fast_path_note,
         "resident_mb": 4 * os.path.getsize(paths[0]) / MB,
-        "base_again": base_again, "fused_swaps": fused_swaps, "fused": fused, "fused_merged": bool(fused_merged),
+        "base_again": base_again, "fused_swaps": fused_swaps, "fused_merges": fused_merges,
+        "fused_restores": fused_restores, "fused_warm": fused_warm, "fused": fused, "fused_merged": bool(fused_merged),
         "fused_base_exact": fused_base_exact and unloaded_exact and residue == 0,
-        "fused_pristine_mb": pristine_mb,
+        "fused_extra_mb": extra_mb,
         # How far the fused forward is from the unfused one, against how far the adapter moves it off the base.
         "fused_vs_unfused_max_abs": float((fused_out.float() - active_out.float()).abs().max()),
         "unfused_vs_base_max_abs": float((active_out.float() - base_out.float()).abs().max()),

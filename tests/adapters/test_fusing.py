@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from lora_spectrum import demo
 from lora_spectrum.adapters import fusing
-from lora_spectrum.engine import resolve_fuse
 from lora_spectrum.errors import BaseLoadError, ConfigError, LoraLoadError
+from lora_spectrum.fuse_policy import resolve_fuse
 from lora_spectrum.settings import load_settings
 from tests.adapters.helpers import assert_same_tensors, bad_files, base_weights, fresh_base_weights, weights_now
 from tests.tiny import FAMILIES, new_engine, pixels, request
@@ -168,12 +168,15 @@ def test_fuse_setting_auto_on_off(tmp_path):
     with pytest.raises(ConfigError, match="fuse must be auto, on or off"):
         load_settings(cfg)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_fuse("auto", cpu) is False and resolve_fuse("auto", cuda) is True
-    assert resolve_fuse("auto", cuda, "sequential") is False
-    assert resolve_fuse("on", cpu) is True and resolve_fuse("off", cuda) is False
+    assert resolve_fuse("auto", cpu) == "auto" and resolve_fuse("auto", cuda) == "auto"  # decided by measuring
+    assert resolve_fuse("auto", cuda, "sequential") == "off"
+    assert resolve_fuse("on", cpu) == "on" and resolve_fuse(True, cpu) == "on" and resolve_fuse("off", cuda) == "off"
     with pytest.raises(BaseLoadError, match="offload: sequential"):
         resolve_fuse("on", cuda, "sequential")
-    assert new_engine("sdxl", fuse="auto").hotswap.fuse is False  # the tiny engines run on the CPU
+    with pytest.raises(BaseLoadError, match="unknown fuse setting"):
+        resolve_fuse("maybe", cpu)
+    engine = new_engine("sdxl", fuse="auto")
+    assert engine.fuse_mode == "auto" and engine.fuse is False, "unfused until measured"
 
 
 @pytest.mark.parametrize("family", FAMILIES)

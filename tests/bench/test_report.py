@@ -20,15 +20,15 @@ def test_table_and_json_are_printable(result):
 
 
 def test_json_names_every_figure(result):
-    # Exactly the figures ``bench --json`` printed before the benchmark became a package: one dropped or renamed
-    # shows here.
+    # Exactly the figures ``bench --json`` prints (issue 20 added the fused split and the warm fused swap, and
+    # renamed the pristine copy to the merge buffers): one dropped or renamed shows here.
     assert set(result) == {
         "adapter_changes_output", "adapter_file_dtype", "adapter_mb", "adapter_tensors",
         "base_bit_exact_after_fused_swaps", "base_bit_exact_after_swaps", "build_s", "command", "denoiser_params_m",
         "device", "diffusers_hotswap_s", "diffusers_reload_s", "dtype", "epochs", "fast_path", "floor_s",
-        "forward_active_s", "forward_base_s", "forward_image", "forward_latent", "fused_merged", "fused_pristine_mb",
+        "forward_active_s", "forward_base_s", "forward_image", "forward_latent", "fused_extra_mb", "fused_merged",
         "fused_vs_unfused_max_abs", "gpu", "grid_routed", "load_average", "machine", "memory", "memory_growth_mb",
         "methods", "model", "notes", "pipeline_reload_s", "rank", "ratios", "read_only_s", "repeats", "swap_cold_s",
-        "swap_first_s", "swap_fused_s", "swap_kinds_seen", "swap_mixed_s", "swap_warm_s", "swaps", "targets",
+        "swap_first_s", "swap_fused_s", "swap_fused_split", "swap_fused_warm_s", "swap_kinds_seen", "swap_mixed_s", "swap_warm_s", "swaps", "targets",
         "text_encoder", "total_s", "unfused_vs_base_max_abs", "versions",
     }

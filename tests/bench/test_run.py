@@ -14,7 +14,10 @@ def test_every_timing_is_a_positive_median(result):
                 "diffusers_reload_s", "pipeline_reload_s", "forward_base_s", "adapter_mb", "build_s", "total_s"):
         assert positive(result[key]), (key, result.get(key))
     assert set(result["forward_active_s"]) == {"unfused", "fused"}
-    assert positive(result["swap_fused_s"]) and positive(result["fused_pristine_mb"])
+    assert positive(result["swap_fused_s"]) and positive(result["fused_extra_mb"])
+    split = result["swap_fused_split"]
+    assert all(positive(split[k]) for k in ("read_s", "merge_s", "restore_s"))
+    assert split["merge_s"] < result["swap_fused_s"] and positive(result["swap_fused_warm_s"])
     assert all(positive(v) for v in result["forward_active_s"].values())
     for name, n in result["repeats"].items():
         assert isinstance(n, int) and n >= 1, name
@@ -37,7 +40,8 @@ def test_ratios_and_targets_are_all_filled(result):
         assert positive(ratios[key]), key
     assert positive(ratios["forward_active_vs_base"]["unfused"])
     assert positive(ratios["forward_active_vs_base"]["fused"]) and positive(ratios["swap_fused_vs_warm"])
-    assert {"fused_forward_within_2pct_of_base", "fused_base_restored_bit_exact"} <= set(result["targets"])
+    assert {"fused_forward_within_2pct_of_base", "fused_base_restored_bit_exact",
+            "fused_swap_le_15x_floor"} <= set(result["targets"]) and positive(ratios["swap_fused_vs_floor"])
     assert any(n.startswith("fused_forward_within_2pct_of_base: on a CPU") for n in result["notes"])
     assert result["targets"] and all(isinstance(v, bool) for v in result["targets"].values())
 

@@ -9,6 +9,7 @@ from tests.ui.apptest import start
 def test_render_a_grid_with_base_column_captions_and_downloads(app_config):
     at = start()
     assert any("Demo mode" in w.value for w in at.warning)
+    assert any(c.value.replace("\\", "").startswith("Base: ") and "· fuse auto ·" in c.value for c in at.caption)
     at.sidebar.multiselect(key="epochs").set_value(["jimeng_20.safetensors", "jimeng_300.safetensors"])
     at.button(key="render").click().run()
     assert not at.exception, at.exception
@@ -18,6 +19,10 @@ def test_render_a_grid_with_base_column_captions_and_downloads(app_config):
     labels = {b.label for b in at.get("download_button")}
     assert {"Grid PNG", "Manifest", "All cells (zip)"} <= labels
     assert any("swap" in c.value for c in at.main.caption)
+    # fuse: auto says what it decided from the renders it measured (the rule itself: tests/test_fuse_policy.py);
+    # the caption above the grid is drawn before the render, so the next run shows it.
+    at.run()
+    assert any("· fuse auto (" in c.value.replace("\\", "") for c in at.caption), [c.value for c in at.caption]
 
 
 def test_epochs_per_batch_renders_the_same_grid_in_routed_batches(app_config, tmp_path):
