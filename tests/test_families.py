@@ -64,14 +64,3 @@ def test_unknown_families_are_named():
     with pytest.raises(ConfigError, match="unknown model family 'sd3'"):
         get_family("sd3")
 
-
-def test_an_engine_names_a_local_base_by_its_name_and_hashes_a_single_file(tmp_path):
-    engine = new_engine("sdxl")
-    assert engine.model_name == "tiny-sdxl" and engine.model_hash() is None
-    single = tmp_path / "juggernautXL_v9.safetensors"
-    save_file({"conditioner.embedders.1.x": torch.zeros(2)}, str(single))
-    engine.base_id = str(single)
-    import hashlib
-
-    assert engine.model_name == "juggernautXL_v9"
-    assert engine.model_hash() == hashlib.sha256(single.read_bytes()).hexdigest()[:10]

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from lora_spectrum.grid_files import parameters_text, parse_parameters
+import hashlib
+
+import torch
+from safetensors.torch import save_file
+
+from lora_spectrum.grid_files import base_hash, base_name, parameters_text, parse_parameters
 from lora_spectrum.plan import Cell
 from lora_spectrum.sampling import Sampling
 
@@ -24,3 +29,14 @@ def test_a_single_file_base_is_named_and_hashed_as_a1111_does():
     back = parse_parameters(text)
     assert back["Model"] == "juggernautXL" and back["Model hash"] == "0123456789"
     assert back["Lora hashes"] == "jimeng_20: abababababab" and back["prompt"] == "a fox <lora:jimeng_20:1>"
+
+
+def test_a_base_is_named_by_its_name_never_its_path_and_a_single_file_is_hashed(tmp_path):
+    assert base_name("Tongyi-MAI/Z-Image-Turbo") == "Tongyi-MAI/Z-Image-Turbo" and base_hash("tiny-sdxl") is None
+    folder = tmp_path / "my-sdxl"
+    folder.mkdir()
+    assert base_name(str(folder)) == "my-sdxl" and base_hash(str(folder)) is None
+    single = tmp_path / "juggernautXL_v9.safetensors"
+    save_file({"conditioner.embedders.1.x": torch.zeros(2)}, str(single))
+    assert base_name(str(single)) == "juggernautXL_v9"
+    assert base_hash(str(single)) == hashlib.sha256(single.read_bytes()).hexdigest()[:10]
