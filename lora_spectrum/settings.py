@@ -56,6 +56,8 @@ class Settings:
     batch_epochs: int = 1  # epochs (and strengths) rendered in one routed denoiser call; the UI's starting value
     clip_model: str = ""  # CLIP for Insight's image measures: a model id or folder ("" = $LORA_SPECTRUM_CLIP_MODEL
     #                       or openai/clip-vit-base-patch32); downloaded once when local_files_only is false
+    probes: dict = field(default_factory=dict)  # probe sets by name, as in configs/probes/*.yaml (probes.py)
+    probe_set: str = ""  # the probe set epochs are judged with: a name or a .yaml/.txt file ("" = auto)
     root: Path = field(default=PROJECT_ROOT, compare=False)
 
     def path(self, value: str) -> Path:
@@ -117,6 +119,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
         raise ConfigError(f"{path}: resident_adapters must be at least 1")
     if settings.batch_epochs < 1:
         raise ConfigError(f"{path}: batch_epochs must be at least 1")
+    if not isinstance(settings.probes, dict):
+        raise ConfigError(f"{path}: probes must be a mapping of set names to probe sets, not {settings.probes!r}")
     return settings
 
 

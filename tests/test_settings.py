@@ -30,6 +30,9 @@ def test_defaults_load_and_name_the_z_image_base():
     ("demo: fancy\n", "demo must be trained or random"),
     ("resident_adapters: 0\n", "at least 1"),
     ("- a list\n", "mapping"),
+    ("probes: [shapes]\n", "probes must be a mapping of set names to probe sets"),
+    ("probes:\n", "probes must be a mapping"),
+    ("probe_set: 3\n", "probe_set must be text"),
 ])
 def test_bad_values_are_named(tmp_path, text, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
@@ -40,3 +43,9 @@ def test_fuse_accepts_yaml_on_off_and_device_cuda_n(tmp_path):
     assert load_settings(write(tmp_path, "fuse: on\ndevice: cuda:1\n")).fuse == "on"
     assert load_settings(write(tmp_path, "fuse: off\n")).fuse == "off"
     assert load_settings(write(tmp_path, "reserve_vram_gb: 2\n")).reserve_vram_gb == 2
+
+
+def test_probe_keys_default_to_none_configured_and_read_a_mapping(tmp_path):
+    assert (load_settings().probes, load_settings().probe_set) == ({}, "")
+    s = load_settings(write(tmp_path, "probe_set: mine\nprobes:\n  mine: {seeds: [1], style: [a cat]}\n"))
+    assert (s.probe_set, s.probes) == ("mine", {"mine": {"seeds": [1], "style": ["a cat"]}})
