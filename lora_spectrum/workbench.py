@@ -67,7 +67,8 @@ def demo_engine(settings, reason: str = "") -> EngineChoice:
         defaults = {k: rec[k] for k in ("steps", "guidance", "sampler", "width", "height")}
         engine = Engine.load(str(demo.ASSETS_DIR / demo.BASE_DIRNAME), defaults=defaults, **common)
         note = ("Demo mode: a tiny base trained to draw coloured shapes, and the epochs of an ink-style LoRA "
-                "trained on it (jimeng_3 ... jimeng_18), with their training log. Not a real model.")
+                "trained on it (overtrained on purpose: its late epochs repaint the shapes), with their training "
+                "log. Not a real model.")
         choice = EngineChoice(engine, demo.ASSETS_DIR / demo.LORAS_DIRNAME, True, reason, rec["prompts"][0],
                               demo.ASSETS_DIR / demo.LOGS_DIRNAME)
     else:

@@ -14,8 +14,18 @@ from pathlib import Path
 
 import torch
 
+from lora_spectrum.demo import oracle
 from lora_spectrum.demo.assets import ASSETS_DIR, BASE_DIRNAME, LOGS_DIRNAME, LORAS_DIRNAME, RECOMMENDED, SERIES
-from lora_spectrum.demo.shapes import BACKGROUNDS, COLOURS, SHAPES, SIZE, TRIGGER, make_dataset
+from lora_spectrum.demo.shapes import (
+    BACKGROUNDS,
+    COLOURS,
+    FAVOURITES,
+    SHAPES,
+    SIZE,
+    TRIGGER,
+    biased_combos,
+    make_dataset,
+)
 from lora_spectrum.demo.training_steps import (
     FULL,
     QUICK,
@@ -50,7 +60,7 @@ def write_readme(out: Path, report: dict) -> None:
         f"{', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; backgrounds {', '.join(BACKGROUNDS)}.\n"
         f"- `{LORAS_DIRNAME}/`: `{SERIES}_<epoch>.safetensors`, a style LoRA (thick dark ink outlines, trigger "
         f"\"{TRIGGER}\") in kohya format with kohya metadata, one file per saved epoch.\n"
-        f"- `{LOGS_DIRNAME}/{SERIES}/network_train/`: its TensorBoard log (loss/current, loss/average, loss/epoch).\n\n"
+        f"- `{LOGS_DIRNAME}/{SERIES}/network_train/`: its TensorBoard log (loss/current, loss/average, loss/epoch, loss/validation/epoch_average).\n\n"
         f"Render at {SIZE}x{SIZE}, {RECOMMENDED['steps']} steps, guidance {RECOMMENDED['guidance']}, "
         f"sampler {RECOMMENDED['sampler']}.\n\n"
         "Training report:\n\n```json\n" + json.dumps(report, indent=2) + "\n```\n"
@@ -74,9 +84,12 @@ def run(out: str | Path, budget: Budget = FULL, seed: int = 0, lora_only: bool =
     report.update({"seed": seed, "budget": budget.__dict__})
     report.setdefault("minutes", {})
     torch.manual_seed(seed)
-    # 1. Data: the base set (plain shapes) and the style set (ink outlines), both procedural and seeded.
+    # 1. Data: the base set (plain shapes), the style set (ink outlines, leaning to the favourite subjects) and
+    #    held-out styled images for the validation loss, all procedural and seeded.
     base_x, base_captions = make_dataset(budget.base_images, seed=seed + 1)
-    style_x, style_captions = make_dataset(budget.style_images, seed=seed + 2, ink=True)
+    style_x, style_captions = make_dataset(budget.style_images, seed=seed + 2, ink=True,
+                                           combos=biased_combos(budget.style_images, budget.style_share, seed + 2))
+    val_x, val_captions = make_dataset(budget.validation_images, seed=seed + 5, ink=True)
     if not lora_only:
         with tempfile.TemporaryDirectory(prefix="lora_spectrum_tok_") as tok_dir:
             # 2. The untrained pipeline.
@@ -114,9 +127,30 @@ def run(out: str | Path, budget: Budget = FULL, seed: int = 0, lora_only: bool =
         m.requires_grad_(False)
     t0 = time.perf_counter()
     s_means, s_stds = encode_latents(pipe.vae, style_x)
-    saved = train_lora(pipe, s_means, s_stds, style_captions, budget, seed, out / LORAS_DIRNAME, out / LOGS_DIRNAME)
+    v_means, v_stds = encode_latents(pipe.vae, val_x)
+    # 8. The oracle scores the base and every saved epoch on held-out prompts (quick runs: two seeds).
+    seeds = oracle.SEEDS if budget is not QUICK else oracle.SEEDS[:2]
+    base_scores = oracle.measure(pipe, seeds=seeds)
+    table: list[dict] = []
+
+    def on_save(epoch: int, path: Path) -> None:
+        table.append({"epoch": epoch, "file": path.name, **oracle.measure(pipe, seeds=seeds)})
+        log(f"oracle epoch {epoch}: {table[-1]}")
+
+    saved = train_lora(pipe, s_means, s_stds, style_captions, budget, seed, out / LORAS_DIRNAME, out / LOGS_DIRNAME,
+                       validation=(v_means, v_stds, val_captions), on_save=on_save)
     report["minutes"]["lora"] = round((time.perf_counter() - t0) / 60, 2)
     report["epochs"] = [p.name for p in saved]
+    for row, value in zip(table, oracle.score(table, base_scores), strict=True):
+        row["score"] = value
+    report["oracle"] = {
+        "what": "held-out prompts with the trigger, rendered per saved epoch: share drawn in the asked colour, "
+                "shape and both ('correct'), mean ink fraction (the style); score = harmonic mean of the style "
+                "gained (share of the run's most ink above the base) and the correctness kept (over the base's)",
+        "prompts": [f"{c} {s} on {b}" for c, s, b in oracle.HELD_OUT], "seeds": list(seeds),
+        "style_set_favourites": [f"{c} {s}" for c, s in FAVOURITES], "style_share": budget.style_share,
+        "base": base_scores, "epochs": table, "best_epoch": oracle.best_epoch(table, base_scores),
+    }
     report["minutes"]["total"] = round(sum(v for k, v in report["minutes"].items() if k != "total"), 2)
     report_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
     write_readme(out, report)

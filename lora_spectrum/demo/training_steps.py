@@ -82,18 +82,20 @@ class Budget:
     base_images: int = 3240  # 60 per (colour, shape, background)
     unet_steps: int = 2000
     unet_batch: int = 24
-    style_images: int = 162  # 3 per (colour, shape, background): a small LoRA data set, as in real life
-    lora_epochs: int = 18
+    style_images: int = 162  # a small LoRA data set, as in real life
+    style_share: float = 0.6  # of the style set drawn from shapes.FAVOURITES: the bias that makes late epochs bleed
+    validation_images: int = 54  # held-out styled images for loss/validation/epoch_average
+    lora_epochs: int = 24
     lora_batch: int = 6
     lora_save_every: int = 3
     lora_rank: int = 8
     lora_alpha: float = 8.0
-    lora_lr: float = 2e-4
+    lora_lr: float = 4e-4
 
 
 FULL = Budget()
 QUICK = Budget(vae_steps=3, vae_batch=4, te_warmup_steps=3, vae_decoder_steps=2, base_images=54, unet_steps=3, unet_batch=4, style_images=18,
-               lora_epochs=2, lora_batch=6, lora_save_every=1)
+               validation_images=6, lora_epochs=2, lora_batch=6, lora_save_every=1)
 
 
 def log(msg: str) -> None:
@@ -330,11 +332,28 @@ def _kohya_metadata(epoch: int, steps: int, budget: Budget, tag_frequency: dict)
     }
 
 
+def _validation_loss(pipe, val: tuple, seed: int) -> float:
+    """Mean noise-prediction loss on held-out images, with noise and timesteps fixed by ``seed`` so that every
+    epoch is scored on the same draws (as kohya's validation does)."""
+    means, stds, embeds, pooled = val
+    gen = torch.Generator().manual_seed(seed)
+    latents = (means + stds * torch.randn(means.shape, generator=gen)) * pipe.vae.config.scaling_factor
+    noisy, noise, t = _noisy(latents, pipe.scheduler.alphas_cumprod.float(), gen)
+    with torch.no_grad():
+        pred = pipe.unet(noisy, t, embeds, added_cond_kwargs={"text_embeds": pooled,
+                                                               "time_ids": _time_ids(len(means))}).sample
+    return F.mse_loss(pred, noise).item()
+
+
 def train_lora(pipe, means, stds, captions: list[str], budget: Budget, seed: int, loras_dir: Path,
-               logs_dir: Path) -> list[Path]:
+               logs_dir: Path, validation: tuple | None = None, on_save=None) -> list[Path]:
     """Train a peft LoRA on the UNet attention projections, kohya-style: fixed epochs over a small data set, a
     checkpoint every ``lora_save_every`` epochs, TensorBoard tags ``loss/current``, ``loss/average`` (mean of the
-    last epoch's losses, as kohya) and ``lr/unet`` per step, and ``loss/epoch`` with the epoch as its step."""
+    last epoch's losses, as kohya) and ``lr/unet`` per step, and ``loss/epoch`` with the epoch as its step.
+
+    ``validation`` is (means, stds, captions) of held-out images: their loss is logged per epoch under kohya's
+    ``loss/validation/epoch_average``. ``on_save(epoch, path)`` runs after each saved epoch, the adapter active and
+    the UNet in eval mode (the demo's oracle measures the epoch there)."""
     from peft import LoraConfig
     from safetensors.torch import save_file
     from torch.utils.tensorboard import SummaryWriter
@@ -353,6 +372,10 @@ def train_lora(pipe, means, stds, captions: list[str], budget: Budget, seed: int
         for tag in (t.strip() for t in c.split(",")):
             tags[tag] = tags.get(tag, 0) + 1
     tag_frequency = {f"10_{SERIES}": tags}
+    val = None
+    if validation is not None:
+        with torch.no_grad():
+            val = (validation[0], validation[1], *encode_text(pipe, validation[2]))
     # 3. Epochs: shuffle, step, log; save a kohya file every few epochs.
     gen = torch.Generator().manual_seed(seed)
     scale = pipe.vae.config.scaling_factor
@@ -384,12 +407,23 @@ def train_lora(pipe, means, stds, captions: list[str], budget: Budget, seed: int
             writer.add_scalar("lr/unet", budget.lora_lr, step)
         epoch_loss = sum(epoch_losses) / len(epoch_losses)
         writer.add_scalar("loss/epoch", epoch_loss, epoch)
-        log(f"lora epoch {epoch}/{budget.lora_epochs} loss {epoch_loss:.4f}")
+        line = f"lora epoch {epoch}/{budget.lora_epochs} loss {epoch_loss:.4f}"
+        if val is not None:
+            pipe.unet.eval()
+            val_loss = _validation_loss(pipe, val, seed + 7)
+            pipe.unet.train()
+            writer.add_scalar("loss/validation/epoch_average", val_loss, epoch)
+            line += f" validation {val_loss:.4f}"
+        log(line)
         if epoch % budget.lora_save_every == 0 or epoch == budget.lora_epochs:
             path = loras_dir / f"{SERIES}_{epoch}.safetensors"
             save_file(lora_state_dict_kohya(pipe.unet), str(path),
                       metadata=_kohya_metadata(epoch, step, budget, tag_frequency))
             saved.append(path)
+            if on_save is not None:
+                pipe.unet.eval()
+                on_save(epoch, path)
+                pipe.unet.train()
     writer.close()
     pipe.unet.eval()
     return saved
