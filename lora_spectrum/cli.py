@@ -81,8 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the weights' dtype (auto: float16/bfloat16 on CUDA, bfloat16 for full-size models on a CPU)")
     s.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("insight", help="weight-space curves, loss curve and a suggested epoch, without rendering")
-    s.add_argument("--loras", required=True)
+    s = sub.add_parser("insight", help="weight-space curves, loss curve and a suggested epoch; with --probe, "
+                                       "renders a probe set and weighs style against prompt fidelity")
+    s.add_argument("--loras", help="the loras folder (required unless --base is given: then the config's, or the "
+                                   "demo's with --base demo)")
     s.add_argument("--series")
     s.add_argument("--logs", help="a training log folder with TensorBoard event files")
     s.add_argument("--grid", help="a grid output folder whose manifest.json adds image measures")
@@ -90,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
                                         "$LORA_SPECTRUM_CLIP_MODEL or openai/clip-vit-base-patch32)")
     s.add_argument("--clip-download", action="store_true",
                    help="let the CLIP model download once if it is not on this machine (default: local files only)")
+    s.add_argument("--base", help="with --probe: repo id, diffusers folder or single file; 'demo' for the demo")
+    s.add_argument("--config", help="settings file (default configs/default.yaml)")
+    s.add_argument("--probe", nargs="?", const="auto", metavar="SET",
+                   help="render a probe set over every epoch and the base: a name from configs/probes/, a .yaml "
+                        "set or a kohya sample-prompt .txt (default: the config's probe_set; shapes on the demo, "
+                        "else general)")
+    s.add_argument("--probe-out", help="where the probe's renders go (default: .cache/probes/<series>-<set>)")
+    s.add_argument("--references", help="a folder of training images: style is then likeness to them (CLIP-I)")
+    s.add_argument("--mix", type=int, metavar="N", help="epochs per batched call for the probe (default: the "
+                                                        "config's batch_epochs)")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    s.add_argument("--no-cache", action="store_true")
     s.add_argument("--json", action="store_true")
     return p
 
@@ -226,15 +240,60 @@ def _cmd_insight(args) -> int:
     from lora_spectrum.measures import format_insight, series_insight
     from lora_spectrum.workbench import logs_folder
 
-    catalog = Catalog(args.loras)
-    catalog.scan()
+    if args.probe is None and not args.loras:
+        print("lora-spectrum insight: give --loras (or --base with --probe)", file=sys.stderr)
+        return 2
+    probe, logs, catalog, clip_model, allow = None, None, None, args.clip_model, args.clip_download
+    if args.probe is not None:
+        catalog, probe, logs, settings = _run_probe(args)
+        clip_model = clip_model or settings.clip_model or None
+        allow = allow or not settings.local_files_only
+    else:
+        catalog = Catalog(args.loras)
+        catalog.scan()
     # The log folder as the app picks it, less what only the app has (a config, the demo): --logs as typed, else
     # <loras>/logs when there is one.
-    logs = args.logs or logs_folder(args.loras)
-    result = series_insight(catalog, series=args.series, logs=logs, grid=args.grid,
-                            clip_model=args.clip_model, allow_download=args.clip_download)
+    logs = args.logs or logs or logs_folder(catalog.folder)
+    result = series_insight(catalog, series=args.series, logs=logs, grid=args.grid, clip_model=clip_model,
+                            allow_download=allow, probe=probe, references=args.references)
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else format_insight(result))
     return 0
+
+
+def _run_probe(args):
+    """``insight --probe``: open the base, render the probe set over the series, return (catalog, probe folder,
+    log folder, settings)."""
+    from lora_spectrum.probe_runs import run_probe
+    from lora_spectrum.probes import find_probe_set
+    from lora_spectrum.render_cache import RenderCache
+    from lora_spectrum.settings import load_settings
+    from lora_spectrum.workbench import open_engine
+
+    _quiet_libraries()
+    settings = load_settings(args.config)
+    if args.base:
+        settings.base, settings.family = args.base, "auto"
+    if args.device:
+        settings.device = args.device
+    if args.loras:
+        settings.loras = str(Path(args.loras).resolve())
+    choice = open_engine(settings, allow_demo=settings.base == "demo", loras_given=bool(args.loras))
+    catalog = choice.catalog()
+    catalog.scan()
+    series, entries = catalog.choose_series(args.series)
+    triggers = [w for e in entries for w in e.trigger_words]
+    probe_set = find_probe_set(args.probe, settings, demo=choice.is_demo, trigger_words=triggers)
+    out = Path(args.probe_out or settings.path(".cache/probes") / f"{series}-{probe_set.name}")
+    cache = None if args.no_cache else RenderCache(settings.path(settings.cache_dir), settings.cache_max_mb)
+
+    def progress(done, total, cell):
+        state = "cached" if cell.cached else ("FAILED" if cell.error else f"{cell.seconds:.2f}s")
+        print(f"[probe {done}/{total}] {cell.label} seed {cell.seed}: {state}", file=sys.stderr, flush=True)
+
+    run = run_probe(choice.engine, catalog, probe_set, out, series=series, cache=cache, on_progress=progress,
+                    mix=args.mix or settings.batch_epochs)
+    print(f"probe {probe_set.name}: {len(run.cells)} image(s) in {out}, {run.failed} failed", file=sys.stderr)
+    return catalog, out, choice.logs_folder(settings, args.logs), settings
 
 
 COMMANDS = {"inspect": _cmd_inspect, "demo": _cmd_demo, "grid": _cmd_grid, "bench": _cmd_bench,

@@ -43,11 +43,11 @@ def _features(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def clip_embeddings(model, processor, images: list[Path], prompts: list[str], batch: int = 16):
-    """Unit-length CLIP embeddings of ``images`` and ``prompts`` (two float64 numpy arrays)."""
+def image_embeddings(model, processor, images: list[Path], batch: int = 16) -> np.ndarray:
+    """Unit-length CLIP embeddings of the images at ``images`` (float64, one row each)."""
     from PIL import Image
 
-    img_out, txt_out = [], []
+    out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch):
             pics = []
@@ -55,13 +55,27 @@ def clip_embeddings(model, processor, images: list[Path], prompts: list[str], ba
                 with Image.open(p) as im:
                     pics.append(im.convert("RGB"))
             inputs = processor(images=pics, return_tensors="pt")
-            img_out.append(_features(model.get_image_features(pixel_values=inputs["pixel_values"])))
-        unique = sorted(set(prompts))
+            out.append(_features(model.get_image_features(pixel_values=inputs["pixel_values"])))
+    return torch.nn.functional.normalize(torch.cat(out).double(), dim=-1).numpy()
+
+
+def text_embeddings(model, processor, texts: list[str], batch: int = 16) -> dict[str, np.ndarray]:
+    """Unit-length CLIP embeddings of each distinct text, by text."""
+    unique = sorted(set(texts))
+    out = []
+    with torch.inference_mode():
         for start in range(0, len(unique), batch):
             inputs = processor(text=unique[start:start + batch], return_tensors="pt", padding=True, truncation=True)
-            txt_out.append(_features(model.get_text_features(input_ids=inputs["input_ids"],
-                                                             attention_mask=inputs["attention_mask"])))
-    img = torch.nn.functional.normalize(torch.cat(img_out).double(), dim=-1).numpy()
-    txt = torch.nn.functional.normalize(torch.cat(txt_out).double(), dim=-1).numpy() if txt_out else None
-    by_prompt = {p: txt[i] for i, p in enumerate(unique)} if txt is not None else {}
-    return img, np.stack([by_prompt[p] for p in prompts]) if prompts else None
+            out.append(_features(model.get_text_features(input_ids=inputs["input_ids"],
+                                                         attention_mask=inputs["attention_mask"])))
+    if not out:
+        return {}
+    emb = torch.nn.functional.normalize(torch.cat(out).double(), dim=-1).numpy()
+    return {t: emb[i] for i, t in enumerate(unique)}
+
+
+def clip_embeddings(model, processor, images: list[Path], prompts: list[str], batch: int = 16):
+    """Unit-length CLIP embeddings of ``images`` and, row for row, of ``prompts`` (two float64 numpy arrays)."""
+    img = image_embeddings(model, processor, images, batch)
+    by_text = text_embeddings(model, processor, prompts, batch)
+    return img, np.stack([by_text[p] for p in prompts]) if prompts else None

@@ -10,6 +10,7 @@ from lora_spectrum.catalog import READY, Catalog
 from lora_spectrum.errors import CatalogError, ConfigError
 from lora_spectrum.measures.image_measures import image_measures, image_row_for
 from lora_spectrum.measures.numbers import Progress
+from lora_spectrum.measures.probe_measures import probe_measures
 from lora_spectrum.measures.suggestion import suggest_epoch
 from lora_spectrum.measures.training_log import place_entries, read_loss
 from lora_spectrum.measures.weight_curves import WeightCache, weight_curves
@@ -26,7 +27,8 @@ def _epoch_loss(loss: dict | None, epoch: int | None) -> dict[str, float] | None
 def series_insight(catalog: Catalog, series: str | None = None, logs: str | Path | None = None,
                    grid: str | Path | None = None, *, cache: WeightCache | None = None,
                    clip_model: str | tuple | None = None, use_clip: bool = True, allow_download: bool = False,
-                   progress: Progress | None = None, lenient: bool = False) -> dict:
+                   progress: Progress | None = None, lenient: bool = False, probe: str | Path | None = None,
+                   references: str | Path | None = None) -> dict:
     """Weight curves, loss curve, image measures and a suggestion for one series; the shape is in docs/measures.md.
 
     ``catalog`` is used as its caller last scanned it: this never lists the folder again, so the files measured are
@@ -71,8 +73,23 @@ def series_insight(catalog: Catalog, series: str | None = None, logs: str | Path
     for row in epochs:
         row["image"] = image_row_for(image, row["file"])
 
-    # 5. The suggestion.
-    suggestion = suggest_epoch(epochs, image=image, loss=loss)
+    # 5. Probe measures from a probe run (style, fidelity, leak, consistency per epoch).
+    probed = None
+    if probe:
+        try:
+            probed = probe_measures(probe, clip_model=clip_model, use_clip=use_clip, references=references,
+                                    allow_download=allow_download, progress=progress)
+        except ConfigError as exc:
+            if not lenient:
+                raise
+            notes.append(f"probe measures not available: {exc}")
+    by_file = {e["file"]: e for e in (probed or {}).get("epochs", [])}
+    for row in epochs:
+        p = by_file.get(row["file"], {})
+        row.update({k: p.get(k) for k in ("style", "fidelity", "fidelity_kept", "leak", "consistency")})
+
+    # 6. The suggestion.
+    suggestion = suggest_epoch(epochs, image=image, loss=loss, probe=probed)
     return {"series": series, "folder": str(catalog.folder), "epochs": epochs, "skipped": skipped, "loss": loss,
-            "image": image, "notes": notes, "suggested_epoch": suggestion.epoch, "suggested_file": suggestion.file,
+            "image": image, "probe": probed, "notes": notes, "suggested_epoch": suggestion.epoch, "suggested_file": suggestion.file,
             "reason": suggestion.reason, "suggestion": suggestion.to_json()}

@@ -15,7 +15,12 @@ SETTLED_CHANGE = 0.05  # relative change to the previous epoch below which the w
 NEAR_LAST = 0.10  # relative distance to the last epoch within which an epoch counts as "nearly there"
 VALIDATION_TAG = "loss/validation/epoch_average"
 VALIDATION_RISE = 0.05  # a validation loss this much above its minimum means the later epochs overfit
-RULES = ("only one epoch", "settled", "near the last epoch", "still moving", "validation loss")
+RULES = ("only one epoch", "settled", "near the last epoch", "still moving", "validation loss", "style against fidelity")
+FIDELITY_SCALE = 0.20  # a fidelity drop is weighed against the run's largest drop, or this share of the base's
+LEAK_WEIGHT = 0.5  # an epoch that changes prompts without the trigger as much as those with it loses this share
+VALIDATION_WEIGHT = 0.5  # an epoch whose validation loss is VALIDATION_SCALE above the run's lowest loses this share
+VALIDATION_SCALE = 0.20
+MIN_STYLE = 1e-6  # below this the probe saw no style at all and the weight curves decide
 LABEL = "suggestion"
 
 
@@ -55,8 +60,79 @@ def _name(row: dict) -> str:
                                                   else row["file"])
 
 
+def trade_off(probe: dict, loss: dict | None = None) -> list[dict]:
+    """Per probed epoch, how it weighs: ``style_gained`` (its style over the run's most, 0..1), ``fidelity_kept``
+    (1 = as faithful to the prompts as the base, 0 = the run's worst or a drop of ``FIDELITY_SCALE`` of the base's,
+    whichever is larger), the leak penalty (``leak_ratio``: how much prompts without the trigger changed, over how
+    much those with it did), the validation-loss penalty (its rise over the run's lowest, for epochs after it), and ``score``: the
+    harmonic mean of style gained and fidelity kept, times the penalties. Empty without style or fidelity numbers."""
+    rows = [e for e in probe.get("epochs", []) if e.get("style") is not None and e.get("fidelity") is not None]
+    base_fid = (probe.get("base") or {}).get("fidelity")
+    if not rows or not base_fid:
+        return []
+    top = max(e["style"] for e in rows)
+    drops = [max(base_fid - e["fidelity"], 0.0) / abs(base_fid) for e in rows]
+    scale = max(max(drops), FIDELITY_SCALE)
+    leaks = [e.get("leak_ratio") for e in rows]
+    # The validation loss counts against an epoch only after its lowest point: before it, a higher loss means the
+    # style was still being learned, not overfitting.
+    val = {int(s): v for s, v in (loss or {}).get("series", {}).get(VALIDATION_TAG, [])}
+    known = [(val[e["epoch"]], e["epoch"]) for e in rows if e.get("epoch") in val]
+    val_min, val_at = min(known) if known else (None, None)
+    out = []
+    for e, drop, leak in zip(rows, drops, leaks, strict=True):
+        style = max(e["style"], 0.0) / top if top > MIN_STYLE else 0.0
+        kept = 1.0 - drop / scale
+        balance = 2 * style * kept / (style + kept) if style + kept > 0 else 0.0
+        leak_pen = LEAK_WEIGHT * min(max(leak, 0.0), 1.0) if leak is not None else 0.0
+        v = val.get(e.get("epoch"))
+        val_pen = (VALIDATION_WEIGHT * min((v / val_min - 1) / VALIDATION_SCALE, 1.0)
+                   if v is not None and val_min and e["epoch"] > val_at else 0.0)
+        out.append({"epoch": e.get("epoch"), "file": e["file"], "style_gained": rounded(style),
+                    "fidelity_kept": rounded(kept), "fidelity_drop": rounded(drop), "leak_penalty": rounded(leak_pen),
+                    "validation_penalty": rounded(val_pen),
+                    "score": rounded(balance * (1 - leak_pen) * (1 - val_pen))})
+    return out
+
+
+def _probe_pick(epochs: list[dict], probe: dict, loss: dict | None) -> Suggestion | None:
+    """The suggestion from a probe run: the epoch with the best balance of style gained and fidelity kept."""
+    weighed = trade_off(probe, loss)
+    if len(weighed) < 2 or max(w["style_gained"] for w in weighed) <= 0:
+        return None
+    best = max(range(len(weighed)), key=lambda k: (weighed[k]["score"], -k))
+    w = weighed[best]
+    rows = {e["file"]: e for e in probe["epochs"]}
+    strongest = max(weighed, key=lambda x: (x["style_gained"], x["epoch"] or 0))
+    later = weighed[best + 1:]
+    name = _name(next((e for e in epochs if e["file"] == w["file"]), rows[w["file"]]))
+    measure = probe.get("measure", "clip")
+    why = (f"{name} has {percent(w['style_gained'])} of the most style the run reached "
+           f"({_name(rows[strongest['file']])}) and keeps {percent(rows[w['file']]['fidelity_kept'])} of the base's "
+           f"prompt fidelity ({measure} measure, probe set {probe.get('probe_set')})")
+    if later:
+        worst = min(later, key=lambda x: x["fidelity_kept"])
+        gain = max(x["style_gained"] for x in later) - w["style_gained"]
+        why += (f"; later epochs add at most {percent(max(gain, 0.0))} more style but fidelity falls to "
+                f"{percent(rows[worst['file']]['fidelity_kept'])} of the base's at {_name(rows[worst['file']])}")
+    elif best > 0:
+        why += "; no later epoch was probed, so training longer might still add style"
+    ratio = rows[w["file"]].get("leak_ratio")
+    if ratio is not None:
+        why += (f"; prompts without the trigger change {percent(ratio)} as much as those with it (leak)"
+                + (", which weighs against it" if w["leak_penalty"] >= 0.1 else ""))
+    if w["validation_penalty"]:
+        why += f"; its validation loss is above the run's lowest (penalty {percent(w['validation_penalty'])})"
+    numbers = {"rule_inputs": weighed, "fidelity_scale": FIDELITY_SCALE, "leak_weight": LEAK_WEIGHT,
+               "validation_weight": VALIDATION_WEIGHT, "measure": measure, "probe_set": probe.get("probe_set"),
+               "score": w["score"], "style_gained": w["style_gained"], "fidelity_kept": w["fidelity_kept"]}
+    return Suggestion(epoch=w["epoch"], file=w["file"], rule="style against fidelity", reason=f"Suggestion: {why}.",
+                      numbers=numbers)
+
+
 def suggest_epoch(epochs: list[dict], image: dict | None = None, loss: dict | None = None,
-                  settled: float = SETTLED_CHANGE, near_last: float = NEAR_LAST) -> Suggestion:
+                  settled: float = SETTLED_CHANGE, near_last: float = NEAR_LAST,
+                  probe: dict | None = None) -> Suggestion:
     """A suggested epoch from the weight curves, with a one-sentence reason and the numbers behind it.
 
     Rules, in order (``r_i`` is the relative change of epoch i to the epoch before it):
@@ -72,10 +148,18 @@ def suggest_epoch(epochs: list[dict], image: dict | None = None, loss: dict | No
        what the weights alone would have picked.
     The image measures (distance from base, spread across seeds) and the training loss are quoted when known;
     they do not change the choice. It is a suggestion for where to look first, not a verdict.
+
+    With a probe run (``probe``: ``probe_measures``' result) that saw style, the rules above give way to the trade-off
+    the probe measures: the epoch with the best ``trade_off`` score (style gained against prompt fidelity kept, less
+    the leak and validation-loss penalties), explained with both sides.
     """
     if not epochs:
         return Suggestion(epoch=None, file=None, rule=None, reason="Suggestion: none, no readable epoch file in "
                           "this series.")
+    if probe:
+        picked = _probe_pick(epochs, probe, loss)
+        if picked is not None:
+            return picked
     n = len(epochs)
     changes = [e["relative_change"] for e in epochs]
 

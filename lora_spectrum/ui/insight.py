@@ -9,6 +9,7 @@ import streamlit as st
 
 from lora_spectrum import measures
 from lora_spectrum.errors import LoraSpectrumError
+from lora_spectrum.ui.probe import probe_controls, probe_folder, probe_results
 from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
 
@@ -49,11 +50,14 @@ def insight_view(settings, choice, catalog, controls) -> None:
     if series is None:
         st.info("No usable series in the loras folder.")
         return
+    st.subheader(f"Judge the epochs of {series}")
+    probe_controls(settings, choice, catalog, series, controls.batch_epochs)
     result_state = st.session_state.get(RESULT) or {}
     grid = result_state.get("out_dir")
+    probe = probe_folder(series)
     logs = choice.logs_folder(settings)
-    # Measured once per (folder contents, series, log folder, last grid) and kept for this session's reruns.
-    key = (catalog.generation, series, str(logs), grid)
+    # Measured once per (folder contents, series, log folder, last grid, probe run) and kept for this session.
+    key = (catalog.generation, series, str(logs), grid, probe)
     cached = st.session_state.get("insight_cache")
     if cached and cached[0] == key:
         result = cached[1]
@@ -63,7 +67,7 @@ def insight_view(settings, choice, catalog, controls) -> None:
                 result = measures.series_insight(catalog, series=series, logs=logs, grid=grid,
                                                  cache=_weight_cache(), lenient=True,
                                                  clip_model=settings.clip_model or None,
-                                                 allow_download=not settings.local_files_only)
+                                                 allow_download=not settings.local_files_only, probe=probe)
         except LoraSpectrumError as exc:
             st.error(md_escape(str(exc)))
             return
@@ -71,10 +75,15 @@ def insight_view(settings, choice, catalog, controls) -> None:
     epochs = result["epochs"]
     for note in result.get("notes", []):
         st.caption(md_escape(note))
-    st.subheader(f"How {series} grew")
-    # 1. The suggestion, with the numbers behind it.
+    # 1. The suggestion, with the numbers behind it, and what the probe measured.
     if result.get("suggested_epoch") is not None or result.get("suggested_file"):
         st.success(md_escape(result["reason"]))
+    if result.get("probe"):
+        probe_results(result["probe"], result["suggestion"])
+    else:
+        st.caption("Run a probe to weigh each epoch's style against how well it still follows the prompt; "
+                   "until then the suggestion reads the weight curves only.")
+    st.subheader(f"How {series} grew")
     df = pd.DataFrame([{"epoch": e["epoch"], "file": e["file"], "weight norm": e["weight_norm"],
                         "change from previous": e["relative_change"], "cosine to last": e["cosine_to_last"]}
                        for e in epochs if e["epoch"] is not None])

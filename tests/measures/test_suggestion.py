@@ -120,3 +120,53 @@ def test_reading_back_something_else_is_a_clear_error():
         Suggestion.from_json([good])
     with pytest.raises(ConfigError, match="rule 'gut feeling' is not one of"):
         Suggestion.from_json({**good, "rule": "gut feeling"})
+
+
+# ---------------------------------------------------------------------------------------------------- probe trade-off
+def _probe(styles, fidelities, leaks=None, base_fidelity=0.30):
+    leaks = leaks or [None] * len(styles)
+    return {"probe_set": "synthetic", "measure": "clip", "base": {"fidelity": base_fidelity},
+            "epochs": [{"epoch": 10 * (i + 1), "file": f"s_{10 * (i + 1)}.safetensors", "style": s, "fidelity": f,
+                        "fidelity_kept": round(f / base_fidelity, 4), "leak_ratio": v}
+                       for i, (s, f, v) in enumerate(zip(styles, fidelities, leaks, strict=True))]}
+
+
+def test_the_probe_trade_off_picks_the_epoch_with_style_that_still_obeys_the_prompt():
+    # Style arrives by epoch 30 and keeps growing a little; fidelity holds to 30, then falls: 30 is the balance.
+    weights = _rows([None, 0.5, 0.2, 0.04, 0.03], [0.6, 0.3, 0.1, 0.05, 0.0])  # the weights alone: epoch 30 too
+    probe = _probe([0.02, 0.06, 0.09, 0.10, 0.11], [0.30, 0.29, 0.28, 0.22, 0.18])
+    s = suggest_epoch(_rows([None, 0.5, 0.3, 0.2, 0.12], [0.9, 0.6, 0.4, 0.2, 0.0]), probe=probe)
+    assert (s.epoch, s.rule) == (30, "style against fidelity")
+    assert "of the most style" in s.reason and "prompt fidelity" in s.reason and "epoch 50" in s.reason
+    assert s.numbers["rule_inputs"][2]["score"] == max(r["score"] for r in s.numbers["rule_inputs"])
+    # Without the probe, the weight curves pick the most trained epoch for the same files.
+    assert suggest_epoch(_rows([None, 0.5, 0.3, 0.2, 0.12], [0.9, 0.6, 0.4, 0.2, 0.0])).epoch == 50
+    assert suggest_epoch(weights, probe=probe).epoch == 30
+
+
+def test_no_fidelity_loss_means_the_style_decides_and_no_style_means_the_weights_decide():
+    flat = suggest_epoch(_rows([None, 0.5, 0.3], [0.6, 0.3, 0.0]),
+                         probe=_probe([0.02, 0.08, 0.10], [0.30, 0.30, 0.299]))
+    assert flat.epoch == 30 and flat.rule == "style against fidelity"
+    none = suggest_epoch(_rows([None, 0.5, 0.3], [0.6, 0.3, 0.0]), probe=_probe([0.0, -0.01, 0.0], [0.3, 0.2, 0.1]))
+    assert none.rule == "still moving"
+
+
+def test_leak_and_a_rising_validation_loss_weigh_against_an_epoch():
+    styles, fidelities = [0.05, 0.095, 0.10], [0.30, 0.30, 0.30]
+    rows = _rows([None, 0.5, 0.3], [0.6, 0.3, 0.0])
+    assert suggest_epoch(rows, probe=_probe(styles, fidelities, [0.05, 0.08, 0.10])).epoch == 30
+    # Epoch 30 changes the prompts without the trigger 90% as much as those with it: it leaks, 20 does not.
+    leaky = suggest_epoch(rows, probe=_probe(styles, fidelities, [0.05, 0.08, 0.90]))
+    assert leaky.epoch == 20 and leaky.numbers["rule_inputs"][2]["leak_penalty"] == 0.45
+    assert "90.0% as much" not in leaky.reason and "leak" in leaky.reason
+    rising = suggest_epoch(rows, probe=_probe(styles, fidelities), loss=_validation([0.20, 0.21, 0.26]))
+    assert rising.epoch == 20 and rising.numbers["rule_inputs"][2]["validation_penalty"] == 0.5
+
+
+def test_a_validation_loss_still_falling_does_not_count_against_the_earlier_epochs():
+    rows = _rows([None, 0.5, 0.3], [0.6, 0.3, 0.0])
+    falling = suggest_epoch(rows, probe=_probe([0.05, 0.095, 0.10], [0.30, 0.30, 0.30]),
+                            loss=_validation([0.30, 0.25, 0.20]))
+    assert falling.epoch == 30
+    assert [r["validation_penalty"] for r in falling.numbers["rule_inputs"]] == [0.0, 0.0, 0.0]

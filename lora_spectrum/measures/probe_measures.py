@@ -1,0 +1,194 @@
+"""Measures of a probe run, per epoch: how much style, how faithful to the prompt, how much leak into prompts
+without the trigger, how consistent across seeds. CLIP when a model is on this machine (the demo ships its own),
+pixel measures otherwise (named as such). Reads the folder ``probe_runs.run_probe`` wrote; renders nothing.
+
+See docs/measures.md for the definitions and the shape of what ``probe_measures`` returns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lora_spectrum.errors import ClipUnavailable, ConfigError
+from lora_spectrum.grid_files import read_manifest
+from lora_spectrum.measures.clip import image_embeddings, load_clip, text_embeddings
+from lora_spectrum.measures.image_measures import _gray, pixel_distance
+from lora_spectrum.measures.numbers import Progress, rounded
+from lora_spectrum.probe_runs import read_probe
+
+TRIGGERED = ("style", "new_context")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _cells(folder: Path, record: dict) -> tuple[list[dict], list[str]]:
+    """Every rendered cell of the run's parts, with its prompt's kind and trigger-free text attached."""
+    by_prompt = {p["prompt"]: p for p in record["prompts"] if isinstance(p, dict) and "prompt" in p}
+    cells, notes = [], []
+    for part in record["parts"]:
+        grid, manifest = read_manifest(folder / str(part))
+        root = grid.resolve()
+        for c in manifest["cells"]:
+            if not isinstance(c, dict) or c.get("error") or not c.get("image") or c.get("prompt") not in by_prompt:
+                continue
+            path = (grid / str(c["image"])).resolve()
+            if not path.is_relative_to(root) or not path.is_file():
+                notes.append(f"image {c['image']!r} is missing; left out")
+                continue
+            p = by_prompt[c["prompt"]]
+            cells.append({"file": c.get("file"), "epoch": c.get("epoch"), "seed": c.get("seed"), "path": path,
+                          "image": str(path.relative_to(folder.resolve())), "prompt": c["prompt"],
+                          "plain": p.get("plain") or c["prompt"], "kind": p.get("kind")})
+    return cells, notes
+
+
+def _hue_histogram(path: Path, bins: int = 12) -> np.ndarray:
+    """Share of pixels per hue bin among the coloured ones (saturation and value above 0.25), plus one bin for the
+    rest: what colours the picture is painted in, blind to outlines and texture."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        hsv = np.asarray(im.convert("RGB").resize((64, 64)).convert("HSV"), dtype=np.float64) / 255.0
+    coloured = (hsv[..., 1] > 0.25) & (hsv[..., 2] > 0.25)
+    hist = np.histogram(hsv[..., 0][coloured], bins=bins, range=(0, 1))[0].astype(np.float64)
+    hist = np.append(hist, (~coloured).sum())
+    return hist / hist.sum()
+
+
+def _references(folder: str | Path | None) -> list[Path]:
+    if not folder:
+        return []
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: the references folder does not exist")
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not found:
+        raise ConfigError(f"{folder}: no .png, .jpg or .webp images to use as references")
+    return found
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _spread(cells: list[dict], key: str) -> float | None:
+    """Mean over prompts of the standard deviation across seeds of ``key``."""
+    by_prompt: dict[str, list[float]] = {}
+    for c in cells:
+        by_prompt.setdefault(c["prompt"], []).append(c[key])
+    spreads = [float(np.std(v)) for v in by_prompt.values() if len(v) >= 2]
+    return float(np.mean(spreads)) if spreads else None
+
+
+def probe_measures(folder: str | Path, *, clip_model: str | tuple | None = None, use_clip: bool = True,
+                   references: str | Path | None = None, allow_download: bool = False,
+                   progress: Progress | None = None) -> dict:
+    """Per-epoch style, fidelity, leak and consistency of a probe run; the shape is in docs/measures.md."""
+    # 1. The run's cells; the base's by (prompt, seed).
+    folder, record = read_probe(folder)
+    cells, notes = _cells(folder, record)
+    if not cells:
+        raise ConfigError(f"{folder}: the probe run has no rendered image")
+    base = {(c["prompt"], c["seed"]): c for c in cells if c["file"] is None}
+    if not base:
+        raise ConfigError(f"{folder}: the probe run has no base images to compare with")
+    refs = _references(references)
+
+    # 2. CLIP embeddings of every image, prompt, trigger-free prompt and reference, when CLIP is here.
+    clip: dict = {"skipped": True, "reason": "turned off (use_clip=False)"}
+    if use_clip:
+        try:
+            model, processor, model_id = (clip_model if isinstance(clip_model, tuple)
+                                          else load_clip(clip_model, allow_download))
+            if progress:
+                progress(0, len(cells), "CLIP image embeddings")
+            img = image_embeddings(model, processor, [c["path"] for c in cells])
+            txt = text_embeddings(model, processor, [c["prompt"] for c in cells] + [c["plain"] for c in cells])
+            for c, e in zip(cells, img, strict=True):
+                c["emb"] = e
+            centroid = None
+            if refs:
+                r = image_embeddings(model, processor, refs).mean(axis=0)
+                centroid = r / np.linalg.norm(r)
+            clip = {"skipped": False, "model": model_id}
+        except ClipUnavailable as exc:
+            clip = {"skipped": True, "reason": str(exc)}
+    measure = "pixel" if clip["skipped"] else "clip"
+
+    # 3. Per image: the style score, the fidelity (to the prompt without its trigger) and the change from the
+    #    base image of the same prompt and seed.
+    if measure == "pixel":
+        for c in cells:
+            c["gray"], c["hist"] = _gray(c["path"]), _hue_histogram(c["path"])
+    for c in cells:
+        b = base.get((c["prompt"], c["seed"]))
+        if measure == "clip":
+            c["fidelity"] = float(c["emb"] @ txt[c["plain"]])
+            c["style"] = (float(c["emb"] @ centroid) if refs else
+                          float(c["emb"] @ txt[c["prompt"]]) - c["fidelity"])
+            c["change"] = 1.0 - float(c["emb"] @ b["emb"]) if b else None
+        else:
+            c["change"] = pixel_distance(c["gray"], b["gray"]) if b else None
+            c["fidelity"] = 1.0 - 0.5 * float(np.abs(c["hist"] - b["hist"]).sum()) if b else None
+            c["style"] = c["change"]
+
+    # 4. Per column (the base first, then epochs in order): the four measures.
+    def column(group: list[dict]) -> dict:
+        trig = [c for c in group if c["kind"] in TRIGGERED]
+        leak = [c for c in group if c["kind"] == "leak"]
+        return {
+            "style_raw": _mean(c["style"] for c in trig), "fidelity": _mean(c["fidelity"] for c in trig),
+            "fidelity_by_kind": {k: rounded(_mean(c["fidelity"] for c in trig if c["kind"] == k)) for k in TRIGGERED},
+            "leak": _mean(c["change"] for c in leak), "change": _mean(c["change"] for c in trig),
+            "consistency": _spread(trig, "style"),
+            "images": len(group),
+        }
+
+    base_row = column(list(base.values()))
+    files: dict[str, list[dict]] = {}
+    for c in cells:
+        if c["file"] is not None:
+            files.setdefault(c["file"], []).append(c)
+    order = sorted(files, key=lambda f: (files[f][0]["epoch"] is None, files[f][0]["epoch"] or 0, f))
+    epochs = []
+    for f in order:
+        row = column(files[f])
+        style = None if row["style_raw"] is None else row["style_raw"] - (base_row["style_raw"] or 0.0)
+        kept = (row["fidelity"] / base_row["fidelity"] if row["fidelity"] is not None and base_row["fidelity"]
+                else None)
+        ratio = row["leak"] / row["change"] if row["leak"] is not None and row["change"] else None
+        epochs.append({"epoch": files[f][0]["epoch"], "file": f, "style": rounded(style),
+                       "fidelity": rounded(row["fidelity"]), "fidelity_kept": rounded(kept),
+                       "fidelity_by_kind": row["fidelity_by_kind"], "leak": rounded(row["leak"]),
+                       "leak_ratio": rounded(ratio), "change_from_base": rounded(row["change"]),
+                       "consistency": rounded(row["consistency"]), "images": row["images"]})
+    if progress:
+        progress(len(cells), len(cells), "probe measures done")
+
+    # 5. The grid for the view: every image by (column, prompt, seed), paths relative to the probe folder.
+    definitions = ({"style": ("cos(image, reference centroid)" if refs else
+                              "cos(image, prompt) - cos(image, prompt without trigger)") + ", minus the base's",
+                    "fidelity": "cos(image, prompt without trigger), CLIP-T",
+                    "leak": "1 - cos(image, base image), prompts without the trigger; leak_ratio: over the same "
+                            "change on prompts with the trigger",
+                    "consistency": "spread (std) of the style score across seeds, mean over prompts"}
+                   if measure == "clip" else
+                   {"style": "pixel distance from the base image (pixel fallback: no CLIP)",
+                    "fidelity": "1 - hue-histogram distance to the base image (pixel fallback: colours kept)",
+                    "leak": "pixel distance from the base image, prompts without the trigger; leak_ratio: over the "
+                            "same change on prompts with the trigger",
+                    "consistency": "spread (std) of the style score across seeds, mean over prompts"})
+    return {
+        "folder": str(folder), "probe_set": record.get("probe_set"), "series": record.get("series"),
+        "measure": measure, "definitions": definitions, "clip": clip, "references": len(refs),
+        "trigger_words": record.get("trigger_words", []), "prompts": record["prompts"],
+        "complete": bool(record.get("complete", True)), "notes": notes + list(record.get("notes", [])),
+        "base": {"style_raw": rounded(base_row["style_raw"]), "fidelity": rounded(base_row["fidelity"]),
+                 "fidelity_by_kind": base_row["fidelity_by_kind"], "images": base_row["images"]},
+        "epochs": epochs,
+        "cells": [{"file": c["file"], "epoch": c["epoch"], "prompt": c["prompt"], "kind": c["kind"],
+                   "seed": c["seed"], "image": c["image"], "fidelity": rounded(c["fidelity"]),
+                   "style": rounded(c["style"])} for c in cells],
+    }
