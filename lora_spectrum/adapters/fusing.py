@@ -141,9 +141,15 @@ class Fuser:
                     param = self._parameter(name)
                     if name not in self.pristine:
                         self.pristine[name] = param.data
+                    elif name not in self._fused_names and param.data.device != self.pristine[name].device:
+                        # Model offload moved this layer since it was first merged: its weight as it is now is
+                        # the base weight (never written), and the old buffer is on the wrong device.
+                        self.pristine[name] = param.data
+                        self.buffers.pop(name, None)
                     w0 = self.pristine[name]
                     if name not in self.buffers:
-                        self.buffers[name] = torch.empty_like(w0)
+                        # Contiguous even when the weight is channels_last, so the merge can write it flat.
+                        self.buffers[name] = torch.empty_like(w0, memory_format=torch.contiguous_format)
                     self._fused_names.add(name)
                     make(w0, self.buffers[name])
                     param.data = self.buffers[name]
@@ -151,6 +157,8 @@ class Fuser:
             self.restore_all()
             raise
         self._fused_key = key
+        if any(b.is_cuda for b in self.buffers.values()):
+            torch.cuda.synchronize()  # the kernels were only queued: time them, not their launches
         self.last_merge_s = time.perf_counter() - t0
 
     def base_weight(self, name: str) -> torch.Tensor:

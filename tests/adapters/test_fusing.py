@@ -232,3 +232,26 @@ def test_bf16_weights_on_the_cpu_are_merged_in_float32_and_rounded_once(family, 
     hotswap.use_base()
     assert_same_tensors(base_weights(hotswap.denoiser), base_weights(demo.build_tiny(family, seed=0).to(
         torch.bfloat16).unet if family == "sdxl" else demo.build_tiny(family, seed=0).to(torch.bfloat16).transformer))
+
+
+def test_channels_last_convolutions_are_merged_into_contiguous_buffers():
+    """A base loaded channels_last (a common speed-up for UNets) must merge like any other: the buffer is made
+    contiguous, the merge exact, the base weight untouched and still channels_last."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1)).to(memory_format=torch.channels_last)
+    w0 = model[0].weight.data
+    assert not w0.is_contiguous() and w0.is_contiguous(memory_format=torch.channels_last)
+    before = w0.clone()
+    model = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["0"], init_lora_weights=False),
+                                    model)
+    layer = model.get_submodule("0")
+    fuser = fusing.Fuser(model)
+    fuser.merge("x.safetensors", "default", [("0", layer)], 0.5, key=("x", 0.5))
+    down, up = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+    expected = before + 0.5 * (up.flatten(1) @ down.flatten(1)).view_as(before)
+    merged = layer.get_base_layer().weight.data
+    assert merged.is_contiguous() and torch.allclose(merged, expected, atol=1e-6)
+    fuser.restore_all()
+    assert layer.get_base_layer().weight.data_ptr() == w0.data_ptr() and torch.equal(w0, before)
