@@ -2,8 +2,8 @@
 read and checked against one denoiser's layers (touches no model), and one layer's merged weight at a strength.
 
 The maths is lycoris-lora's own (``lycoris.functional``): peft's LoHa/LoKr layers cannot take kohya's or
-ai-toolkit's keys, and diffusers loads none of these forms, so the deltas are merged into the base weights from
-the pristine copy (``fusing.Fuser``), which also keeps the base bit-exact. Manual: ``docs/adapters.md``.
+ai-toolkit's keys, and diffusers loads none of these forms, so the deltas are merged from the base weights into
+merge buffers (``fusing.Fuser``), which also keeps the base bit-exact. Manual: ``docs/adapters.md``.
 """
 
 from __future__ import annotations

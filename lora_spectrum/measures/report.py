@@ -71,5 +71,21 @@ def format_insight(result: dict) -> str:
         if image["clip"]["skipped"]:
             lines.append(f"  CLIP measures skipped: {image['clip']['reason']}")
         lines += [f"  note: {n}" for n in image["notes"]]
+    probe = result.get("probe")
+    if probe:
+        lines += ["", f"probe set {probe['probe_set']} ({probe['measure']} measure"
+                      + (f", {probe['clip']['model']}" if not probe["clip"]["skipped"] else ", CLIP unavailable: "
+                         + probe["clip"]["reason"]) + f"), images in {probe['folder']}:"]
+        weighed = {w["file"]: w for w in (result.get("suggestion") or {}).get("numbers", {}).get("rule_inputs", [])}
+        rows = [["epoch", "style", "fidelity", "kept", "leak", "leak ratio", "seed spread", "score"]]
+        rows.append(["base", "-", _fmt(probe["base"]["fidelity"], ".3f"), "100%", "-", "-", "-", "-"])
+        for e in probe["epochs"]:
+            rows.append([str(e["epoch"]) if e["epoch"] is not None else e["file"], _fmt(e["style"], ".3g"),
+                         _fmt(e["fidelity"], ".3f"), percent(e["fidelity_kept"]) if e["fidelity_kept"] else "-",
+                         _fmt(e["leak"], ".3g"), percent(e["leak_ratio"]) if e["leak_ratio"] is not None else "-",
+                         _fmt(e["consistency"], ".2g"), _fmt((weighed.get(e["file"]) or {}).get("score"), ".3f")])
+        lines += _table(rows)
+        lines += [f"  {k}: {v}" for k, v in probe["definitions"].items()]
+        lines += [f"  note: {n}" for n in probe["notes"]]
     lines += ["", result["reason"]]
     return "\n".join(lines)
