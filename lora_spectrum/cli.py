@@ -245,8 +245,8 @@ def _cmd_insight(args) -> int:
         return 2
     probe, logs, catalog, clip_model, allow = None, None, None, args.clip_model, args.clip_download
     if args.probe is not None:
-        catalog, probe, logs, settings = _run_probe(args)
-        clip_model = clip_model or settings.clip_model or None
+        catalog, probe, logs, settings, choice = _run_probe(args)
+        clip_model = clip_model or choice.clip_model(settings)
         allow = allow or not settings.local_files_only
     else:
         catalog = Catalog(args.loras)
@@ -262,7 +262,7 @@ def _cmd_insight(args) -> int:
 
 def _run_probe(args):
     """``insight --probe``: open the base, render the probe set over the series, return (catalog, probe folder,
-    log folder, settings)."""
+    log folder, settings, the engine choice)."""
     from lora_spectrum.probe_runs import run_probe
     from lora_spectrum.probes import find_probe_set
     from lora_spectrum.render_cache import RenderCache
@@ -293,7 +293,7 @@ def _run_probe(args):
     run = run_probe(choice.engine, catalog, probe_set, out, series=series, cache=cache, on_progress=progress,
                     mix=args.mix or settings.batch_epochs)
     print(f"probe {probe_set.name}: {len(run.cells)} image(s) in {out}, {run.failed} failed", file=sys.stderr)
-    return catalog, out, choice.logs_folder(settings, args.logs), settings
+    return catalog, out, choice.logs_folder(settings, args.logs), settings, choice
 
 
 COMMANDS = {"inspect": _cmd_inspect, "demo": _cmd_demo, "grid": _cmd_grid, "bench": _cmd_bench,

@@ -38,6 +38,16 @@ class EngineChoice:
             self.scanned = Catalog(self.loras_dir)
         return self.scanned
 
+    def clip_model(self, settings) -> str | None:
+        """The CLIP for the image and probe measures: the configured one, else on the trained demo its own tiny
+        CLIP (so the CLIP measures run offline), else None (``measures.clip``'s default, if on the machine)."""
+        if settings.clip_model:
+            return settings.clip_model
+        if self.is_demo and self.logs_dir is not None:  # the trained demo (the random one has no log, no CLIP)
+            found = demo.assets.demo_clip_dir()
+            return str(found) if found else None
+        return None
+
     def logs_folder(self, settings, given: str | Path | None = None) -> Path | None:
         """The training log folder for this start-up (``logs_folder``); the app never passes a typed path."""
         return logs_folder(self.loras_dir, given, settings.path(settings.logs) if settings.logs else None,

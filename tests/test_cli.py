@@ -186,3 +186,56 @@ def test_a_base_named_on_the_command_line_brings_its_own_family(setup, tmp_path,
     assert manifest["settings"]["family"] == "sdxl"
     params = parse_parameters(Image.open(out / manifest["cells"][0]["image"]).text["parameters"])
     assert params["Model"] == "some-sdxl" and str(tmp_path) not in Image.open(out / manifest["cells"][0]["image"]).text["parameters"]
+
+
+# ---------------------------------------------------------------------------------------------------- insight --probe
+@pytest.fixture
+def trained_config(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"base: demo\ndemo: trained\ndevice: cpu\ncache_dir: {tmp_path / 'cache'}\n"
+                      f"loras: {tmp_path / 'none'}\n", encoding="utf-8")
+    return config
+
+
+def test_insight_probe_on_the_demo_suggests_the_epoch_the_training_report_records_as_best(trained_config, tmp_path,
+                                                                                          capsys):
+    """The issue's acceptance line, from general measures alone (the demo's own CLIP, not its oracle)."""
+    from lora_spectrum.demo import assets
+
+    args = ["insight", "--config", str(trained_config), "--base", "demo", "--probe", "--json",
+            "--probe-out", str(tmp_path / "probe")]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    oracle = json.loads((assets.ASSETS_DIR / "training_report.json").read_text(encoding="utf-8"))["oracle"]
+    saved = [r["epoch"] for r in oracle["epochs"]]
+    assert result["suggestion"]["rule"] == "style against fidelity"
+    assert abs(saved.index(result["suggested_epoch"]) - saved.index(oracle["best_epoch"])) <= 1, (
+        result["reason"], oracle["best_epoch"])
+    assert result["probe"]["measure"] == "clip" and result["probe"]["clip"]["model"] == str(assets.demo_clip_dir())
+    assert result["probe"]["probe_set"] == "shapes" and "[probe 288/288]" in err
+    rows = {e["epoch"]: e for e in result["epochs"]}
+    for epoch in saved:
+        assert all(rows[epoch][k] is not None for k in ("style", "fidelity", "leak", "consistency")), rows[epoch]
+    # The reason names both sides of the trade-off.
+    assert "style" in result["reason"] and "prompt fidelity" in result["reason"]
+    # A re-run is served from the cache.
+    assert main(args) == 0
+    out2, err2 = capsys.readouterr()
+    lines = [line for line in err2.splitlines() if line.startswith("[probe ")]
+    assert len(lines) == 288 and all(line.endswith(": cached") for line in lines)
+    assert json.loads(out2)["suggested_epoch"] == result["suggested_epoch"]
+
+
+def test_insight_probe_reads_a_kohya_prompt_file_and_names_an_unknown_set(trained_config, tmp_path, capsys):
+    prompts = tmp_path / "sample_prompts.txt"
+    prompts.write_text("a blue triangle on a gray background, jimeng style --d 3 --s 8\n"
+                       "a green circle on a cream background --d 3 --s 8\n", encoding="utf-8")
+    args = ["insight", "--config", str(trained_config), "--base", "demo", "--probe-out", str(tmp_path / "p")]
+    assert main([*args, "--probe", str(prompts), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["probe"]["probe_set"] == "sample_prompts"
+    assert [p["kind"] for p in result["probe"]["prompts"]] == ["style", "leak"]
+    assert main([*args, "--probe", "nonesuch"]) == 2
+    err = capsys.readouterr().err
+    assert "nonesuch" in err and "shapes" in err and "general" in err and len(err.strip().splitlines()) == 1

@@ -17,7 +17,8 @@ VALIDATION_TAG = "loss/validation/epoch_average"
 VALIDATION_RISE = 0.05  # a validation loss this much above its minimum means the later epochs overfit
 RULES = ("only one epoch", "settled", "near the last epoch", "still moving", "validation loss", "style against fidelity")
 FIDELITY_SCALE = 0.20  # a fidelity drop is weighed against the run's largest drop, or this share of the base's
-LEAK_WEIGHT = 0.5  # an epoch that changes prompts without the trigger as much as those with it loses this share
+LEAK_WEIGHT = 0.25  # an epoch that changes prompts without the trigger as much as those with it loses this share
+#                     (a quarter: a LoRA that leaks tends to leak at every epoch, so it tilts the choice, not sets it)
 VALIDATION_WEIGHT = 0.5  # an epoch whose validation loss is VALIDATION_SCALE above the run's lowest loses this share
 VALIDATION_SCALE = 0.20
 MIN_STYLE = 1e-6  # below this the probe saw no style at all and the weight curves decide
@@ -61,7 +62,7 @@ def _name(row: dict) -> str:
 
 
 def trade_off(probe: dict, loss: dict | None = None) -> list[dict]:
-    """Per probed epoch, how it weighs: ``style_gained`` (its style over the run's most, 0..1), ``fidelity_kept``
+    """Per probed epoch, how it weighs: ``style_gained`` (its style over the run's most, 0..1), ``fidelity_term``
     (1 = as faithful to the prompts as the base, 0 = the run's worst or a drop of ``FIDELITY_SCALE`` of the base's,
     whichever is larger), the leak penalty (``leak_ratio``: how much prompts without the trigger changed, over how
     much those with it did), the validation-loss penalty (its rise over the run's lowest, for epochs after it), and ``score``: the
@@ -89,7 +90,7 @@ def trade_off(probe: dict, loss: dict | None = None) -> list[dict]:
         val_pen = (VALIDATION_WEIGHT * min((v / val_min - 1) / VALIDATION_SCALE, 1.0)
                    if v is not None and val_min and e["epoch"] > val_at else 0.0)
         out.append({"epoch": e.get("epoch"), "file": e["file"], "style_gained": rounded(style),
-                    "fidelity_kept": rounded(kept), "fidelity_drop": rounded(drop), "leak_penalty": rounded(leak_pen),
+                    "fidelity_term": rounded(kept), "fidelity_drop": rounded(drop), "leak_penalty": rounded(leak_pen),
                     "validation_penalty": rounded(val_pen),
                     "score": rounded(balance * (1 - leak_pen) * (1 - val_pen))})
     return out
@@ -111,7 +112,7 @@ def _probe_pick(epochs: list[dict], probe: dict, loss: dict | None) -> Suggestio
            f"({_name(rows[strongest['file']])}) and keeps {percent(rows[w['file']]['fidelity_kept'])} of the base's "
            f"prompt fidelity ({measure} measure, probe set {probe.get('probe_set')})")
     if later:
-        worst = min(later, key=lambda x: x["fidelity_kept"])
+        worst = min(later, key=lambda x: x["fidelity_term"])
         gain = max(x["style_gained"] for x in later) - w["style_gained"]
         why += (f"; later epochs add at most {percent(max(gain, 0.0))} more style but fidelity falls to "
                 f"{percent(rows[worst['file']]['fidelity_kept'])} of the base's at {_name(rows[worst['file']])}")
@@ -125,7 +126,7 @@ def _probe_pick(epochs: list[dict], probe: dict, loss: dict | None) -> Suggestio
         why += f"; its validation loss is above the run's lowest (penalty {percent(w['validation_penalty'])})"
     numbers = {"rule_inputs": weighed, "fidelity_scale": FIDELITY_SCALE, "leak_weight": LEAK_WEIGHT,
                "validation_weight": VALIDATION_WEIGHT, "measure": measure, "probe_set": probe.get("probe_set"),
-               "score": w["score"], "style_gained": w["style_gained"], "fidelity_kept": w["fidelity_kept"]}
+               "score": w["score"], "style_gained": w["style_gained"], "fidelity_term": w["fidelity_term"]}
     return Suggestion(epoch=w["epoch"], file=w["file"], rule="style against fidelity", reason=f"Suggestion: {why}.",
                       numbers=numbers)
 

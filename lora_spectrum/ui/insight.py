@@ -66,7 +66,7 @@ def insight_view(settings, choice, catalog, controls) -> None:
             with st.spinner("Measuring the epochs..."):
                 result = measures.series_insight(catalog, series=series, logs=logs, grid=grid,
                                                  cache=_weight_cache(), lenient=True,
-                                                 clip_model=settings.clip_model or None,
+                                                 clip_model=choice.clip_model(settings),
                                                  allow_download=not settings.local_files_only, probe=probe)
         except LoraSpectrumError as exc:
             st.error(md_escape(str(exc)))

@@ -95,14 +95,15 @@ def probe_controls(settings, choice, catalog, series: str, batch: int) -> None:
 def _trade_off_chart(probe: dict, weighed: list[dict], suggested: str | None):
     """Style gained (x) against fidelity kept (y), one point per epoch joined in training order, the suggestion
     ringed; the base sits at (0, 1)."""
+    kept = {e["file"]: e.get("fidelity_kept") for e in probe["epochs"]}
     rows = [{"epoch": w["epoch"], "file": w["file"], "style gained": w["style_gained"],
-             "fidelity kept": w["fidelity_kept"], "score": w["score"], "suggested": w["file"] == suggested,
+             "fidelity kept": kept.get(w["file"]), "score": w["score"], "suggested": w["file"] == suggested,
              "label": f"epoch {w['epoch']}" if w["epoch"] is not None else w["file"]} for w in weighed]
     df = pd.DataFrame([{"epoch": 0, "file": "base", "style gained": 0.0, "fidelity kept": 1.0, "score": 0.0,
                         "suggested": False, "label": "base"}, *rows])
     enc = {"x": alt.X("style gained:Q", title="style gained (share of the run's most)", scale=alt.Scale(
-        domain=[0, 1.05])), "y": alt.Y("fidelity kept:Q", title="prompt fidelity kept", scale=alt.Scale(
-            domain=[0, 1.05]))}
+        domain=[0, 1.05])), "y": alt.Y("fidelity kept:Q", title="prompt fidelity (share of the base's)",
+                                 scale=alt.Scale(zero=False))}
     path = alt.Chart(df).mark_line(point=True, color="#7a7a7a").encode(order="epoch:Q", **enc,
                                                                         tooltip=["label", "score"])
     text = alt.Chart(df).mark_text(dx=8, dy=-8, align="left").encode(text="label:N", **enc)

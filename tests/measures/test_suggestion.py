@@ -158,7 +158,7 @@ def test_leak_and_a_rising_validation_loss_weigh_against_an_epoch():
     assert suggest_epoch(rows, probe=_probe(styles, fidelities, [0.05, 0.08, 0.10])).epoch == 30
     # Epoch 30 changes the prompts without the trigger 90% as much as those with it: it leaks, 20 does not.
     leaky = suggest_epoch(rows, probe=_probe(styles, fidelities, [0.05, 0.08, 0.90]))
-    assert leaky.epoch == 20 and leaky.numbers["rule_inputs"][2]["leak_penalty"] == 0.45
+    assert leaky.epoch == 20 and leaky.numbers["rule_inputs"][2]["leak_penalty"] == 0.225
     assert "90.0% as much" not in leaky.reason and "leak" in leaky.reason
     rising = suggest_epoch(rows, probe=_probe(styles, fidelities), loss=_validation([0.20, 0.21, 0.26]))
     assert rising.epoch == 20 and rising.numbers["rule_inputs"][2]["validation_penalty"] == 0.5
