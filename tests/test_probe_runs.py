@@ -17,7 +17,7 @@ from lora_spectrum.settings import Settings
 from lora_spectrum.workbench import open_engine
 
 SMALL = ProbeSet("small", (ProbePrompt("a blue triangle on a gray background", "new_context"),
-                           ProbePrompt("a green circle on a cream background", "leak")), (11, 12))
+                           ProbePrompt("a green circle on a cream background", "leak")), (11,))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_a_probe_renders_every_epoch_and_the_base_and_a_rerun_comes_from_the_cac
     run = run_probe(demo_choice.engine, catalog, SMALL, tmp_path / "probe", cache=cache,
                     on_progress=lambda done, total, cell: seen.append((done, total)))
     assert len(files) >= 8
-    assert len(run.cells) == (len(files) + 1) * 2 * 2 and run.failed == 0 and run.cancelled == 0
+    assert len(run.cells) == (len(files) + 1) * 2 and run.failed == 0 and run.cancelled == 0
     assert seen[-1] == (len(run.cells), len(run.cells)) and [d for d, _ in seen] == list(range(1, len(seen) + 1))
     folder, record = read_probe(tmp_path / "probe")
     assert record["trigger_words"] == ["jimeng style"] and record["complete"] and record["files"] == files

@@ -14,6 +14,7 @@ ASSETS_DIR = Path(__file__).resolve().parent / "assets_data"
 BASE_DIRNAME = "base-sdxl"
 LORAS_DIRNAME = "loras"
 LOGS_DIRNAME = "logs"
+CLIP_DIRNAME = "clip"  # the demo's own tiny CLIP (``clip_training.py`` writes it)
 SERIES = "jimeng"
 
 # What the app's demo should render with (see the training report / README in ASSETS_DIR).
@@ -31,6 +32,12 @@ def assets_available(folder: str | Path = ASSETS_DIR) -> bool:
     return ((base / "model_index.json").is_file() and (base / "unet").is_dir()
             and any((folder / LORAS_DIRNAME).glob(f"{SERIES}_*.safetensors"))
             and any((folder / LOGS_DIRNAME).rglob("events.out.tfevents.*")))
+
+
+def demo_clip_dir(folder: str | Path = ASSETS_DIR) -> Path | None:
+    """The shipped tiny CLIP's folder (a ``CLIPModel`` + ``CLIPProcessor``) when ``folder`` holds it, else None."""
+    clip = Path(folder) / CLIP_DIRNAME
+    return clip if (clip / "config.json").is_file() and (clip / "model.safetensors").is_file() else None
 
 
 def copy_trained_demo(out: str | Path) -> tuple[Path, Path, Path]:

@@ -15,7 +15,16 @@ from pathlib import Path
 import torch
 
 from lora_spectrum.demo import oracle
-from lora_spectrum.demo.assets import ASSETS_DIR, BASE_DIRNAME, LOGS_DIRNAME, LORAS_DIRNAME, RECOMMENDED, SERIES
+from lora_spectrum.demo.assets import (
+    ASSETS_DIR,
+    BASE_DIRNAME,
+    CLIP_DIRNAME,
+    LOGS_DIRNAME,
+    LORAS_DIRNAME,
+    RECOMMENDED,
+    SERIES,
+)
+from lora_spectrum.demo.clip_training import train_clip
 from lora_spectrum.demo.shapes import (
     BACKGROUNDS,
     COLOURS,
@@ -60,6 +69,8 @@ def write_readme(out: Path, report: dict) -> None:
         f"{', '.join(COLOURS)}; shapes {', '.join(SHAPES)}; backgrounds {', '.join(BACKGROUNDS)}.\n"
         f"- `{LORAS_DIRNAME}/`: `{SERIES}_<epoch>.safetensors`, a style LoRA (thick dark ink outlines, trigger "
         f"\"{TRIGGER}\") in kohya format with kohya metadata, one file per saved epoch.\n"
+        f"- `{CLIP_DIRNAME}/`: a tiny CLIPModel trained on the same shapes (captions with and without the trigger), "
+        "so the CLIP measures run offline (`python -m lora_spectrum.demo.clip_training --out clip`).\n"
         f"- `{LOGS_DIRNAME}/{SERIES}/network_train/`: its TensorBoard log (loss/current, loss/average, loss/epoch, loss/validation/epoch_average).\n\n"
         f"Render at {SIZE}x{SIZE}, {RECOMMENDED['steps']} steps, guidance {RECOMMENDED['guidance']}, "
         f"sampler {RECOMMENDED['sampler']}.\n\n"
@@ -113,8 +124,12 @@ def run(out: str | Path, budget: Budget = FULL, seed: int = 0, lora_only: bool =
             t0 = time.perf_counter()
             report["vae_decoder_l1"] = refine_decoder(pipe.vae, vae_x, budget.vae_decoder_steps, seed)
             report["minutes"]["vae_decoder"] = round((time.perf_counter() - t0) / 60, 2)
-            # 6. Save the base before any adapter is added.
+            # 6. Save the base before any adapter is added, then the demo's own CLIP (it reads the base's
+            #    tokenizer and VAE), for the CLIP measures offline.
             save_base(pipe, out / BASE_DIRNAME)
+            t0 = time.perf_counter()
+            report["clip"] = train_clip(out / CLIP_DIRNAME, seed=seed, quick=budget is QUICK, base=out / BASE_DIRNAME)
+            report["minutes"]["clip"] = round((time.perf_counter() - t0) / 60, 2)
     # 7. The style LoRA, from the saved (fp16-rounded) base so the epochs fit the shipped weights exactly; old
     #    epoch files and logs of this series are removed first, so nothing stale is left beside the new run.
     for old in (out / LORAS_DIRNAME).glob(f"{SERIES}_*.safetensors"):
