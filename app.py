@@ -5,8 +5,10 @@ import streamlit as st
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.ui.compare import compare_view
 from lora_spectrum.ui.controls import render_controls
+from lora_spectrum.ui.history import history_view
 from lora_spectrum.ui.insight import insight_view
 from lora_spectrum.ui.inspector import inspector_view
+from lora_spectrum.ui.rank import rank_view
 from lora_spectrum.ui.resources import config_path, get_workbench
 from lora_spectrum.ui.text import md_escape
 
@@ -27,11 +29,15 @@ st.caption(md_escape(f"Base: {engine.base_id} ({engine.family.name}, {engine.dev
 
 controls = render_controls(catalog, engine.defaults, choice.prompt, settings.batch_epochs, engine.family.name)
 st.session_state.setdefault("view", "Compare")
-view = st.segmented_control("View", ["Compare", "Insight", "Inspector"], key="view",
+view = st.segmented_control("View", ["Compare", "Rank", "Insight", "History", "Inspector"], key="view",
                             label_visibility="collapsed") or "Compare"
 if view == "Compare":
     compare_view(settings, choice, catalog, controls)
+elif view == "Rank":
+    rank_view(settings, choice, catalog, controls)
 elif view == "Insight":
     insight_view(settings, choice, catalog, controls)
+elif view == "History":
+    history_view(settings, catalog)
 else:
     inspector_view(catalog)

@@ -1,4 +1,4 @@
-"""``python -m lora_spectrum``: the command line (see ``cli.py``)."""
+"""``python -m lora_spectrum``: the command line (see ``cli/``)."""
 
 import sys
 

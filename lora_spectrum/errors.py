@@ -16,7 +16,9 @@ show one plain message. The tree::
     │   └── OutOfMemoryError          ... because the device ran out of memory (the caller may retry smaller)
     ├── BusyError                     the shared engine has as many runs queued as allowed
     ├── Cancelled                     the user cancelled; what finished is kept
-    └── ClipUnavailable               no CLIP model can be loaded (image measures fall back to pixels)
+    ├── ClipUnavailable               no CLIP model can be loaded (image measures fall back to pixels)
+    ├── RatingsError                  a votes file cannot be read or written (it is set aside, never lost)
+    └── ShipError                     an epoch cannot be promoted: its target exists, or the file changed
 """
 
 from __future__ import annotations
@@ -85,6 +87,14 @@ class Cancelled(LoraSpectrumError):
 
 class ClipUnavailable(LoraSpectrumError):
     """No CLIP model could be loaded (not on the machine, downloads not allowed, or broken)."""
+
+
+class RatingsError(LoraSpectrumError):
+    """A votes file cannot be read or written; an unreadable one is set aside, never overwritten."""
+
+
+class ShipError(LoraSpectrumError):
+    """An epoch cannot be promoted: the target exists (never overwritten), or the source changed since the scan."""
 
 
 def shorten(text: str, limit: int = MAX_MESSAGE) -> str:

@@ -9,6 +9,7 @@ import io
 import json
 import math
 import re
+import zipfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -176,6 +177,19 @@ def write_outputs(out_dir: str | Path, plan: Plan, cells: list[Cell], base: str,
     manifest = {"settings": plan.settings(base, family), "cells": [c.record() for c in cells]}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
     return manifest
+
+
+def output_files(out_dir: str | Path) -> dict[str, bytes]:
+    """The downloads of an output folder: ``grid`` (PNG), ``manifest`` (JSON) and ``zip`` (the cells and the
+    manifest), read once per render rather than on every rerun of a page."""
+    out = Path(out_dir)
+    manifest = (out / "manifest.json").read_bytes()
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w") as zf:
+        for png in sorted((out / "cells").glob("*.png")):
+            zf.write(png, f"cells/{png.name}")
+        zf.writestr("manifest.json", manifest)
+    return {"grid": (out / "grid.png").read_bytes(), "manifest": manifest, "zip": zbuf.getvalue()}
 
 
 def read_manifest(grid: str | Path) -> tuple[Path, dict]:

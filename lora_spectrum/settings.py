@@ -58,6 +58,10 @@ class Settings:
     #                       or openai/clip-vit-base-patch32); downloaded once when local_files_only is false
     probes: dict = field(default_factory=dict)  # probe sets by name, as in configs/probes/*.yaml (probes.py)
     probe_set: str = ""  # the probe set epochs are judged with: a name or a .yaml/.txt file ("" = auto)
+    ratings_dir: str = "ratings"  # blind votes, one JSON file per series (never inside the loras folder)
+    runs_dir: str = ".cache/runs"  # every comparison rendered in the app, reopened by History
+    runs_max: int = 50  # at most this many runs are kept; the oldest go first
+    shipped_dir: str = "shipped"  # where "Ship this epoch" writes the promoted file and its model card
     root: Path = field(default=PROJECT_ROOT, compare=False)
 
     def path(self, value: str) -> Path:
@@ -119,6 +123,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
         raise ConfigError(f"{path}: resident_adapters must be at least 1")
     if settings.batch_epochs < 1:
         raise ConfigError(f"{path}: batch_epochs must be at least 1")
+    if settings.runs_max < 1:
+        raise ConfigError(f"{path}: runs_max must be at least 1")
     if not isinstance(settings.probes, dict):
         raise ConfigError(f"{path}: probes must be a mapping of set names to probe sets, not {settings.probes!r}")
     return settings

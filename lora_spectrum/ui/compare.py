@@ -3,21 +3,17 @@ errors in place and swap times, offer downloads and closer looks (synchronised z
 
 from __future__ import annotations
 
-import io
-import shutil
-import tempfile
-import zipfile
-from pathlib import Path
-
 import streamlit as st
 from PIL import Image, ImageChops
 
+from lora_spectrum.decision.html_report import build_report
 from lora_spectrum.errors import BusyError, LoraSpectrumError
-from lora_spectrum.grid_files import cell_filename, write_outputs
+from lora_spectrum.grid_files import cell_filename, output_files
 from lora_spectrum.plan import cell_at, column_label, index_cells, make_plan
 from lora_spectrum.render_cache import RenderCache
 from lora_spectrum.runs import run_plan
 from lora_spectrum.ui.controls import Controls, caption_for
+from lora_spectrum.ui.history import history
 from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
 
@@ -36,9 +32,6 @@ def run_render(engine, catalog, settings, controls: Controls) -> None:
         return
     cache = RenderCache(settings.path(settings.cache_dir), settings.cache_max_mb)
     bar = st.progress(0.0, text="Waiting for the engine...")
-    previous = st.session_state.get(RESULT) or {}
-    if previous.get("out_dir"):
-        shutil.rmtree(previous["out_dir"], ignore_errors=True)  # one output folder per session, not one per render
     state = {"plan": plan, "cells": [], "status": "running"}
     st.session_state[RESULT] = state
     counts = {"done": 0, "total": 1}
@@ -62,14 +55,15 @@ def run_render(engine, catalog, settings, controls: Controls) -> None:
     bar.empty()
     state["cells"] = cells
     state["status"] = "cancelled" if any(c.cancelled for c in cells) else "done"
-    out = Path(tempfile.mkdtemp(prefix="lora_spectrum_grid_"))
-    write_outputs(out, plan, cells, engine.base_id, engine.family.name)
-    state["out_dir"] = str(out)
-    state["downloads"] = _download_bytes(out, state)
+    run = history(settings).save(plan, cells, engine.base_id, engine.family.name)  # kept for History
+    state["out_dir"], state["run_id"] = str(run.folder), run.id
+    state["downloads"] = output_files(run.folder)
 
 
 def draw_grid(state: dict) -> None:
     plan, cells = state["plan"], state["cells"]
+    if state.get("reopened"):
+        st.info(md_escape(f"Reopened from History: {state['reopened']}; nothing was rendered again."))
     if state.get("status") == "running":
         st.info("The last render was interrupted; showing the cells it finished.")
     elif state.get("status") == "cancelled":
@@ -96,27 +90,20 @@ def draw_grid(state: dict) -> None:
                     st.caption("not rendered")
 
 
-def _download_bytes(out: Path, state: dict) -> dict[str, bytes]:
-    """The grid, the manifest and a zip of the cells, made once per render (not on every rerun)."""
-    manifest = (out / "manifest.json").read_bytes()
-    zbuf = io.BytesIO()
-    with zipfile.ZipFile(zbuf, "w") as zf:
-        for c in state["cells"]:
-            if c.png is not None:
-                zf.writestr(c.image_path or f"cells/{cell_filename(c)}", c.png)
-        zf.writestr("manifest.json", manifest)
-    return {"grid": (out / "grid.png").read_bytes(), "manifest": manifest, "zip": zbuf.getvalue()}
-
-
 def downloads(state: dict) -> None:
     cells, files = state["cells"], state["downloads"]
-    cols = st.columns(4)
+    cols = st.columns(5)
     cols[0].download_button("Grid PNG", files["grid"], "grid.png", "image/png", key="dl_grid")
     cols[1].download_button("Manifest", files["manifest"], "manifest.json", "application/json", key="dl_manifest")
     cols[2].download_button("All cells (zip)", files["zip"], "cells.zip", "application/zip", key="dl_zip")
+    out_dir = state["out_dir"]
+    cols[3].download_button("Report (HTML)", lambda: build_report(out_dir, ranking=state.get("ranking")),
+                            "report.html", "text/html", key="dl_report",
+                            help="one self-contained file: the grid, every cell full size with its parameters, "
+                                 "settings, times and measures; opens anywhere, also on a phone")
     rendered = [c for c in cells if c.png is not None]
     if rendered:
-        with cols[3].popover("One cell"):
+        with cols[4].popover("One cell"):
             pick = st.selectbox("Cell", range(len(rendered)), key="dl_cell_pick",
                                 format_func=lambda i: f"{rendered[i].label}, seed {rendered[i].seed}, "
                                                       f"strength {rendered[i].strength:g}")

@@ -10,6 +10,7 @@ import streamlit as st
 from lora_spectrum import measures
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.ui.probe import probe_controls, probe_folder, probe_results
+from lora_spectrum.ui.ship import ship_panel
 from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
 
@@ -132,3 +133,5 @@ def insight_view(settings, choice, catalog, controls) -> None:
         st.selectbox("Open an epoch in the side-by-side view", df["file"].tolist(), key="insight_pick",
                             format_func=lambda f: f"epoch {df.loc[df['file'] == f, 'epoch'].iloc[0]}")
         st.button("Open in Compare", key="insight_open", on_click=_open_in_compare)
+    # 6. Ship the suggested epoch (or another) with its evidence; the blind ranking adds its own in Rank.
+    ship_panel(settings, choice, catalog, series, default_epoch=result.get("suggested_epoch"), insight=result)

@@ -1,3 +1,4 @@
 """Names of the per-user values kept in ``st.session_state`` that more than one view reads."""
 
 RESULT = "compare_result"  # the last Compare render: plan, cells, status (written by compare, read by insight)
+RANK = "rank_state"  # the Rank view's pool of renders, current pair and session counts (written and read by rank)

@@ -20,7 +20,8 @@ def app_config(tmp_path, demo_dir, monkeypatch):
     shutil.copytree(demo_dir / "loras", loras)
     config = tmp_path / "config.yaml"
     config.write_text(f"base: demo\ndemo: random\nloras: {loras}\ncache_dir: {tmp_path / 'cache'}\ndemo_dir: {demo_dir}\n"
-                      f"device: cpu\n", encoding="utf-8")
+                      f"device: cpu\nruns_dir: {tmp_path / 'runs'}\nratings_dir: {tmp_path / 'ratings'}\n"
+                      f"shipped_dir: {tmp_path / 'shipped'}\n", encoding="utf-8")
     monkeypatch.setenv(CONFIG_ENV, str(config))
     return config, loras
 

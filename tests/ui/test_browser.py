@@ -30,7 +30,8 @@ def server(tmp_path):
     # What a newcomer gets offline: the shipped trained demo (its own epochs and training log).
     config = tmp_path / "config.yaml"
     config.write_text(f"base: demo\ndemo: trained\ncache_dir: {tmp_path / 'cache'}\nloras: {tmp_path / 'none'}\n"
-                      f"device: cpu\n", encoding="utf-8")
+                      f"device: cpu\nruns_dir: {tmp_path / 'runs'}\nratings_dir: {tmp_path / 'ratings'}\n"
+                      f"shipped_dir: {tmp_path / 'shipped'}\n", encoding="utf-8")
     port = free_port()
     env = {**os.environ, "LORA_SPECTRUM_CONFIG": str(config)}
     proc = subprocess.Popen(

@@ -33,7 +33,8 @@ def _chart(at, title):
 def test_run_probe_draws_the_probe_grid_the_trade_off_and_opens_in_compare(tmp_path, monkeypatch):
     config = tmp_path / "config.yaml"
     config.write_text(f"base: demo\ndemo: trained\ndevice: cpu\ncache_dir: {tmp_path / 'cache'}\n"
-                      f"loras: {tmp_path / 'none'}\n" + PROBES, encoding="utf-8")
+                      f"loras: {tmp_path / 'none'}\nruns_dir: {tmp_path / 'runs'}\nratings_dir: {tmp_path / 'ratings'}\n"
+                      f"shipped_dir: {tmp_path / 'shipped'}\n" + PROBES, encoding="utf-8")
     monkeypatch.setenv(CONFIG_ENV, str(config))
     at = AppTest.from_file(APP, default_timeout=300)
     at.run()

@@ -1,42 +1,17 @@
-"""``python -m lora_spectrum`` / ``lora-spectrum``: argument parsing and printing, nothing else.
-
-Every command calls the same core functions the Streamlit app uses. Exit codes: 0 success, 1 some work failed
-(reported, the rest done), 2 bad arguments or an unusable input (one line on stderr).
-"""
+"""The commands that look and render: ``inspect``, ``demo``, ``grid``, ``bench``, ``insight``. Parsing and printing
+only; every command calls the core functions the app uses."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
+from lora_spectrum.cli.arguments import csv_floats, csv_ints, quiet_libraries
 from lora_spectrum.errors import LoraSpectrumError
 
 
-def _csv_ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from exc
-
-
-def _csv_floats(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lora-spectrum", description="Compare the epochs of a LoRA training run.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def add_parsers(sub) -> None:
     s = sub.add_parser("inspect", help="list the LoRA files of a folder with their epochs, states and metadata")
     s.add_argument("--loras", required=True, help="the loras folder")
     s.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
@@ -55,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--series")
     s.add_argument("--epochs", default="all", help="all, or comma-separated epoch numbers")
     s.add_argument("--include-base", action="store_true")
-    s.add_argument("--seeds", type=_csv_ints, default=[1])
-    s.add_argument("--strengths", type=_csv_floats, default=[1.0])
+    s.add_argument("--seeds", type=csv_ints, default=[1])
+    s.add_argument("--strengths", type=csv_floats, default=[1.0])
     s.add_argument("--prompt")
     s.add_argument("--negative")
     s.add_argument("--steps", type=int)
@@ -105,7 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=["auto", "cpu", "cuda"])
     s.add_argument("--no-cache", action="store_true")
     s.add_argument("--json", action="store_true")
-    return p
 
 
 def _cmd_inspect(args) -> int:
@@ -269,7 +243,7 @@ def _run_probe(args):
     from lora_spectrum.settings import load_settings
     from lora_spectrum.workbench import open_engine
 
-    _quiet_libraries()
+    quiet_libraries()
     settings = load_settings(args.config)
     if args.base:
         settings.base, settings.family = args.base, "auto"
@@ -298,23 +272,3 @@ def _run_probe(args):
 
 COMMANDS = {"inspect": _cmd_inspect, "demo": _cmd_demo, "grid": _cmd_grid, "bench": _cmd_bench,
             "insight": _cmd_insight}
-
-
-def _quiet_libraries() -> None:
-    """Our own progress lines are the only ones printed; the libraries' loading bars would bury them."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command in ("grid", "bench", "demo"):
-        _quiet_libraries()
-    try:
-        return COMMANDS[args.command](args)
-    except LoraSpectrumError as exc:
-        print(f"lora-spectrum {args.command}: {exc}", file=sys.stderr)
-        return 2

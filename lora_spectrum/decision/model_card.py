@@ -1,0 +1,365 @@
+"""The model card of a promoted epoch: Markdown with the YAML front matter the Hugging Face hub reads for LoRAs.
+
+Pure text building from plain values (a file's metadata, a ranking summary, an insight dict, a grid manifest): no
+files are read or written here (``promotion.py`` does that). Every value taken from a file goes in as plain text:
+Markdown and HTML characters are escaped, code blocks are fenced longer than any backtick run they hold, and the
+front matter is written by a YAML dumper. Large metadata (tag frequencies, dataset folders) is summarised.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+import yaml
+
+from lora_spectrum.errors import shorten
+
+VALUE_LIMIT = 200  # characters of one metadata value shown in the card
+TOP_TAGS = 8
+TRAINING_KEYS = (
+    ("ss_network_module", "network module"), ("ss_network_dim", "rank (network dim)"),
+    ("ss_network_alpha", "alpha"), ("ss_network_args", "network args"), ("ss_learning_rate", "learning rate"),
+    ("ss_unet_lr", "UNet learning rate"), ("ss_text_encoder_lr", "text encoder learning rate"),
+    ("ss_optimizer", "optimizer"), ("ss_lr_scheduler", "learning-rate scheduler"), ("ss_epoch", "epoch"),
+    ("ss_num_epochs", "epochs in the run"), ("ss_max_train_steps", "max train steps"), ("ss_steps", "steps"),
+    ("ss_num_train_images", "training images"), ("ss_total_batch_size", "batch size"),
+    ("ss_resolution", "resolution"), ("ss_mixed_precision", "mixed precision"), ("ss_seed", "seed"),
+    ("ss_noise_offset", "noise offset"), ("ss_min_snr_gamma", "min SNR gamma"),
+    ("ss_training_started_at", "training started"), ("ss_training_finished_at", "training finished"),
+    ("training_info", "training info (ai-toolkit)"), ("software", "software"), ("version", "trainer version"),
+    ("modelspec.resolution", "resolution (modelspec)"), ("modelspec.date", "date (modelspec)"),
+    ("ss_tag_frequency", "top tags"), ("ss_dataset_dirs", "dataset folders"), ("ss_datasets", "datasets"),
+)  # fmt: skip
+BASE_KEYS = ("ss_base_model_version", "ss_sd_model_name", "modelspec.architecture")
+TIMESTAMP_KEYS = ("ss_training_started_at", "ss_training_finished_at")
+KNOWN_BASES = {  # what kohya / musubi write in ss_base_model_version, as a hub id for ``base_model``
+    "sdxl_base_v1-0": "stabilityai/stable-diffusion-xl-base-1.0",
+    "z-image-turbo": "Tongyi-MAI/Z-Image-Turbo", "z_image_turbo": "Tongyi-MAI/Z-Image-Turbo",
+}
+FAMILY_TAGS = {"sdxl": "stable-diffusion-xl", "z-image": "z-image-turbo"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
+MEASURE_KEYS = ("weight_norm", "relative_change", "relative_change_per_epoch", "cosine_to_previous",
+                "cosine_to_last", "relative_change_to_last", "style", "fidelity", "fidelity_kept", "leak",
+                "consistency")
+IMAGE_KEYS = ("distance_from_base", "seed_spread", "change_from_previous", "clip_score")
+_MARKUP = re.compile(r"([\\`*_\[\]#!|~])")  # with [ ] escaped, ( ) and { } open nothing
+
+
+# ---------------------------------------------------------------------------------------------- plain text
+def text(value, limit: int | None = VALUE_LIMIT) -> str:
+    """``value`` as inline plain text: one line, cut to ``limit``, Markdown punctuation backslash-escaped and
+    ``& < >`` as HTML entities (so no tag, link, image or emphasis can come from a file)."""
+    line = shorten(str(value), limit) if limit else " ".join(str(value).split())
+    line = line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MARKUP.sub(r"\\\1", line)
+
+
+def code_block(body: str, lang: str = "") -> str:
+    """A fenced code block holding ``body`` literally: the fence is longer than any backtick run inside."""
+    runs = [len(m) for m in re.findall(r"`+", body)]
+    fence = "`" * max(3, max(runs, default=0) + 1)
+    return f"{fence}{lang}\n{body}\n{fence}"
+
+
+def number(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return text(value)
+    return str(value) if isinstance(value, int) else f"{value:.4g}"
+
+
+def _json(raw: str):
+    try:
+        return json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- plain data
+def ranking_row(ranking: dict | None, file: str, epoch: int | None, sha256: str | None = None) -> dict | None:
+    """This epoch's place in a ranking summary: ``{"rank", "of", "score", "stderr", "votes", "total_votes"}``.
+
+    Read from a list of rows (``items`` as ``votes.series_ratings`` gives them, or ``ranking``/``epochs``/``rows``:
+    dicts with ``file``, ``key``/``sha256`` or ``epoch``, and ``rank``, ``score``, ``stderr``, ``votes`` or
+    ``wins``/``losses``/``ties``) or from ``Ranking.to_json()`` (scores keyed by sha256 or file name). None when
+    the epoch is not in it."""
+    if not isinstance(ranking, dict):
+        return None
+    total = ranking.get("votes")
+    total = len(total) if isinstance(total, list) else total if isinstance(total, int) else None
+    rows = next(([r for r in ranking[k] if isinstance(r, dict)] for k in ("items", "ranking", "epochs", "rows")
+                 if isinstance(ranking.get(k), list) and any(isinstance(r, dict) for r in ranking[k])), None)
+    if rows is not None:
+        match = next((r for r in rows if r.get("file") == file or (sha256 and sha256 in (r.get("sha256"), r.get("key")))),
+                     None)
+        if match is None and epoch is not None:
+            match = next((r for r in rows if r.get("epoch") == epoch and not r.get("file")), None)
+        if match is None:
+            return None
+        votes = match.get("votes", match.get("comparisons"))
+        if votes is None and any(k in match for k in ("wins", "losses", "ties")):
+            votes = sum(int(match.get(k) or 0) for k in ("wins", "losses", "ties"))
+        return {"rank": match.get("rank", rows.index(match) + 1), "of": len(rows), "score": match.get("score"),
+                "stderr": match.get("stderr"), "votes": votes, "total_votes": total}
+    scores, order = ranking.get("scores"), ranking.get("order")
+    if isinstance(scores, dict) and isinstance(order, list):
+        key = next((k for k in (sha256, file) if k and k in scores), None)
+        if key is None:
+            return None
+        votes = sum(int((ranking.get(k) or {}).get(key) or 0) for k in ("wins", "losses", "ties"))
+        return {"rank": order.index(key) + 1 if key in order else None, "of": len(order), "score": scores[key],
+                "stderr": (ranking.get("stderr") or {}).get(key), "votes": votes, "total_votes": total}
+    return None
+
+
+def epoch_measures(insight: dict | None, file: str, epoch: int | None) -> dict:
+    """This epoch's numbers from ``measures.series_insight``'s dict, flat: weight curves, probe measures, image
+    measures (``image_*``) and per-epoch loss tags (``loss:<tag>``). Numbers only; empty when there are none."""
+    rows = (insight or {}).get("epochs") if isinstance(insight, dict) else None
+    rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    row = next((r for r in rows if r.get("file") == file), None)
+    row = row or next((r for r in rows if epoch is not None and r.get("epoch") == epoch), None) or {}
+    out = {k: row[k] for k in MEASURE_KEYS if _is_number(row.get(k))}
+    image = row.get("image") if isinstance(row.get("image"), dict) else {}
+    out.update({f"image_{k}": image[k] for k in IMAGE_KEYS if _is_number(image.get(k))})
+    if image.get("measure") and any(k.startswith("image_") for k in out):
+        out["image_measure"] = str(image["measure"])
+    loss = row.get("epoch_loss") if isinstance(row.get("epoch_loss"), dict) else {}
+    out.update({f"loss:{k}": v for k, v in loss.items() if _is_number(v)})
+    return out
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+def hub_base(base_id: str | None, metadata: dict[str, str]) -> str | None:
+    """The ``base_model`` of the front matter: a hub id named by the caller, else one the metadata implies."""
+    if base_id and HUB_ID.match(base_id):
+        return base_id
+    version = (metadata.get("ss_base_model_version") or "").strip().lower()
+    return KNOWN_BASES.get(version)
+
+
+def public_path(value: str) -> str:
+    """A local path as its last part only (a shared card never tells where files live on this machine); a hub id
+    or a plain name as it is."""
+    v = str(value)
+    if v.startswith(("/", "~", ".", "\\")) or re.match(r"^[A-Za-z]:[\\/]", v):
+        return re.split(r"[\\/]", v.rstrip("/\\"))[-1] or v
+    return v
+
+
+def summary(key: str, raw: str) -> str:
+    """One metadata value as a short plain string: timestamps as UTC dates, JSON blobs summarised."""
+    data = _json(raw) if raw[:1] in "{[" else None
+    if key in TIMESTAMP_KEYS:
+        try:
+            return datetime.fromtimestamp(float(raw), UTC).isoformat(timespec="seconds")
+        except (ValueError, OverflowError, OSError):
+            return raw
+    if key == "ss_tag_frequency" and isinstance(data, dict):
+        counts: dict[str, float] = {}
+        for tags in data.values():
+            for tag, n in (tags.items() if isinstance(tags, dict) else ()):
+                if _is_number(n):
+                    counts[str(tag)] = counts.get(str(tag), 0) + n
+        top = sorted(counts.items(), key=lambda kv: -kv[1])[:TOP_TAGS]
+        return ", ".join(f"{t} ({n:g})" for t, n in top) + (f" ... ({len(counts)} tags)" if len(counts) > TOP_TAGS
+                                                            else "")
+    if key == "ss_dataset_dirs" and isinstance(data, dict):
+        parts = [f"{d}: {v.get('img_count', '?')} images x {v.get('n_repeats', '?')}" for d, v in data.items()
+                 if isinstance(v, dict)]
+        return "; ".join(parts[:5]) + (f"; ... ({len(parts)} folders)" if len(parts) > 5 else "")
+    if key == "ss_datasets" and isinstance(data, list):
+        subsets = sum(len(d.get("subsets") or []) for d in data if isinstance(d, dict))
+        return f"{len(data)} dataset(s), {subsets} subset(s)"
+    if key in ("training_info", "software") and isinstance(data, dict):
+        return ", ".join(f"{k} {v}" for k, v in data.items() if isinstance(v, (str, int, float)))
+    return raw
+
+
+# ---------------------------------------------------------------------------------------------- the card
+def model_card(name: str, *, source: str, sha256: str, epoch: int | None, metadata: dict[str, str],
+               step: int | None = None, trigger_words: list[str] | tuple[str, ...] = (), family: str | None = None,
+               base_id: str | None = None, note: str = "", ranking: dict | None = None, insight: dict | None = None,
+               grid: dict | None = None, grid_image: str | None = None, series: str | None = None,
+               loras: str = "loras", promoted_at: str = "") -> str:
+    """The model card of ``name``.safetensors, promoted from ``source``: front matter, then title, trigger words,
+    base model, why this epoch, the grid image, how to reproduce the grid, training metadata, the files.
+
+    ``metadata``: the source's whole ``__metadata__``; ``ranking``: a ranking summary (``ranking_row``);
+    ``insight``: ``series_insight``'s dict; ``grid``: a grid manifest (``settings``, ``cells``); ``grid_image``: the
+    image's file name next to the card; ``loras``: the loras folder as the reproduce command names it."""
+    triggers = [t for t in trigger_words if str(t).strip()]
+    base = hub_base(base_id, metadata)
+    place = f"epoch {epoch}" if epoch is not None else f"step {step}"
+    parts = [
+        _front_matter(triggers, base, family, metadata, grid, grid_image),
+        f"# {text(name)}",
+        f"A LoRA promoted with LoRA Spectrum from {place} of the training run {text(series or source)} (file "
+        f"{text(source)}). Its tensors are the source file's, bit for bit; only the metadata gained provenance keys "
+        f"(`lora_spectrum.*`).",
+        "## Trigger words",
+        ("Use " + ", ".join(f"**{text(t)}**" for t in triggers) + " in the prompt.") if triggers else
+        "The file names no trigger words (no `modelspec.trigger_phrase`, no tag frequencies).",
+        "## Base model",
+        _base_section(base_id, base, family, metadata),
+        "## Why this epoch",
+        _why_section(place, source, sha256, epoch, note, ranking, insight),
+    ]
+    if grid_image:
+        parts += ["## The epochs compared", f"![The grid of epochs compared]({quote(grid_image)})"]
+    if grid and isinstance(grid.get("settings"), dict):
+        parts += ["## Reproduce the grid", _reproduce_section(grid, series, loras)]
+    parts += ["## Training metadata", _training_section(metadata),
+              "## Files", _files_section(name, source, sha256, promoted_at)]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _front_matter(triggers, base, family, metadata, grid, grid_image) -> str:
+    # 1. What the hub reads for a LoRA: base_model, tags, instance_prompt; license only when the file has one.
+    module = (metadata.get("ss_network_module") or "").lower()
+    tags = ["lora", "text-to-image", "diffusers", "template:sd-lora"]
+    tags += [t for t in (FAMILY_TAGS.get(family or ""), "lycoris" if "lycoris" in module else None) if t]
+    front: dict = {"base_model": base} if base else {}
+    front["tags"] = tags
+    if triggers:
+        front["instance_prompt"] = ", ".join(str(t) for t in triggers)
+    lic = (metadata.get("modelspec.license") or metadata.get("license") or "").strip()
+    if lic:
+        front["license"] = lic if LICENSE_ID.match(lic) else "other"
+        if not LICENSE_ID.match(lic):
+            front["license_name"] = shorten(lic, 100)
+    # 2. The grid as the widget's example image.
+    settings = (grid or {}).get("settings") or {}
+    if grid_image:
+        front["widget"] = [{"text": str(settings.get("prompt", "")), "output": {"url": grid_image}}]
+    dumped = yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000)
+    return f"---\n{dumped}---"
+
+
+def _base_section(base_id, base, family, metadata) -> str:
+    lines = [f"- judged on: {text(public_path(base_id))}"] if base_id else []
+    if base and base != base_id:
+        lines.append(f"- on the hub: {text(base)} (from the file's ss\\_base\\_model\\_version)")
+    for key in BASE_KEYS:
+        if metadata.get(key):
+            lines.append(f"- {text(key)}: {text(public_path(metadata[key]))}")
+    if family:
+        lines.append(f"- model family: {text(family)}")
+    return "\n".join(lines) or "The file does not say which base it was trained on."
+
+
+def _why_section(place, source, sha256, epoch, note, ranking, insight) -> str:
+    lines = [f"- Chosen: {place} ({text(source)})."]
+    if note.strip():
+        lines.append(f"- Note: {text(note, 2000)}")
+    row = ranking_row(ranking, source, epoch, sha256)
+    if row:
+        score = f"score {number(row['score'])}" if _is_number(row.get("score")) else "no score yet"
+        if _is_number(row.get("score")) and _is_number(row.get("stderr")):
+            score += f" ± {number(row['stderr'])}"
+        votes = f", {row['votes']} vote(s) on this epoch" if row.get("votes") is not None else ""
+        total = f" of {row['total_votes']} cast" if row.get("total_votes") is not None else ""
+        lines.append(f"- Blind A/B ranking: #{row['rank']} of {row['of']} ({score}{votes}{total}; Bradley-Terry "
+                     f"log-strength ± standard error).")
+    sug = (insight or {}).get("suggestion") if isinstance(insight, dict) else None
+    if isinstance(sug, dict) and sug.get("reason"):
+        same = " (this epoch)" if sug.get("file") == source or (epoch is not None and sug.get("epoch") == epoch) \
+            else ""
+        lines.append(f"- Insight{same}: {text(sug['reason'], 600)}")
+    measures = epoch_measures(insight, source, epoch)
+    if measures:
+        lines += ["", "| measure | value |", "|---|---|"]
+        lines += [f"| {text(k)} | {number(v)} |" for k, v in measures.items()]
+    return "\n".join(lines)
+
+
+def _reproduce_section(grid: dict, series: str | None, loras: str) -> str:
+    s = grid["settings"]
+    prompts = [p for p in (s.get("prompts") or [s.get("prompt", "")]) if isinstance(p, str)]
+    rows = [("prompt" if len(prompts) == 1 else f"prompt {i + 1}", p) for i, p in enumerate(prompts)]
+    rows += [(label, s.get(key)) for label, key in (
+        ("negative prompt", "negative_prompt"), ("seeds", "seeds"), ("strengths", "strengths"), ("steps", "steps"),
+        ("cfg (guidance)", "guidance"), ("sampler", "sampler"), ("family", "family"))]
+    rows.append(("base", public_path(str(s.get("base", "")))))
+    rows.append(("size", f"{s.get('width')}x{s.get('height')}"))
+    rows.append(("columns", s.get("columns")))
+    table = ["| setting | value |", "|---|---|"]
+    for label, value in rows:
+        shown = ", ".join(str(_plain(v)) for v in value) if isinstance(value, list) else _plain(value)
+        table.append(f"| {label} | {text(shown, 1000)} |")
+    commands = [grid_command(s, p, series, loras, _epochs(grid)) for p in prompts or [""]]
+    intro = "The command line that renders it again (one per prompt), run from the folder holding the loras folder:"
+    return "\n".join(table) + "\n\n" + intro + "\n\n" + code_block("\n".join(commands), "bash")
+
+
+def _plain(v):
+    return "" if v is None else (format(v, "g") if isinstance(v, float) else v)
+
+
+def _epochs(grid: dict) -> str:
+    cells = [c for c in grid.get("cells") or [] if isinstance(c, dict) and c.get("file")]
+    epochs = list(dict.fromkeys(c.get("epoch") for c in cells))
+    return "all" if not epochs or any(not isinstance(e, int) for e in epochs) else ",".join(map(str, epochs))
+
+
+def _float(v) -> str:
+    return format(v, "g") if float(format(v, "g")) == v else repr(float(v))
+
+
+def grid_command(settings: dict, prompt: str, series: str | None, loras: str, epochs: str = "all") -> str:
+    """``python -m lora_spectrum grid ...`` with the grid's settings, shell-quoted (the base and the loras folder
+    by name only when they are local paths)."""
+    cmd = ["python", "-m", "lora_spectrum", "grid", "--base", public_path(str(settings.get("base", "")))]
+    if settings.get("family"):
+        cmd += ["--family", str(settings["family"])]
+    cmd += ["--loras", public_path(loras)]
+    if series:
+        cmd += ["--series", series]
+    cmd += ["--epochs", epochs]
+    if "base" in (settings.get("columns") or []):
+        cmd.append("--include-base")
+    cmd += ["--seeds", ",".join(str(int(x)) for x in settings.get("seeds") or [1])]
+    cmd += ["--strengths", ",".join(_float(x) for x in settings.get("strengths") or [1.0])]
+    cmd += ["--prompt", prompt]
+    if settings.get("negative_prompt"):
+        cmd += ["--negative", str(settings["negative_prompt"])]
+    for flag, key in (("--steps", "steps"), ("--cfg", "guidance"), ("--sampler", "sampler"), ("--width", "width"),
+                      ("--height", "height")):
+        v = settings.get(key)
+        if v is not None and v != "":
+            cmd += [flag, _float(v) if isinstance(v, float) else str(v)]
+    cmd += ["--out", f"grid-{series or 'epochs'}"]
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+def _training_section(metadata: dict[str, str]) -> str:
+    shown = [(label, key) for key, label in TRAINING_KEYS if str(metadata.get(key) or "").strip()]
+    if not shown:
+        return "The file carries no training metadata this card knows (kohya ss\\_\\*, ai-toolkit, musubi-tuner)."
+    table = ["| setting | value | key |", "|---|---|---|"]
+    table += [f"| {label} | {text(summary(key, str(metadata[key])))} | {text(key)} |" for label, key in shown]
+    listed = {k for _, k in shown} | set(BASE_KEYS)
+    rest = len([k for k in metadata if k not in listed and not k.startswith("lora_spectrum.")])
+    if rest:
+        table.append(f"\n{rest} more metadata key(s) are kept in the file, unchanged.")
+    return "\n".join(table)
+
+
+def _hex(value: str) -> str:
+    return f"`{value}`" if re.fullmatch(r"[0-9a-f]{64}", value) else text(value)
+
+
+def _files_section(name: str, source: str, sha256: str, promoted_at: str) -> str:
+    when = f" on {text(promoted_at)}" if promoted_at else ""
+    return "\n".join([
+        f"- {text(name)}.safetensors: promoted{when} from {text(source)}.",
+        f"- sha256 of the source file: {_hex(sha256)} (the copy's own hash differs: its metadata gained the "
+        f"`lora_spectrum.*` keys; its tensor data is byte-identical).",
+    ])

@@ -1,0 +1,277 @@
+"""Promotion: one epoch of a scanned series copied out as a release file, with its model card and grid image.
+
+The copy's tensors are the source's byte for byte; only the safetensors header is rewritten (the trainer's
+metadata kept, provenance ``lora_spectrum.*`` keys and missing ``modelspec`` keys added). The source is only read;
+nothing is ever overwritten (targets are created exclusively); a file changed since the scan is refused. The card's
+text comes from ``model_card.py``; this module owns the files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import struct
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from safetensors import SafetensorError, safe_open
+
+from lora_spectrum.catalog import Catalog, LoraEntry
+from lora_spectrum.decision.model_card import epoch_measures, model_card, ranking_row
+from lora_spectrum.errors import CatalogError, ShipError
+from lora_spectrum.grid_files import base_name, read_manifest
+from lora_spectrum.lora_keys import HEADER_LIMIT, read_header
+
+PREFIX = "lora_spectrum."
+CHUNK = 1 << 22  # bytes per read of the data section
+BAD_NAME = re.compile(r'[\x00-\x1f<>:"/\\|?*]')  # path parts, control characters, what Windows refuses
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What ``promote`` wrote: the release file, its card and grid image, and the source it came from."""
+
+    path: Path  # the new NAME.safetensors
+    card: Path  # NAME.md
+    grid_image: Path | None  # NAME.grid.png, when a grid was given
+    sha256: str  # of the source file, as hashed before and during the copy
+    source: str  # the source's file name
+    epoch: int  # the epoch (or step) asked for
+
+
+def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | None = None, name: str | None = None,
+            note: str = "", ranking: dict | None = None, insight: dict | None = None,
+            grid: str | Path | None = None, base_id: str | None = None) -> Promotion:
+    """Copy ``epoch`` of ``series`` out of the scanned ``catalog`` as ``out_dir/NAME.safetensors`` with
+    ``NAME.md`` (and ``NAME.grid.png`` from ``grid``, a grid output folder). ``ShipError`` when the epoch is not
+    there, NAME is no plain file name, a target exists, or the source changed since the scan; then nothing stays
+    written."""
+    # 1. The entry, the release name and the targets; all refused before anything is written.
+    series_name, entry = pick_entry(catalog, epoch, series)
+    name = release_name(name if name is not None else series_name)
+    out = Path(out_dir)
+    if out.exists() and out.resolve() == catalog.folder.resolve():
+        raise ShipError(f"{out}: that is the loras folder itself; promote into another folder")
+    manifest, grid_png = None, None
+    if grid:
+        grid_dir, manifest = read_manifest(grid)
+        grid_png = grid_dir / "grid.png"
+        if not grid_png.is_file():
+            raise ShipError(f"{grid_dir}: no grid.png in this grid folder")
+    targets = {"file": out / f"{name}.safetensors", "card": out / f"{name}.md"}
+    if grid_png is not None:
+        targets["grid"] = out / f"{name}.grid.png"
+    for path in targets.values():
+        if path.exists() or path.is_symlink():
+            raise ShipError(f"{path}: exists; never overwritten (choose another --name or folder)")
+
+    # 2. The source as scanned: unchanged since, its hash, its header.
+    with _as_ship_error():
+        catalog.verify(entry)
+        sha = catalog.sha256(entry)
+        header = read_header(entry.path, entry.size)
+
+    # 3. The copy, the grid image, the card; whatever was created is removed again if a later step fails.
+    new_dir = not out.exists()
+    created: list[Path] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        promoted_at = datetime.now(UTC).isoformat(timespec="seconds")
+        metadata = release_metadata(header.metadata, entry, name, sha, note, promoted_at,
+                                    ranking_row(ranking, entry.name, entry.epoch, sha),
+                                    epoch_measures(insight, entry.name, entry.epoch))
+        copy_with_metadata(entry, header.table, header.data_start, metadata, sha, targets["file"])
+        created.append(targets["file"])
+        if grid_png is not None:
+            _copy_exclusive(grid_png, targets["grid"])
+            created.append(targets["grid"])
+        card = model_card(name, source=entry.name, sha256=sha, epoch=entry.epoch, step=entry.step,
+                          metadata=header.metadata, trigger_words=entry.trigger_words, family=entry.family_hint,
+                          base_id=base_name(base_id) if base_id else None, note=note, ranking=ranking,
+                          insight=insight, grid=manifest, grid_image=targets["grid"].name if grid_png else None,
+                          series=series_name, loras=catalog.folder.name, promoted_at=promoted_at)
+        _write_exclusive(targets["card"], card.encode("utf-8"))
+        created.append(targets["card"])
+    except BaseException as exc:
+        for path in created:
+            path.unlink(missing_ok=True)
+        if new_dir and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        if isinstance(exc, OSError):  # a full disk, a folder we may not write to
+            raise ShipError(f"{out}: cannot write the release ({exc.strerror or exc}); nothing was promoted") from exc
+        raise
+    return Promotion(path=targets["file"], card=targets["card"], grid_image=targets.get("grid"), sha256=sha,
+                     source=entry.name, epoch=epoch)
+
+
+# ---------------------------------------------------------------------------------------------- choosing
+def pick_entry(catalog: Catalog, epoch: int, series: str | None = None) -> tuple[str, LoraEntry]:
+    """(series, the entry of ``epoch``): matched by epoch, else by step (step-numbered files); ``ShipError``
+    listing what the series has when none or several match."""
+    with _as_ship_error():
+        series, entries = catalog.choose_series(series)
+    by_epoch = [e for e in entries if e.epoch == epoch]
+    by_step = [e for e in entries if e.step == epoch]
+    found = by_epoch or by_step
+    if len(found) == 1:
+        return series, found[0]
+    if found:
+        hint = "; give one of their steps instead" if all(e.step is not None for e in found) else "; move or rename all but one"
+        raise ShipError(f"series {series!r} has {len(found)} files for {'epoch' if by_epoch else 'step'} {epoch} "
+                        f"({', '.join(e.name for e in found)}){hint}")
+    epochs = sorted({e.epoch for e in entries if e.epoch is not None})
+    steps = sorted({e.step for e in entries if e.step is not None})
+    have = "; ".join([f"epochs {', '.join(map(str, epochs))}"] * bool(epochs)
+                     + [f"steps {', '.join(map(str, steps))}"] * bool(steps)) or "no numbered files"
+    raise ShipError(f"series {series!r} has no epoch {epoch}; it has {have}")
+
+
+def release_name(name: str) -> str:
+    """``name`` when it is a plain file name (no path parts, no suffix); ``ShipError`` saying why not."""
+    if not name or name.strip() != name or name in (".", "..") or name.startswith(".") or BAD_NAME.search(name):
+        raise ShipError(f"{name!r}: not a plain file name for the release (no folders, no leading dot, none of "
+                        f'<>:"/\\|?* ); give --name')
+    if name.lower().endswith(".safetensors") or len(name) > 200:
+        raise ShipError(f"{name!r}: give the release name without .safetensors, at most 200 characters")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------- the copy
+def release_metadata(trainer: dict, entry: LoraEntry, name: str, sha: str, note: str, promoted_at: str,
+                     ranking: dict | None, measures: dict) -> dict[str, str]:
+    """The copy's ``__metadata__``: every key the trainer wrote, the ``lora_spectrum.*`` provenance keys, and
+    ``modelspec.title`` / ``modelspec.trigger_phrase`` where the trainer left them out. All values strings."""
+    meta = {str(k): str(v) for k, v in trainer.items()}
+    meta.update({
+        f"{PREFIX}source_file": entry.name,
+        f"{PREFIX}source_epoch": "" if entry.epoch is None else str(entry.epoch),
+        f"{PREFIX}source_sha256": sha,
+        f"{PREFIX}note": note,
+        f"{PREFIX}promoted_at": promoted_at,
+    })
+    if entry.step is not None:
+        meta[f"{PREFIX}source_step"] = str(entry.step)
+    if ranking:
+        meta[f"{PREFIX}ranking"] = json.dumps({k: ranking.get(k) for k in ("rank", "of", "score", "stderr", "votes")})
+    if measures:
+        meta[f"{PREFIX}measures"] = json.dumps(measures)
+    meta.setdefault("modelspec.title", name)
+    if not (meta.get("modelspec.trigger_phrase") or "").strip() and entry.trigger_words:
+        meta["modelspec.trigger_phrase"] = ", ".join(entry.trigger_words)
+    return meta
+
+
+def encode_header(table: dict, metadata: dict[str, str]) -> bytes:
+    """8 bytes of little-endian length, then the JSON header padded with spaces to a multiple of 8 (as
+    safetensors itself pads, so the data section stays aligned)."""
+    raw = json.dumps({"__metadata__": metadata, **table}, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    raw += b" " * (-len(raw) % 8)
+    if len(raw) > HEADER_LIMIT:
+        raise ShipError(f"the new header would be {len(raw)} bytes; safetensors allows at most {HEADER_LIMIT} "
+                        f"(shorten the note)")
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def copy_with_metadata(entry: LoraEntry, table: dict, data_start: int, metadata: dict[str, str], sha: str,
+                       target: Path) -> None:
+    """Write ``target``: a new header, then the source's data section byte for byte.
+
+    Hand-written on purpose: safetensors' ``save_file`` would load every tensor into memory and serialise it
+    again; this streams the bytes, so the tensors are provably the source's. Data offsets in the header are
+    relative to the start of the data section, so they stay valid under a header of another length. The source
+    is hashed while it is read (header and data, every byte that was copied): a hash other than ``sha`` (taken
+    before) means the file was replaced mid-copy, and the copy is refused and removed. The finished copy appears
+    under its name only through ``os.link``, which never replaces an existing file.
+    """
+    # 1. The copy, in a temporary file next to the target.
+    # (not ``mkstemp``: its files are private, 0600; an exclusive ``open`` gives a release file the usual mode)
+    head = encode_header(table, metadata)
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}.part"
+    dst = open(tmp, "xb")  # ours from here on: closed and removed below, whatever happens
+    try:
+        digest = hashlib.sha256()
+        with dst, open(entry.path, "rb") as src:
+            dst.write(head)
+            digest.update(src.read(data_start))
+            shutil.copyfileobj(_Hashing(src, digest), dst, CHUNK)
+            dst.flush()
+            os.fsync(dst.fileno())
+        # 2. The bytes read were the bytes hashed before, and the copy reads back as the same tensors.
+        if digest.hexdigest() != sha:
+            raise ShipError(f"{entry.name}: the file changed while it was being copied; nothing was promoted "
+                            f"(rescan and try again)")
+        _check_copy(tmp, table, metadata)
+        # 3. Into place, never over an existing file.
+        _link_exclusive(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class _Hashing:
+    """A reader that hashes what passes through it (for ``shutil.copyfileobj``)."""
+
+    def __init__(self, fh, digest):
+        self.fh, self.digest = fh, digest
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.fh.read(n)
+        self.digest.update(chunk)
+        return chunk
+
+
+def _check_copy(path: Path, table: dict, metadata: dict[str, str]) -> None:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            ok = set(f.keys()) == set(table) and (f.metadata() or {}) == metadata
+    except SafetensorError as exc:
+        raise ShipError(f"the copy does not read back as a safetensors file ({exc}); nothing was promoted") from exc
+    if not ok:
+        raise ShipError("the copy does not read back with the source's tensors and the new metadata; nothing was "
+                        "promoted")
+
+
+def _link_exclusive(tmp: Path, target: Path) -> None:
+    try:
+        os.link(tmp, target)
+    except FileExistsError as exc:
+        raise ShipError(f"{target}: exists; never overwritten (choose another --name or folder)") from exc
+    except OSError:  # a file system without hard links: an exclusive create, which also never overwrites
+        _copy_exclusive(tmp, target)
+
+
+def _copy_exclusive(src: Path, target: Path) -> None:
+    with open(src, "rb") as fh:
+        _write_exclusive(target, fh)
+
+
+def _write_exclusive(target: Path, data: bytes | BinaryIO) -> None:
+    """Create ``target`` (never over an existing file) holding ``data``; removed again if writing fails."""
+    try:
+        dst = open(target, "xb")  # closed below: the exclusive create is the point
+    except FileExistsError as exc:
+        raise ShipError(f"{target}: exists; never overwritten (choose another --name or folder)") from exc
+    try:
+        with dst:
+            if isinstance(data, bytes):
+                dst.write(data)
+            else:
+                shutil.copyfileobj(data, dst, CHUNK)
+    except BaseException:
+        target.unlink(missing_ok=True)  # ours: created above
+        raise
+
+
+@contextlib.contextmanager
+def _as_ship_error():
+    """Catalog and header errors, re-raised as ``ShipError`` with the same plain message."""
+    try:
+        yield
+    except CatalogError as exc:  # HeaderError included
+        raise ShipError(str(exc)) from exc

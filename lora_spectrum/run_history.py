@@ -1,0 +1,140 @@
+"""Every comparison rendered in the app, kept as an output folder (``grid_files.write_outputs``: manifest, cells,
+grid) under a bounded ``runs_dir``: saved, listed newest first, reopened without rendering, deleted. Nothing here
+renders or imports streamlit."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import secrets
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from PIL import Image
+
+from lora_spectrum.catalog import Catalog, LoraEntry
+from lora_spectrum.errors import ConfigError, LoraSpectrumError
+from lora_spectrum.grid_files import read_manifest, write_outputs
+from lora_spectrum.plan import BASE_LABEL, Cell, Plan
+from lora_spectrum.sampling import Sampling
+
+_RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+ARCHIVED = "archived"  # the state of a reopened column whose file is no longer the one rendered
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One kept comparison, as History lists it."""
+
+    id: str
+    folder: Path
+    made_at: str  # ISO 8601, UTC
+    files: list[str]  # the columns' files ("base" for the base column)
+    prompt: str
+    seeds: list[int]
+    strengths: list[float]
+    cells: int
+    failed: int
+    base: str
+
+
+class RunHistory:
+    """The ``runs_dir`` folder: one sub-folder per run, named ``YYYYmmdd-HHMMSS-<6 hex>`` (sortable, unique)."""
+
+    def __init__(self, folder: str | Path, max_runs: int = 50):
+        self.folder = Path(folder)
+        self.max_runs = max(1, int(max_runs))
+
+    def save(self, plan: Plan, cells: list[Cell], base: str, family: str) -> RunRecord:
+        """Write one run (manifest, cells, grid) and drop the oldest runs beyond ``max_runs``."""
+        now = datetime.now(UTC)
+        run_id = f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+        out = self.folder / run_id
+        manifest = write_outputs(out, plan, cells, base, family)
+        manifest["run"] = {"id": run_id, "made_at": now.isoformat(timespec="seconds")}
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        self.prune()
+        return self._record(out, manifest)
+
+    def list(self) -> list[RunRecord]:
+        """The kept runs, newest first; a folder whose manifest cannot be read is left out (and left alone)."""
+        out = []
+        for path in sorted(self._folders(), reverse=True):
+            with contextlib.suppress(ConfigError, KeyError, TypeError):
+                out.append(self._record(path, read_manifest(path)[1]))
+        return out
+
+    def reopen(self, run_id: str, catalog: Catalog | None = None) -> tuple[Plan, list[Cell], dict]:
+        """The plan, cells (with their images) and manifest of a kept run, without rendering anything.
+
+        A column whose file is still in ``catalog`` with the same sha256 is that entry (so it can be rendered again);
+        otherwise it is an ``archived`` stand-in carrying the name, series and epoch the run recorded."""
+        # 1. The manifest and its settings.
+        folder, manifest = read_manifest(self._folder(run_id))
+        s = manifest["settings"]
+        sampling = Sampling(negative_prompt=s["negative_prompt"], steps=s["steps"], guidance=s["guidance"],
+                            width=s["width"], height=s["height"], sampler=s["sampler"])
+        records = manifest["cells"]
+        # 2. The columns: live entries where the file is unchanged, stand-ins otherwise.
+        sha_of = {r["file"]: r.get("sha256") for r in records if r.get("file")}
+        columns = [None if name == BASE_LABEL else _column(name, sha_of.get(name), records, catalog)
+                   for name in s["columns"]]
+        plan = Plan(columns=columns, seeds=s["seeds"], strengths=s["strengths"], prompts=s["prompts"],
+                    sampling=sampling)
+        # 3. The cells, each at its column, with its PNG read back.
+        index = {name: i for i, name in enumerate(s["columns"])}
+        fields = set(Cell.__dataclass_fields__) - {"column", "image", "png", "image_path", "cancelled"}
+        cells = []
+        for r in records:
+            cell = Cell(column=index[r.get("file") or BASE_LABEL], **{k: v for k, v in r.items() if k in fields})
+            if r.get("image"):
+                with contextlib.suppress(OSError):
+                    cell.png = (folder / r["image"]).read_bytes()
+                    cell.image = Image.open(folder / r["image"]).convert("RGB")
+                    cell.image_path = r["image"]
+            if cell.png is None and not cell.error:
+                cell.error = "image missing from the kept run"
+            cells.append(cell)
+        return plan, cells, manifest
+
+    def delete(self, run_id: str) -> None:
+        shutil.rmtree(self._folder(run_id), ignore_errors=True)
+
+    def prune(self) -> None:
+        """Delete the oldest runs until at most ``max_runs`` are kept."""
+        runs = sorted(self._folders())
+        for path in runs[: max(0, len(runs) - self.max_runs)]:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _folders(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return [p for p in self.folder.iterdir() if p.is_dir() and _RUN_ID.match(p.name)]
+
+    def _folder(self, run_id: str) -> Path:
+        if not _RUN_ID.match(run_id or "") or not (self.folder / run_id).is_dir():
+            raise ConfigError(f"{run_id!r}: no such run in {self.folder}")
+        return self.folder / run_id
+
+    @staticmethod
+    def _record(folder: Path, manifest: dict) -> RunRecord:
+        s, cells, run = manifest["settings"], manifest["cells"], manifest.get("run") or {}
+        made = run.get("made_at") or datetime.fromtimestamp(folder.stat().st_mtime, UTC).isoformat(
+            timespec="seconds")
+        return RunRecord(id=folder.name, folder=folder, made_at=made, files=list(s["columns"]), prompt=s["prompt"],
+                         seeds=list(s["seeds"]), strengths=list(s["strengths"]), cells=len(cells),
+                         failed=sum(1 for c in cells if c.get("error")), base=s["base"])
+
+
+def _column(name: str, sha: str | None, records: list[dict], catalog: Catalog | None) -> LoraEntry:
+    if catalog is not None:
+        with contextlib.suppress(LoraSpectrumError):  # a file gone, renamed or unhashable: the stand-in below
+            entry = catalog.get(name)
+            if sha and catalog.sha256(entry) == sha:
+                return entry
+    epoch = next((r.get("epoch") for r in records if r.get("file") == name), None)
+    return LoraEntry(name=name, path="", series="", epoch=epoch, step=None, state=ARCHIVED,
+                     reason="this run's file has changed or is gone")

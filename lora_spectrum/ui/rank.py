@@ -1,0 +1,192 @@
+"""The Rank view: two renders of one prompt and seed from two columns of the sidebar's selection (epochs, the
+base), sides drawn at random and no labels until the vote; votes by button or key (left, right, down = tie,
+s = skip), the next pair where the ranking is least certain, renders filled in the background, and Reveal: the
+ranking next to Insight's measures, with Ship this epoch. The maths is ``decision/``; this file only draws."""
+
+from __future__ import annotations
+
+import random
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from lora_spectrum.decision.rank_pool import BASE_KEY, RankPool
+from lora_spectrum.decision.ranking import fit, next_pair
+from lora_spectrum.decision.votes import VoteBook, series_ratings
+from lora_spectrum.errors import LoraSpectrumError
+from lora_spectrum.render_cache import RenderCache
+from lora_spectrum.ui.ship import ship_panel
+from lora_spectrum.ui.state import RANK
+from lora_spectrum.ui.text import md_escape
+
+KEYS = {"left": 1.0, "right": 0.0, "tie": 0.5}  # a vote's result for the left item (the votes file's "a")
+
+
+def _pool_key(controls) -> tuple:
+    return (controls.series, tuple(None if e is None else e.name for e in controls.columns), controls.prompt,
+            tuple(controls.seeds), controls.sampling)
+
+
+def _start(choice, catalog, settings, controls) -> None:
+    old = st.session_state.get(RANK)
+    if old:
+        old["pool"].stop()
+    cache = RenderCache(settings.path(settings.cache_dir), settings.cache_max_mb)
+    pool = RankPool(choice.engine, catalog, controls.columns, controls.prompt, controls.seeds, controls.sampling,
+                    cache, mix=controls.batch_epochs)
+    pool.start()
+    st.session_state[RANK] = {"key": _pool_key(controls), "pool": pool, "pair": None, "recent": [], "cast": 0,
+                              "revealed": False, "rng": random.Random()}
+
+
+def _vote(state: dict, book: VoteBook, result: float | None) -> None:
+    """A button's callback: record the vote (``None``: skipped) and clear the pair so the next one is drawn."""
+    pair = state["pair"]
+    if pair is None:
+        return
+    if result is not None:
+        left, right = pair["left"], pair["right"]
+        book.add(left.key, left.file or BASE_KEY, right.key, right.file or BASE_KEY, result, pair["prompt"],
+                 pair["seed"])
+        state["cast"] += 1
+    state["recent"] = [*state["recent"][-3:], tuple(sorted((pair["left"].key, pair["right"].key)))]
+    state["last"] = None if result is None else f"Last vote: left was {pair['left'].label}, right was " \
+                                                 f"{pair['right'].label}."
+    state["pair"] = None
+
+
+def _choose(state: dict, book: VoteBook, current: dict[str, str]) -> dict | None:
+    """The next pair: least certain among those rendered on both sides; sides and seed at random."""
+    pool, rng = state["pool"], state["rng"]
+    candidates = pool.pairs()
+    if not candidates:
+        return None
+    active, _ = book.split(current)
+    items = sorted({k for pair in candidates for k in pair})
+    ranking = fit(items, [(v["a"], v["b"], v["result"]) for v in active if v["a"] in items and v["b"] in items])
+    pick = next_pair(ranking, candidates=candidates, rng=rng, recent=state["recent"])
+    if pick is None:
+        return None
+    a, b = pick if rng.random() < 0.5 else (pick[1], pick[0])
+    seed = rng.choice(pool.seeds_for(a, b))
+    ready = pool.ready()
+    return {"left": ready[(a, seed)], "right": ready[(b, seed)], "seed": seed, "prompt": pool.plan.prompts[0]}
+
+
+def _current(catalog, controls) -> dict[str, str]:
+    """sha256 -> file name of the selected epochs as they are now (votes on other bytes are set aside)."""
+    out = {}
+    for e in controls.columns:
+        if e is not None:
+            try:
+                out[catalog.sha256(e)] = e.name
+            except LoraSpectrumError:
+                continue
+    return out
+
+
+def _vote_panel(state: dict, book: VoteBook, current: dict[str, str]) -> None:
+    pool = state["pool"]
+    if pool.finished and state.get("polling"):  # the last render arrived: one full rerun stops the polling
+        state["polling"] = False
+        st.rerun()
+    if not pool.finished:
+        st.progress(pool.done / max(1, pool.total), text=f"Rendering in the background: {pool.done}/{pool.total}")
+    if pool.error:
+        st.warning(md_escape(f"Rendering stopped: {pool.error}"))
+    for line in pool.failed[:3]:
+        st.caption(md_escape(line))
+    if state["pair"] is None:
+        state["pair"] = _choose(state, book, current)
+    pair = state["pair"]
+    if pair is None:
+        st.info("Waiting for two renders of the same seed..." if not pool.finished else
+                "Nothing to compare: fewer than two columns rendered.")
+        return
+    st.caption(md_escape(f"Which is better? Prompt: {pair['prompt']} · seed {pair['seed']} · "
+                         f"{state['cast']} vote(s) this session"))
+    left, right = st.columns(2)
+    left.image(pair["left"].png, caption="Left", width="stretch")
+    right.image(pair["right"].png, caption="Right", width="stretch")
+    b = st.columns(4)
+    b[0].button("Left is better", key="vote_left", shortcut="left", on_click=_vote, args=(state, book, 1.0),
+                width="stretch")
+    b[1].button("Tie", key="vote_tie", shortcut="down", on_click=_vote, args=(state, book, 0.5), width="stretch")
+    b[2].button("Skip", key="vote_skip", shortcut="s", on_click=_vote, args=(state, book, None), width="stretch")
+    b[3].button("Right is better", key="vote_right", shortcut="right", on_click=_vote, args=(state, book, 0.0),
+                width="stretch")
+    st.caption("Keys: ← left, → right, ↓ tie, S skip." + (f" {state['last']}" if state.get("last") else ""))
+
+
+def _reveal(settings, choice, catalog, series: str) -> None:
+    try:
+        summary = series_ratings(catalog, series, settings.path(settings.ratings_dir))
+    except LoraSpectrumError as exc:
+        st.error(md_escape(str(exc)))
+        return
+    st.subheader("The ranking")
+    if summary.get("notice"):
+        st.warning(md_escape(summary["notice"]))
+    st.caption(f"{summary['votes']} vote(s)" + (f"; {summary['set_aside']} set aside (their file was replaced)"
+                                                if summary.get("set_aside") else ""))
+    insight = (st.session_state.get("insight_cache") or (None, {}))[1] or {}
+    measured = {e["file"]: e for e in insight.get("epochs", [])}
+    rows = []
+    for it in summary["items"]:
+        m = measured.get(it["file"]) or {}
+        rows.append({"rank": it["rank"], "column": it["label"], "score": it["score"], "±": it["stderr"],
+                     "won": it["wins"], "lost": it["losses"], "tied": it["ties"], "style": m.get("style"),
+                     "fidelity": m.get("fidelity"), "leak": m.get("leak"), "weight norm": m.get("weight_norm")})
+    df = pd.DataFrame(rows)
+    if not insight:
+        st.caption("Open Insight (and run a probe) to see its measures beside the ranking.")
+        df = df.drop(columns=["style", "fidelity", "leak", "weight norm"])
+    st.dataframe(df, hide_index=True, width="stretch")
+    chart = pd.DataFrame([{"column": r["column"], "score": r["score"], "lo": r["score"] - r["±"],
+                           "hi": r["score"] + r["±"]} for r in rows])
+    order = chart["column"].tolist()
+    st.altair_chart(alt.layer(
+        alt.Chart(chart).mark_rule().encode(x=alt.X("column:N", sort=order), y="lo:Q", y2="hi:Q"),
+        alt.Chart(chart).mark_point(filled=True, size=80).encode(x=alt.X("column:N", sort=order), y="score:Q",
+                                                                  tooltip=["column", "score"]),
+    ).properties(height=240, title="Bradley-Terry score ± one standard error"), width="stretch")
+    top = next((it for it in summary["items"] if it["epoch"] is not None), None)
+    ship_panel(settings, choice, catalog, series, default_epoch=top["epoch"] if top else None,
+               ranking=summary, insight=insight or None)
+
+
+def rank_view(settings, choice, catalog, controls) -> None:
+    if controls is None or controls.series is None:
+        st.info("No usable series in the loras folder.")
+        return
+    if len(controls.columns) < 2:
+        st.info("Choose at least two columns in the sidebar (epochs, or an epoch and the base) to rank them blind.")
+        return
+    st.subheader(f"Rank {controls.series} blind")
+    try:
+        book = VoteBook(settings.path(settings.ratings_dir), controls.series, loras_folder=catalog.folder)
+    except LoraSpectrumError as exc:
+        st.error(md_escape(str(exc)))
+        return
+    if book.notice:
+        st.warning(md_escape(book.notice))
+    state = st.session_state.get(RANK)
+    if state is None or state["key"] != _pool_key(controls):
+        st.caption(f"{len(controls.columns)} columns x {len(controls.seeds)} seed(s) of the sidebar's prompt; "
+                   "sides are drawn at random and labels stay hidden until Reveal.")
+        if st.button("Start blind ranking", type="primary", key="rank_start"):
+            try:
+                _start(choice, catalog, settings, controls)
+            except LoraSpectrumError as exc:
+                st.error(md_escape(str(exc)))
+                return
+            st.rerun()
+        return
+    current = _current(catalog, controls)
+    # While renders are still arriving the panel redraws itself each second; after that only on a vote.
+    state["polling"] = not state["pool"].finished
+    panel = st.fragment(run_every=1.0 if state["polling"] else None)(_vote_panel)
+    panel(state, book, current)
+    if st.toggle("Reveal", key="rank_reveal", help="show the ranking with the labels"):
+        _reveal(settings, choice, catalog, controls.series)

@@ -1,0 +1,316 @@
+"""Promotion with real epoch files as trainers write them: the copy's tensors bit for bit, the metadata kept and
+extended, the source untouched, nothing ever overwritten, a changed file refused, the card and grid image beside."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from lora_spectrum import demo
+from lora_spectrum.catalog import READY, Catalog, file_sha256
+from lora_spectrum.decision.promotion import Promotion, copy_with_metadata, promote
+from lora_spectrum.demo.synthetic_epochs import growth, kohya_metadata, make_lora_state_dict
+from lora_spectrum.errors import ShipError
+from lora_spectrum.grid_files import encode_png, parameters_text, write_outputs
+from lora_spectrum.lora_keys import read_header
+from lora_spectrum.plan import Plan, plan_cells
+from lora_spectrum.sampling import Sampling
+from tests import trainer_files
+
+SERIES = "inkstyle"
+KOHYA = {  # what sd-scripts adds to the demo writer's keys in a real SDXL run
+    "ss_optimizer": "bitsandbytes.optim.adamw.AdamW8bit", "ss_lr_scheduler": "cosine", "ss_unet_lr": "0.0001",
+    "ss_text_encoder_lr": "5e-05", "ss_max_train_steps": "60", "ss_num_train_images": "40",
+    "ss_resolution": "(1024, 1024)", "ss_mixed_precision": "bf16", "ss_seed": "42",
+    "ss_training_started_at": "1712345678.25", "ss_session_id": "1234567890", "sshs_model_hash": "f" * 64,
+    "ss_sd_model_name": "sd_xl_base_1.0.safetensors", "modelspec.architecture": "stable-diffusion-xl-v1-base/lora",
+    "ss_dataset_dirs": json.dumps({"10_inkstyle": {"n_repeats": 10, "img_count": 40}}),
+}
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return demo.build_tiny("sdxl", seed=0).unet
+
+
+def write_epoch(folder, unet, epoch, name=SERIES, drop=(), **extra):
+    """``name-00000N.safetensors`` as kohya sd-scripts saves an SDXL epoch: fp16 factors, fp32 alphas, ss_* keys."""
+    sd = make_lora_state_dict(unet, "sdxl", rank=4, magnitude=growth(epoch * 30), seed=1, noise=0.05,
+                              noise_seed=epoch, dtype=torch.float16)
+    meta = {**kohya_metadata(name, epoch, 10, 4, 4.0, "sdxl", 6), **KOHYA, **extra}
+    path = folder / f"{name}-{epoch:06d}.safetensors"
+    save_file(sd, str(path), metadata={k: v for k, v in meta.items() if k not in drop})
+    return path
+
+
+@pytest.fixture
+def run(tmp_path, unet):
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    paths = {e: write_epoch(loras, unet, e) for e in (2, 4, 6)}
+    catalog = Catalog(loras)
+    catalog.scan()
+    return catalog, paths, tmp_path / "shipped"
+
+
+def write_grid(folder, catalog: Catalog):
+    """A grid folder as ``grid_files.write_outputs`` writes it, from solid-colour cells (nothing rendered)."""
+    entries = catalog.choose_series()[1]
+    plan = Plan(columns=[None, *entries], seeds=[1, 2], strengths=[0.8, 1.0], prompts=["an ink fox, inkstyle style"],
+                sampling=Sampling("blurry", 20, 5.5, 64, 64, "Euler"))
+    cells = plan_cells(plan, catalog)
+    for c in cells:
+        c.image = Image.new("RGB", (64, 64), (c.column * 60, c.seed * 40, int(c.strength * 100)))
+        c.png = encode_png(c.image, parameters_text(c, plan.sampling, "sdxl-base"))
+    write_outputs(folder, plan, cells, "stabilityai/stable-diffusion-xl-base-1.0", "sdxl")
+    return folder
+
+
+def tensor_bytes(path) -> dict[str, tuple]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: (str(t.dtype), tuple(t.shape), t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+                for k in f.keys() for t in [f.get_tensor(k)]}
+
+
+def data_section(path) -> bytes:
+    header = read_header(path, os.path.getsize(path))
+    with open(path, "rb") as fh:
+        fh.seek(header.data_start)
+        return fh.read()
+
+
+def metadata(path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def listing(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.mark.parametrize("kind", ["kohya lora fp16", "lycoris loha bf16"])
+def test_the_copy_holds_the_sources_tensors_bit_for_bit(tmp_path, unet, kind):
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    if kind.startswith("lycoris"):  # sd-scripts with network_module=lycoris.kohya
+        source = loras / "loharun-000003.safetensors"
+        trainer_files.write(source, "sdxl", unet, "loha", epoch=3, dtype=torch.bfloat16)
+        epoch = 3
+    else:
+        source, epoch = write_epoch(loras, unet, 6), 6
+    catalog = Catalog(loras)
+    catalog.scan()
+    done = promote(catalog, epoch, tmp_path / "shipped")
+    assert tensor_bytes(done.path) == tensor_bytes(source)
+    assert data_section(done.path) == data_section(source)
+    assert read_header(done.path, os.path.getsize(done.path)).data_start % 8 == 0  # padded as safetensors pads
+    assert done.sha256 == file_sha256(source) and done.source == source.name and done.epoch == epoch
+    assert os.stat(done.path).st_mode == os.stat(done.card).st_mode  # a release file, not a private temporary
+    # The copy is a valid epoch file in its own right: the catalog reads it as ready, with the same epoch.
+    shipped = Catalog(done.path.parent)
+    (entry,) = shipped.scan()
+    assert entry.state == READY and entry.epoch == epoch and entry.ranks == catalog.entries[0].ranks
+
+
+def test_the_metadata_keeps_every_trainer_key_and_adds_provenance(run):
+    catalog, paths, out = run
+    trainer = metadata(paths[6])
+    ranking = {"votes": 20, "epochs": [{"file": paths[6].name, "epoch": 6, "rank": 1, "score": 0.9, "stderr": 0.3,
+                                        "votes": 12}]}
+    insight = {"epochs": [{"epoch": 6, "file": paths[6].name, "weight_norm": 2.5, "relative_change": 0.02}],
+               "suggestion": {"epoch": 6, "file": paths[6].name, "reason": "Suggestion: epoch 6, settled."}}
+    done = promote(catalog, 6, out, note="clean lines", ranking=ranking, insight=insight)
+    meta = metadata(done.path)
+    assert {k: meta[k] for k in trainer} == trainer  # every key the trainer wrote, unchanged
+    assert meta["modelspec.title"] == "inkstyle epoch 6"  # the trainer's title is not clobbered
+    assert meta["lora_spectrum.source_file"] == paths[6].name and meta["lora_spectrum.source_epoch"] == "6"
+    assert meta["lora_spectrum.source_sha256"] == file_sha256(paths[6]) and meta["lora_spectrum.note"] == "clean lines"
+    assert datetime.fromisoformat(meta["lora_spectrum.promoted_at"]).utcoffset().total_seconds() == 0
+    assert json.loads(meta["lora_spectrum.ranking"]) == {"rank": 1, "of": 1, "score": 0.9, "stderr": 0.3, "votes": 12}
+    assert json.loads(meta["lora_spectrum.measures"]) == {"weight_norm": 2.5, "relative_change": 0.02}
+    assert all(isinstance(v, str) for v in meta.values())
+
+
+def test_missing_modelspec_keys_are_added_from_the_name_and_the_trigger_words(tmp_path, unet):
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    write_epoch(loras, unet, 6, drop=("modelspec.title", "modelspec.trigger_phrase"))
+    catalog = Catalog(loras)
+    catalog.scan()
+    done = promote(catalog, 6, tmp_path / "shipped", name="Ink Style v1")
+    meta = metadata(done.path)
+    assert done.path.name == "Ink Style v1.safetensors" and done.card.name == "Ink Style v1.md"
+    assert meta["modelspec.title"] == "Ink Style v1"
+    assert meta["modelspec.trigger_phrase"] == "jimeng style, ink, stripes"  # the top tags, as the catalog reads
+    assert "lora_spectrum.ranking" not in meta and "lora_spectrum.measures" not in meta
+
+
+def test_the_source_is_left_as_it_was(run):
+    catalog, paths, out = run
+    before = paths[6].read_bytes(), os.stat(paths[6]).st_mtime_ns
+    promote(catalog, 6, out)
+    assert (paths[6].read_bytes(), os.stat(paths[6]).st_mtime_ns) == before
+    catalog.verify(catalog.get(paths[6].name))  # still the file the scan read
+
+
+def test_an_existing_target_is_never_overwritten(run):
+    catalog, paths, out = run
+    out.mkdir()
+    (out / "inkstyle.safetensors").write_bytes(b"someone else's release")
+    with pytest.raises(ShipError, match="exists; never overwritten"):
+        promote(catalog, 6, out)
+    assert (out / "inkstyle.safetensors").read_bytes() == b"someone else's release"
+    assert listing(out) == ["inkstyle.safetensors"]  # no card, no temporary file left
+
+
+def test_an_existing_card_or_grid_image_is_refused_too(run, tmp_path):
+    catalog, paths, out = run
+    out.mkdir()
+    (out / "inkstyle.md").write_text("my card", encoding="utf-8")
+    with pytest.raises(ShipError, match="inkstyle.md: exists"):
+        promote(catalog, 6, out)
+    assert listing(out) == ["inkstyle.md"] and (out / "inkstyle.md").read_text(encoding="utf-8") == "my card"
+    grid = write_grid(tmp_path / "grid", catalog)
+    (out / "other.grid.png").write_bytes(b"png")
+    with pytest.raises(ShipError, match="other.grid.png: exists"):
+        promote(catalog, 6, out, name="other", grid=grid)
+    assert listing(out) == ["inkstyle.md", "other.grid.png"]
+    done = promote(catalog, 6, out, name="fresh")  # another name goes through
+    assert done.path.is_file() and done.card.is_file() and done.grid_image is None
+
+
+def test_a_file_changed_since_the_scan_is_refused_and_nothing_is_written(run, unet, tmp_path):
+    catalog, paths, out = run
+    write_epoch(paths[6].parent, unet, 7).replace(paths[6])  # another valid file under the same name
+    with pytest.raises(ShipError, match="replaced after the last scan") as exc:
+        promote(catalog, 6, out)
+    assert "\n" not in str(exc.value)
+    assert listing(out) == []
+    paths[4].write_bytes(paths[4].read_bytes()[:500])  # cut off, as a copy in progress
+    with pytest.raises(ShipError, match="inkstyle-000004.safetensors"):
+        promote(catalog, 4, out)
+    assert listing(out) == []
+
+
+def test_a_file_rewritten_after_it_was_hashed_is_refused_mid_copy(run):
+    # Same size, same mtime (restored): the catalog's checks cannot see it; the hash taken during the copy does.
+    catalog, paths, out = run
+    entry = catalog.get(paths[6].name)
+    catalog.sha256(entry)
+    st = os.stat(paths[6])
+    raw = bytearray(paths[6].read_bytes())
+    raw[-1] ^= 0xFF
+    paths[6].write_bytes(bytes(raw))
+    os.utime(paths[6], ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(ShipError, match="changed while it was being copied"):
+        promote(catalog, 6, out)
+    assert not out.exists()  # the partial copy, its temporary file and the folder made for them are gone
+
+
+def test_an_unknown_epoch_is_refused_listing_the_epochs_there_are(run):
+    catalog, _, out = run
+    with pytest.raises(ShipError, match=r"no epoch 5; it has epochs 2, 4, 6$"):
+        promote(catalog, 5, out)
+    with pytest.raises(ShipError, match="no series 'other'"):
+        promote(catalog, 6, out, series="other")
+    assert listing(out) == []
+
+
+def test_a_step_numbered_series_is_promoted_by_step(tmp_path, unet):
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    for step in (250, 500):  # ai-toolkit: name_<step>, its epoch in training_info
+        sd = make_lora_state_dict(unet, "sdxl", rank=4, magnitude=step / 500, seed=1, dtype=torch.float16)
+        save_file(sd, str(loras / f"aitk_{step:09d}.safetensors"),
+                  metadata={"training_info": json.dumps({"step": step, "epoch": 1}), "name": "aitk"})
+    catalog = Catalog(loras)
+    catalog.scan()
+    done = promote(catalog, 500, tmp_path / "shipped")
+    assert done.source == "aitk_000000500.safetensors"
+    assert metadata(done.path)["lora_spectrum.source_step"] == "500"
+    with pytest.raises(ShipError, match="2 files for epoch 1 .*give one of their steps instead"):
+        promote(catalog, 1, tmp_path / "shipped", name="again")
+
+
+@pytest.mark.parametrize("bad", ["../escape", "sub/name", "a\\b", ".hidden", "", " padded", "x.safetensors", "a:b"])
+def test_a_name_with_path_parts_is_refused(run, bad):
+    catalog, _, out = run
+    with pytest.raises(ShipError, match="name"):
+        promote(catalog, 6, out, name=bad)
+    assert listing(out) == [] and listing(out.parent) == ["loras", *(["shipped"] * out.exists())]
+
+
+def test_promoting_into_the_loras_folder_is_refused(run):
+    catalog, paths, _ = run
+    with pytest.raises(ShipError, match="loras folder itself"):
+        promote(catalog, 6, paths[6].parent, name="release")
+
+
+def test_the_card_and_grid_image_go_beside_the_copy(run, tmp_path):
+    catalog, paths, out = run
+    grid = write_grid(tmp_path / "grid", catalog)
+    ranking = {"votes": 20, "epochs": [{"file": paths[6].name, "epoch": 6, "rank": 1, "score": 0.9, "stderr": 0.3,
+                                        "votes": 12}]}
+    done = promote(catalog, 6, out, note="crisp <b>lines</b>", ranking=ranking, grid=grid,
+                   base_id="stabilityai/stable-diffusion-xl-base-1.0")
+    assert isinstance(done, Promotion) and done.grid_image == out / "inkstyle.grid.png"
+    assert done.grid_image.read_bytes() == (grid / "grid.png").read_bytes()
+    assert listing(out) == ["inkstyle.grid.png", "inkstyle.md", "inkstyle.safetensors"]
+    card = done.card.read_text(encoding="utf-8")
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["base_model"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert front["instance_prompt"] == "jimeng style" and front["tags"][:2] == ["lora", "text-to-image"]
+    assert "Use **jimeng style** in the prompt." in card
+    assert "epoch 6 (inkstyle-000006.safetensors)" in card and "Note: crisp &lt;b&gt;lines&lt;/b&gt;" in card
+    assert "#1 of 1 (score 0.9 ± 0.3, 12 vote(s) on this epoch of 20 cast" in card
+    assert "![The grid of epochs compared](inkstyle.grid.png)" in card
+    for row in ("| prompt | an ink fox, inkstyle style |", "| negative prompt | blurry |", "| seeds | 1, 2 |",
+                "| strengths | 0.8, 1 |", "| steps | 20 |", "| cfg (guidance) | 5.5 |", "| size | 64x64 |"):
+        assert row in card, row
+    assert ("python -m lora_spectrum grid --base stabilityai/stable-diffusion-xl-base-1.0 --family sdxl --loras "
+            "loras --series inkstyle --epochs 2,4,6 --include-base --seeds 1,2 --strengths 0.8,1") in card
+    assert "| optimizer | bitsandbytes.optim.adamw.AdamW8bit | ss\\_optimizer |" in card
+    assert done.sha256 in card
+
+
+def test_markdown_and_html_in_a_files_metadata_reach_the_card_as_plain_text(tmp_path, unet):
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    evil = "<img src=x onerror=alert(1)> [link](http://evil) **x**"
+    write_epoch(loras, unet, 6, ss_optimizer=evil, **{"modelspec.trigger_phrase": evil})
+    catalog = Catalog(loras)
+    catalog.scan()
+    card = promote(catalog, 6, tmp_path / "shipped").card.read_text(encoding="utf-8")
+    body = card.split("---\n", 2)[2]
+    assert "<img" not in body and "&lt;img src=x onerror=alert(1)&gt; \\[link\\](http://evil) \\*\\*x\\*\\*" in body
+
+
+def test_a_target_created_during_the_copy_is_not_overwritten(run):
+    # The last step links the finished copy into place, which fails rather than replace a file that appeared
+    # after the checks (another promotion racing this one).
+    catalog, paths, out = run
+    entry = catalog.get(paths[6].name)
+    header = read_header(entry.path, entry.size)
+    out.mkdir()
+    target = out / "raced.safetensors"
+    target.write_bytes(b"the other promotion's file")
+    with pytest.raises(ShipError, match="exists; never overwritten"):
+        copy_with_metadata(entry, header.table, header.data_start, dict(header.metadata), catalog.sha256(entry),
+                           target)
+    assert target.read_bytes() == b"the other promotion's file" and listing(out) == ["raced.safetensors"]
+
+
+def test_a_folder_that_cannot_be_written_is_a_ship_error(run):
+    catalog, paths, out = run
+    out.write_bytes(b"a file where the folder should be")
+    with pytest.raises(ShipError, match="cannot write the release"):
+        promote(catalog, 6, out)
+    assert out.read_bytes() == b"a file where the folder should be"

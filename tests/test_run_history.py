@@ -1,0 +1,90 @@
+"""Run history: every app render kept as an output folder under a bounded runs_dir, listed newest first, reopened
+without rendering (pixels and parameters as rendered), deleted; the oldest go first at the bound."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from lora_spectrum.catalog import Catalog
+from lora_spectrum.errors import ConfigError
+from lora_spectrum.grid_files import parse_parameters
+from lora_spectrum.plan import make_plan
+from lora_spectrum.run_history import ARCHIVED, RunHistory
+from lora_spectrum.runs import run_plan
+from tests.tiny import new_engine
+from tests.tiny import request as tiny_request
+
+
+@pytest.fixture(scope="module")
+def rendered(demo_loras, tmp_path_factory):
+    """A real tiny render: base + two epochs x two seeds, with the engine, catalog and plan."""
+    folder = tmp_path_factory.mktemp("loras")
+    for p in demo_loras["sdxl"][:2]:
+        shutil.copy(p, folder)
+    catalog = Catalog(folder)
+    catalog.scan()
+    _, entries = catalog.choose_series()
+    engine = new_engine("sdxl")
+    plan = make_plan(engine.defaults, [None, *entries], [1, 2], [1.0], ["a red circle"],
+                     tiny_request("sdxl").sampling)
+    cells = run_plan(engine, plan, catalog)
+    return engine, catalog, plan, cells
+
+
+def test_a_saved_run_reopens_without_rendering_with_the_same_pixels(rendered, tmp_path):
+    engine, catalog, plan, cells = rendered
+    runs = RunHistory(tmp_path / "runs", max_runs=5)
+    record = runs.save(plan, cells, engine.base_id, engine.family.name)
+    [listed] = runs.list()
+    assert listed.id == record.id and listed.cells == len(cells) == 6 and listed.failed == 0
+    assert listed.files == ["base", *(e.name for e in plan.columns[1:])]
+    assert listed.prompt == "a red circle" and listed.seeds == [1, 2] and listed.made_at.endswith("+00:00")
+    before = len(engine.hotswap.history)
+    plan2, cells2, manifest = runs.reopen(record.id, catalog)
+    assert len(engine.hotswap.history) == before, "reopening never swaps or renders"
+    assert [c.label for c in plan2.columns if c is not None] == [e.label for e in plan.columns[1:]]
+    assert plan2.columns[1] is plan.columns[1], "an unchanged file is the live catalog entry again"
+    by_key = {(c.file, c.seed): c for c in cells}
+    for c in cells2:
+        old = by_key[(c.file, c.seed)]
+        assert c.png == old.png and c.column == old.column and c.label == old.label
+        assert c.image.size == old.image.size
+        assert parse_parameters(_text(c.png))["Seed"] == str(c.seed)
+    assert manifest["run"]["id"] == record.id
+
+
+def _text(png: bytes) -> str:
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(png)).text["parameters"]
+
+
+def test_a_changed_file_reopens_as_an_archived_column(rendered, tmp_path):
+    engine, catalog, plan, cells = rendered
+    runs = RunHistory(tmp_path / "runs")
+    record = runs.save(plan, cells, engine.base_id, engine.family.name)
+    other = Catalog(tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    other.scan()
+    plan2, cells2, _ = runs.reopen(record.id, other)
+    stand_in = plan2.columns[1]
+    assert stand_in.state == ARCHIVED and stand_in.label == plan.columns[1].label
+    assert all(c.png is not None for c in cells2), "the images were kept even though the file is gone"
+
+
+def test_the_oldest_runs_go_first_at_the_bound_and_delete_removes_one(rendered, tmp_path):
+    engine, _, plan, cells = rendered
+    runs = RunHistory(tmp_path / "runs", max_runs=3)
+    ids = [runs.save(plan, cells, engine.base_id, engine.family.name).id for _ in range(5)]
+    kept = [r.id for r in runs.list()]
+    assert kept == sorted(ids)[-3:][::-1], "newest first, the two oldest dropped"
+    runs.delete(kept[0])
+    assert [r.id for r in runs.list()] == kept[1:]
+    with pytest.raises(ConfigError, match="no such run"):
+        runs.reopen("../../etc")
+    (tmp_path / "runs" / "20990101-000000-abcdef").mkdir()  # a broken folder is left out of the list
+    assert [r.id for r in runs.list()] == kept[1:]
