@@ -64,8 +64,8 @@ def history_view(settings, catalog) -> None:
         files = ", ".join(run.files)
         with st.container(border=True):
             top = st.columns([3, 1, 1])
-            top[0].markdown(md_escape(f"**{_when(run.made_at)}** · {run.cells} cell(s)"
-                                      + (f", {run.failed} failed" if run.failed else "")))
+            top[0].markdown(f"**{md_escape(_when(run.made_at))}** · " + md_escape(
+                f"{run.cells} cell(s)" + (f", {run.failed} failed" if run.failed else "")))
             top[1].button("Open", key=f"hist_open_{run.id}", on_click=_open, args=(settings, catalog, run.id))
             top[2].button("Delete", key=f"hist_del_{run.id}", on_click=_delete, args=(settings, run.id))
             st.caption(md_escape(f"Prompt: {run.prompt} · seeds {', '.join(map(str, run.seeds))} · strengths "

@@ -1,0 +1,113 @@
+"""``ratings``, ``promote`` and ``report`` on the command line, from a folder of epochs to a shipped file with its
+model card and a report to send: real renders of the tiny demo, real votes files, real safetensors copies."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from html.parser import HTMLParser
+
+import pytest
+from safetensors import safe_open
+
+from lora_spectrum.catalog import Catalog
+from lora_spectrum.cli import main
+from lora_spectrum.decision.votes import BASE, VoteBook
+
+
+def taste(entries) -> dict[str, float]:
+    """A simulated person who prefers epoch 150 and likes the others less the further they are from it, the base
+    least: the ranking must come out in this order."""
+    out = {e.name: -abs(math.log(e.epoch / 150)) * 2 for e in entries}
+    return out | {BASE: min(out.values()) - 1.5}
+
+
+@pytest.fixture
+def voted(setup, tmp_path):
+    """The random demo's epochs, and 300 votes of a person with ``TASTE`` (Bradley-Terry draws, seeded)."""
+    config, loras, out = setup
+    catalog = Catalog(loras)
+    catalog.scan()
+    _, entries = catalog.choose_series()
+    keys = {e.name: catalog.sha256(e) for e in entries} | {BASE: BASE}
+    book, rng, like = VoteBook(tmp_path / "ratings", "jimeng", loras_folder=loras), random.Random(7), taste(entries)
+    names = list(like)
+    for _ in range(400):
+        a, b = rng.sample(names, 2)
+        p = 1 / (1 + math.exp(like[b] - like[a]))
+        book.add(keys[a], a, keys[b], b, 1.0 if rng.random() < p else 0.0, "a red circle", 1)
+    return config, loras, out, tmp_path / "ratings", like
+
+
+def test_ratings_prints_the_ranking_the_votes_imply(voted, capsys):
+    _, loras, _, ratings, like = voted
+    assert main(["ratings", "--loras", str(loras), "--ratings-dir", str(ratings), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["votes"] == 400 and summary["set_aside"] == 0
+    order = [it["file"] or BASE for it in summary["items"]]
+    assert order[0] == "jimeng_150.safetensors" and order[-1] == BASE
+    truth = sorted(like, key=like.get, reverse=True)
+    assert sum(a == b for a, b in zip(order, truth, strict=True)) >= len(truth) - 2, (order, truth)
+    assert all(it["stderr"] > 0 for it in summary["items"])
+    assert main(["ratings", "--loras", str(loras), "--ratings-dir", str(ratings)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("Blind ranking of jimeng: 400 vote(s)") and "epoch 150" in text.splitlines()[2]
+
+
+def test_from_a_folder_of_epochs_to_a_shipped_file_its_card_and_a_report(voted, tmp_path, capsys):
+    config, loras, out, ratings, like = voted
+    # 1. A grid to show (and to put into the card and the report).
+    assert main(["grid", "--config", str(config), "--loras", str(loras), "--out", str(out), "--steps", "2",
+                 "--include-base", "--seeds", "1,2", "--epochs", "20,150,300"]) == 0
+    capsys.readouterr()
+    # 2. Promote the epoch the votes put first.
+    ship = tmp_path / "ship"
+    args = ["promote", "--loras", str(loras), "--epoch", "150", "--to", str(ship), "--name", "jimeng-v1",
+            "--note", "ink is in, colours still hold", "--grid", str(out), "--ratings-dir", str(ratings)]
+    source = (loras / "jimeng_150.safetensors").read_bytes()
+    assert main(args) == 0, capsys.readouterr().err
+    assert "promoted jimeng_150.safetensors (epoch 150" in capsys.readouterr().out
+    copy = ship / "jimeng-v1.safetensors"
+    with safe_open(str(loras / "jimeng_150.safetensors"), "pt") as a, safe_open(str(copy), "pt") as b:
+        assert sorted(a.keys()) == sorted(b.keys())
+        for k in a.keys():
+            assert a.get_tensor(k).numpy().tobytes() == b.get_tensor(k).numpy().tobytes()
+        meta, trainer = b.metadata(), a.metadata() or {}
+    assert all(meta[k] == v for k, v in trainer.items()), "every key the trainer wrote is kept"
+    assert meta["lora_spectrum.source_file"] == "jimeng_150.safetensors"
+    assert meta["lora_spectrum.note"] == "ink is in, colours still hold"
+    assert json.loads(meta["lora_spectrum.ranking"])["rank"] == 1
+    assert (loras / "jimeng_150.safetensors").read_bytes() == source, "the source is never modified"
+    card = (ship / "jimeng-v1.md").read_text(encoding="utf-8")
+    assert "ink is in, colours still hold" in card and f"#1 of {len(like)}" in card and "jimeng-v1.grid.png" in card
+    assert (ship / "jimeng-v1.grid.png").read_bytes() == (out / "grid.png").read_bytes()
+    # 3. Never overwritten: the same command again is one line and exit 2; the first copy is untouched.
+    before = copy.read_bytes()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "exists" in err
+    assert copy.read_bytes() == before
+    assert main([*args[:4], "999", *args[5:6], str(tmp_path / "other")]) == 2
+    assert "150" in capsys.readouterr().err, "an unknown epoch names the epochs there are"
+    # 4. The report to send: one file, no network, the ranking in it.
+    report = tmp_path / "report.html"
+    assert main(["report", "--grid", str(out), "--out", str(report), "--loras", str(loras), "--ratings-dir",
+                 str(ratings)]) == 0
+    html = report.read_text(encoding="utf-8")
+    refs = _references(html)
+    assert refs and all(r.startswith(("data:", "#")) for r in refs), [r for r in refs if not r.startswith("data:")]
+    assert "400 blind vote(s)" in html and "<table class=\"ranking\">" in html
+    assert main(["report", "--grid", str(tmp_path / "nowhere"), "--out", str(report)]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+
+
+def _references(html: str) -> list[str]:
+    found = []
+
+    class Refs(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.extend(v for k, v in attrs if k in ("src", "href") and v)
+
+    Refs().feed(html)
+    return found

@@ -1,0 +1,55 @@
+"""History through AppTest: every Compare render is kept; Open puts it back into Compare without rendering (same
+images), Delete removes it; the oldest go first at runs_max."""
+
+from __future__ import annotations
+
+from lora_spectrum.ui.resources import get_workbench
+from tests.ui.apptest import start
+
+
+def test_a_render_is_kept_reopened_without_rendering_and_deleted(app_config, tmp_path):
+    config, _ = app_config
+    at = start()
+    at.sidebar.multiselect(key="epochs").set_value(["jimeng_20.safetensors", "jimeng_300.safetensors"])
+    at.button(key="render").click().run()
+    assert not at.exception, at.exception
+    assert "Report (HTML)" in {b.label for b in at.get("download_button")}  # its contents: tests/decision/
+    # History lists it.
+    at.segmented_control(key="view").set_value("History").run()
+    assert not at.exception, at.exception
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "manifest.json").is_file() and len(list((runs[0] / "cells").iterdir())) == 3
+    text = (" ".join(m.value for m in at.main.markdown) + " ".join(c.value for c in at.main.caption)).replace("\\", "")
+    assert "UTC** · 3 cell(s)" in text and "jimeng_20.safetensors" in text
+    # Open: back in Compare, the same cells, nothing swapped or rendered.
+    _, choice, _ = get_workbench(str(config))
+    swaps = len(choice.engine.hotswap.history)
+    at.button(key=f"hist_open_{runs[0].name}").click().run()
+    assert not at.exception, at.exception
+    assert at.segmented_control(key="view").value == "Compare"
+    assert any("Reopened from History" in i.value for i in at.info)
+    captions = [c for im in at.main.image for c in im.captions]
+    assert {"base · seed 1", "epoch 20 · strength 1 · seed 1", "epoch 300 · strength 1 · seed 1"} <= set(captions)
+    assert len(choice.engine.hotswap.history) == swaps, "reopening renders nothing"
+    # Delete.
+    at.segmented_control(key="view").set_value("History").run()
+    at.button(key=f"hist_del_{runs[0].name}").click().run()
+    assert not at.exception, at.exception
+    assert not runs[0].exists()
+    assert any("No comparisons yet" in c.value for c in at.main.caption)
+
+
+def test_the_oldest_run_goes_first_at_the_bound(app_config, tmp_path):
+    config, _ = app_config
+    config.write_text(config.read_text(encoding="utf-8") + "runs_max: 2\n", encoding="utf-8")
+    at = start()
+    for seeds in ("1", "2", "3"):
+        at.sidebar.text_input(key="seeds").set_value(seeds)
+        at.button(key="render").click().run()
+        assert not at.exception, at.exception
+    at.segmented_control(key="view").set_value("History").run()
+    kept = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(kept) == 2
+    assert {at.button(key=f"hist_open_{k}").label for k in kept} == {"Open"}
+    text = " ".join(c.value for c in at.main.caption).replace("\\", "")
+    assert "seeds 3" in text and "seeds 2" in text and "seeds 1 ·" not in text

@@ -1,0 +1,77 @@
+"""Rank through AppTest: blind pairs (sides only, no labels until the vote), votes by button into the series' votes
+file, skip not counted, Reveal with the ranking, and Ship this epoch writing the release and its card."""
+
+from __future__ import annotations
+
+import json
+
+from lora_spectrum.decision.votes import file_name
+from lora_spectrum.ui.state import RANK
+from tests.ui.apptest import start
+
+EPOCHS = ["jimeng_20.safetensors", "jimeng_150.safetensors", "jimeng_300.safetensors"]
+LABELS = ("epoch 20", "epoch 150", "epoch 300", "base")
+
+
+def _vote_panel_text(at) -> str:
+    """The Rank view's captions (not the page's "Base: ..." line above every view) and image captions."""
+    return " ".join([c.value for c in at.main.caption if not c.value.startswith("Base")]
+                    + [c for im in at.main.image for c in im.captions]).replace("\\", "")
+
+
+def test_blind_votes_go_to_the_votes_file_and_reveal_ranks_them(app_config, tmp_path):
+    config, loras = app_config
+    at = start()
+    at.sidebar.multiselect(key="epochs").set_value(EPOCHS)
+    at.segmented_control(key="view").set_value("Rank").run()
+    assert not at.exception, at.exception
+    at.button(key="rank_start").click().run()
+    assert not at.exception, at.exception
+    assert at.session_state[RANK]["pool"].wait(240), "the background renders finish"
+    at.run()
+    # 1. Two images, captioned Left and Right only: nothing tells which epoch is which.
+    captions = [c for im in at.main.image for c in im.captions]
+    assert captions == ["Left", "Right"], captions
+    assert not any(label in _vote_panel_text(at) for label in LABELS), _vote_panel_text(at)
+    # 2. Votes: three decisive, one tie, a skip that does not count.
+    for key in ("vote_left", "vote_right", "vote_tie", "vote_skip", "vote_left"):
+        at.button(key=key).click().run()
+        assert not at.exception, at.exception
+    assert "4 vote(s) this session" in _vote_panel_text(at)
+    assert "Last vote: left was" in _vote_panel_text(at), "labels show only after a vote"
+    votes = json.loads((tmp_path / "ratings" / file_name("jimeng")).read_text(encoding="utf-8"))["votes"]
+    assert len(votes) == 4 and sorted(v["result"] for v in votes) == [0.0, 0.5, 1.0, 1.0]
+    assert all(v["prompt"] == at.sidebar.text_area(key="prompt").value and v["seed"] == 1 for v in votes)
+    assert all(v["a"] != v["b"] for v in votes)
+    # 3. Reveal: the ranking with labels, and the epoch to ship.
+    at.toggle(key="rank_reveal").set_value(True).run()
+    assert not at.exception, at.exception
+    table = at.main.dataframe[0].value
+    # The ranking is the series' (every epoch file and the base), the unvoted ones at their prior.
+    assert set(LABELS) <= set(table["column"]) and sorted(table["rank"]) == list(range(1, len(table) + 1))
+    voted = table[table["column"].isin(LABELS)]
+    assert (voted["won"] + voted["lost"] + voted["tied"]).sum() == 8, "each of the 4 votes counted on both sides"
+    assert "4 vote(s)" in _vote_panel_text(at)
+    top = table.sort_values("rank")["column"].tolist()
+    top_epoch = next(lab for lab in top if lab != "base")
+    assert at.selectbox(key="ship_epoch").value == int(top_epoch.split()[1]), "Ship starts at the best epoch"
+    at.text_input(key="ship_note").set_value("the blind winner").run()
+    at.button(key="ship_go").click().run()
+    assert not at.exception, at.exception
+    shipped = tmp_path / "shipped"
+    assert (shipped / "jimeng.safetensors").is_file() and (shipped / "jimeng.md").is_file()
+    card = (shipped / "jimeng.md").read_text(encoding="utf-8")
+    assert "the blind winner" in card and "Blind A/B ranking: #" in card
+    assert any("Shipped" in s.value for s in at.success)
+    # 4. Shipping again never overwrites: one plain message.
+    at.button(key="ship_go").click().run()
+    assert any("exists" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_rank_needs_two_columns(app_config):
+    at = start()
+    at.sidebar.multiselect(key="epochs").set_value(["jimeng_20.safetensors"])
+    at.sidebar.toggle(key="include_base").set_value(False)
+    at.segmented_control(key="view").set_value("Rank").run()
+    assert not at.exception, at.exception
+    assert any("at least two columns" in i.value for i in at.info)
