@@ -71,9 +71,17 @@ class RunHistory:
         """The plan, cells (with their images) and manifest of a kept run, without rendering anything.
 
         A column whose file is still in ``catalog`` with the same sha256 is that entry (so it can be rendered again);
-        otherwise it is an ``archived`` stand-in carrying the name, series and epoch the run recorded."""
-        # 1. The manifest and its settings.
+        otherwise it is an ``archived`` stand-in carrying the name, series and epoch the run recorded. A manifest
+        that does not hold together (edited, cut short) is a ``ConfigError`` naming the run."""
         folder, manifest = read_manifest(self._folder(run_id))
+        try:
+            return self._rebuild(folder, manifest, catalog)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{run_id}: its manifest is incomplete ({type(exc).__name__}: {exc}); delete it") \
+                from exc
+
+    def _rebuild(self, folder: Path, manifest: dict, catalog: Catalog | None) -> tuple[Plan, list[Cell], dict]:
+        # 1. The settings.
         s = manifest["settings"]
         sampling = Sampling(negative_prompt=s["negative_prompt"], steps=s["steps"], guidance=s["guidance"],
                             width=s["width"], height=s["height"], sampler=s["sampler"])
@@ -90,7 +98,7 @@ class RunHistory:
         cells = []
         for r in records:
             cell = Cell(column=index[r.get("file") or BASE_LABEL], **{k: v for k, v in r.items() if k in fields})
-            if r.get("image"):
+            if r.get("image") and (folder / r["image"]).resolve().is_relative_to(folder.resolve()):
                 with contextlib.suppress(OSError):
                     cell.png = (folder / r["image"]).read_bytes()
                     cell.image = Image.open(folder / r["image"]).convert("RGB")

@@ -3,6 +3,7 @@ without rendering (pixels and parameters as rendered), deleted; the oldest go fi
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -88,3 +89,20 @@ def test_the_oldest_runs_go_first_at_the_bound_and_delete_removes_one(rendered, 
         runs.reopen("../../etc")
     (tmp_path / "runs" / "20990101-000000-abcdef").mkdir()  # a broken folder is left out of the list
     assert [r.id for r in runs.list()] == kept[1:]
+
+
+def test_a_broken_manifest_is_one_plain_error(rendered, tmp_path):
+    engine, catalog, plan, cells = rendered
+    runs = RunHistory(tmp_path / "runs")
+    record = runs.save(plan, cells, engine.base_id, engine.family.name)
+    manifest = record.folder / "manifest.json"
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    data["cells"][0]["file"] = "not-a-column.safetensors"
+    data["cells"][1]["image"] = "../../../../etc/hostname"
+    manifest.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"{record.id}: its manifest is incomplete"):
+        runs.reopen(record.id, catalog)
+    data["cells"][0]["file"] = cells[0].file
+    manifest.write_text(json.dumps(data), encoding="utf-8")
+    _, cells2, _ = runs.reopen(record.id, catalog)
+    assert cells2[1].png is None and "missing" in cells2[1].error, "no file outside the run is read"

@@ -380,17 +380,19 @@ def _ranking_section(ranking, strict: bool) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the page
-def build_report(grid: str | Path, ranking: dict | None = None, title: str | None = None) -> str:
+def build_report(grid: str | Path, ranking: dict | None = None, title: str | None = None,
+                 insight: dict | None = None) -> str:
     """The HTML text of the report of grid folder ``grid`` (``ConfigError`` naming it when it has no manifest).
 
-    ``ranking`` is ``votes.series_ratings``' dict; without it the manifest's ``ranking`` is used when present. A
+    ``ranking`` is ``votes.series_ratings``' dict; without it the manifest's ``ranking`` is used when present;
+    ``insight`` (``series_insight``'s dict, the app's) likewise stands in for the manifest's ``insight``. A
     missing cell PNG shows as "missing" in its cell; the rest is written.
     """
     # 1. The manifest.
     folder, manifest = read_manifest(grid)
     settings = manifest.get("settings") if isinstance(manifest.get("settings"), dict) else {}
     cells = [c for c in manifest["cells"] if isinstance(c, dict)]
-    insight = manifest.get("insight")
+    insight = insight if isinstance(insight, dict) else manifest.get("insight")
     series = insight.get("series") if isinstance(insight, dict) else None
     if not series:  # no insight: the series as the file names tell it
         name = next((c["file"] for c in cells if isinstance(c.get("file"), str)), None)

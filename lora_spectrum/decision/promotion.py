@@ -57,8 +57,8 @@ def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | Non
     series_name, entry = pick_entry(catalog, epoch, series)
     name = release_name(name if name is not None else series_name)
     out = Path(out_dir)
-    if out.exists() and out.resolve() == catalog.folder.resolve():
-        raise ShipError(f"{out}: that is the loras folder itself; promote into another folder")
+    if out.resolve().is_relative_to(catalog.folder.resolve()):  # a release there would be scanned as an epoch
+        raise ShipError(f"{out}: inside the loras folder; promote into another folder")
     manifest, grid_png = None, None
     if grid:
         grid_dir, manifest = read_manifest(grid)

@@ -5,8 +5,11 @@ file checks, batching and cancel as a grid). Which pair to show and what a vote 
 
 from __future__ import annotations
 
+import io
 import threading
 from dataclasses import dataclass
+
+from PIL import Image
 
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.plan import Cell, Plan, make_plan
@@ -17,7 +20,9 @@ BASE_KEY = "base"  # the base column's item key (epochs are keyed by their file'
 
 @dataclass(frozen=True)
 class Render:
-    """One render of the pool: the item it shows (sha256 or ``base``), its file and label, seed and PNG."""
+    """One render of the pool: the item it shows (sha256 or ``base``), its file and label, seed and PNG. ``png``
+    holds the pixels only: the cell's own PNG carries its ``parameters`` text (the LoRA's name and epoch), which a
+    blind vote must not be able to read from the image it is shown."""
 
     key: str
     file: str | None
@@ -25,6 +30,13 @@ class Render:
     epoch: int | None
     seed: int
     png: bytes
+
+
+def _pixels_only(png: bytes) -> bytes:
+    """The image re-encoded without any text chunk."""
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 class RankPool:
@@ -76,7 +88,8 @@ class RankPool:
             self.done = done
             if cell.png is not None and not cell.error:
                 key = cell.sha256 if cell.file else BASE_KEY
-                self._renders[(key, cell.seed)] = Render(key, cell.file, cell.label, cell.epoch, cell.seed, cell.png)
+                self._renders[(key, cell.seed)] = Render(key, cell.file, cell.label, cell.epoch, cell.seed,
+                                                         _pixels_only(cell.png))
             elif cell.error and not cell.cancelled:
                 self._failed.append(f"{cell.label}, seed {cell.seed}: {cell.error}")
 

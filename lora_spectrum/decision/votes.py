@@ -180,7 +180,8 @@ def series_ratings(catalog, series: str | None, ratings_dir: str | Path, base: b
 
     Items are every file of the series (``catalog`` already scanned) plus, with ``base``, the base; votes about
     files replaced or removed since are counted in ``set_aside`` and left out of the fit (and so, without
-    ``base``, are votes about the base). Scores are centred; ``items`` come best first with a 1-based ``rank``.
+    ``base``, are votes about the base). Scores are centred; ``items`` come best first with a 1-based ``rank``,
+    then the items without a vote (``rank`` None: not judged yet).
     """
     name, entries = catalog.choose_series(series)
     book = VoteBook(ratings_dir, name, loras_folder=catalog.folder)
@@ -192,13 +193,16 @@ def series_ratings(catalog, series: str | None, ratings_dir: str | Path, base: b
     by_key = {sha: named[file] for sha, file in current.items()}
     keys = [*by_key, *([BASE] if base else [])]
     ranking = fit(keys, [(v["a"], v["b"], v["result"]) for v in active])
-    rows = []
-    for rank, key in enumerate(ranking.order, start=1):
+    # An item nobody has judged sits at the prior (score 0) and could outrank judged ones: it gets no rank.
+    rows, rank = [], 0
+    judged = [k for k in ranking.order if ranking.wins[k] + ranking.losses[k] + ranking.ties[k]]
+    for key in [*judged, *(k for k in ranking.order if k not in judged)]:
         entry = by_key.get(key)
+        rank = rank + 1 if key in judged else rank
         rows.append({"key": key, "file": entry.name if entry else None, "label": entry.label if entry else BASE,
                      "epoch": entry.epoch if entry else None, "score": ranking.scores[key],
-                     "stderr": ranking.stderr[key], "rank": rank, "wins": ranking.wins[key],
-                     "losses": ranking.losses[key], "ties": ranking.ties[key]})
+                     "stderr": ranking.stderr[key], "rank": rank if key in judged else None,
+                     "wins": ranking.wins[key], "losses": ranking.losses[key], "ties": ranking.ties[key]})
     return {"series": name, "votes": len(active), "set_aside": len(aside), "notice": book.notice,
             "path": str(book.path), "items": rows}
 
@@ -214,6 +218,9 @@ def format_ratings(summary: dict) -> str:
         lines.append("No votes yet: vote in the app's Rank view; the order below is only the prior.")
     lines.append(f"{'rank':>4}  {'item':<24} {'score':>6} {'± se':>5} {'wins':>5} {'losses':>6} {'ties':>5}  file")
     for row in summary["items"]:
+        if row["rank"] is None:
+            lines.append(f"{'-':>4}  {row['label'][:24]:<24} {'not judged yet':>33}  {row['file'] or '-'}")
+            continue
         lines.append(f"{row['rank']:>4}  {row['label'][:24]:<24} {row['score']:>+6.2f} {row['stderr']:>5.2f} "
                      f"{row['wins']:>5} {row['losses']:>6} {row['ties']:>5}  {row['file'] or '-'}")
     return "\n".join(lines)

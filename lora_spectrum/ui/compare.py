@@ -6,7 +6,6 @@ from __future__ import annotations
 import streamlit as st
 from PIL import Image, ImageChops
 
-from lora_spectrum.decision.html_report import build_report
 from lora_spectrum.errors import BusyError, LoraSpectrumError
 from lora_spectrum.grid_files import cell_filename, output_files
 from lora_spectrum.plan import cell_at, column_label, index_cells, make_plan
@@ -14,6 +13,7 @@ from lora_spectrum.render_cache import RenderCache
 from lora_spectrum.runs import run_plan
 from lora_spectrum.ui.controls import Controls, caption_for
 from lora_spectrum.ui.history import history
+from lora_spectrum.ui.ship import report_html
 from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
 
@@ -90,17 +90,17 @@ def draw_grid(state: dict) -> None:
                     st.caption("not rendered")
 
 
-def downloads(state: dict) -> None:
+def downloads(state: dict, settings, catalog) -> None:
     cells, files = state["cells"], state["downloads"]
     cols = st.columns(5)
     cols[0].download_button("Grid PNG", files["grid"], "grid.png", "image/png", key="dl_grid")
     cols[1].download_button("Manifest", files["manifest"], "manifest.json", "application/json", key="dl_manifest")
     cols[2].download_button("All cells (zip)", files["zip"], "cells.zip", "application/zip", key="dl_zip")
-    out_dir = state["out_dir"]
-    cols[3].download_button("Report (HTML)", lambda: build_report(out_dir, ranking=state.get("ranking")),
+    cols[3].download_button("Report (HTML)", lambda: report_html(settings, catalog, state),
                             "report.html", "text/html", key="dl_report",
                             help="one self-contained file: the grid, every cell full size with its parameters, "
-                                 "settings, times and measures; opens anywhere, also on a phone")
+                                 "settings, times, the series' measures and blind ranking; opens anywhere, also "
+                                 "on a phone")
     rendered = [c for c in cells if c.png is not None]
     if rendered:
         with cols[4].popover("One cell"):
@@ -183,6 +183,6 @@ def compare_view(settings, choice, catalog, controls: Controls | None) -> None:
         return
     draw_grid(state)
     if state.get("downloads"):
-        downloads(state)
+        downloads(state, settings, catalog)
     with st.expander("Closer looks", expanded=False):
         closer_looks(state)

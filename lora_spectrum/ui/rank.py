@@ -16,11 +16,9 @@ from lora_spectrum.decision.ranking import fit, next_pair
 from lora_spectrum.decision.votes import VoteBook, series_ratings
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.render_cache import RenderCache
-from lora_spectrum.ui.ship import ship_panel
+from lora_spectrum.ui.ship import session_insight, ship_panel
 from lora_spectrum.ui.state import RANK
 from lora_spectrum.ui.text import md_escape
-
-KEYS = {"left": 1.0, "right": 0.0, "tie": 0.5}  # a vote's result for the left item (the votes file's "a")
 
 
 def _pool_key(controls) -> tuple:
@@ -50,10 +48,9 @@ def _vote(state: dict, book: VoteBook, result: float | None) -> None:
         book.add(left.key, left.file or BASE_KEY, right.key, right.file or BASE_KEY, result, pair["prompt"],
                  pair["seed"])
         state["cast"] += 1
+    # No label is said after a vote either: with few columns the same pair soon comes back.
     state["recent"] = [*state["recent"][-3:], tuple(sorted((pair["left"].key, pair["right"].key)))]
-    state["last"] = None if result is None else f"Last vote: left was {pair['left'].label}, right was " \
-                                                 f"{pair['right'].label}."
-    state["pair"] = None
+    state["pair"], state["voted"] = None, result is not None
 
 
 def _choose(state: dict, book: VoteBook, current: dict[str, str]) -> dict | None:
@@ -91,6 +88,8 @@ def _vote_panel(state: dict, book: VoteBook, current: dict[str, str]) -> None:
     if pool.finished and state.get("polling"):  # the last render arrived: one full rerun stops the polling
         state["polling"] = False
         st.rerun()
+    if state.pop("voted", False) and st.session_state.get("rank_reveal"):
+        st.rerun()  # the ranking below the panel is drawn by the whole page: redraw it with this vote
     if not pool.finished:
         st.progress(pool.done / max(1, pool.total), text=f"Rendering in the background: {pool.done}/{pool.total}")
     if pool.error:
@@ -116,7 +115,7 @@ def _vote_panel(state: dict, book: VoteBook, current: dict[str, str]) -> None:
     b[2].button("Skip", key="vote_skip", shortcut="s", on_click=_vote, args=(state, book, None), width="stretch")
     b[3].button("Right is better", key="vote_right", shortcut="right", on_click=_vote, args=(state, book, 0.0),
                 width="stretch")
-    st.caption("Keys: ← left, → right, ↓ tie, S skip." + (f" {state['last']}" if state.get("last") else ""))
+    st.caption("Keys: ← left, → right, ↓ tie, S skip.")
 
 
 def _reveal(settings, choice, catalog, series: str) -> None:
@@ -130,12 +129,13 @@ def _reveal(settings, choice, catalog, series: str) -> None:
         st.warning(md_escape(summary["notice"]))
     st.caption(f"{summary['votes']} vote(s)" + (f"; {summary['set_aside']} set aside (their file was replaced)"
                                                 if summary.get("set_aside") else ""))
-    insight = (st.session_state.get("insight_cache") or (None, {}))[1] or {}
+    insight = session_insight(catalog, series) or {}
     measured = {e["file"]: e for e in insight.get("epochs", [])}
     rows = []
     for it in summary["items"]:
         m = measured.get(it["file"]) or {}
-        rows.append({"rank": it["rank"], "column": it["label"], "score": it["score"], "±": it["stderr"],
+        rows.append({"rank": it["rank"], "column": it["label"],
+                     "score": it["score"] if it["rank"] else None, "±": it["stderr"] if it["rank"] else None,
                      "won": it["wins"], "lost": it["losses"], "tied": it["ties"], "style": m.get("style"),
                      "fidelity": m.get("fidelity"), "leak": m.get("leak"), "weight norm": m.get("weight_norm")})
     df = pd.DataFrame(rows)
@@ -143,15 +143,18 @@ def _reveal(settings, choice, catalog, series: str) -> None:
         st.caption("Open Insight (and run a probe) to see its measures beside the ranking.")
         df = df.drop(columns=["style", "fidelity", "leak", "weight norm"])
     st.dataframe(df, hide_index=True, width="stretch")
-    chart = pd.DataFrame([{"column": r["column"], "score": r["score"], "lo": r["score"] - r["±"],
-                           "hi": r["score"] + r["±"]} for r in rows])
-    order = chart["column"].tolist()
-    st.altair_chart(alt.layer(
-        alt.Chart(chart).mark_rule().encode(x=alt.X("column:N", sort=order), y="lo:Q", y2="hi:Q"),
-        alt.Chart(chart).mark_point(filled=True, size=80).encode(x=alt.X("column:N", sort=order), y="score:Q",
-                                                                  tooltip=["column", "score"]),
-    ).properties(height=240, title="Bradley-Terry score ± one standard error"), width="stretch")
-    top = next((it for it in summary["items"] if it["epoch"] is not None), None)
+    judged = [r for r in rows if r["rank"]]
+    if judged:
+        chart = pd.DataFrame([{"column": r["column"], "score": r["score"], "lo": r["score"] - r["±"],
+                               "hi": r["score"] + r["±"]} for r in judged])
+        x = alt.X("column:N", sort=[r["column"] for r in judged], title=None)
+        st.altair_chart(alt.layer(
+            alt.Chart(chart).mark_rule().encode(x=x, y="lo:Q", y2="hi:Q"),
+            alt.Chart(chart).mark_point(filled=True, size=80).encode(x=x, y="score:Q", tooltip=["column", "score"]),
+        ).properties(height=240, title="Bradley-Terry score ± one standard error"), width="stretch")
+    else:
+        st.caption("No votes yet: the columns without a rank have not been judged.")
+    top = next((it for it in summary["items"] if it["epoch"] is not None and it["rank"]), None)
     ship_panel(settings, choice, catalog, series, default_epoch=top["epoch"] if top else None,
                ranking=summary, insight=insight or None)
 
@@ -172,6 +175,8 @@ def rank_view(settings, choice, catalog, controls) -> None:
     if book.notice:
         st.warning(md_escape(book.notice))
     state = st.session_state.get(RANK)
+    if state is not None and state["key"] != _pool_key(controls):
+        state["pool"].stop()  # the sidebar changed: its renders are not these, and the engine is shared
     if state is None or state["key"] != _pool_key(controls):
         st.caption(f"{len(controls.columns)} columns x {len(controls.seeds)} seed(s) of the sidebar's prompt; "
                    "sides are drawn at random and labels stay hidden until Reveal.")

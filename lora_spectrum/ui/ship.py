@@ -1,20 +1,63 @@
 """Ship this epoch: pick the epoch (the ranking's best, else Insight's suggestion), a release name and a note, and
 promote it (``decision/promotion.promote``) into the configured ``shipped_dir`` with its model card; the card is
-shown and offered for download. This file only draws and calls the core."""
+shown and offered for download. Also the evidence that goes with a grid: Compare's HTML report with the series'
+ranking and measures. This file only draws and calls the core."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import streamlit as st
 
+from lora_spectrum.decision.html_report import build_report
 from lora_spectrum.decision.promotion import promote
 from lora_spectrum.decision.votes import series_ratings
 from lora_spectrum.errors import LoraSpectrumError
+from lora_spectrum.measures import series_insight
+from lora_spectrum.ui.history import history
 from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
 
 SHIPPED = "ship_done"  # the last promotion of this session: paths and card text
+
+
+def session_insight(catalog, series: str) -> dict | None:
+    """Insight's measures of this session, if they are of ``series`` as the folder is now (else None)."""
+    cached = st.session_state.get("insight_cache")
+    if cached and cached[0][0] == catalog.generation and cached[0][1] == series:
+        return cached[1]
+    return None
+
+
+def series_of(plan) -> str | None:
+    return next((e.series for e in plan.columns if e is not None and e.series), None) if plan else None
+
+
+def report_html(settings, catalog, state: dict) -> str:
+    """Compare's Report (HTML): the render's folder with the series' blind ranking and measures when known (the
+    session's Insight, else the weight curves and the grid's own image measures)."""
+    series = series_of(state.get("plan"))
+    ranking = insight = None
+    if series and series in catalog.series():
+        with contextlib.suppress(LoraSpectrumError):  # the report is still written without them
+            ranking = series_ratings(catalog, series, settings.path(settings.ratings_dir))
+            ranking = ranking if ranking.get("votes") else None
+        with contextlib.suppress(LoraSpectrumError):
+            insight = session_insight(catalog, series) or series_insight(
+                catalog, series=series, grid=state["out_dir"], use_clip=False, lenient=True)
+    return build_report(state["out_dir"], ranking=ranking, insight=insight)
+
+
+def _last_grid(settings, series: str, catalog) -> str | None:
+    """The grid for the card: this session's last Compare render if it shows ``series``, else the newest kept run
+    that does (History), else none."""
+    last = st.session_state.get(RESULT) or {}
+    if series_of(last.get("plan")) == series and Path(last.get("out_dir", "")).is_dir():
+        return last["out_dir"]
+    names = {e.name for e in catalog.series().get(series, [])}
+    run = next((r for r in history(settings).list() if names & set(r.files)), None)
+    return str(run.folder) if run else None
 
 
 def ship_panel(settings, choice, catalog, series: str, default_epoch: int | None, ranking: dict | None = None,
@@ -36,9 +79,7 @@ def ship_panel(settings, choice, catalog, series: str, default_epoch: int | None
     if st.button("Ship this epoch", type="primary", key="ship_go",
                  help=f"writes {name}.safetensors (same tensors, provenance in its metadata) and {name}.md to "
                       f"{target}; never overwrites, never touches the loras folder"):
-        last = st.session_state.get(RESULT) or {}
-        same = last.get("plan") and any(e is not None and e.series == series for e in last["plan"].columns)
-        grid = last.get("out_dir") if same else None  # the last grid goes into the card if it shows this series
+        grid = _last_grid(settings, series, catalog)
         try:
             if ranking is None:  # Insight's panel: the blind votes cast so far, if any, go into the card too
                 ranking = series_ratings(catalog, series, settings.path(settings.ratings_dir))

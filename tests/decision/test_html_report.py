@@ -251,6 +251,15 @@ def test_without_insight_no_charts(copy):
     assert len(cells_of(parse(text))) == 10
 
 
+def test_insight_given_stands_in_for_the_manifests(copy, manifest):
+    # The app's renders have no insight in their manifest: it passes the session's measures instead.
+    folder, rewrite = copy
+    rewrite(lambda m: m.pop("insight"))
+    text = build_report(folder, insight=manifest["insight"])
+    assert "<svg" in text and "No insight in this manifest" not in text
+    assert manifest["insight"]["reason"].split(":")[0] in text
+
+
 def test_ranking_given_or_from_the_manifest(grid, copy, report):
     assert "ranking" not in report
     for text in (build_report(grid, ranking=RANKING), None):

@@ -250,8 +250,11 @@ def test_a_name_with_path_parts_is_refused(run, bad):
 
 def test_promoting_into_the_loras_folder_is_refused(run):
     catalog, paths, _ = run
-    with pytest.raises(ShipError, match="loras folder itself"):
+    with pytest.raises(ShipError, match="inside the loras folder"):
         promote(catalog, 6, paths[6].parent, name="release")
+    with pytest.raises(ShipError, match="inside the loras folder"):  # a release there would scan as an epoch
+        promote(catalog, 6, paths[6].parent / "shipped", name="release")
+    assert not (paths[6].parent / "shipped").exists()
 
 
 def test_the_card_and_grid_image_go_beside_the_copy(run, tmp_path):

@@ -3,9 +3,11 @@ pairs offered as soon as both sides are drawn, a second pool served from the ren
 
 from __future__ import annotations
 
+import io
 import shutil
 
 import pytest
+from PIL import Image
 
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.decision.rank_pool import BASE_KEY, RankPool
@@ -40,6 +42,10 @@ def test_the_pool_renders_in_the_background_and_offers_every_pair(setup):
     assert pool.seeds_for(a, b) == [1, 2]
     one = ready[(catalog.sha256(entries[0]), 1)]
     assert one.file == entries[0].name and one.label == entries[0].label and one.png.startswith(b"\x89PNG")
+    # Shown blind: the pixels of the cell, without its parameters text (which names the LoRA and its epoch).
+    cell_png = cache.get(next(iter(_keys(cache))))
+    assert "parameters" in Image.open(io.BytesIO(cell_png)).info
+    assert all(not Image.open(io.BytesIO(r.png)).info for r in ready.values())
     # A second pool on the same prompt and seeds is served from the cache: nothing swapped, same bytes.
     swaps = len(engine.hotswap.history)
     again = RankPool(engine, catalog, [None, *entries], "a red circle", [1, 2], tiny_request("sdxl").sampling, cache)
@@ -47,6 +53,10 @@ def test_the_pool_renders_in_the_background_and_offers_every_pair(setup):
     assert again.wait(60)
     assert len(engine.hotswap.history) == swaps
     assert {k: r.png for k, r in again.ready().items()} == {k: r.png for k, r in ready.items()}
+
+
+def _keys(cache):
+    return [p.stem for p in cache.folder.glob("*/*.png")]
 
 
 def test_stop_cancels_and_keeps_what_finished(setup):

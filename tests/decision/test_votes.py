@@ -166,7 +166,10 @@ def test_votes_about_a_replaced_or_removed_file_are_set_aside(run):
     assert new300["key"] == sha(catalog, "jimeng_300.safetensors") != s300
     assert (new300["wins"], new300["losses"], new300["ties"]) == (0, 0, 0)  # the old file's wins are not its
     assert after["items"][0]["file"] == "jimeng_150.safetensors" and rows[None]["label"] == "base"
-    assert [r["rank"] for r in after["items"]] == list(range(1, 7))
+    # Only what was judged is ranked (150 and the base); the retrained 300 and the rest come after, unranked,
+    # instead of sitting at the prior's score 0 above the base that lost its votes.
+    assert [r["rank"] for r in after["items"]] == [1, 2, None, None, None, None]
+    assert {r["file"] for r in after["items"][:2]} == {"jimeng_150.safetensors", None}
     assert len(VoteBook(ratings, "jimeng").votes) == 7  # set aside, not deleted
     json.dumps(after)
 

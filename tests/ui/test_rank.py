@@ -1,9 +1,13 @@
 """Rank through AppTest: blind pairs (sides only, no labels until the vote), votes by button into the series' votes
-file, skip not counted, Reveal with the ranking, and Ship this epoch writing the release and its card."""
+file (left image = "a"), skip not counted, images without their parameters text, Reveal with the ranking (unjudged
+files unranked), and Ship this epoch writing the release and its card."""
 
 from __future__ import annotations
 
+import io
 import json
+
+from PIL import Image
 
 from lora_spectrum.decision.votes import file_name
 from lora_spectrum.ui.state import RANK
@@ -33,26 +37,36 @@ def test_blind_votes_go_to_the_votes_file_and_reveal_ranks_them(app_config, tmp_
     captions = [c for im in at.main.image for c in im.captions]
     assert captions == ["Left", "Right"], captions
     assert not any(label in _vote_panel_text(at) for label in LABELS), _vote_panel_text(at)
-    # 2. Votes: three decisive, one tie, a skip that does not count.
-    for key in ("vote_left", "vote_right", "vote_tie", "vote_skip", "vote_left"):
+    # The images shown are pixels only: the cells' own PNGs name the LoRA and its epoch in their parameters.
+    pair = at.session_state[RANK]["pair"]
+    for side in ("left", "right"):
+        assert not Image.open(io.BytesIO(pair[side].png)).info, "no text chunk in a blind image"
+    # 2. Votes: three decisive, one tie, a skip that does not count; each stored with the left image as "a".
+    expected = []
+    for key, result in (("vote_left", 1.0), ("vote_right", 0.0), ("vote_tie", 0.5), ("vote_skip", None),
+                        ("vote_left", 1.0)):
+        pair = at.session_state[RANK]["pair"]
+        if result is not None:
+            expected.append((pair["left"].key, pair["right"].key, result, pair["seed"]))
         at.button(key=key).click().run()
         assert not at.exception, at.exception
+        assert not any(label in _vote_panel_text(at) for label in LABELS), "no label after a vote either"
     assert "4 vote(s) this session" in _vote_panel_text(at)
-    assert "Last vote: left was" in _vote_panel_text(at), "labels show only after a vote"
     votes = json.loads((tmp_path / "ratings" / file_name("jimeng")).read_text(encoding="utf-8"))["votes"]
-    assert len(votes) == 4 and sorted(v["result"] for v in votes) == [0.0, 0.5, 1.0, 1.0]
+    assert [(v["a"], v["b"], v["result"], v["seed"]) for v in votes] == expected
     assert all(v["prompt"] == at.sidebar.text_area(key="prompt").value and v["seed"] == 1 for v in votes)
     assert all(v["a"] != v["b"] for v in votes)
     # 3. Reveal: the ranking with labels, and the epoch to ship.
     at.toggle(key="rank_reveal").set_value(True).run()
     assert not at.exception, at.exception
     table = at.main.dataframe[0].value
-    # The ranking is the series' (every epoch file and the base), the unvoted ones at their prior.
-    assert set(LABELS) <= set(table["column"]) and sorted(table["rank"]) == list(range(1, len(table) + 1))
-    voted = table[table["column"].isin(LABELS)]
-    assert (voted["won"] + voted["lost"] + voted["tied"]).sum() == 8, "each of the 4 votes counted on both sides"
+    # The ranking is the series' (every epoch file and the base); files nobody judged get no rank.
+    judged = table[table["rank"].notna()]
+    assert set(judged["column"]) <= set(LABELS) and sorted(judged["rank"]) == list(range(1, len(judged) + 1))
+    assert (judged["won"] + judged["lost"] + judged["tied"]).sum() == 8, "each of the 4 votes counted on both sides"
+    assert set(table["column"]) - set(LABELS) and table[~table["column"].isin(LABELS)]["rank"].isna().all()
     assert "4 vote(s)" in _vote_panel_text(at)
-    top = table.sort_values("rank")["column"].tolist()
+    top = judged.sort_values("rank")["column"].tolist()
     top_epoch = next(lab for lab in top if lab != "base")
     assert at.selectbox(key="ship_epoch").value == int(top_epoch.split()[1]), "Ship starts at the best epoch"
     at.text_input(key="ship_note").set_value("the blind winner").run()
