@@ -103,7 +103,8 @@ def ranking_row(ranking: dict | None, file: str, epoch: int | None, sha256: str 
         votes = match.get("votes", match.get("comparisons"))
         if votes is None and any(k in match for k in ("wins", "losses", "ties")):
             votes = sum(int(match.get(k) or 0) for k in ("wins", "losses", "ties"))
-        return {"rank": match.get("rank", rows.index(match) + 1), "of": len(rows), "score": match.get("score"),
+        ranked = [r for r in rows if r.get("rank") is not None] if any("rank" in r for r in rows) else rows
+        return {"rank": match.get("rank", rows.index(match) + 1), "of": len(ranked), "score": match.get("score"),
                 "stderr": match.get("stderr"), "votes": votes, "total_votes": total}
     scores, order = ranking.get("scores"), ranking.get("order")
     if isinstance(scores, dict) and isinstance(order, list):
@@ -260,7 +261,9 @@ def _why_section(place, source, sha256, epoch, note, ranking, insight) -> str:
     if note.strip():
         lines.append(f"- Note: {text(note, 2000)}")
     row = ranking_row(ranking, source, epoch, sha256)
-    if row:
+    if row and row["rank"] is None:  # votes exist, none on this epoch
+        lines.append(f"- Blind A/B ranking: this epoch was not judged ({row['total_votes'] or 0} vote(s) on others).")
+    elif row:
         score = f"score {number(row['score'])}" if _is_number(row.get("score")) else "no score yet"
         if _is_number(row.get("score")) and _is_number(row.get("stderr")):
             score += f" ± {number(row['stderr'])}"

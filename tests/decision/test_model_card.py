@@ -210,3 +210,13 @@ def test_summaries_of_timestamps_and_blobs():
     assert summary("ss_training_started_at", "not a time") == "not a time"
     assert summary("ss_datasets", json.dumps([{"subsets": [{}, {}]}])) == "1 dataset(s), 2 subset(s)"
     assert summary("ss_tag_frequency", "{broken") == "{broken"
+
+
+def test_an_epoch_nobody_judged_says_so_instead_of_a_rank():
+    ranking = {"votes": 9, "items": [
+        {"file": "inkstyle-000004.safetensors", "epoch": 4, "rank": 1, "score": 0.5, "stderr": 0.4, "wins": 6,
+         "losses": 3, "ties": 0},
+        {"file": SOURCE, "epoch": 6, "rank": None, "score": 0.0, "stderr": 2.0, "wins": 0, "losses": 0, "ties": 0}]}
+    md = card(ranking=ranking)
+    assert "Blind A/B ranking: this epoch was not judged (9 vote(s) on others)." in md and "#None" not in md
+    assert ranking_row(ranking, "inkstyle-000004.safetensors", 4)["of"] == 1, "only judged files are ranked"
