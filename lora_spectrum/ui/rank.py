@@ -145,12 +145,13 @@ def _reveal(settings, choice, catalog, series: str) -> None:
     st.dataframe(df, hide_index=True, width="stretch")
     judged = [r for r in rows if r["rank"]]
     if judged:
-        chart = pd.DataFrame([{"column": r["column"], "score": r["score"], "lo": r["score"] - r["±"],
-                               "hi": r["score"] + r["±"]} for r in judged])
+        chart = pd.DataFrame([{"column": r["column"], "score": round(r["score"], 3), "±": round(r["±"], 3),
+                               "lo": r["score"] - r["±"], "hi": r["score"] + r["±"]} for r in judged])
         x = alt.X("column:N", sort=[r["column"] for r in judged], title=None)
         st.altair_chart(alt.layer(
-            alt.Chart(chart).mark_rule().encode(x=x, y="lo:Q", y2="hi:Q"),
-            alt.Chart(chart).mark_point(filled=True, size=80).encode(x=x, y="score:Q", tooltip=["column", "score"]),
+            alt.Chart(chart).mark_rule().encode(x=x, y=alt.Y("lo:Q", title="score"), y2="hi:Q"),
+            alt.Chart(chart).mark_point(filled=True, size=80).encode(x=x, y=alt.Y("score:Q", title="score"),
+                                                                      tooltip=["column", "score", "±"]),
         ).properties(height=240, title="Bradley-Terry score ± one standard error"), width="stretch")
     else:
         st.caption("No votes yet: the columns without a rank have not been judged.")

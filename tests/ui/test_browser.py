@@ -1,9 +1,12 @@
 """End to end in a real browser: ``streamlit run app.py`` on a free local port, driven by Playwright in Debian's
-headless Chromium; renders demo epochs side by side and checks images and captions are on the page."""
+headless Chromium; renders demo epochs side by side and checks images and captions are on the page, then ranks
+the rendered epochs blind (buttons and keys), reveals the ranking and checks the votes file."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 pytestmark = pytest.mark.browser
+LABEL = re.compile(r"\bepoch[ _-]?\d+|\bbase\b|\.safetensors", re.IGNORECASE)  # what names a column
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def free_port() -> int:
@@ -65,6 +70,8 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run", "--disable-quic"])
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        sent: list[float] = []  # the times the page sent a message to the server (a rerun, a widget's value)
+        page.on("websocket", lambda ws: ws.on("framesent", lambda _: sent.append(time.monotonic())))
         page.goto(server, timeout=120_000)
         page.wait_for_selector("[data-testid='stApp']", timeout=120_000)
         page.get_by_text("Demo mode").first.wait_for(timeout=180_000)
@@ -122,4 +129,174 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
                 break
             page.wait_for_timeout(1000)
         assert images.count() >= 7
+        # Rank: the seven columns just rendered (served from the render cache), ten blind votes, then Reveal.
+        rank_blind(page, main, sent, tmp_path)
+        stale_pair_press(browser, server, tmp_path)
         browser.close()
+
+
+def _count_votes(tmp_path: Path) -> int:
+    path = tmp_path / "ratings" / "jimeng.json"
+    return len(json.loads(path.read_text(encoding="utf-8"))["votes"]) if path.exists() else 0
+
+
+def _after(text: str, heading: str) -> str:
+    assert heading in text, text[-2000:]
+    return text[text.index(heading):]
+
+
+def _poll(read, want, timeout_s: float = 60, what: str = ""):
+    """Streamlit reruns asynchronously: read the page until ``want(value)``, else fail with the last value."""
+    deadline, value = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        value = read()
+        if want(value):
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}: {value!r}")
+
+
+def rank_blind(page, main, sent: list[float], tmp_path: Path) -> None:
+    heading = "Rank jimeng blind"
+    main.get_by_text("Rank", exact=True).first.click()
+    page.get_by_role("button", name="Start blind ranking").click()
+    pair = main.locator("[data-testid='stImage']")
+    pair.filter(has_text="Right").first.wait_for(timeout=60_000)
+
+    def panel() -> str:  # the Rank view's text, from its heading on (not the sidebar, not the page's header)
+        return _after(main.inner_text(), heading)
+
+    def cast() -> int:
+        m = re.search(r"(\d+) vote\(s\) this session", panel())
+        return int(m.group(1)) if m else -1
+
+    # Everything is cached: once the pool says it is done the panel must stop polling the server.
+    _poll(panel, lambda t: "Rendering in the background" not in t, 30, "the pool to finish")
+    page.wait_for_timeout(1500)
+    before = len(sent)
+    page.wait_for_timeout(3000)
+    assert len(sent) == before, f"the vote panel still reruns itself: {len(sent) - before} message(s) in 3 s idle"
+
+    # Blind: two images captioned only Left and Right; nothing in the panel's text or markup names a column.
+    assert pair.count() == 2 and [pair.nth(i).inner_text().strip() for i in range(2)] == ["Left", "Right"]
+    assert cast() == 0
+    text = panel()
+    assert not LABEL.search(text), text
+    markup = _after(main.inner_html(), heading)
+    assert not LABEL.search(markup), LABEL.search(markup)
+
+    # Ten votes and two skips, by button and by key (a Streamlit button's ``shortcut``), on the page's body.
+    actions = [("button", "Left is better", 1.0), ("key", "ArrowRight", 0.0), ("button", "Tie", 0.5),
+               ("button", "Skip", None), ("key", "ArrowDown", 0.5), ("button", "Right is better", 0.0),
+               ("key", "ArrowLeft", 1.0), ("key", "s", None), ("button", "Left is better", 1.0),
+               ("key", "ArrowRight", 0.0), ("key", "ArrowDown", 0.5), ("button", "Tie", 0.5)]
+    results, count = [], 0
+    for kind, name, result in actions:
+        if kind == "button":
+            page.get_by_role("button", name=name).click()  # its name ends in the key
+        else:
+            page.locator("body").press(name)
+        if result is None:  # a skip: a new pair, "Last vote" gone, and the count stays
+            _poll(panel, lambda t: "Last vote:" not in t, 30, f"{name} to draw the next pair")
+            page.wait_for_timeout(500)
+            assert cast() == count, f"{name} counted as a vote"
+        else:
+            count += 1
+            results.append(result)
+            _poll(cast, lambda n, want=count: n == want, 30, f"{name} to count vote {count}")
+        # The next pair is blind again: a column is named only in the sentence about the vote just cast.
+        text = re.sub(r"Last vote: left was .+?, right was .+?\.", "", panel())
+        assert not LABEL.search(text.split("Reveal")[0]), text
+    assert count == 10
+
+    # Reveal: the ranking of the ten votes, now with the columns' names.
+    page.get_by_text("Reveal", exact=True).click()
+    page.get_by_text("The ranking", exact=True).wait_for(timeout=60_000)
+    _poll(lambda: _after(main.inner_text(), "The ranking"), lambda t: "10 vote(s)" in t, 30,
+          "the ranking to count ten votes")
+    table = main.locator("[data-testid='stDataFrame']").first
+    table.wait_for(timeout=30_000)
+
+    def rows() -> list[dict[str, str]]:  # the table is drawn on a canvas; its cells are in a hidden <table>
+        cells = [row.locator("th, td").all_text_contents() for row in table.locator("tr").all()]
+        return [dict(zip(cells[0], row, strict=False)) for row in cells[1:]] if cells else []
+
+    shown = {"base", *(f"epoch {n}" for n in range(3, 19, 3))}  # the columns voted on (the series has more)
+    ranked = _poll(rows, lambda r: shown <= {row.get("column") for row in r}, 30, "the table to name the columns")
+    # Each decisive vote is one win and one loss, a tie is a tie on both sides.
+    decisive, ties = sum(r != 0.5 for r in results), sum(r == 0.5 for r in results)
+    assert sum(int(r["won"]) for r in ranked) == sum(int(r["lost"]) for r in ranked) == decisive, ranked
+    assert sum(int(r["tied"]) for r in ranked) == 2 * ties, ranked
+    page.set_viewport_size({"width": 1500, "height": 2600})  # the main area scrolls inside the page: make room
+    page.get_by_text("The ranking", exact=True).scroll_into_view_if_needed()
+    page.wait_for_timeout(1000)
+    shot = tmp_path / "rank.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+    # The votes file: one per series under ratings_dir, JSON, ten votes with what each button or key meant.
+    files = sorted((tmp_path / "ratings").glob("*.json"))
+    assert [f.name for f in files] == ["jimeng.json"], files
+    data = json.loads(files[0].read_text(encoding="utf-8"))
+    assert data["version"] == 1 and data["series"] == "jimeng"
+    votes = data["votes"]
+    assert len(votes) == 10
+    for vote in votes:
+        for key in (vote["a"], vote["b"]):
+            assert key == "base" or SHA256.fullmatch(key), vote
+        assert vote["a"] != vote["b"] and vote["seed"] == 1, vote
+        assert vote["result"] in (0, 0.5, 1), vote
+    assert [v["result"] for v in votes] == results  # "a" is the left image: left 1, right 0, tie 0.5
+
+
+def stale_pair_press(browser, server: str, tmp_path: Path) -> None:
+    """A key pressed while the page still shows the pair just voted on must not vote on the next pair, which the
+    server has drawn but the page has not shown yet. Made certain here by holding the server's replies back."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    link: dict = {"ws": None, "hold": False, "held": []}
+
+    def relay(ws) -> None:
+        link["ws"] = ws
+        ws.connect_to_server().on_message(lambda m: (link["held"].append if link["hold"] else ws.send)(m))
+
+    page.route_web_socket(re.compile(r"/_stcore/stream"), relay)
+    page.goto(server, timeout=120_000)
+    page.get_by_text("Demo mode").first.wait_for(timeout=180_000)
+    seeds = page.get_by_label("Seeds")  # this new session: the cached seed and steps, so the pool is instant
+    seeds.fill("1")
+    seeds.press("Enter")
+    page.wait_for_timeout(1000)
+    page.get_by_text("Sampling").first.click()
+    steps = page.get_by_label("Steps")
+    steps.fill("3")
+    steps.press("Enter")
+    page.wait_for_timeout(1000)
+    main = page.locator("[data-testid='stMain']")
+    main.get_by_text("Rank", exact=True).first.click()
+    page.get_by_role("button", name="Start blind ranking").click()
+    images = main.locator("[data-testid='stImage'] img")
+    images.nth(1).wait_for(timeout=60_000)
+    page.wait_for_timeout(1500)
+
+    def shown():
+        return [images.nth(i).get_attribute("src") for i in range(images.count())]
+
+    first, before = shown(), _count_votes(tmp_path)
+    link["hold"] = True  # the server hears the page, the page hears nothing back
+    page.locator("body").press("ArrowLeft")
+    _poll(lambda: _count_votes(tmp_path), lambda n: n == before + 1, 30, "the server to record the vote")
+    page.wait_for_timeout(500)
+    assert shown() == first  # the page still shows the pair just voted on, and its buttons
+    page.locator("body").press("ArrowLeft")  # a second press on that pair, or a key meant for it
+    page.wait_for_timeout(2000)
+    recorded = _count_votes(tmp_path)
+    link["hold"] = False
+    for message in link["held"]:
+        link["ws"].send(message)
+    link["held"].clear()
+    text = _poll(lambda: main.inner_text(), lambda t: "vote(s) this session" in t and shown() != first, 30,
+                 "the next pair")
+    page.close()
+    assert recorded == before + 1, (f"a key pressed on a pair already voted on cast a vote on the next pair, "
+                                    f"which was never on the screen ({recorded - before} votes recorded)")
+    assert "1 vote(s) this session" in text, text
