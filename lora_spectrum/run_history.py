@@ -21,7 +21,7 @@ from lora_spectrum.grid_files import read_manifest, write_outputs
 from lora_spectrum.plan import BASE_LABEL, Cell, Plan
 from lora_spectrum.sampling import Sampling
 
-_RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+_RUN_ID = re.compile(r"^\d{8}-\d{6}-\d{6}-[0-9a-f]{4}$")
 ARCHIVED = "archived"  # the state of a reopened column whose file is no longer the one rendered
 
 
@@ -42,16 +42,18 @@ class RunRecord:
 
 
 class RunHistory:
-    """The ``runs_dir`` folder: one sub-folder per run, named ``YYYYmmdd-HHMMSS-<6 hex>`` (sortable, unique)."""
+    """The ``runs_dir`` folder: one sub-folder per run, named ``YYYYmmdd-HHMMSS-<microseconds>-<4 hex>`` (sorts
+    by time, unique)."""
 
-    def __init__(self, folder: str | Path, max_runs: int = 50):
+    def __init__(self, folder: str | Path, max_runs: int = 50, max_mb: float = 2048):
         self.folder = Path(folder)
         self.max_runs = max(1, int(max_runs))
+        self.max_bytes = int(max_mb * 2**20)
 
     def save(self, plan: Plan, cells: list[Cell], base: str, family: str) -> RunRecord:
         """Write one run (manifest, cells, grid) and drop the oldest runs beyond ``max_runs``."""
         now = datetime.now(UTC)
-        run_id = f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+        run_id = f"{now:%Y%m%d-%H%M%S-%f}-{secrets.token_hex(2)}"  # sorts by time, to the microsecond
         out = self.folder / run_id
         manifest = write_outputs(out, plan, cells, base, family)
         manifest["run"] = {"id": run_id, "made_at": now.isoformat(timespec="seconds")}
@@ -112,9 +114,19 @@ class RunHistory:
         shutil.rmtree(self._folder(run_id), ignore_errors=True)
 
     def prune(self) -> None:
-        """Delete the oldest runs until at most ``max_runs`` are kept."""
+        """Delete the oldest runs until at most ``max_runs`` are kept and they fit in ``max_mb`` (the newest run is
+        always kept, however big)."""
         runs = sorted(self._folders())
-        for path in runs[: max(0, len(runs) - self.max_runs)]:
+        drop = runs[: max(0, len(runs) - self.max_runs)]
+        kept = runs[len(drop):]
+        sizes = {p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in kept}
+        total = sum(sizes.values())
+        for path in kept[:-1]:
+            if total <= self.max_bytes:
+                break
+            drop.append(path)
+            total -= sizes[path]
+        for path in drop:
             shutil.rmtree(path, ignore_errors=True)
 
     def _folders(self) -> list[Path]:

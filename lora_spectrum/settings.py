@@ -61,6 +61,7 @@ class Settings:
     ratings_dir: str = "ratings"  # blind votes, one JSON file per series (never inside the loras folder)
     runs_dir: str = ".cache/runs"  # every comparison rendered in the app, reopened by History
     runs_max: int = 50  # at most this many runs are kept; the oldest go first
+    runs_max_mb: int = 2048  # ... and at most this much disk (the newest run is always kept)
     shipped_dir: str = "shipped"  # where "Ship this epoch" writes the promoted file and its model card
     root: Path = field(default=PROJECT_ROOT, compare=False)
 

@@ -87,7 +87,7 @@ def test_the_oldest_runs_go_first_at_the_bound_and_delete_removes_one(rendered, 
     assert [r.id for r in runs.list()] == kept[1:]
     with pytest.raises(ConfigError, match="no such run"):
         runs.reopen("../../etc")
-    (tmp_path / "runs" / "20990101-000000-abcdef").mkdir()  # a broken folder is left out of the list
+    (tmp_path / "runs" / "20990101-000000-000000-abcd").mkdir()  # a broken folder is left out of the list
     assert [r.id for r in runs.list()] == kept[1:]
 
 
@@ -106,3 +106,15 @@ def test_a_broken_manifest_is_one_plain_error(rendered, tmp_path):
     manifest.write_text(json.dumps(data), encoding="utf-8")
     _, cells2, _ = runs.reopen(record.id, catalog)
     assert cells2[1].png is None and "missing" in cells2[1].error, "no file outside the run is read"
+
+
+def test_the_size_bound_drops_the_oldest_and_keeps_the_newest(rendered, tmp_path):
+    engine, _, plan, cells = rendered
+    one = RunHistory(tmp_path / "probe").save(plan, cells, engine.base_id, engine.family.name).folder
+    size = sum(f.stat().st_size for f in one.rglob("*") if f.is_file())
+    runs = RunHistory(tmp_path / "runs", max_runs=10, max_mb=2.5 * size / 2**20)  # room for two and a half
+    ids = [runs.save(plan, cells, engine.base_id, engine.family.name).id for _ in range(4)]
+    assert [r.id for r in runs.list()] == ids[-2:][::-1]
+    tiny = RunHistory(tmp_path / "tiny", max_runs=10, max_mb=0.0001)
+    last = [tiny.save(plan, cells, engine.base_id, engine.family.name).id for _ in range(2)][-1]
+    assert [r.id for r in tiny.list()] == [last], "the newest run stays, whatever its size"

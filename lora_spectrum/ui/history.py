@@ -16,7 +16,7 @@ from lora_spectrum.ui.text import md_escape
 
 
 def history(settings) -> RunHistory:
-    return RunHistory(settings.path(settings.runs_dir), settings.runs_max)
+    return RunHistory(settings.path(settings.runs_dir), settings.runs_max, settings.runs_max_mb)
 
 
 def _open(settings, catalog, run_id: str) -> None:
