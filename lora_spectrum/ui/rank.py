@@ -98,6 +98,7 @@ def _vote_panel(state: dict, book: VoteBook, current: dict[str, str]) -> None:
         st.caption(md_escape(line))
     if state["pair"] is None:
         state["pair"] = _choose(state, book, current)
+        state["shown"] = state.get("shown", 0) + (state["pair"] is not None)
     pair = state["pair"]
     if pair is None:
         st.info("Waiting for two renders of the same seed..." if not pool.finished else
@@ -109,12 +110,14 @@ def _vote_panel(state: dict, book: VoteBook, current: dict[str, str]) -> None:
     left.image(pair["left"].png, caption="Left", width="stretch")
     right.image(pair["right"].png, caption="Right", width="stretch")
     b = st.columns(4)
-    b[0].button("Left is better", key="vote_left", shortcut="left", on_click=_vote, args=(state, book, 1.0),
-                width="stretch")
-    b[1].button("Tie", key="vote_tie", shortcut="down", on_click=_vote, args=(state, book, 0.5), width="stretch")
-    b[2].button("Skip", key="vote_skip", shortcut="s", on_click=_vote, args=(state, book, None), width="stretch")
-    b[3].button("Right is better", key="vote_right", shortcut="right", on_click=_vote, args=(state, book, 0.0),
-                width="stretch")
+    # Each pair has buttons of its own (the key holds the pair's number): a press the page sent while it still
+    # showed the previous pair names buttons that no longer exist, so it cannot vote on a pair nobody saw.
+    n = state["shown"]
+    for col, (label, key, shortcut, result) in zip(b, (("Left is better", "left", "left", 1.0),
+                                                       ("Tie", "tie", "down", 0.5), ("Skip", "skip", "s", None),
+                                                       ("Right is better", "right", "right", 0.0)), strict=True):
+        col.button(label, key=f"vote_{key}_{n}", shortcut=shortcut, on_click=_vote, args=(state, book, result),
+                   width="stretch")
     st.caption("Keys: ← left, → right, ↓ tie, S skip.")
 
 

@@ -48,7 +48,7 @@ def test_blind_votes_go_to_the_votes_file_and_reveal_ranks_them(app_config, tmp_
         pair = at.session_state[RANK]["pair"]
         if result is not None:
             expected.append((pair["left"].key, pair["right"].key, result, pair["seed"]))
-        at.button(key=key).click().run()
+        at.button(key=f"{key}_{at.session_state[RANK]['shown']}").click().run()
         assert not at.exception, at.exception
         assert not any(label in _vote_panel_text(at) for label in LABELS), "no label after a vote either"
     assert "4 vote(s) this session" in _vote_panel_text(at)
