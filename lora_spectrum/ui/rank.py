@@ -38,10 +38,12 @@ def _start(choice, catalog, settings, controls) -> None:
                               "revealed": False, "rng": random.Random()}
 
 
-def _vote(state: dict, book: VoteBook, result: float | None) -> None:
-    """A button's callback: record the vote (``None``: skipped) and clear the pair so the next one is drawn."""
+def _vote(state: dict, book: VoteBook, result: float | None, shown: int | None = None) -> None:
+    """A button's callback: record the vote (``None``: skipped) and clear the pair so the next one is drawn.
+    ``shown`` is the number of the pair the button was drawn for: a press meant for an earlier pair is dropped
+    (after a fragment-only rerun Streamlit still holds the previous pair's callbacks)."""
     pair = state["pair"]
-    if pair is None:
+    if pair is None or (shown is not None and shown != state.get("shown")):
         return
     if result is not None:
         left, right = pair["left"], pair["right"]
@@ -110,14 +112,14 @@ def _vote_panel(state: dict, book: VoteBook, current: dict[str, str]) -> None:
     left.image(pair["left"].png, caption="Left", width="stretch")
     right.image(pair["right"].png, caption="Right", width="stretch")
     b = st.columns(4)
-    # Each pair has buttons of its own (the key holds the pair's number): a press the page sent while it still
-    # showed the previous pair names buttons that no longer exist, so it cannot vote on a pair nobody saw.
+    # Each pair has buttons of its own, and their callbacks carry the pair's number: a press the page sent while
+    # it still showed the previous pair cannot vote on a pair nobody saw.
     n = state["shown"]
     for col, (label, key, shortcut, result) in zip(b, (("Left is better", "left", "left", 1.0),
                                                        ("Tie", "tie", "down", 0.5), ("Skip", "skip", "s", None),
                                                        ("Right is better", "right", "right", 0.0)), strict=True):
-        col.button(label, key=f"vote_{key}_{n}", shortcut=shortcut, on_click=_vote, args=(state, book, result),
-                   width="stretch")
+        col.button(label, key=f"vote_{key}_{n}", shortcut=shortcut, on_click=_vote,
+                   args=(state, book, result, n), width="stretch")
     st.caption("Keys: ← left, → right, ↓ tie, S skip.")
 
 
