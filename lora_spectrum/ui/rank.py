@@ -144,9 +144,10 @@ def _reveal(settings, choice, catalog, series: str) -> None:
                      "won": it["wins"], "lost": it["losses"], "tied": it["ties"], "style": m.get("style"),
                      "fidelity": m.get("fidelity"), "leak": m.get("leak"), "weight norm": m.get("weight_norm")})
     df = pd.DataFrame(rows)
+    measures = ["style", "fidelity", "leak", "weight norm"]
     if not insight:
         st.caption("Open Insight (and run a probe) to see its measures beside the ranking.")
-        df = df.drop(columns=["style", "fidelity", "leak", "weight norm"])
+    df = df.drop(columns=[m for m in measures if df[m].isna().all()])  # no probe: no style, fidelity, leak
     st.dataframe(df, hide_index=True, width="stretch")
     judged = [r for r in rows if r["rank"]]
     if judged:

@@ -56,7 +56,10 @@ def test_blind_votes_go_to_the_votes_file_and_reveal_ranks_them(app_config, tmp_
     assert [(v["a"], v["b"], v["result"], v["seed"]) for v in votes] == expected
     assert all(v["prompt"] == at.sidebar.text_area(key="prompt").value and v["seed"] == 1 for v in votes)
     assert all(v["a"] != v["b"] for v in votes)
-    # 3. Reveal: the ranking with labels, and the epoch to ship.
+    # 3. Reveal: the ranking with labels beside Insight's measures of this series, and the epoch to ship.
+    at.segmented_control(key="view").set_value("Insight").run()
+    at.segmented_control(key="view").set_value("Rank").run()
+    assert at.session_state[RANK]["cast"] == 4, "the ranking session survives a visit to Insight"
     at.toggle(key="rank_reveal").set_value(True).run()
     assert not at.exception, at.exception
     table = at.main.dataframe[0].value
@@ -66,6 +69,9 @@ def test_blind_votes_go_to_the_votes_file_and_reveal_ranks_them(app_config, tmp_
     assert (judged["won"] + judged["lost"] + judged["tied"]).sum() == 8, "each of the 4 votes counted on both sides"
     assert set(table["column"]) - set(LABELS) and table[~table["column"].isin(LABELS)]["rank"].isna().all()
     assert "4 vote(s)" in _vote_panel_text(at)
+    epochs = table[table["column"] != "base"]
+    assert "weight norm" in table and epochs["weight norm"].notna().all(), "Insight's measures beside the ranking"
+    assert "style" not in table, "no probe was run: no empty style column"
     top = judged.sort_values("rank")["column"].tolist()
     top_epoch = next(lab for lab in top if lab != "base")
     assert at.selectbox(key="ship_epoch").value == int(top_epoch.split()[1]), "Ship starts at the best epoch"
