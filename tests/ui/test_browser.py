@@ -297,7 +297,9 @@ def stale_pair_press(browser, server: str, tmp_path: Path) -> None:
     page.get_by_role("button", name="Start blind ranking").click()
     images = main.locator("[data-testid='stImage'] img")
     images.nth(1).wait_for(timeout=60_000)
-    # Until the pool is done the panel reruns itself each second; a held press would meet that: wait it out.
+    # Until the pool is done the panel reruns itself each second; a held press would meet that: wait it out
+    # (on a fresh machine some of this session's cells may still be rendering).
+    _poll(lambda: main.inner_text(), lambda t: "Rendering in the background" not in t, 180, "the pool to finish")
     _poll(lambda: time.monotonic() - link["sent"], lambda quiet: quiet > 2.5, 30, "the page to stop polling")
     _settle(page)
 
