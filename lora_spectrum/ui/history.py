@@ -21,13 +21,14 @@ def history(settings) -> RunHistory:
 
 def _open(settings, catalog, run_id: str) -> None:
     """Open's callback: the kept run becomes this session's Compare result, and Compare is shown."""
+    runs = history(settings)
     try:
-        plan, cells, _ = history(settings).reopen(run_id, catalog)
+        plan, cells, manifest = runs.reopen(run_id, catalog)
     except LoraSpectrumError as exc:
         st.session_state["history_error"] = str(exc)
         return
-    folder = history(settings).folder / run_id
-    made = next((r.made_at for r in history(settings).list() if r.id == run_id), run_id)
+    folder = runs.folder / run_id
+    made = (manifest.get("run") or {}).get("made_at") or run_id
     state = {"plan": plan, "cells": cells, "status": "done", "out_dir": str(folder), "run_id": run_id,
              "reopened": _when(made)}
     state["downloads"] = output_files(folder)
@@ -55,11 +56,11 @@ def history_view(settings, catalog) -> None:
     if error := st.session_state.pop("history_error", None):
         st.error(md_escape(error))
     if not runs:
-        st.caption(f"No comparisons yet: every render in Compare is kept here (at most {settings.runs_max}, "
-                   f"the oldest go first).")
+        st.caption(f"No comparisons yet: every render in Compare is kept here (at most {settings.runs_max} in "
+                   f"{settings.runs_max_mb} MB, the oldest go first).")
         return
-    st.caption(f"{len(runs)} of at most {settings.runs_max} kept in {history(settings).folder}; the oldest go "
-               f"first.")
+    st.caption(f"{len(runs)} of at most {settings.runs_max} (in {settings.runs_max_mb} MB) kept in "
+               f"{history(settings).folder}; the oldest go first.")
     for run in runs:
         files = ", ".join(run.files)
         with st.container(border=True):

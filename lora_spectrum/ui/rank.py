@@ -13,7 +13,7 @@ import streamlit as st
 
 from lora_spectrum.decision.rank_pool import BASE_KEY, RankPool
 from lora_spectrum.decision.ranking import fit, next_pair
-from lora_spectrum.decision.votes import VoteBook, series_ratings
+from lora_spectrum.decision.votes import VoteBook, current_files, series_ratings
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.render_cache import RenderCache
 from lora_spectrum.ui.ship import session_insight, ship_panel
@@ -35,7 +35,7 @@ def _start(choice, catalog, settings, controls) -> None:
                     cache, mix=controls.batch_epochs)
     pool.start()
     st.session_state[RANK] = {"key": _pool_key(controls), "pool": pool, "pair": None, "recent": [], "cast": 0,
-                              "revealed": False, "rng": random.Random()}
+                              "rng": random.Random()}
 
 
 def _vote(state: dict, book: VoteBook, result: float | None, shown: int | None = None) -> None:
@@ -67,22 +67,10 @@ def _choose(state: dict, book: VoteBook, current: dict[str, str]) -> dict | None
     pick = next_pair(ranking, candidates=candidates, rng=rng, recent=state["recent"])
     if pick is None:
         return None
-    a, b = pick if rng.random() < 0.5 else (pick[1], pick[0])
+    a, b = pick  # next_pair already draws which goes left
     seed = rng.choice(pool.seeds_for(a, b))
     ready = pool.ready()
     return {"left": ready[(a, seed)], "right": ready[(b, seed)], "seed": seed, "prompt": pool.plan.prompts[0]}
-
-
-def _current(catalog, controls) -> dict[str, str]:
-    """sha256 -> file name of the selected epochs as they are now (votes on other bytes are set aside)."""
-    out = {}
-    for e in controls.columns:
-        if e is not None:
-            try:
-                out[catalog.sha256(e)] = e.name
-            except LoraSpectrumError:
-                continue
-    return out
 
 
 def _vote_panel(state: dict, book: VoteBook, current: dict[str, str]) -> None:
@@ -195,7 +183,8 @@ def rank_view(settings, choice, catalog, controls) -> None:
                 return
             st.rerun()
         return
-    current = _current(catalog, controls)
+    # sha256 -> name of the selected epochs as they are now: votes about other bytes are set aside.
+    current = current_files(catalog, [e for e in controls.columns if e is not None])
     # While renders are still arriving the panel redraws itself each second; after that only on a vote.
     state["polling"] = not state["pool"].finished
     panel = st.fragment(run_every=1.0 if state["polling"] else None)(_vote_panel)
