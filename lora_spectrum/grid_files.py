@@ -164,8 +164,10 @@ def cell_filename(cell: Cell) -> str:
     return f"{stem}_s{cell.seed}_w{cell.strength:g}_p{prompt}.png"
 
 
-def write_outputs(out_dir: str | Path, plan: Plan, cells: list[Cell], base: str, family: str) -> dict:
-    """Write ``cells/*.png`` (with ``parameters``), ``grid.png`` and ``manifest.json``; return the manifest."""
+def write_outputs(out_dir: str | Path, plan: Plan, cells: list[Cell], base: str, family: str,
+                  extra: dict | None = None) -> dict:
+    """Write ``cells/*.png`` (with ``parameters``), ``grid.png`` and ``manifest.json`` (with the keys of ``extra``
+    added); return the manifest."""
     out = Path(out_dir)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     for c in cells:
@@ -174,7 +176,7 @@ def write_outputs(out_dir: str | Path, plan: Plan, cells: list[Cell], base: str,
             (out / "cells" / name).write_bytes(c.png)
             c.image_path = f"cells/{name}"
     compose_grid(plan, cells).save(out / "grid.png")
-    manifest = {"settings": plan.settings(base, family), "cells": [c.record() for c in cells]}
+    manifest = {"settings": plan.settings(base, family), "cells": [c.record() for c in cells], **(extra or {})}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
     return manifest
 

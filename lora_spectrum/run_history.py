@@ -5,7 +5,6 @@ renders or imports streamlit."""
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import secrets
 import shutil
@@ -55,9 +54,8 @@ class RunHistory:
         now = datetime.now(UTC)
         run_id = f"{now:%Y%m%d-%H%M%S-%f}-{secrets.token_hex(2)}"  # sorts by time, to the microsecond
         out = self.folder / run_id
-        manifest = write_outputs(out, plan, cells, base, family)
-        manifest["run"] = {"id": run_id, "made_at": now.isoformat(timespec="seconds")}
-        (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        manifest = write_outputs(out, plan, cells, base, family,
+                                 extra={"run": {"id": run_id, "made_at": now.isoformat(timespec="seconds")}})
         self.prune()
         return self._record(out, manifest)
 
