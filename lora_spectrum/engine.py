@@ -62,7 +62,7 @@ class Engine:
     def __init__(self, pipe, family: Family, base_id: str, device: torch.device | None = None,
                  resident_adapters: int = 4, empty_cache_after_swap: bool = False, max_queued: int = 2,
                  max_sequence_length: int = 512, offload: str = "none", note: str = "",
-                 defaults: dict | None = None, fuse: bool | str = False):
+                 defaults: dict | None = None, fuse: bool | str = False, prefetch: bool = True):
         self.pipe = pipe
         self.family = family
         self.base_id = base_id
@@ -81,6 +81,7 @@ class Engine:
         self.fuse_decision = ""  # why fuse: auto chose what it did for the last swap ("" until it decided)
         self.hotswap = HotSwapper(pipe, family, resident=resident_adapters, empty_cache=empty_cache_after_swap,
                                   fuse=self.fuse_mode == "on")
+        self.prefetch_enabled = bool(prefetch)  # read the plan's next file while the current one renders
         self._scheduler_config = pipe.scheduler.config
         self._embeds: OrderedDict[tuple, tuple] = OrderedDict()
         self.prompt_encodings = 0  # encode_prompt calls actually run (cache misses)
@@ -144,7 +145,7 @@ class Engine:
                         offload=settings.offload, local_files_only=settings.local_files_only,
                         reserve_vram_gb=settings.reserve_vram_gb, resident_adapters=settings.resident_adapters,
                         empty_cache_after_swap=settings.empty_cache_after_swap,
-                        max_queued=settings.max_queued_renders, fuse=settings.fuse)
+                        max_queued=settings.max_queued_renders, fuse=settings.fuse, prefetch=settings.prefetch)
 
     # ------------------------------------------------------------------ admission
     @contextlib.contextmanager
@@ -190,6 +191,12 @@ class Engine:
         return guidance > 0.0
 
     # ------------------------------------------------------------------ render
+    def prefetch(self, lora_path: str | None) -> None:
+        """Read ``lora_path`` ahead for a swap to come (``adapters/prefetch.py``); needs no lock, touches no
+        model, and a bad file fails at its own swap only."""
+        if self.prefetch_enabled:
+            self.hotswap.prefetch(lora_path)
+
     def set_lora(self, lora_path: str | None, strength: float = 1.0, prepared=None) -> SwapRecord:
         """Swap (must hold ``lock``). ``None`` or strength 0 renders the base. ``prepared``: the file as the
         caller just read it (``HotSwapper.activate`` then does not read it again)."""
@@ -198,9 +205,10 @@ class Engine:
         return self.hotswap.activate(lora_path, strength, prepared=prepared)
 
     def render(self, request: RenderRequest, lora_path: str | None = None, strength: float = 1.0,
-               cancel: threading.Event | None = None, on_step: Callable[[int, int], None] | None = None
-               ) -> RenderResult:
-        """Swap in ``lora_path`` at ``strength`` (``None``: the base) and render one image per seed.
+               cancel: threading.Event | None = None, on_step: Callable[[int, int], None] | None = None,
+               ahead: str | None = None) -> RenderResult:
+        """Swap in ``lora_path`` at ``strength`` (``None``: the base) and render one image per seed; ``ahead``:
+        the file the caller swaps in next, read in the background while this renders (``prefetch``).
 
         The swap and the render happen under the engine lock, so no other caller can change the adapter between
         them. Every call states its own adapter, so a failed call never leaves a LoRA active for the next one.
@@ -208,14 +216,19 @@ class Engine:
         with self.lock:
             t0 = time.perf_counter()
             self._choose_fuse(request, lora_path, strength)
-            swap = self._observed(self.set_lora(lora_path, strength))
+            try:
+                swap = self._observed(self.set_lora(lora_path, strength))
+            finally:  # after the swap took this file's read ahead (a failed swap still lets the next one read)
+                self.prefetch(ahead)
             images = self._render_locked(request, cancel, on_step)
             return RenderResult(images, swap, time.perf_counter() - t0)
 
     def render_routed(self, request: RenderRequest, calls: list[list[Route]], cancel: threading.Event | None = None,
-                      on_step: Callable[[int, int], None] | None = None) -> list[list[RenderResult | LoraSpectrumError]]:
+                      on_step: Callable[[int, int], None] | None = None, ahead: str | None = None
+                      ) -> list[list[RenderResult | LoraSpectrumError]]:
         """Render batched pipeline calls of (file or ``None``, strength, seeds) routes, each sample through its own
-        adapter (``HotSwapper.routed``); ``request.seeds`` is ignored. ``calls`` come grouped by the plan
+        adapter (``HotSwapper.routed``); ``request.seeds`` is ignored; ``ahead`` as for ``render``, read once the
+        first call's files are. ``calls`` come grouped by the plan
         (``plan.calls``): the routes of one call have the same number of seeds. Every file is read once for all.
 
         Returns, per call and route, its ``RenderResult`` (a shared call's swap record is the routing set-up), or
@@ -248,6 +261,8 @@ class Engine:
                         shared.append(i)
                     if len(shared) < 2:
                         alone, shared = sorted(alone + shared), []
+                    if call is calls[0]:
+                        self.prefetch(ahead)
                     # 2. The shared call first, then the rest one by one.
                     if shared:
                         self._render_shared(request, call, shared, prepared, results, cancel, on_step)

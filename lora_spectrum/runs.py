@@ -48,8 +48,10 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
     #    into jobs of up to ``mix`` groups of one prompt.
     grouped = groups(cells)
     cancelled = False
+    job_list = jobs(list(grouped), mix)
+    ahead = _files_ahead(plan, job_list)
     with engine.admit():
-        for job in jobs(list(grouped), mix):
+        for j, job in enumerate(job_list):
             if cancelled or (cancel is not None and cancel.is_set()):
                 break
             # 3. Per group: the file checked, cached cells taken; what is left to render.
@@ -61,6 +63,7 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
             labels = " + ".join(column_label(plan.columns[key[0]]) for key, _ in todos)
             step = (lambda i, n, label=labels: on_step(i, n, label)) if on_step else None
             # 4. Render: one group as a swap and a batched call; several as routed calls, split by ``calls``.
+            #    The next job's file is read in the background meanwhile, so that its swap finds it in memory.
             t0 = time.perf_counter()
             try:
                 if len(todos) == 1:
@@ -68,12 +71,13 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
                     entry = plan.columns[ci]
                     req = replace(req, seeds=tuple(c.seed for c in todo))
                     results = [engine.render(req, None if entry is None else entry.path, strength, cancel=cancel,
-                                             on_step=step)]
+                                             on_step=step, ahead=ahead[j])]
                 else:
                     batched = calls(todos)
                     todos = [item for call in batched for item in call]  # the results come in the calls' order
                     routed = engine.render_routed(req, [[_route(plan, key, todo) for key, todo in call]
-                                                        for call in batched], cancel=cancel, on_step=step)
+                                                        for call in batched], cancel=cancel, on_step=step,
+                                                 ahead=ahead[j])
                     results = [r for call in routed for r in call]
             except Cancelled:
                 break
@@ -136,6 +140,17 @@ def _pending(engine, plan: Plan, catalog: Catalog | None, cache: RenderCache | N
         else:
             todo.append(c)
     return todo
+
+
+def _files_ahead(plan: Plan, job_list: list[list[GroupKey]]) -> list[str | None]:
+    """For each job, the first file a later job swaps in that this job does not: the one to read ahead."""
+    out: list[str | None] = [None] * len(job_list)
+    upcoming: list[str] = []  # files of the jobs after the current one, nearest first, each once
+    for j in range(len(job_list) - 1, -1, -1):
+        mine = [str(plan.columns[key[0]].path) for key in job_list[j] if plan.columns[key[0]] is not None]
+        out[j] = next((f for f in upcoming if f not in mine), None)
+        upcoming = list(dict.fromkeys(mine + upcoming))[:64]  # more than any job holds
+    return out
 
 
 def _route(plan: Plan, key: GroupKey, todo: list[Cell]) -> Route:

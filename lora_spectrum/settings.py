@@ -53,6 +53,7 @@ class Settings:
     demo_dir: str = ".cache/demo"
     max_queued_renders: int = 2
     fuse: str = "auto"  # auto | on | off: merge the active adapter into the base weights (auto: fuse_policy.py)
+    prefetch: bool = True  # read the plan's next epoch in the background while the current one renders
     batch_epochs: int = 1  # epochs (and strengths) rendered in one routed denoiser call; the UI's starting value
     clip_model: str = ""  # CLIP for Insight's image measures: a model id or folder ("" = $LORA_SPECTRUM_CLIP_MODEL
     #                       or openai/clip-vit-base-patch32); downloaded once when local_files_only is false

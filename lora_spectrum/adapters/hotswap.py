@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from lora_spectrum.adapters.fusing import Fuser, unfusable
+from lora_spectrum.adapters.prefetch import Prefetcher
 from lora_spectrum.adapters.reading import PreparedAdapter, Reader, file_identity, layer_table
 from lora_spectrum.adapters.routing import route, unroutable
 from lora_spectrum.errors import LoraLoadError, LoraSpectrumError, translated
@@ -26,7 +27,7 @@ from lora_spectrum.errors import LoraLoadError, LoraSpectrumError, translated
 @dataclass
 class SwapRecord:
     name: str
-    kind: str  # cold | warm | rebuild | base | strength | routed | routed-peft
+    kind: str  # cold | prefetched | warm | rebuild | base | strength | routed | routed-peft
     seconds: float
     strength: float = 1.0
     fused: bool = False  # the adapter is merged into the base weights (fused mode) rather than added by peft
@@ -52,6 +53,7 @@ class HotSwapper:
         self.resident = max(1, int(resident))
         self.empty_cache = empty_cache
         self._lru: OrderedDict[str, PreparedAdapter] = OrderedDict()
+        self.last_source = ""  # where ``load_adapter`` found its last adapter: warm, prefetched or cold
         self._slot: _Slot | None = None
         self._slot_counter = 0
         self._lock = threading.RLock()
@@ -68,6 +70,8 @@ class HotSwapper:
         self.fuser = Fuser(self.denoiser)
         self._install_serial = 0  # changes whenever the slot's parameters change (rebind or rebuild)
         self.fuse_note = ""  # why the last file in fused mode rendered unfused ("" when it was merged)
+        # The next file read ahead in the background (prefetch.py): at most one adapter beyond the LRU.
+        self.prefetcher = Prefetcher(self.prepare, next(self.denoiser.parameters()).device)
 
     # ------------------------------------------------------------------ reading
     @property
@@ -79,15 +83,34 @@ class HotSwapper:
         ref = next(self.denoiser.parameters())  # where the denoiser is now (offload modes move it)
         return self.reader.prepare(path, ref.device, ref.dtype)
 
+    def prefetch(self, path: str | Path | None) -> None:
+        """Read ``path`` ahead in the background, for a swap to come (nothing when it is resident already).
+        Touches no model; a file that cannot be read fails at its own swap, with the usual message."""
+        if path is None:
+            return
+        path = str(path)
+        hit = self._lru.get(path)
+        try:
+            if hit is not None and hit.identity == file_identity(path):
+                return
+        except LoraLoadError:
+            return  # removed: its own swap says so
+        self.prefetcher.request(path)
+
     def load_adapter(self, path: str | Path) -> tuple[PreparedAdapter, bool]:
-        """The prepared adapter for ``path`` from the LRU (warm) or the file (cold). Touches no model."""
+        """The prepared adapter for ``path`` from the LRU (warm), the read ahead (prefetched) or the file
+        (cold); ``last_source`` says which. Touches no model."""
         path = str(path)
         identity = file_identity(path)
         hit = self._lru.get(path)
         if hit is not None and hit.identity == identity:
             self._lru.move_to_end(path)
+            self.last_source = "warm"
             return hit, True
-        prepared = self.prepare(path)
+        prepared = self.prefetcher.take(path, identity)
+        self.last_source = "cold" if prepared is None else "prefetched"
+        if prepared is None:
+            prepared = self.prepare(path)
         self._lru[path] = prepared
         self._lru.move_to_end(path)
         while len(self._lru) > self.resident:
@@ -114,11 +137,11 @@ class HotSwapper:
             if not math.isfinite(strength):
                 raise LoraLoadError(path, f"strength must be a finite number, not {strength}")
             # 1. Prepare (or take from the LRU); raises before anything changed.
-            warm = prepared is not None and prepared is self._lru.get(str(path))
+            kind = "warm" if prepared is not None and prepared is self._lru.get(str(path)) else "cold"
             if prepared is None:
-                prepared, warm = self.load_adapter(path)
+                prepared, _ = self.load_adapter(path)
+                kind = self.last_source
             # 2. Install into the slot.
-            kind = "warm" if warm else "cold"
             if prepared is not self._installed or self._slot is None:
                 if self._install(prepared):
                     kind = "rebuild"
@@ -150,6 +173,7 @@ class HotSwapper:
     def unload(self) -> None:
         """Remove the adapter slot and the peft wrappers entirely, giving back the original modules."""
         with self._lock:
+            self.prefetcher.drop()
             self.fuser.clear()  # the weights are the base again; the merge buffers are freed
             if self._slot is not None:
                 self.denoiser.unload_lora()
