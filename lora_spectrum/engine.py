@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from lora_spectrum.adapters import HotSwapper, SwapRecord
+from lora_spectrum.compilation import compile_denoiser, eager, resolve_compile
 from lora_spectrum.devices import free_memory, is_out_of_memory, reserve_vram, resolve_device, resolve_dtype
 from lora_spectrum.errors import (
     BaseLoadError,
@@ -62,7 +63,8 @@ class Engine:
     def __init__(self, pipe, family: Family, base_id: str, device: torch.device | None = None,
                  resident_adapters: int = 4, empty_cache_after_swap: bool = False, max_queued: int = 2,
                  max_sequence_length: int = 512, offload: str = "none", note: str = "",
-                 defaults: dict | None = None, fuse: bool | str = False, prefetch: bool = True):
+                 defaults: dict | None = None, fuse: bool | str = False, prefetch: bool = True,
+                 compile: bool | str = "off", compile_backend="inductor"):  # noqa: A002 - the config's word
         self.pipe = pipe
         self.family = family
         self.base_id = base_id
@@ -77,10 +79,17 @@ class Engine:
         self._admission = threading.BoundedSemaphore(max(1, max_queued))
         # Merge the active adapter into the base weights: on, off, or auto (decided from measurements).
         self.fuse_mode = resolve_fuse(fuse, self.device, offload)
+        # torch.compile for the denoiser (compilation.py): off, on, or auto (where bench --compile found it pays);
+        # fuse: auto then stays unfused, since each switch between fused and unfused would recompile.
+        self.compiled, self.compile_note = resolve_compile(compile, self.device, family.name, self.fuse_mode, offload)
+        if self.compiled and self.fuse_mode == "auto":
+            self.fuse_mode = "off"
         self.fuse_policy = FusePolicy() if self.fuse_mode == "auto" else None
         self.fuse_decision = ""  # why fuse: auto chose what it did for the last swap ("" until it decided)
         self.hotswap = HotSwapper(pipe, family, resident=resident_adapters, empty_cache=empty_cache_after_swap,
-                                  fuse=self.fuse_mode == "on")
+                                  fuse=self.fuse_mode == "on", compiled=self.compiled)
+        if self.compiled:
+            compile_denoiser(family.denoiser(pipe), compile_backend)
         self.prefetch_enabled = bool(prefetch)  # read the plan's next file while the current one renders
         self._scheduler_config = pipe.scheduler.config
         self._embeds: OrderedDict[tuple, tuple] = OrderedDict()
@@ -102,7 +111,7 @@ class Engine:
     @classmethod
     def load(cls, base: str, family: str = "auto", device: str = "auto", dtype: str = "auto",
              offload: str = "none", local_files_only: bool = True, reserve_vram_gb: float = 0.0,
-             fuse: bool | str = "auto", **kwargs) -> Engine:
+             fuse: bool | str = "auto", compile: bool | str = "off", **kwargs) -> Engine:  # noqa: A002
         """Load a base: a Hugging Face repo id, a local diffusers folder, or a single-file SDXL checkpoint.
 
         Raises ``BaseLoadError`` with the reason; with ``local_files_only`` a base missing from the local cache
@@ -113,6 +122,7 @@ class Engine:
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev, fam.defaults.dtype_cuda)
         fused = resolve_fuse(fuse, dev, offload)  # checked before the (slow) load
+        resolve_compile(compile, dev, fam.name, fused, offload)
         # 2. Load with diffusers, from safetensors weights only: pickle-based weights (.bin, .ckpt, .pt) are
         #    refused rather than handed to torch.load, whose restricted unpickler has had bypasses (CVE-2025-32434).
         path = Path(base).expanduser()
@@ -137,7 +147,7 @@ class Engine:
         else:
             pipe.to(dev)
         reserve_vram(dev, reserve_vram_gb)
-        return cls(pipe, fam, base, device=dev, offload=offload, fuse=fused, **kwargs)
+        return cls(pipe, fam, base, device=dev, offload=offload, fuse=fused, compile=compile, **kwargs)
 
     @classmethod
     def from_settings(cls, settings) -> Engine:
@@ -145,7 +155,8 @@ class Engine:
                         offload=settings.offload, local_files_only=settings.local_files_only,
                         reserve_vram_gb=settings.reserve_vram_gb, resident_adapters=settings.resident_adapters,
                         empty_cache_after_swap=settings.empty_cache_after_swap,
-                        max_queued=settings.max_queued_renders, fuse=settings.fuse, prefetch=settings.prefetch)
+                        max_queued=settings.max_queued_renders, fuse=settings.fuse, prefetch=settings.prefetch,
+                        compile=settings.compile)
 
     # ------------------------------------------------------------------ admission
     @contextlib.contextmanager
@@ -180,6 +191,10 @@ class Engine:
         while len(self._embeds) > 16:
             self._embeds.popitem(last=False)
         return out
+
+    def forget_prompts(self) -> None:
+        """Drop the cached prompt embeddings (the next render of each prompt encodes it again)."""
+        self._embeds.clear()
 
     @property
     def _exec_device(self):
@@ -278,7 +293,8 @@ class Engine:
         seeds = tuple(seed for i in group for seed in routes[i][2])
         swap = images = None
         try:
-            with self.hotswap.routed(blocks, len(routes[group[0]][2]), prepared=prepared) as swap:
+            with eager(self.hotswap.denoiser) if self.compiled else contextlib.nullcontext(), \
+                    self.hotswap.routed(blocks, len(routes[group[0]][2]), prepared=prepared) as swap:
                 images = self._render_locked(replace(request, seeds=seeds), cancel, on_step, measure=False)
         except Cancelled:
             raise

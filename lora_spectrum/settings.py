@@ -53,6 +53,7 @@ class Settings:
     demo_dir: str = ".cache/demo"
     max_queued_renders: int = 2
     fuse: str = "auto"  # auto | on | off: merge the active adapter into the base weights (auto: fuse_policy.py)
+    compile: str = "auto"  # off | on | auto: the denoiser through torch.compile (auto: where bench --compile pays)
     prefetch: bool = True  # read the plan's next epoch in the background while the current one renders
     batch_epochs: int = 1  # epochs (and strengths) rendered in one routed denoiser call; the UI's starting value
     clip_model: str = ""  # CLIP for Insight's image measures: a model id or folder ("" = $LORA_SPECTRUM_CLIP_MODEL
@@ -110,13 +111,15 @@ def load_settings(path: str | Path | None = None) -> Settings:
     """Read the app settings; ``path`` defaults to ``configs/default.yaml``."""
     path = Path(path) if path else CONFIG_DIR / "default.yaml"
     data = _read_yaml(path)
-    if isinstance(data.get("fuse"), bool):  # YAML 1.1 reads a bare on/off as a boolean
-        data["fuse"] = "on" if data["fuse"] else "off"
+    for key in ("fuse", "compile"):
+        if isinstance(data.get(key), bool):  # YAML 1.1 reads a bare on/off as a boolean
+            data[key] = "on" if data[key] else "off"
     settings = _build(Settings, data, path)
     if settings.offload not in ("none", "model", "sequential"):
         raise ConfigError(f"{path}: offload must be none, model or sequential, not {settings.offload!r}")
-    if settings.fuse not in ("auto", "on", "off"):
-        raise ConfigError(f"{path}: fuse must be auto, on or off, not {settings.fuse!r}")
+    for key in ("fuse", "compile"):
+        if getattr(settings, key) not in ("auto", "on", "off"):
+            raise ConfigError(f"{path}: {key} must be auto, on or off, not {getattr(settings, key)!r}")
     if not (settings.device in ("auto", "cpu", "cuda") or str(settings.device).startswith("cuda:")):
         raise ConfigError(f"{path}: device must be auto, cpu, cuda or cuda:N, not {settings.device!r}")
     if settings.demo not in ("trained", "random"):

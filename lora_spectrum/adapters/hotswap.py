@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from lora_spectrum.adapters.fusing import Fuser, unfusable
+from lora_spectrum.adapters.fusing import Fuser, peft_scaling, unfusable
 from lora_spectrum.adapters.prefetch import Prefetcher
 from lora_spectrum.adapters.reading import PreparedAdapter, Reader, file_identity, layer_table
 from lora_spectrum.adapters.routing import route, unroutable
@@ -46,7 +46,8 @@ class _Slot:
 class HotSwapper:
     """Owns the adapter slot in one denoiser. Not thread-safe by itself: the engine's lock serialises callers."""
 
-    def __init__(self, pipe, family, resident: int = 4, empty_cache: bool = False, fuse: bool = False):
+    def __init__(self, pipe, family, resident: int = 4, empty_cache: bool = False, fuse: bool = False,
+                 compiled: bool = False):
         self.pipe = pipe
         self.family = family
         self.denoiser = family.denoiser(pipe)
@@ -70,6 +71,9 @@ class HotSwapper:
         self.fuser = Fuser(self.denoiser)
         self._install_serial = 0  # changes whenever the slot's parameters change (rebind or rebuild)
         self.fuse_note = ""  # why the last file in fused mode rendered unfused ("" when it was merged)
+        # For a compiled denoiser (compilation.py): the slot's layers stay enabled and each holds its strength
+        # in a 0-dim tensor, written in place, so that no swap, strength or base changes what the graph guards.
+        self.compiled = bool(compiled)
         # The next file read ahead in the background (prefetch.py): at most one adapter beyond the LRU.
         self.prefetcher = Prefetcher(self.prepare, next(self.denoiser.parameters()).device)
 
@@ -192,6 +196,9 @@ class HotSwapper:
             enabled = bool(enabled)
             if enabled == self.fuse:
                 return
+            if enabled and self.compiled:
+                raise LoraSpectrumError("fused mode cannot be switched on for a compiled denoiser (every switch "
+                                        "between merged and added layers would recompile it)")
             self.fuse = enabled
             self.generation += 1
             if not enabled:
@@ -306,6 +313,10 @@ class HotSwapper:
         state = (strength != 0.0, strength if strength != 0.0 else 0.0)
         if state == self._layer_state:
             return
+        if self.compiled:
+            self._set_strength_in_place(slot, strength)
+            self._layer_state = state
+            return
         for layer in slot.layers:
             if strength == 0.0:
                 layer.enable_adapters(False)
@@ -313,6 +324,22 @@ class HotSwapper:
                 layer.enable_adapters(True)
                 layer.set_scale(slot.adapter_name, strength)
         self._layer_state = state
+
+    @staticmethod
+    def _set_strength_in_place(slot: _Slot, strength: float) -> None:
+        """Compiled: every layer enabled, its scaling a 0-dim float32 tensor written in place (0: adds nothing,
+        so the base renders exactly); peft's ``set_scale`` would store a float the graph specialises on."""
+        name = slot.adapter_name
+        for layer in slot.layers:
+            if layer.disable_adapters:
+                layer.enable_adapters(True)
+            value = strength * peft_scaling(layer, name)
+            held = layer.scaling.get(name)
+            if isinstance(held, torch.Tensor):
+                held.fill_(value)
+            else:
+                device = layer.get_base_layer().weight.device
+                layer.scaling[name] = torch.tensor(value, dtype=torch.float32, device=device)
 
     def _install(self, prepared: PreparedAdapter) -> bool:
         """Make the slot's parameters hold ``prepared``: re-pointed when the layout matches, else a new slot

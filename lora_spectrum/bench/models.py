@@ -43,6 +43,22 @@ ZIMAGE_TRANSFORMER_CONFIG = {
 }  # fmt: skip
 
 
+# stabilityai/stable-diffusion-xl-base-1.0: text_encoder (CLIP ViT-L), text_encoder_2 (OpenCLIP bigG) and vae
+# configs, the keys that size them.
+SDXL_TEXT_ENCODER_CONFIGS = (
+    {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12, "num_hidden_layers": 12,
+     "projection_dim": 768, "hidden_act": "quick_gelu", "vocab_size": 49408, "max_position_embeddings": 77},
+    {"hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20, "num_hidden_layers": 32,
+     "projection_dim": 1280, "hidden_act": "gelu", "vocab_size": 49408, "max_position_embeddings": 77},
+)  # fmt: skip
+SDXL_VAE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 1024, "scaling_factor": 0.13025,
+    "force_upcast": True,
+}  # fmt: skip
+
+
 def _fill_random(model: torch.nn.Module, seed: int) -> None:
     """Seeded random weights in the model's dtype, in seconds rather than minutes.
 
@@ -97,6 +113,38 @@ def build_model(model: str, device: torch.device, dtype: torch.dtype):
     transformer = _materialise(ZImageTransformer2DModel, ZIMAGE_TRANSFORMER_CONFIG, device, dtype, seed=0)
     return ZImagePipeline(scheduler=None, vae=None, text_encoder=None, tokenizer=None,
                           transformer=transformer), "z-image"
+
+
+def build_full_pipeline(model: str, device: torch.device, dtype: torch.dtype, workdir: Path):
+    """A whole SDXL pipeline for the end-to-end grid: the full-size UNet, text encoders and VAE with seeded random
+    weights (``sdxl-size``), or the tiny demo pipeline (``tiny``); the demo's byte-level tokenizer either way."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.image_processor import VaeImageProcessor
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from lora_spectrum import demo
+
+    if model == "tiny":
+        return demo.build_tiny_sdxl(seed=0, workdir=workdir).to(device=device, dtype=dtype)
+    if model != "sdxl-size":
+        raise BaseLoadError(f"the end-to-end grid is built for tiny and sdxl-size, not {model}")
+    pipe = demo.build_tiny_sdxl(seed=0, workdir=workdir)  # tokenizer and scheduler; its models are replaced
+    unet = _materialise(UNet2DConditionModel, SDXL_UNET_CONFIG, device, dtype, seed=0)
+    vae = _materialise(AutoencoderKL, SDXL_VAE_CONFIG, device, dtype, seed=1)
+    encoders = []
+    for i, (cls, cfg) in enumerate(zip((CLIPTextModel, CLIPTextModelWithProjection), SDXL_TEXT_ENCODER_CONFIGS,
+                                       strict=True)):
+        config = CLIPTextConfig(bos_token_id=0, eos_token_id=2, pad_token_id=1, **cfg)
+        te = _materialise(lambda config=config, cls=cls: cls(config), {}, device, dtype, seed=2 + i)
+        for name, buf in te.named_buffers():  # left uninitialised by to_empty
+            if name.endswith("position_ids"):
+                buf.copy_(torch.arange(buf.shape[-1], device=device).expand_as(buf))
+        encoders.append(te)
+    pipe.register_modules(unet=unet, vae=vae, text_encoder=encoders[0], text_encoder_2=encoders[1])
+    pipe.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    pipe.image_processor = VaeImageProcessor(vae_scale_factor=pipe.vae_scale_factor)
+    pipe.default_sample_size = unet.config.sample_size
+    return pipe
 
 
 def _zimage_params() -> int:

@@ -72,6 +72,16 @@ def format_table(result: dict) -> str:
               f"routed samples within "
               f"{g['own_epoch_max_abs']:.2g} of their own epoch's forward ({g['neighbour_epoch_max_abs']:.2g} from a "
               f"neighbour's); base bit-exact after: {'yes' if g['base_bit_exact_after'] else 'NO'}."]
+    if r.get("grid"):
+        e = r["grid"]
+        lines += ["", f"| end-to-end grid: {e['epochs']} epochs x {e['seeds']} seeds at {e['size']}, {e['steps']} "
+                      f"steps, whole pipeline | time | vs pipeline calls |", "|---|---|---|",
+                  f"| pipeline calls only (each adapter already active) | {_s(e['grid_render_s'])} | 1.00x |",
+                  f"| run_plan, everything included | {_s(e['grid_wall_s'])} | {_x(e['overhead_ratio'])} |",
+                  f"| swap on the critical path, read ahead (median) | {_s(e['swap_prefetched_s'])} | - |",
+                  "", f"Prefetched swap: {_x(ratios.get('swap_prefetched_vs_cold'))} a cold swap; the grid's "
+                      f"overhead over its pipeline calls {_s(e['overhead_s'])} (swaps: "
+                      f"{', '.join(e['swap_kinds'])})."]
     before, after = mem["before_swaps"], mem["after_swaps"]
     lines += ["", f"| memory, {r['swaps']} swaps | before | after | growth |", "|---|---|---|---|",
               f"| process RSS | {before['rss_mb']:.0f} MB | {after['rss_mb']:.0f} MB | {r['memory_growth_mb']:+.0f} MB |"]
@@ -102,7 +112,7 @@ def format_table(result: dict) -> str:
               f"{_s(r['swap_fused_split']['restore_s'])}; forward max |fused - unfused| "
               f"{r['fused_vs_unfused_max_abs']:.2g} (the adapter moves it {r['unfused_vs_base_max_abs']:.2g} off the "
               f"base).",
-              "Targets (issues 6 and 20, sdxl-size): " + ", ".join(
+              "Targets (issues 6, 17 and 20, sdxl-size): " + ", ".join(
                   f"{k} {'met' if v else 'MISSED'}" for k, v in r["targets"].items()) + ".",
               f"Total {r['total_s']:.0f} s (build {r['build_s']:.1f} s); load average at start "
               f"{r['load_average']['start'][0]:.1f}, at end {r['load_average']['end'][0]:.1f} "

@@ -5,6 +5,8 @@ No timing thresholds: timings belong to the benchmark, not to tests. The run is 
 
 from __future__ import annotations
 
+import statistics
+
 from lora_spectrum.cli import main
 from tests.bench.figures import positive
 
@@ -44,6 +46,19 @@ def test_ratios_and_targets_are_all_filled(result):
             "fused_swap_le_15x_floor"} <= set(result["targets"]) and positive(ratios["swap_fused_vs_floor"])
     assert any(n.startswith("fused_forward_within_2pct_of_base: on a CPU") for n in result["notes"])
     assert result["targets"] and all(isinstance(v, bool) for v in result["targets"].values())
+
+
+def test_the_end_to_end_grid_renders_every_cell_and_reads_each_later_epoch_ahead(result):
+    grid = result["grid"]
+    assert (grid["epochs"], grid["seeds"], grid["images"]) == (3, 2, 6) and grid["errors"] == []
+    for key in ("grid_wall_s", "grid_render_s", "render_call_s", "overhead_ratio", "swap_prefetched_s",
+                "pipeline_build_s"):
+        assert positive(grid[key]), key
+    # The first epoch installs the slot; the others were read while the epoch before them rendered.
+    assert grid["swap_kinds"] == ["rebuild", "prefetched", "prefetched"]
+    assert grid["swap_prefetched_s"] == statistics.median(grid["swap_seconds"][1:])
+    assert {"grid_wall_le_1_05x_render", "swap_prefetched_le_0_2x_cold"} <= set(result["targets"])
+    assert positive(result["ratios"]["swap_prefetched_vs_cold"]) and "grid" in result["methods"]
 
 
 def test_memory_figures(result):
