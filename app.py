@@ -25,7 +25,8 @@ if choice.is_demo:
     st.warning(md_escape(engine.note))
 fuse = engine.fuse_mode + (f" ({engine.fuse_decision.removeprefix('fuse auto: ')})" if engine.fuse_decision else "")
 st.caption(md_escape(f"Base: {engine.base_id} ({engine.family.name}, {engine.device.type}, {str(engine.dtype)[6:]}) · "
-                     f"fuse {fuse} · LoRAs: {catalog.folder}"))
+                     f"fuse {fuse} · compile {'on' if engine.compiled else 'off'} · LoRAs: {catalog.folder}"),
+           help=md_escape(engine.compile_note))
 
 controls = render_controls(catalog, engine.defaults, choice.prompt, settings.batch_epochs, engine.family.name)
 st.session_state.setdefault("view", "Compare")

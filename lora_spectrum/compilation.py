@@ -30,10 +30,16 @@ def verdicts_path() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "lora_spectrum" / "compile.json"
 
 
-def machine_key(device: torch.device, family: str) -> str:
-    """What a verdict holds for: the device (the GPU's name), the family and torch's version."""
+def denoiser_size(denoiser: torch.nn.Module) -> int:
+    """The denoiser's parameters in millions (peft's adapter layers not counted): which model a verdict is for."""
+    return round(sum(p.numel() for n, p in denoiser.named_parameters() if "lora_" not in n) / 1e6)
+
+
+def machine_key(device: torch.device, family: str, size_m: int) -> str:
+    """What a verdict holds for: the device (the GPU's name), the family, the denoiser's size (millions of
+    parameters: the full-size bench model and a real base agree, the tiny demo does not) and torch's version."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{os.cpu_count()}"
-    return f"{name} | {family} | torch {torch.__version__}"
+    return f"{name} | {family} {size_m}M | torch {torch.__version__}"
 
 
 def pays(eager_s: float, compiled_s: float, compile_s: float) -> bool:
@@ -41,14 +47,14 @@ def pays(eager_s: float, compiled_s: float, compile_s: float) -> bool:
     return compiled_s < eager_s and (eager_s - compiled_s) * PAYBACK_FORWARDS > compile_s
 
 
-def record_verdict(device: torch.device, family: str, eager_s: float, compiled_s: float, compile_s: float,
-                   path: Path | None = None) -> dict:
+def record_verdict(device: torch.device, family: str, size_m: int, eager_s: float, compiled_s: float,
+                   compile_s: float, path: Path | None = None) -> dict:
     """Write what ``bench --compile`` measured for this machine; returns the verdict."""
     path = path or verdicts_path()
     verdict = {"eager_forward_s": eager_s, "compiled_forward_s": compiled_s, "compile_s": compile_s,
                "pays": pays(eager_s, compiled_s, compile_s)}
     data = read_verdicts(path)
-    data[machine_key(device, family)] = verdict
+    data[machine_key(device, family, size_m)] = verdict
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
@@ -65,7 +71,7 @@ def read_verdicts(path: Path | None = None) -> dict:
 
 
 def resolve_compile(mode: str | bool, device: torch.device, family: str, fuse: str, offload: str = "none",
-                    verdicts: Path | None = None) -> tuple[bool, str]:
+                    size_m: int = 0, verdicts: Path | None = None) -> tuple[bool, str]:
     """(compile or not, why). ``auto``: on only where a verdict of ``bench --compile`` for this machine says it
     pays. Refuses, with the reason, what cannot agree with a compiled denoiser."""
     if isinstance(mode, bool):  # YAML 1.1 reads a bare on/off as a boolean
@@ -75,7 +81,7 @@ def resolve_compile(mode: str | bool, device: torch.device, family: str, fuse: s
     if mode == "off":
         return False, "compile: off"
     if mode == "auto":
-        verdict = read_verdicts(verdicts).get(machine_key(device, family))
+        verdict = read_verdicts(verdicts).get(machine_key(device, family, size_m))
         if not verdict or not verdict.get("pays"):
             why = "no bench --compile verdict for this machine" if not verdict else "bench --compile measured " \
                   f"no gain here ({verdict['compiled_forward_s']:.3g} s compiled vs {verdict['eager_forward_s']:.3g} s" \

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from lora_spectrum.adapters import HotSwapper, SwapRecord
-from lora_spectrum.compilation import compile_denoiser, eager, resolve_compile
+from lora_spectrum.compilation import compile_denoiser, denoiser_size, eager, resolve_compile
 from lora_spectrum.devices import free_memory, is_out_of_memory, reserve_vram, resolve_device, resolve_dtype
 from lora_spectrum.errors import (
     BaseLoadError,
@@ -81,7 +81,8 @@ class Engine:
         self.fuse_mode = resolve_fuse(fuse, self.device, offload)
         # torch.compile for the denoiser (compilation.py): off, on, or auto (where bench --compile found it pays);
         # fuse: auto then stays unfused, since each switch between fused and unfused would recompile.
-        self.compiled, self.compile_note = resolve_compile(compile, self.device, family.name, self.fuse_mode, offload)
+        self.compiled, self.compile_note = resolve_compile(compile, self.device, family.name, self.fuse_mode, offload,
+                                                           denoiser_size(family.denoiser(pipe)))
         if self.compiled and self.fuse_mode == "auto":
             self.fuse_mode = "off"
         self.fuse_policy = FusePolicy() if self.fuse_mode == "auto" else None
@@ -156,7 +157,7 @@ class Engine:
                         reserve_vram_gb=settings.reserve_vram_gb, resident_adapters=settings.resident_adapters,
                         empty_cache_after_swap=settings.empty_cache_after_swap,
                         max_queued=settings.max_queued_renders, fuse=settings.fuse, prefetch=settings.prefetch,
-                        compile=settings.compile)
+                        compile=settings.compile, compile_backend=settings.compile_backend)
 
     # ------------------------------------------------------------------ admission
     @contextlib.contextmanager

@@ -33,6 +33,8 @@ class RenderCache:
                   "negative": sampling.negative_prompt, "seed": cell.seed, "steps": sampling.steps,
                   "guidance": sampling.guidance, "width": sampling.width, "height": sampling.height,
                   "sampler": sampling.sampler}
+        if getattr(engine, "compiled", False):  # compiled kernels round differently (keys of eager renders unchanged)
+            fields["compiled"] = True
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def _path(self, key: str) -> Path:

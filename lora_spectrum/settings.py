@@ -54,6 +54,7 @@ class Settings:
     max_queued_renders: int = 2
     fuse: str = "auto"  # auto | on | off: merge the active adapter into the base weights (auto: fuse_policy.py)
     compile: str = "auto"  # off | on | auto: the denoiser through torch.compile (auto: where bench --compile pays)
+    compile_backend: str = "inductor"  # torch.compile's backend ("eager": dynamo's capture only, for checks)
     prefetch: bool = True  # read the plan's next epoch in the background while the current one renders
     batch_epochs: int = 1  # epochs (and strengths) rendered in one routed denoiser call; the UI's starting value
     clip_model: str = ""  # CLIP for Insight's image measures: a model id or folder ("" = $LORA_SPECTRUM_CLIP_MODEL

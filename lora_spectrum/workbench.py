@@ -71,7 +71,8 @@ def demo_engine(settings, reason: str = "") -> EngineChoice:
     device = settings.device if settings.device == "cpu" or torch.cuda.is_available() else "auto"
     common = dict(family="sdxl", device=device, dtype="auto", local_files_only=True,
                   resident_adapters=settings.resident_adapters, max_queued=settings.max_queued_renders,
-                  fuse=settings.fuse, prefetch=settings.prefetch, compile=settings.compile)
+                  fuse=settings.fuse, prefetch=settings.prefetch, compile=settings.compile,
+                  compile_backend=settings.compile_backend)
     if settings.demo == "trained" and demo.assets_available():
         rec = demo.RECOMMENDED
         defaults = {k: rec[k] for k in ("steps", "guidance", "sampler", "width", "height")}

@@ -16,6 +16,15 @@ from tests.tiny import FAMILIES
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_compile_verdicts(tmp_path_factory):
+    """compile: auto reads bench --compile's verdicts: the tests never see this machine's, nor write into them."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LORA_SPECTRUM_COMPILE_VERDICTS", str(tmp_path_factory.mktemp("verdicts") / "compile.json"))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def demo_loras(tmp_path_factory):
     """Demo epoch files for each family, written once: {family: [paths in epoch order]}."""

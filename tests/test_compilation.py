@@ -17,7 +17,7 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from lora_spectrum.compilation import machine_key, pays, record_verdict, resolve_compile
+from lora_spectrum.compilation import denoiser_size, machine_key, pays, record_verdict, resolve_compile
 from lora_spectrum.errors import ConfigError, LoraSpectrumError
 from lora_spectrum.settings import load_settings
 from tests.tiny import FAMILIES, new_engine, pixels
@@ -99,14 +99,26 @@ def test_fused_mode_and_offload_refuse_compile_with_the_reason(tmp_path):
 
 def test_auto_follows_what_bench_compile_recorded_for_this_machine(tmp_path):
     cpu, verdicts = torch.device("cpu"), tmp_path / "compile.json"
-    on, why = resolve_compile("auto", cpu, "sdxl", "auto", verdicts=verdicts)
+    on, why = resolve_compile("auto", cpu, "sdxl", "auto", size_m=2567, verdicts=verdicts)
     assert not on and "no bench --compile verdict" in why
-    record_verdict(cpu, "sdxl", eager_s=0.10, compiled_s=0.09, compile_s=60.0, path=verdicts)  # 200 x 10 ms < 60 s
-    on, why = resolve_compile("auto", cpu, "sdxl", "auto", verdicts=verdicts)
+    # 200 forwards x 10 ms saved < 60 s of compile: no gain.
+    record_verdict(cpu, "sdxl", 2567, eager_s=0.10, compiled_s=0.09, compile_s=60.0, path=verdicts)
+    on, why = resolve_compile("auto", cpu, "sdxl", "auto", size_m=2567, verdicts=verdicts)
     assert not on and "no gain" in why
-    record_verdict(cpu, "sdxl", eager_s=0.10, compiled_s=0.05, compile_s=5.0, path=verdicts)
-    assert resolve_compile("auto", cpu, "sdxl", "auto", verdicts=verdicts)[0]
-    assert not resolve_compile("auto", cpu, "z-image", "auto", verdicts=verdicts)[0], "per family"
-    assert json.loads(verdicts.read_text())[machine_key(cpu, "sdxl")]["pays"] is True
-    assert not resolve_compile("auto", cpu, "sdxl", "on", verdicts=verdicts)[0], "auto never overrides fuse: on"
+    record_verdict(cpu, "sdxl", 2567, eager_s=0.10, compiled_s=0.05, compile_s=5.0, path=verdicts)
+    assert resolve_compile("auto", cpu, "sdxl", "auto", size_m=2567, verdicts=verdicts)[0]
+    assert not resolve_compile("auto", cpu, "z-image", "auto", size_m=2567, verdicts=verdicts)[0], "per family"
+    assert not resolve_compile("auto", cpu, "sdxl", "auto", size_m=3, verdicts=verdicts)[0], "per model size"
+    assert json.loads(verdicts.read_text())[machine_key(cpu, "sdxl", 2567)]["pays"] is True
+    assert not resolve_compile("auto", cpu, "sdxl", "on", size_m=2567, verdicts=verdicts)[0], \
+        "auto never overrides fuse: on"
     assert pays(1.0, 0.5, 99.0) and not pays(1.0, 0.5, 101.0) and not pays(1.0, 1.0, 0.0)
+
+
+def test_an_engine_on_auto_compiles_where_the_recorded_verdict_says_it_pays(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORA_SPECTRUM_COMPILE_VERDICTS", str(tmp_path / "compile.json"))
+    assert not new_engine("sdxl", compile="auto").compiled, "no verdict: off"
+    size = denoiser_size(new_engine("sdxl").hotswap.denoiser)
+    record_verdict(torch.device("cpu"), "sdxl", size, eager_s=0.2, compiled_s=0.1, compile_s=1.0)
+    engine = new_engine("sdxl", compile="auto", compile_backend=CountingBackend())
+    assert engine.compiled and "compile: auto" in engine.compile_note

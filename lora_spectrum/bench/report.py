@@ -8,9 +8,11 @@ from pathlib import Path
 from lora_spectrum.bench.timing import ratio
 
 
-def command_line(model: str, device: str, rank: int, epochs: int, swaps: int, dtype: str = "") -> str:
+def command_line(model: str, device: str, rank: int, epochs: int, swaps: int, dtype: str = "",
+                 compile: bool = False) -> str:  # noqa: A002
     return (f"{Path(sys.executable).name} -m lora_spectrum bench --model {model} --device {device} --rank {rank} "
-            f"--epochs {epochs} --swaps {swaps}" + (f" --dtype {dtype}" if dtype else ""))
+            f"--epochs {epochs} --swaps {swaps}" + (f" --dtype {dtype}" if dtype else "")
+            + (" --compile" if compile else ""))
 
 
 def _s(v: float | None) -> str:
@@ -82,6 +84,16 @@ def format_table(result: dict) -> str:
                   "", f"Prefetched swap: {_x(ratios.get('swap_prefetched_vs_cold'))} a cold swap; the grid's "
                       f"overhead over its pipeline calls {_s(e['overhead_s'])} (swaps: "
                       f"{', '.join(e['swap_kinds'])})."]
+    if r.get("compile"):
+        c = r["compile"]
+        lines += ["", f"| forward, adapter active, torch.compile ({c['backend']}) | time | vs eager |", "|---|---|---|",
+                  f"| eager (unfused) | {_s(c['forward_eager_s'])} | 1.00x |",
+                  f"| compiled | {_s(c['forward_compiled_s'])} | {_x(ratio(c['forward_compiled_s'], c['forward_eager_s']))} |",
+                  f"| compiled, after {c['swaps']} swaps and the base | {_s(c['forward_after_swaps_s'])} | "
+                  f"{_x(ratio(c['forward_after_swaps_s'], c['forward_eager_s']))} |",
+                  f"| compile (first forward) | {_s(c['compile_s'])} | - |", "",
+                  f"Recompiles across the swaps: {c['recompiles_across_swaps']}; compile pays here: "
+                  f"{'yes' if c['pays'] else 'no'} (recorded for compile: auto in {c['verdict_file']})."]
     before, after = mem["before_swaps"], mem["after_swaps"]
     lines += ["", f"| memory, {r['swaps']} swaps | before | after | growth |", "|---|---|---|---|",
               f"| process RSS | {before['rss_mb']:.0f} MB | {after['rss_mb']:.0f} MB | {r['memory_growth_mb']:+.0f} MB |"]

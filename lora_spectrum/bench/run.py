@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from lora_spectrum.bench.compiled import measure_compiled
 from lora_spectrum.bench.grid import measure_grid
 from lora_spectrum.bench.models import MODELS, build_model, check_memory, forward_inputs, write_epochs
 from lora_spectrum.bench.report import command_line
@@ -32,7 +33,8 @@ from lora_spectrum.errors import ConfigError
 
 
 def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epochs: int = 10, swaps: int = 200,
-                  progress: Callable[[str], None] | None = None, dtype: str = "auto") -> dict:
+                  progress: Callable[[str], None] | None = None, dtype: str = "auto", compile: bool = False,  # noqa: A002
+                  grid: bool = True) -> dict:
     """Measure everything in docs/bench/README.md for ``model`` and return one JSON-ready dict (seconds, MB)."""
     import diffusers
     import peft
@@ -78,7 +80,7 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "diffusers": diffusers.__version__, "peft": peft.__version__},
         "rank": rank, "epochs": epochs, "swaps": swaps,
-        "command": command_line(model, device, rank, epochs, swaps, str(dtype).removeprefix("torch.")),
+        "command": command_line(model, device, rank, epochs, swaps, str(dtype).removeprefix("torch."), compile),
     }
     with quiet(), tempfile.TemporaryDirectory(prefix="lora_spectrum_bench_") as tmp:
         folder = Path(tmp)
@@ -123,21 +125,25 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
             pipeline_times = []
             notes.append("pipeline_reload_s skipped: reloading a full-size pipeline per epoch takes tens of "
                          "seconds to minutes and needs the real weights; measured on --model tiny")
+        # 7. With --compile: the compiled forward against eager, and the compile time (verdict for compile: auto).
+        compiled = None
+        if compile:
+            compiled = measure_compiled(pipe, family, paths, dev, forward, fwd_repeats, median(ours["active"]), say)
         del pipe, denoiser, forward
         gc.collect()
-        # 7. Prompt encodings of a 5-epoch x 2-seed plan (tiny pipeline of the same family).
+        # 8. Prompt encodings of a 5-epoch x 2-seed plan (tiny pipeline of the same family).
         say("text-encoder forwards of a 5-epoch x 2-seed plan ...")
         te = count_text_encoder_forwards(family_name, folder)
-        # 8. The end-to-end grid on a whole pipeline (text encoders, VAE): run_plan against its pipeline calls.
-        grid = None
-        if model != "z-image-size":
-            grid = measure_grid(model, dev, dtype, paths, folder, say)
+        # 9. The end-to-end grid on a whole pipeline (text encoders, VAE): run_plan against its pipeline calls.
+        grid_result = None
+        if grid and model != "z-image-size":
+            grid_result = measure_grid(model, dev, dtype, paths, folder, say)
             gc.collect()
-        else:
+        elif grid:
             notes.append("grid (end-to-end) skipped for z-image-size: its Qwen3-4B text encoder beside the 6B "
                          "transformer needs a whole pipeline of about 20 GB; measured on sdxl-size")
 
-    # 9. Medians, ratios and targets.
+    # 10. Medians, ratios and targets.
     floor_s, cold_s, warm_s = median(floor), median(ours["cold"]), median(ours["warm"])
     reload_s, hotswap_s, pipeline_s = median(reload_times), median(hotswap_times), median(pipeline_times)
     base_s, active_s, fused_s = median(base_times + ours["base_again"]), median(ours["active"]), median(ours["fused"])
@@ -232,7 +238,8 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
                 swap_fused_s <= (15 * floor_s if dev.type != "cuda" else 0.020),
         },
         "text_encoder": te,
-        "grid": grid,
+        "grid": grid_result,
+        "compile": compiled,
         "total_s": time.perf_counter() - t_start,
         "load_average": {"start": load_start, "end": list(os.getloadavg())},
         "notes": notes + [
@@ -241,6 +248,7 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
             "targets are issue 6's, defined for --model sdxl-size on CPU",
         ],
     })
+    grid = grid_result
     if grid is not None:  # issue 17: the whole grid within 5% of its pipeline calls; a prefetched swap re-points
         result["targets"]["grid_wall_le_1_05x_render"] = grid["grid_wall_s"] <= 1.05 * grid["grid_render_s"]
         result["targets"]["swap_prefetched_le_0_2x_cold"] = (grid["swap_prefetched_s"] is not None

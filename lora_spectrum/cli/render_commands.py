@@ -45,6 +45,10 @@ def add_parsers(sub) -> None:
     s.add_argument("--mix", type=int, metavar="N",
                    help="render up to N epochs (or strengths) in one batched call, each sample through its own "
                         "adapter; memory grows with N x seeds (default: the config's batch_epochs)")
+    s.add_argument("--compile", nargs="?", const="on", choices=["off", "on", "auto"],
+                   help="run the denoiser through torch.compile (--compile alone: on; default: the config's)")
+    s.add_argument("--no-prefetch", action="store_true",
+                   help="do not read the next epoch in the background while one renders")
 
     s = sub.add_parser("bench", help="measure swap speed and memory against diffusers' ways, side by side")
     s.add_argument("--model", choices=["tiny", "sdxl-size", "z-image-size"], default="tiny")
@@ -54,6 +58,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--swaps", type=int, default=200, help="swaps for the memory-growth figure")
     s.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="the weights' dtype (auto: float16/bfloat16 on CUDA, bfloat16 for full-size models on a CPU)")
+    s.add_argument("--compile", action="store_true",
+                   help="also time the denoiser through torch.compile against eager, with the compile time; the "
+                        "verdict is recorded for compile: auto")
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("insight", help="weight-space curves, loss curve and a suggested epoch; with --probe, "
@@ -146,6 +153,10 @@ def _cmd_grid(args) -> int:
             settings.loras = str(Path(args.loras).resolve())
         if args.cache_dir:
             settings.cache_dir = str(Path(args.cache_dir).resolve())
+        if args.compile:
+            settings.compile = args.compile
+        if args.no_prefetch:
+            settings.prefetch = False
         # 2. Check what is cheap to check before loading a base.
         for name in ("steps", "width", "height", "mix"):
             v = getattr(args, name)
@@ -175,7 +186,9 @@ def _cmd_grid(args) -> int:
 
     # 4. Render, write, report.
     cells = run_plan(engine, plan, catalog, cache, progress, mix=args.mix or settings.batch_epochs)
-    manifest = write_outputs(args.out, plan, cells, engine.base_id, engine.family.name)
+    manifest = write_outputs(args.out, plan, cells, engine.base_id, engine.family.name,
+                             extra={"engine": {"fuse": engine.fuse_mode, "compiled": engine.compiled,
+                                               "prefetch": engine.prefetch_enabled}})
     _add_insight(args.out, manifest, catalog, columns)
     failed = [c for c in cells if c.error]
     for c in failed:
@@ -204,7 +217,7 @@ def _cmd_bench(args) -> int:
 
     result = run_benchmark(model=args.model, device=args.device, rank=args.rank, epochs=args.epochs,
                            swaps=args.swaps, progress=lambda msg: print(msg, file=sys.stderr, flush=True),
-                           dtype=args.dtype)
+                           dtype=args.dtype, compile=args.compile)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 

@@ -25,7 +25,8 @@ def test_json_names_every_figure(result):
     # renamed the pristine copy to the merge buffers): one dropped or renamed shows here.
     assert set(result) == {
         "adapter_changes_output", "adapter_file_dtype", "adapter_mb", "adapter_tensors",
-        "base_bit_exact_after_fused_swaps", "base_bit_exact_after_swaps", "build_s", "command", "denoiser_params_m",
+        "base_bit_exact_after_fused_swaps", "base_bit_exact_after_swaps", "build_s", "command", "compile",
+        "denoiser_params_m",
         "device", "diffusers_hotswap_s", "diffusers_reload_s", "dtype", "epochs", "fast_path", "floor_s",
         "forward_active_s", "forward_base_s", "forward_image", "forward_latent", "fused_extra_mb", "fused_merged",
         "fused_vs_unfused_max_abs", "gpu", "grid", "grid_routed", "load_average", "machine", "memory", "memory_growth_mb",

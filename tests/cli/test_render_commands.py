@@ -155,6 +155,24 @@ def test_grid_mix_renders_the_same_cells_and_refuses_zero(setup, capsys):
     assert "--mix must be at least 1" in capsys.readouterr().err
 
 
+def test_grid_compile_and_no_prefetch_render_the_same_cells_and_say_so_in_the_manifest(setup):
+    config, loras, out = setup
+    # dynamo's eager backend: the compiled path (guards, in-place strengths) without minutes of C++ compile;
+    # unfused both ways (fuse: auto may merge, which rounds differently; under compile it stays unfused).
+    config.write_text(config.read_text() + "compile_backend: eager\nfuse: off\n", encoding="utf-8")
+    args = ("--seeds", "1", "--epochs", "20,150,300", "--prompt", "p", "--no-cache", "--strengths", "0.5,1")
+    assert grid(config, loras, out, *args) == 0
+    assert grid(config, loras, out.with_name("compiled"), *args, "--compile", "--no-prefetch") == 0
+    plain = json.loads((out / "manifest.json").read_text())
+    compiled = json.loads((out.with_name("compiled") / "manifest.json").read_text())
+    assert plain["engine"] == {"fuse": "off", "compiled": False, "prefetch": True}
+    assert compiled["engine"] == {"fuse": "off", "compiled": True, "prefetch": False}
+    for a, b in zip(plain["cells"], compiled["cells"], strict=True):
+        assert (a["epoch"], a["strength"]) == (b["epoch"], b["strength"]) and b["error"] is None
+        assert np.array_equal(np.asarray(Image.open(out / a["image"])),
+                              np.asarray(Image.open(out.with_name("compiled") / b["image"]))), a["image"]
+
+
 def test_epochs_all_lists_each_skipped_file_and_a_requested_unusable_epoch_names_its_file(setup, capsys):
     config, loras, out = setup
     (loras / "jimeng_10.safetensors").write_bytes(garbage(4096))
