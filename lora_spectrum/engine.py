@@ -145,6 +145,11 @@ class Engine:
             pipe.enable_model_cpu_offload()
         elif dev.type == "cuda" and offload == "sequential":
             pipe.enable_sequential_cpu_offload()
+        elif dev.type == "cuda" and offload == "group":
+            # diffusers' group offload, one block a group on the GPU at a time. Without its side stream: that mode
+            # restores each weight from a pinned copy taken once, which would undo every swap's re-pointing.
+            pipe.enable_group_offload(onload_device=dev, offload_device=torch.device("cpu"),
+                                      offload_type="block_level", num_blocks_per_group=1)
         else:
             pipe.to(dev)
         reserve_vram(dev, reserve_vram_gb)

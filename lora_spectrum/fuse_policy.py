@@ -15,15 +15,15 @@ Shape = tuple  # (width, height, images per call, guidance on): what a step's ti
 
 
 def resolve_fuse(fuse: bool | str, device: torch.device, offload: str = "none") -> str:
-    """``on``, ``off`` or ``auto``. Sequential offload keeps the weights in accelerate's hooks, where nothing can be
-    merged: ``auto`` is then off and ``on`` is refused."""
+    """``on``, ``off`` or ``auto``. Sequential and group offload move every weight between devices in their hooks,
+    where a merged weight would not stay merged: ``auto`` is then off and ``on`` is refused."""
     value = ("on" if fuse else "off") if isinstance(fuse, bool) else str(fuse).lower()
     if value not in ("auto", "on", "off"):
         raise BaseLoadError(f"unknown fuse setting {fuse!r}; use auto, on or off")
-    if offload == "sequential":
+    if offload in ("sequential", "group"):
         if value == "on":
-            raise BaseLoadError("fuse: on does not work with offload: sequential (the weights live in offload "
-                                "hooks); use fuse: off, or offload: model")
+            raise BaseLoadError(f"fuse: on does not work with offload: {offload} (the weights live in offload "
+                                f"hooks); use fuse: off, or offload: model")
         return "off"
     return value
 

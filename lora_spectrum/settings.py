@@ -116,8 +116,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
         if isinstance(data.get(key), bool):  # YAML 1.1 reads a bare on/off as a boolean
             data[key] = "on" if data[key] else "off"
     settings = _build(Settings, data, path)
-    if settings.offload not in ("none", "model", "sequential"):
-        raise ConfigError(f"{path}: offload must be none, model or sequential, not {settings.offload!r}")
+    if settings.offload not in ("none", "model", "sequential", "group"):
+        raise ConfigError(f"{path}: offload must be none, model, sequential or group, not {settings.offload!r}")
     for key in ("fuse", "compile"):
         if getattr(settings, key) not in ("auto", "on", "off"):
             raise ConfigError(f"{path}: {key} must be auto, on or off, not {getattr(settings, key)!r}")

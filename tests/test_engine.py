@@ -12,6 +12,7 @@ import pytest
 from lora_spectrum import demo
 from lora_spectrum.engine import Engine
 from lora_spectrum.errors import BaseLoadError
+from lora_spectrum.families import get_family as engine_family
 from tests.tiny import FAMILIES, Boom, new_engine, pixels, request
 
 
@@ -88,3 +89,25 @@ def test_short_soak_keeps_the_base_and_memory(tmp_path):
     assert report.resident_adapters <= report.resident_limit
     assert report.swap_kinds.get("cold") and report.swap_kinds.get("warm") and report.swap_kinds.get("base")
     assert report.ok, report.failures
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_swaps_under_diffusers_group_offload_hooks_render_as_without(family, demo_loras):
+    """``offload: group`` is diffusers' group offload (CUDA only in ``Engine.load``). Its hooks move every
+    block's weights at each forward; here they move them between CPU and CPU, so that what is checked on any
+    machine is that swaps (which re-point the slot's parameters) and the hooks agree."""
+    import torch
+
+    pipe = demo.build_tiny(family, seed=0)
+    cpu = torch.device("cpu")
+    pipe.enable_group_offload(onload_device=cpu, offload_device=cpu, offload_type="block_level",
+                              num_blocks_per_group=1)
+    engine = Engine(pipe, engine_family(family), f"tiny-{family}", offload="group", max_sequence_length=32,
+                    fuse="auto")
+    assert engine.fuse_mode == "off", "merged weights would not survive the hooks"
+    plain = new_engine(family)
+    files = [str(p) for p in demo_loras[family]]
+    for path in [files[0], files[2], None, files[1], files[2]]:
+        got = pixels(engine.render(request(family), path).images)
+        assert np.array_equal(got, pixels(plain.render(request(family), path).images)), path
+    assert {"rebuild", "cold", "warm", "base"} <= {r.kind for r in engine.hotswap.history}

@@ -173,6 +173,9 @@ def test_fuse_setting_auto_on_off(tmp_path):
     assert resolve_fuse("on", cpu) == "on" and resolve_fuse(True, cpu) == "on" and resolve_fuse("off", cuda) == "off"
     with pytest.raises(BaseLoadError, match="offload: sequential"):
         resolve_fuse("on", cuda, "sequential")
+    assert resolve_fuse("auto", cuda, "group") == "off"
+    with pytest.raises(BaseLoadError, match="offload: group"):
+        resolve_fuse("on", cuda, "group")
     with pytest.raises(BaseLoadError, match="unknown fuse setting"):
         resolve_fuse("maybe", cpu)
     engine = new_engine("sdxl", fuse="auto")
