@@ -95,6 +95,14 @@ def resolve_compile(mode: str | bool, device: torch.device, family: str, fuse: s
     return True, f"compile: {mode} (the denoiser runs through torch.compile)"
 
 
+def settle(mode: str | bool, device: torch.device, family: str, fuse: str, offload: str,
+           denoiser: torch.nn.Module) -> tuple[bool, str, str]:
+    """For an engine: (compile or not, why, the fuse mode). ``fuse: auto`` stays unfused under compile, since
+    each of its switches between fused and unfused would recompile."""
+    compiled, why = resolve_compile(mode, device, family, fuse, offload, denoiser_size(denoiser))
+    return compiled, why, "off" if compiled and fuse == "auto" else fuse
+
+
 def _refusal(fuse: str, offload: str) -> str:
     if fuse == "on":
         return ("fuse: on: fused mode switches each layer between merged weights and added LoRA layers (a slot it "

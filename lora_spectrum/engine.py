@@ -14,15 +14,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 
 from lora_spectrum.adapters import HotSwapper, SwapRecord
-from lora_spectrum.compilation import compile_denoiser, denoiser_size, eager, resolve_compile
+from lora_spectrum.bases import load_pipeline, place
+from lora_spectrum.compilation import compile_denoiser, eager, resolve_compile, settle
 from lora_spectrum.devices import free_memory, is_out_of_memory, reserve_vram, resolve_device, resolve_dtype
 from lora_spectrum.errors import (
-    BaseLoadError,
     BusyError,
     Cancelled,
     LoraSpectrumError,
@@ -30,7 +29,6 @@ from lora_spectrum.errors import (
     PlanError,
     RenderError,
     reason,
-    shorten,
     translated,
 )
 from lora_spectrum.families import Family, detect_family, get_family
@@ -79,12 +77,9 @@ class Engine:
         self._admission = threading.BoundedSemaphore(max(1, max_queued))
         # Merge the active adapter into the base weights: on, off, or auto (decided from measurements).
         self.fuse_mode = resolve_fuse(fuse, self.device, offload)
-        # torch.compile for the denoiser (compilation.py): off, on, or auto (where bench --compile found it pays);
-        # fuse: auto then stays unfused, since each switch between fused and unfused would recompile.
-        self.compiled, self.compile_note = resolve_compile(compile, self.device, family.name, self.fuse_mode, offload,
-                                                           denoiser_size(family.denoiser(pipe)))
-        if self.compiled and self.fuse_mode == "auto":
-            self.fuse_mode = "off"
+        # torch.compile for the denoiser: off, on, or auto (where bench --compile found it pays; compilation.py).
+        self.compiled, self.compile_note, self.fuse_mode = settle(compile, self.device, family.name, self.fuse_mode,
+                                                                  offload, family.denoiser(pipe))
         self.fuse_policy = FusePolicy() if self.fuse_mode == "auto" else None
         self.fuse_decision = ""  # why fuse: auto chose what it did for the last swap ("" until it decided)
         self.hotswap = HotSwapper(pipe, family, resident=resident_adapters, empty_cache=empty_cache_after_swap,
@@ -124,34 +119,9 @@ class Engine:
         torch_dtype = resolve_dtype(dtype, dev, fam.defaults.dtype_cuda)
         fused = resolve_fuse(fuse, dev, offload)  # checked before the (slow) load
         resolve_compile(compile, dev, fam.name, fused, offload)
-        # 2. Load with diffusers, from safetensors weights only: pickle-based weights (.bin, .ckpt, .pt) are
-        #    refused rather than handed to torch.load, whose restricted unpickler has had bypasses (CVE-2025-32434).
-        path = Path(base).expanduser()
-        if path.is_file():
-            if fam.name != "sdxl":
-                raise BaseLoadError(f"{base}: single-file checkpoints are supported for SDXL only")
-            if path.suffix.lower() != ".safetensors":
-                raise BaseLoadError(f"{base}: only .safetensors checkpoints are loaded ({path.suffix or 'this'} "
-                                    f"files are pickles, which can run code); convert it to safetensors")
-        with translated(lambda exc: _load_error(base, fam.name, exc)):  # hub, OS and diffusers errors alike
-            if path.is_file():
-                pipe = fam.pipeline_cls().from_single_file(str(path), torch_dtype=torch_dtype,
-                                                           local_files_only=local_files_only)
-            else:
-                pipe = fam.pipeline_cls().from_pretrained(base, torch_dtype=torch_dtype,
-                                                          local_files_only=local_files_only, use_safetensors=True)
-        # 3. Place it: resident on the device, or offloaded for small cards.
-        if dev.type == "cuda" and offload == "model":
-            pipe.enable_model_cpu_offload()
-        elif dev.type == "cuda" and offload == "sequential":
-            pipe.enable_sequential_cpu_offload()
-        elif dev.type == "cuda" and offload == "group":
-            # diffusers' group offload, one block a group on the GPU at a time. Without its side stream: that mode
-            # restores each weight from a pinned copy taken once, which would undo every swap's re-pointing.
-            pipe.enable_group_offload(onload_device=dev, offload_device=torch.device("cpu"),
-                                      offload_type="block_level", num_blocks_per_group=1)
-        else:
-            pipe.to(dev)
+        # 2. Load with diffusers (safetensors weights only), then place it on the device or offload it.
+        pipe = load_pipeline(base, fam, torch_dtype, local_files_only)
+        place(pipe, dev, offload)
         reserve_vram(dev, reserve_vram_gb)
         return cls(pipe, fam, base, device=dev, offload=offload, fuse=fused, compile=compile, **kwargs)
 
@@ -216,7 +186,7 @@ class Engine:
         """Read ``lora_path`` ahead for a swap to come (``adapters/prefetch.py``); needs no lock, touches no
         model, and a bad file fails at its own swap only."""
         if self.prefetch_enabled:
-            self.hotswap.prefetch(lora_path)
+            self.hotswap.store.prefetch(lora_path)
 
     def set_lora(self, lora_path: str | None, strength: float = 1.0, prepared=None) -> SwapRecord:
         """Swap (must hold ``lock``). ``None`` or strength 0 renders the base. ``prepared``: the file as the
@@ -253,10 +223,9 @@ class Engine:
         (``plan.calls``): the routes of one call have the same number of seeds. Every file is read once for all.
 
         Returns, per call and route, its ``RenderResult`` (a shared call's swap record is the routing set-up), or
-        the ``LoraSpectrumError`` that failed it: its own file's, the error of the call it shared, or ``Cancelled``
-        for a route left unrendered by a cancel. A route alone in its call, or whose file cannot share one,
-        renders as ``render`` would; if routing cannot be set up, or runs out of memory, its routes render one by
-        one.
+        the ``LoraSpectrumError`` that failed it (its file's, its shared call's, or ``Cancelled``). A route alone
+        in its call, or whose file cannot share one, renders as ``render`` would; if routing cannot be set up, or
+        runs out of memory, its routes render one by one.
         """
         for call in calls:
             if len({len(seeds) for _, _, seeds in call}) > 1:
@@ -413,10 +382,3 @@ def _render_error(exc: BaseException) -> RenderError:
     if is_out_of_memory(exc):
         return OutOfMemoryError(str(exc))
     return RenderError(f"render failed ({reason(exc)})")
-
-
-def _load_error(base: str, family: str, exc: BaseException) -> BaseLoadError:
-    why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if "safetensors" in why:
-        why += "; only safetensors weights are loaded, never pickle-based .bin files"
-    return BaseLoadError(f"{base}: cannot load the {family} base ({shorten(why, 300)})")

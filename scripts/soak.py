@@ -145,7 +145,7 @@ def _soak(swaps, epochs, family, render_every, rank, resident, creep, seed, work
             engine.set_lora(path, 1.0)
     engine.render(req, files[-1], 1.0)
     engine.render(req)
-    adapter_bytes = engine.hotswap.resident_bytes() // max(1, len(engine.hotswap.resident_names()))
+    adapter_bytes = engine.hotswap.store.nbytes() // max(1, len(engine.hotswap.store.names()))
     rss_start = rss_peak = _rss()
 
     # 4. The soak: the same window of swaps over and over, a render after every ``render_every``-th swap.
@@ -185,7 +185,7 @@ def _soak(swaps, epochs, family, render_every, rank, resident, creep, seed, work
     if not rss_ok:
         failures.append(f"RSS grew by {(rss_end - rss_start) / 2**20:.2f} MB, more than one adapter "
                         f"({adapter_bytes / 2**20:.2f} MB)")
-    n_resident = len(engine.hotswap.resident_names())
+    n_resident = len(engine.hotswap.store.names())
     if n_resident > resident:
         failures.append(f"{n_resident} adapters resident, limit {resident}")
     first = last = ratio = None

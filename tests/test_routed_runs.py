@@ -242,8 +242,8 @@ def test_a_batch_wider_than_the_lru_reads_each_file_once(demo_loras):
     files = [str(p) for p in demo_loras[family]]
     engine = new_engine(family, resident=2)
     reads = []
-    real_prepare = engine.hotswap.prepare
-    engine.hotswap.prepare = lambda path: reads.append(str(path)) or real_prepare(path)  # counts, then the real one
+    real_prepare = engine.hotswap.store.prepare
+    engine.hotswap.store.prepare = lambda path: reads.append(str(path)) or real_prepare(path)  # counts, then the real one
     routes = [(f, 1.0, (1,)) for f in files] + [(files[0], 1.0, (2, 3))]  # the last one renders alone
     results = render_routed(engine, request(family), routes)
     assert all(not isinstance(r, Exception) for r in results)

@@ -77,14 +77,16 @@ def _constant(t: torch.Tensor) -> float | None:
 
 
 class FastPath:
-    """The learned layouts (newest last) and the pinned staging buffer; ``note`` says why the last new layout was
-    (not) learned. ``read`` with ``staged`` and copying out of its result happen under ``lock``."""
+    """The learned layouts (newest last) and two pinned staging buffers, one for the swap's own reads and one for
+    the read ahead (``prefetch.py``), so that neither waits for the other; ``note`` says why the last new layout
+    was (not) learned. ``read`` with ``staged`` and copying out of its result happen under ``locks[background]``."""
 
     def __init__(self):
         self.layouts: list[Layout] = []
         self.note = ""
-        self.lock = threading.Lock()
-        self._staging: torch.Tensor | None = None  # pinned host buffer for files bound to a CUDA denoiser
+        self.locks = {False: threading.Lock(), True: threading.Lock()}
+        # pinned host buffers for files bound to a CUDA denoiser: the foreground's, the read ahead's
+        self._staging: dict[bool, torch.Tensor | None] = {False: None, True: None}
 
     def candidates(self, table: dict | None) -> list[Layout]:
         """The learned layouts for a file with this tensor table (``None``: it cannot take the fast path)."""
@@ -171,12 +173,14 @@ class FastPath:
                 return None, f"the learned conversion differs from diffusers' at {k}"
         return layout, "learned"
 
-    def read(self, path, candidates, data_start, staged=False) -> tuple[Layout, torch.Tensor] | None:
+    def read(self, path, candidates, data_start, staged=False, background=False
+             ) -> tuple[Layout, torch.Tensor] | None:
         """The outputs of a file whose table matches learned layouts, as one flat host tensor of the file's dtype
         with the conversion's factors applied; None when its scalars (alphas) match no candidate.
 
-        ``staged`` (for a CUDA denoiser; hold ``lock``): read into one reused pinned buffer instead of a new one,
-        since the tensors will live on the GPU; copying from pinned memory is several times faster.
+        ``staged`` (for a CUDA denoiser; hold ``locks[background]``): read into a reused pinned buffer (the read
+        ahead's when ``background``) instead of a new one, since the tensors will live on the GPU; copying from
+        pinned memory is several times faster.
         """
         try:
             with open(path, "rb", buffering=0) as f:
@@ -193,10 +197,11 @@ class FastPath:
                 #    100 MB 3-4x faster on the benchmark machine (page faults dominate otherwise).
                 nbytes = sum(e - s for s, e in layout.ranges)
                 if staged:
-                    if self._staging is None or self._staging.numel() < nbytes:
-                        self._staging = None  # free the old one first
-                        self._staging = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-                    buf = self._staging[:nbytes].numpy()
+                    staging = self._staging[background]
+                    if staging is None or staging.numel() < nbytes:
+                        self._staging[background] = staging = None  # free the old one first
+                        self._staging[background] = staging = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+                    buf = staging[:nbytes].numpy()
                 else:
                     buf = np.empty(nbytes, dtype=np.uint8)
                 view, pos = memoryview(buf), 0

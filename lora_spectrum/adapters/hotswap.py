@@ -10,7 +10,6 @@ import math
 import threading
 import time
 import warnings
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +17,9 @@ from pathlib import Path
 import torch
 
 from lora_spectrum.adapters.fusing import Fuser, peft_scaling, unfusable
-from lora_spectrum.adapters.prefetch import Prefetcher
-from lora_spectrum.adapters.reading import PreparedAdapter, Reader, file_identity, layer_table
+from lora_spectrum.adapters.reading import PreparedAdapter
 from lora_spectrum.adapters.routing import route, unroutable
+from lora_spectrum.adapters.store import AdapterStore
 from lora_spectrum.errors import LoraLoadError, LoraSpectrumError, translated
 
 
@@ -51,15 +50,13 @@ class HotSwapper:
         self.pipe = pipe
         self.family = family
         self.denoiser = family.denoiser(pipe)
-        self.resident = max(1, int(resident))
         self.empty_cache = empty_cache
-        self._lru: OrderedDict[str, PreparedAdapter] = OrderedDict()
-        self.last_source = ""  # where ``load_adapter`` found its last adapter: warm, prefetched or cold
+        # Files read, kept (LRU) and read ahead (store.py); converted for this pipe, which it only reads.
+        self.store = AdapterStore(self.denoiser, family, functools.partial(family.convert_lora, pipe=pipe), resident)
+        self.reader = self.store.reader
         self._slot: _Slot | None = None
         self._slot_counter = 0
         self._lock = threading.RLock()
-        # Files are checked against the untouched denoiser's layers, and converted for this pipe (only read).
-        self.reader = Reader(family, functools.partial(family.convert_lora, pipe=pipe), layer_table(self.denoiser))
         self.active: str | None = None  # path of the active file, None for the base
         self._installed: PreparedAdapter | None = None  # what the slot's parameters hold now
         self.strength: float = 0.0
@@ -74,58 +71,11 @@ class HotSwapper:
         # For a compiled denoiser (compilation.py): the slot's layers stay enabled and each holds its strength
         # in a 0-dim tensor, written in place, so that no swap, strength or base changes what the graph guards.
         self.compiled = bool(compiled)
-        # The next file read ahead in the background (prefetch.py): at most one adapter beyond the LRU.
-        self.prefetcher = Prefetcher(self.prepare, next(self.denoiser.parameters()).device)
 
-    # ------------------------------------------------------------------ reading
-    @property
-    def fast_path_note(self) -> str:  # why the last new layout was (not) learned by the fast path
-        return self.reader.fast.note
-
-    def prepare(self, path: str | Path) -> PreparedAdapter:
-        """Read, convert and check one file against this denoiser. Touches no model; raises ``LoraLoadError``."""
-        ref = next(self.denoiser.parameters())  # where the denoiser is now (offload modes move it)
-        return self.reader.prepare(path, ref.device, ref.dtype)
-
-    def prefetch(self, path: str | Path | None) -> None:
-        """Read ``path`` ahead in the background, for a swap to come (nothing when it is resident already).
-        Touches no model; a file that cannot be read fails at its own swap, with the usual message."""
-        if path is None:
-            return
-        path = str(path)
-        hit = self._lru.get(path)
-        try:
-            if hit is not None and hit.identity == file_identity(path):
-                return
-        except LoraLoadError:
-            return  # removed: its own swap says so
-        self.prefetcher.request(path)
-
+    # ------------------------------------------------------------------ reading (store.py)
     def load_adapter(self, path: str | Path) -> tuple[PreparedAdapter, bool]:
-        """The prepared adapter for ``path`` from the LRU (warm), the read ahead (prefetched) or the file
-        (cold); ``last_source`` says which. Touches no model."""
-        path = str(path)
-        identity = file_identity(path)
-        hit = self._lru.get(path)
-        if hit is not None and hit.identity == identity:
-            self._lru.move_to_end(path)
-            self.last_source = "warm"
-            return hit, True
-        prepared = self.prefetcher.take(path, identity)
-        self.last_source = "cold" if prepared is None else "prefetched"
-        if prepared is None:
-            prepared = self.prepare(path)
-        self._lru[path] = prepared
-        self._lru.move_to_end(path)
-        while len(self._lru) > self.resident:
-            self._lru.popitem(last=False)
-        return prepared, False
-
-    def resident_names(self) -> list[str]:
-        return [p.name for p in self._lru.values()]
-
-    def resident_bytes(self) -> int:
-        return sum(p.nbytes for p in self._lru.values())
+        """The prepared adapter for ``path`` (``AdapterStore.load``: warm, prefetched or cold). Touches no model."""
+        return self.store.load(path)
 
     # ------------------------------------------------------------------ state changes
     def get_active_adapter(self) -> tuple[str | None, float]:
@@ -141,10 +91,10 @@ class HotSwapper:
             if not math.isfinite(strength):
                 raise LoraLoadError(path, f"strength must be a finite number, not {strength}")
             # 1. Prepare (or take from the LRU); raises before anything changed.
-            kind = "warm" if prepared is not None and prepared is self._lru.get(str(path)) else "cold"
+            kind = "warm" if prepared is not None and self.store.is_resident(path, prepared) else "cold"
             if prepared is None:
-                prepared, _ = self.load_adapter(path)
-                kind = self.last_source
+                prepared, _ = self.store.load(path)
+                kind = self.store.last_source
             # 2. Install into the slot.
             if prepared is not self._installed or self._slot is None:
                 if self._install(prepared):
@@ -177,13 +127,12 @@ class HotSwapper:
     def unload(self) -> None:
         """Remove the adapter slot and the peft wrappers entirely, giving back the original modules."""
         with self._lock:
-            self.prefetcher.drop()
             self.fuser.clear()  # the weights are the base again; the merge buffers are freed
             if self._slot is not None:
                 self.denoiser.unload_lora()
                 self._slot = None
             self._layer_state = None
-            self._lru.clear()
+            self.store.clear()
             self._installed = None
             self.active, self.strength = None, 0.0
             self.generation += 1
@@ -314,7 +263,7 @@ class HotSwapper:
         if state == self._layer_state:
             return
         if self.compiled:
-            self._set_strength_in_place(slot, strength)
+            _strength_in_place(slot, strength)
             self._layer_state = state
             return
         for layer in slot.layers:
@@ -324,22 +273,6 @@ class HotSwapper:
                 layer.enable_adapters(True)
                 layer.set_scale(slot.adapter_name, strength)
         self._layer_state = state
-
-    @staticmethod
-    def _set_strength_in_place(slot: _Slot, strength: float) -> None:
-        """Compiled: every layer enabled, its scaling a 0-dim float32 tensor written in place (0: adds nothing,
-        so the base renders exactly); peft's ``set_scale`` would store a float the graph specialises on."""
-        name = slot.adapter_name
-        for layer in slot.layers:
-            if layer.disable_adapters:
-                layer.enable_adapters(True)
-            value = strength * peft_scaling(layer, name)
-            held = layer.scaling.get(name)
-            if isinstance(held, torch.Tensor):
-                held.fill_(value)
-            else:
-                device = layer.get_base_layer().weight.device
-                layer.scaling[name] = torch.tensor(value, dtype=torch.float32, device=device)
 
     def _install(self, prepared: PreparedAdapter) -> bool:
         """Make the slot's parameters hold ``prepared``: re-pointed when the layout matches, else a new slot
@@ -412,3 +345,19 @@ class HotSwapper:
             with warnings.catch_warnings():  # peft names the adapter it falls back to; the caller sets its own
                 warnings.filterwarnings("ignore", message="Adapter .* was active which is now deleted")
                 self.denoiser.delete_adapters(adapter_name)
+
+
+def _strength_in_place(slot: _Slot, strength: float) -> None:
+    """Compiled: every layer enabled, its scaling a 0-dim float32 tensor written in place (0: adds nothing,
+    so the base renders exactly); peft's ``set_scale`` would store a float the graph specialises on."""
+    name = slot.adapter_name
+    for layer in slot.layers:
+        if layer.disable_adapters:
+            layer.enable_adapters(True)
+        value = strength * peft_scaling(layer, name)
+        held = layer.scaling.get(name)
+        if isinstance(held, torch.Tensor):
+            held.fill_(value)
+        else:
+            device = layer.get_base_layer().weight.device
+            layer.scaling[name] = torch.tensor(value, dtype=torch.float32, device=device)

@@ -25,8 +25,8 @@ class Prefetcher:
         self._lock = threading.Lock()
         self._pending: tuple[str, Future] | None = None
         self._pool: ThreadPoolExecutor | None = None  # started on first use: most engines never prefetch
-        # On CUDA the copy to the device runs on a side stream (the fast path stages the file in its pinned
-        # buffer), so that it overlaps the denoising kernels on the default stream.
+        # On CUDA the copy to the device runs on a side stream, from a second pinned buffer (the fast path keeps
+        # one for the swap's own reads, one for the read ahead), so that it overlaps the denoising kernels.
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.hits = 0  # adapters handed over at their turn
         self.failures = 0  # reads that failed (the file is read again, and its error raised, at its turn)

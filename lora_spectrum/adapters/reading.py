@@ -113,17 +113,19 @@ class Reader:
         self.fast = FastPath()
         self.names = NameMap(lambda path, sd: self._convert(path, sd)[0], family.lora_prefix)
 
-    def prepare(self, path: str | Path, device: torch.device, dtype: torch.dtype) -> PreparedAdapter:
+    def prepare(self, path: str | Path, device: torch.device, dtype: torch.dtype, background: bool = False
+                ) -> PreparedAdapter:
         """Read, convert and check one file, cast for a denoiser on ``device`` in ``dtype``; raises
-        ``LoraLoadError``."""
+        ``LoraLoadError``. ``background``: a read ahead (it stages in its own pinned buffer)."""
         path = str(path)
         identity = file_identity(path)
         # 1. A file whose tensor table matches a learned layout: read straight into one buffer (docs/adapters.md).
         table, data_start = _exact_table(path, identity[0])
         candidates = self.fast.candidates(table)
         if candidates:
-            with self.fast.lock:  # the staging buffer is reused: held until the tensors are copied out of it
-                hit = self.fast.read(path, candidates, data_start, staged=device.type == "cuda")
+            with self.fast.locks[background]:  # the staging buffer is reused: held until copied out of it
+                hit = self.fast.read(path, candidates, data_start, staged=device.type == "cuda",
+                                     background=background)
                 if hit is not None:
                     return self._finish_flat(path, identity, *hit, device, dtype)
         # 2. Otherwise read with safetensors only (never pickle), then convert with diffusers' converters.

@@ -94,6 +94,22 @@ def format_table(result: dict) -> str:
                   f"| compile (first forward) | {_s(c['compile_s'])} | - |", "",
                   f"Recompiles across the swaps: {c['recompiles_across_swaps']}; compile pays here: "
                   f"{'yes' if c['pays'] else 'no'} (recorded for compile: auto in {c['verdict_file']})."]
+    if r.get("vram") and "error" in r["vram"]:
+        lines += ["", f"GPU memory: not measured ({r['vram']['error']})."]
+    elif r.get("vram"):
+        v = r["vram"]
+        lines += ["", "| GPU memory (MB above what was allocated before) | peak |", "|---|---|",
+                  f"| one cold swap, median of {v['swaps']} (max) | {v['swap_swing_mb']:.0f} "
+                  f"({v['swap_swing_max_mb']:.0f}); one adapter is {r['adapter_mb']:.0f} |",
+                  f"| forward, batch 1, adapter active | {v['forward_peak_mb']:.0f} |",
+                  f"| routed forward, {v['routed_epochs']} epochs | {v['routed_peak_mb']:.0f} |",
+                  f"| the denoiser itself, resident (offload: none or model) | {v['resident_denoiser_mb']:.0f} |"]
+        if v.get("group_offload") and "error" in v["group_offload"]:
+            lines.append(f"| offload: group | not measured ({v['group_offload']['error']}) |")
+        elif v.get("group_offload"):
+            g = v["group_offload"]
+            lines.append(f"| offload: group, forward, everything on the GPU | {g['forward_peak_mb']:.0f} "
+                         f"({_s(g['forward_s'])} a forward) |")
     before, after = mem["before_swaps"], mem["after_swaps"]
     lines += ["", f"| memory, {r['swaps']} swaps | before | after | growth |", "|---|---|---|---|",
               f"| process RSS | {before['rss_mb']:.0f} MB | {after['rss_mb']:.0f} MB | {r['memory_growth_mb']:+.0f} MB |"]

@@ -3,6 +3,7 @@ ratios, targets). Nothing here knows about Streamlit; progress goes out through 
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import platform
@@ -29,6 +30,7 @@ from lora_spectrum.bench.swaps import (
     measure_read_only,
 )
 from lora_spectrum.bench.timing import MB, median, quiet, ratio, total_ram_gb
+from lora_spectrum.bench.vram import measure_group_offload, measure_vram
 from lora_spectrum.errors import ConfigError
 
 
@@ -112,6 +114,10 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
                              fused_swap_repeats=30 if dev.type == "cuda" or model == "tiny" else 15)
         say("several epochs in one routed batch vs epoch by epoch ...")
         routed = measure_routed(pipe, family, paths, dev, dtype, latent, fwd_repeats, base_out)
+        vram = None
+        if dev.type == "cuda":  # GPU memory: a swap's swing, the peaks of a forward and of a routed batch
+            say("VRAM: a swap's swing, forward and routed peaks ...")
+            vram = _gpu_extra(functools.partial(measure_vram, pipe, family, paths, dev, dtype, latent))
         # 5. diffusers' ways, on the same model after our unload (which gives back the original modules).
         say("diffusers unload_lora_weights + load_lora_weights ...")
         reload_times = measure_diffusers_reload(pipe, paths, dev, repeats)
@@ -142,8 +148,12 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         elif grid:
             notes.append("grid (end-to-end) skipped for z-image-size: its Qwen3-4B text encoder beside the 6B "
                          "transformer needs a whole pipeline of about 20 GB; measured on sdxl-size")
+        # 10. On a GPU: offload: group, on a copy built on the CPU.
+        if vram is not None and size_model:
+            vram["group_offload"] = _gpu_extra(functools.partial(measure_group_offload, model, paths, dev, dtype,
+                                                                 latent, say))
 
-    # 10. Medians, ratios and targets.
+    # 11. Medians, ratios and targets.
     floor_s, cold_s, warm_s = median(floor), median(ours["cold"]), median(ours["warm"])
     reload_s, hotswap_s, pipeline_s = median(reload_times), median(hotswap_times), median(pipeline_times)
     base_s, active_s, fused_s = median(base_times + ours["base_again"]), median(ours["active"]), median(ours["fused"])
@@ -240,6 +250,7 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         "text_encoder": te,
         "grid": grid_result,
         "compile": compiled,
+        "vram": vram,
         "total_s": time.perf_counter() - t_start,
         "load_average": {"start": load_start, "end": list(os.getloadavg())},
         "notes": notes + [
@@ -268,3 +279,11 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
                                f"slower than the base within noise' (the unfused forward measured "
                                f"{ratio(active_s, base_s):.2f}x the base in this run)")
     return result
+
+
+def _gpu_extra(measure: Callable[[], dict]) -> dict:
+    """A GPU-only figure (no CPU test can run it): a failure is reported in its place instead of losing the run."""
+    try:
+        return measure()
+    except Exception as exc:  # noqa: BLE001 - reported in the result, the rest of the run stands
+        return {"error": f"{type(exc).__name__}: {exc}"}

@@ -67,7 +67,7 @@ def measure_ours(pipe, family, paths, device, swaps, forward, fwd_repeats, base_
     first = timed(lambda: swapper.activate(paths[0], 1.0), device)
     # 2. Cold: only one adapter resident, a different file every time, so every swap reads its file.
     say("our swap, cold ...")
-    swapper.resident = 1
+    swapper.store.resident = 1
     cold, kinds = [], set()
     for i in range(min(20, max(8, 2 * len(paths)))):
         path = paths[(i + 1) % len(paths)]  # never the file just swapped in
@@ -75,7 +75,7 @@ def measure_ours(pipe, family, paths, device, swaps, forward, fwd_repeats, base_
         kinds.add(swapper.history[-1].kind)
     # 3. Warm: four adapters resident, swapping among them.
     say("our swap, warm ...")
-    swapper.resident = 4
+    swapper.store.resident = 4
     warm_set = paths[:4]
     for path in warm_set:
         swapper.activate(path, 1.0)
@@ -105,7 +105,7 @@ def measure_ours(pipe, family, paths, device, swaps, forward, fwd_repeats, base_
     #    the fuser's clock. Restore: the base back from a merged epoch. Warm: among four resident files.
     say("fused mode: swaps, restores and forward ...")
     swapper.set_fuse(True)
-    swapper.resident = 1
+    swapper.store.resident = 1
     swapper.activate(paths[0], 1.0)
     fused_swaps, fused_merges, fused_restores = [], [], []
     for i in range(fused_swap_repeats):
@@ -115,7 +115,7 @@ def measure_ours(pipe, family, paths, device, swaps, forward, fwd_repeats, base_
     for path in cycle(paths, max(5, fused_swap_repeats // 2)):
         swapper.activate(path, 1.0)
         fused_restores.append(timed(swapper.use_base, device))
-    swapper.resident = 4
+    swapper.store.resident = 4
     for path in warm_set:
         swapper.activate(path, 1.0)
     fused_warm = [timed(lambda p=path: swapper.activate(p, 1.0), device)
@@ -141,7 +141,7 @@ def measure_ours(pipe, family, paths, device, swaps, forward, fwd_repeats, base_
     return {
         "first_s": first, "cold": cold, "warm": warm, "mixed": mixed, "kinds": sorted(kinds), "before": before,
         "after": after, "active": active, "active_differs": not bool(torch.equal(active_out, base_out)),
-        "base_exact": base_exact and unloaded_exact and residue == 0, "fast_path": swapper.fast_path_note,
+        "base_exact": base_exact and unloaded_exact and residue == 0, "fast_path": swapper.store.fast_path_note,
         "resident_mb": 4 * os.path.getsize(paths[0]) / MB,
         "base_again": base_again, "fused_swaps": fused_swaps, "fused_merges": fused_merges,
         "fused_restores": fused_restores, "fused_warm": fused_warm, "fused": fused, "fused_merged": bool(fused_merged),

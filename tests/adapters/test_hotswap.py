@@ -59,7 +59,7 @@ def test_base_weights_bit_identical_after_200_random_swaps(family, demo_loras, t
             else:
                 engine.hotswap.activate(rng.choice(files), rng.choice([0.0, 0.5, 1.0, 1.3]))
     assert engine.hotswap.generation == gen + 200, "every swap moves the generation counter"
-    assert len(engine.hotswap.resident_names()) <= 3, "the LRU stays bounded"
+    assert len(engine.hotswap.store.names()) <= 3, "the LRU stays bounded"
     assert_same_tensors(base_weights(engine.hotswap.denoiser), fresh)
     fresh_base = pixels(new_engine(family).render(request(family)).images)
     assert np.array_equal(pixels(engine.render(request(family)).images), fresh_base)

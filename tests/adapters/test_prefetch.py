@@ -58,7 +58,7 @@ def test_prefetch_is_invisible_to_the_pictures_and_takes_reads_off_the_swaps(fam
     # its swap builds the adapter slot, so it counts as a rebuild).
     kinds = [r.kind for r in engine.hotswap.history]
     assert kinds == ["base", "rebuild", "strength"] + ["prefetched", "strength"] * 3, kinds
-    assert engine.hotswap.prefetcher.hits == 4 and engine.hotswap.prefetcher.failures == 0
+    assert engine.hotswap.store.prefetcher.hits == 4 and engine.hotswap.store.prefetcher.failures == 0
 
 
 def test_routed_jobs_read_the_next_jobs_file_ahead(demo_loras, tmp_path):
@@ -73,7 +73,7 @@ def test_routed_jobs_read_the_next_jobs_file_ahead(demo_loras, tmp_path):
     for key, cell in mixed.items():
         assert np.array_equal(np.asarray(cell.image), np.asarray(plain[key].image)), key
     # Jobs (base, 1), (2, 3), (4): epochs 2 and 4 were each read while the job before them rendered.
-    assert engine.hotswap.prefetcher.hits == 2
+    assert engine.hotswap.store.prefetcher.hits == 2
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -96,7 +96,7 @@ def test_a_bad_file_read_ahead_fails_only_its_own_cells_with_the_usual_message(f
         results[prefetch] = (by_cell(run_plan(engine, plan, None)), engine)
     cells, engine = results[True]
     plain, _ = results[False]
-    assert engine.hotswap.prefetcher.failures == 1
+    assert engine.hotswap.store.prefetcher.failures == 1
     for key, cell in cells.items():
         if key[0] == paths[1].name:
             assert cell.image is None and cell.error == plain[key].error, (cell.error, plain[key].error)
@@ -111,13 +111,13 @@ def test_a_file_replaced_after_its_read_ahead_is_read_again(demo_loras, tmp_path
     engine = new_engine(family)
     target = tmp_path / "run-000002.safetensors"
     shutil.copy(demo_loras[family][1], target)
-    engine.hotswap.prefetch(str(target))
-    assert engine.hotswap.prefetcher.pending() == str(target)
+    engine.hotswap.store.prefetch(str(target))
+    assert engine.hotswap.store.prefetcher.pending() == str(target)
     # Replaced under the same name before its turn (a trainer overwriting its last save).
     save_file(demo.make_lora_state_dict(engine.hotswap.denoiser, family, seed=9), str(target))
     os.utime(target, ns=(1, 1))
     swapped = pixels(engine.render(request(family), str(target)).images)
-    assert engine.hotswap.last_source == "cold" and engine.hotswap.prefetcher.hits == 0
+    assert engine.hotswap.store.last_source == "cold" and engine.hotswap.store.prefetcher.hits == 0
     assert np.array_equal(swapped, pixels(new_engine(family).render(request(family), str(target)).images))
 
 

@@ -44,7 +44,7 @@ def test_text_encoder_keys_are_dropped_and_encoders_untouched(demo_loras, tmp_pa
           "lora_te2_text_model_encoder_layers_0_self_attn_q_proj.alpha": torch.tensor(4.0)}
     with_te = tmp_path / "withte_150.safetensors"
     save_file({**sd, **te}, str(with_te))
-    prepared = engine.hotswap.prepare(with_te)
+    prepared = engine.hotswap.store.prepare(with_te)
     assert prepared.dropped_text_encoder_keys == 4  # two modules x (A, B) after conversion
     img_te = pixels(engine.render(request(family), str(with_te)).images)
     img_plain = pixels(new_engine(family).render(request(family), str(plain)).images)

@@ -32,5 +32,5 @@ def test_json_names_every_figure(result):
         "fused_vs_unfused_max_abs", "gpu", "grid", "grid_routed", "load_average", "machine", "memory", "memory_growth_mb",
         "methods", "model", "notes", "pipeline_reload_s", "rank", "ratios", "read_only_s", "repeats", "swap_cold_s",
         "swap_first_s", "swap_fused_s", "swap_fused_split", "swap_fused_warm_s", "swap_kinds_seen", "swap_mixed_s", "swap_warm_s", "swaps", "targets",
-        "text_encoder", "total_s", "unfused_vs_base_max_abs", "versions",
+        "text_encoder", "total_s", "unfused_vs_base_max_abs", "versions", "vram",
     }
