@@ -32,8 +32,9 @@ def grid_sampling(model: str, device: torch.device):
 
 def measure_grid(model: str, device: torch.device, dtype: torch.dtype, paths: list[Path], folder: Path,
                  say) -> dict:
-    """``GRID_EPOCHS`` epochs x ``GRID_SEEDS`` through ``run_plan`` (as ``grid`` runs it, with a render cache),
-    then the same pipeline calls with each adapter swapped in beforehand (untimed)."""
+    """``GRID_EPOCHS`` epochs x ``GRID_SEEDS`` through ``run_plan`` (as ``grid`` runs it, with a render cache) on
+    an engine that has shown the run before (its slot installed; the first grid of a run also pays
+    ``slot_install_s``), then the same pipeline calls with each adapter swapped in beforehand (untimed)."""
     from lora_spectrum.catalog import Catalog
     from lora_spectrum.engine import Engine, RenderRequest
     from lora_spectrum.families import get_family
@@ -56,19 +57,24 @@ def measure_grid(model: str, device: torch.device, dtype: torch.dtype, paths: li
     engine = Engine(pipe, get_family("sdxl"), f"bench-{model}", fuse="off")
     sampling = grid_sampling(model, device)
     plan = make_plan(engine.defaults, catalog.entries, list(GRID_SEEDS), [1.0], [PROMPT], sampling)
-    # 2. A warm-up call (first-call costs: kernels chosen, memory pools filled), then the grid as the app runs it.
-    engine.render(RenderRequest(PROMPT, GRID_SEEDS[:1], sampling.override(steps=1)))
+    # 2. A warm-up: one step of an earlier epoch of the run at the grid's shape (kernels chosen, memory pools
+    #    filled, the adapter slot installed), as on an engine that has shown this run before; then nothing
+    #    resident and no prompt encoded: every epoch of the grid is read and its prompt encoded in the run.
+    warm = engine.render(RenderRequest(PROMPT, GRID_SEEDS, sampling.override(steps=1)), str(paths[0]))
+    engine.hotswap.store.clear()
+    engine.forget_prompts()
     say(f"end-to-end grid: {len(chosen)} epochs x {len(GRID_SEEDS)} seeds at {sampling.width}x{sampling.height}, "
         f"{sampling.steps} steps, through run_plan ...")
-    engine.forget_prompts()  # the grid encodes its prompt once, as a first look at a folder does
     cache = RenderCache(folder / "grid-cache", max_mb=512)
+    first_record = len(engine.hotswap.history)
     sync(device)
     t0 = time.perf_counter()
     cells = run_plan(engine, plan, catalog, cache)
     sync(device)
     wall_s = time.perf_counter() - t0
     errors = [c.error for c in cells if c.error]
-    swaps = [r for r in engine.hotswap.history if r.kind not in ("base", "strength")]
+    swaps = [r for r in engine.hotswap.history[first_record:] if r.kind not in ("base", "strength")]
+    in_engine_s = sum(c.seconds for c in cells)  # swaps, prompt encoding and pipeline calls
     # 3. The same images, pipeline calls only: each epoch swapped in (untimed), its seeds in one call as run_plan
     #    batches them, prompt embeddings computed before.
     say("end-to-end grid: the same images as pipeline calls only ...")
@@ -90,6 +96,7 @@ def measure_grid(model: str, device: torch.device, dtype: torch.dtype, paths: li
         "size": f"{sampling.width}x{sampling.height}", "guidance": sampling.guidance, "sampler": sampling.sampler,
         "pipeline_build_s": build_s, "grid_wall_s": wall_s, "grid_render_s": render_s,
         "render_call_s": median(calls), "overhead_ratio": wall_s / render_s, "overhead_s": wall_s - render_s,
+        "outside_engine_s": wall_s - in_engine_s, "slot_install_s": warm.swap.seconds,
         "swap_kinds": [r.kind for r in swaps], "swap_seconds": [r.seconds for r in swaps],
         "swap_prefetched_s": median([r.seconds for r in swaps if r.kind == "prefetched"]),
         "errors": errors,

@@ -81,8 +81,10 @@ def format_table(result: dict) -> str:
                   f"| pipeline calls only (each adapter already active) | {_s(e['grid_render_s'])} | 1.00x |",
                   f"| run_plan, everything included | {_s(e['grid_wall_s'])} | {_x(e['overhead_ratio'])} |",
                   f"| swap on the critical path, read ahead (median) | {_s(e['swap_prefetched_s'])} | - |",
+                  f"| (the first grid of a run also installs the slot once) | {_s(e['slot_install_s'])} | - |",
                   "", f"Prefetched swap: {_x(ratios.get('swap_prefetched_vs_cold'))} a cold swap; the grid's "
-                      f"overhead over its pipeline calls {_s(e['overhead_s'])} (swaps: "
+                      f"overhead over its pipeline calls {_s(e['overhead_s'])}, of which {_s(e['outside_engine_s'])} outside the "
+                      f"engine's calls (hashing, cache, PNG); swaps: "
                       f"{', '.join(e['swap_kinds'])})."]
     if r.get("compile"):
         c = r["compile"]

@@ -267,8 +267,9 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         result["ratios"]["swap_prefetched_vs_cold"] = ratio(grid["swap_prefetched_s"], cold_s)
         result["methods"]["grid"] = (
             "a whole pipeline (text encoders and VAE); wall = run_plan of the epochs x seeds, as the grid command "
-            "runs it (from a cold slot: prefetch, one prompt encoding, render cache writes, PNG encoding), after "
-            "one warm-up call; render = the same pipeline calls (each epoch's seeds in one call, as run_plan "
+            "runs it (files hashed, prefetch, one prompt encoding, render cache writes, PNG encoding) on an engine "
+            "that has shown the run before (a one-step warm-up with an earlier epoch installed the slot; then "
+            "nothing resident, no prompt encoded); slot_install = that first swap of a run; render = the same pipeline calls (each epoch's seeds in one call, as run_plan "
             "batches them) with each adapter swapped in beforehand, untimed; swap_prefetched = the median swap "
             "record of the epochs read ahead during the wall run")
     if dev.type == "cuda":
