@@ -34,7 +34,8 @@ def measure_grid(model: str, device: torch.device, dtype: torch.dtype, paths: li
                  say) -> dict:
     """``GRID_EPOCHS`` epochs x ``GRID_SEEDS`` through ``run_plan`` (as ``grid`` runs it, with a render cache) on
     an engine that has shown the run before (its slot installed; the first grid of a run also pays
-    ``slot_install_s``), then the same pipeline calls with each adapter swapped in beforehand (untimed)."""
+    ``slot_install_s``), against the same pipeline calls with each adapter swapped in beforehand (untimed),
+    measured before and after it."""
     from lora_spectrum.catalog import Catalog
     from lora_spectrum.engine import Engine, RenderRequest
     from lora_spectrum.families import get_family
@@ -58,13 +59,18 @@ def measure_grid(model: str, device: torch.device, dtype: torch.dtype, paths: li
     sampling = grid_sampling(model, device)
     plan = make_plan(engine.defaults, catalog.entries, list(GRID_SEEDS), [1.0], [PROMPT], sampling)
     # 2. A warm-up: one step of an earlier epoch of the run at the grid's shape (kernels chosen, memory pools
-    #    filled, the adapter slot installed), as on an engine that has shown this run before; then nothing
-    #    resident and no prompt encoded: every epoch of the grid is read and its prompt encoded in the run.
+    #    filled, the adapter slot installed), as on an engine that has shown this run before.
     warm = engine.render(RenderRequest(PROMPT, GRID_SEEDS, sampling.override(steps=1)), str(paths[0]))
+    request = RenderRequest(PROMPT, GRID_SEEDS, sampling)
+
+    # 3. The pipeline calls, then the grid through run_plan (nothing resident, no prompt encoded: every epoch is
+    #    read and the prompt encoded in the run), then the pipeline calls again: their mean brackets the run, so
+    #    that a drift of the machine's speed over the minutes does not land on one side.
+    say(f"end-to-end grid: {len(chosen)} epochs x {len(GRID_SEEDS)} seeds at {sampling.width}x{sampling.height}, "
+        f"{sampling.steps} steps: pipeline calls, run_plan, pipeline calls ...")
+    before = _pipeline_calls(engine, catalog, request, device)
     engine.hotswap.store.clear()
     engine.forget_prompts()
-    say(f"end-to-end grid: {len(chosen)} epochs x {len(GRID_SEEDS)} seeds at {sampling.width}x{sampling.height}, "
-        f"{sampling.steps} steps, through run_plan ...")
     cache = RenderCache(folder / "grid-cache", max_mb=512)
     first_record = len(engine.hotswap.history)
     sync(device)
@@ -75,26 +81,14 @@ def measure_grid(model: str, device: torch.device, dtype: torch.dtype, paths: li
     errors = [c.error for c in cells if c.error]
     swaps = [r for r in engine.hotswap.history[first_record:] if r.kind not in ("base", "strength")]
     in_engine_s = sum(c.seconds for c in cells)  # swaps, prompt encoding and pipeline calls
-    # 3. The same images, pipeline calls only: each epoch swapped in (untimed), its seeds in one call as run_plan
-    #    batches them, prompt embeddings computed before.
-    say("end-to-end grid: the same images as pipeline calls only ...")
-    embeds = engine.encode(PROMPT, sampling.negative_prompt, sampling.guidance)
-    request = RenderRequest(PROMPT, GRID_SEEDS, sampling)
-    calls = []
-    with engine.lock:
-        for entry in catalog.entries:
-            engine.set_lora(entry.path, 1.0)
-            assert engine.encode(PROMPT, sampling.negative_prompt, sampling.guidance) is embeds  # cached
-            sync(device)
-            t0 = time.perf_counter()
-            engine._render_locked(request)
-            sync(device)
-            calls.append(time.perf_counter() - t0)
-    render_s = sum(calls)
+    after = _pipeline_calls(engine, catalog, request, device)
+    calls = before + after
+    render_s = (sum(before) + sum(after)) / 2
     out = {
         "epochs": len(chosen), "seeds": len(GRID_SEEDS), "images": len(cells), "steps": sampling.steps,
         "size": f"{sampling.width}x{sampling.height}", "guidance": sampling.guidance, "sampler": sampling.sampler,
         "pipeline_build_s": build_s, "grid_wall_s": wall_s, "grid_render_s": render_s,
+        "grid_render_before_s": sum(before), "grid_render_after_s": sum(after),
         "render_call_s": median(calls), "overhead_ratio": wall_s / render_s, "overhead_s": wall_s - render_s,
         "outside_engine_s": wall_s - in_engine_s, "slot_install_s": warm.swap.seconds,
         "swap_kinds": [r.kind for r in swaps], "swap_seconds": [r.seconds for r in swaps],
@@ -103,3 +97,21 @@ def measure_grid(model: str, device: torch.device, dtype: torch.dtype, paths: li
     }
     del engine, pipe
     return out
+
+
+def _pipeline_calls(engine, catalog, request, device: torch.device) -> list[float]:
+    """The grid's images as pipeline calls only: each epoch swapped in (untimed), its seeds in one call as run_plan
+    batches them, the prompt's embeddings computed before."""
+    sampling = request.sampling
+    embeds = engine.encode(request.prompt, sampling.negative_prompt, sampling.guidance)
+    times = []
+    with engine.lock:
+        for entry in catalog.entries:
+            engine.set_lora(entry.path, 1.0)
+            assert engine.encode(request.prompt, sampling.negative_prompt, sampling.guidance) is embeds  # cached
+            sync(device)
+            t0 = time.perf_counter()
+            engine._render_locked(request)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    return times

@@ -269,8 +269,9 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
             "a whole pipeline (text encoders and VAE); wall = run_plan of the epochs x seeds, as the grid command "
             "runs it (files hashed, prefetch, one prompt encoding, render cache writes, PNG encoding) on an engine "
             "that has shown the run before (a one-step warm-up with an earlier epoch installed the slot; then "
-            "nothing resident, no prompt encoded); slot_install = that first swap of a run; render = the same pipeline calls (each epoch's seeds in one call, as run_plan "
-            "batches them) with each adapter swapped in beforehand, untimed; swap_prefetched = the median swap "
+            "nothing resident, no prompt encoded); slot_install = that first swap of a run; render = the same "
+            "pipeline calls (each epoch's seeds in one call, as run_plan batches them) with each adapter swapped in "
+            "beforehand, untimed, the mean of one measurement before and one after the wall run; swap_prefetched = the median swap "
             "record of the epochs read ahead during the wall run")
     if dev.type == "cuda":
         result["memory"]["cuda_allocated_growth_mb"] = growth_cuda
