@@ -119,11 +119,16 @@ def compile_denoiser(denoiser: torch.nn.Module, backend="inductor") -> None:
     denoiser.compile(backend=backend)
 
 
+def uncompile(denoiser: torch.nn.Module) -> None:
+    """Undo ``compile_denoiser``: the module's calls run eagerly again."""
+    denoiser._compiled_call_impl = None
+
+
 @contextlib.contextmanager
 def eager(denoiser: torch.nn.Module):
     """Run ``denoiser`` uncompiled inside the block (routed batches: their hooks would recompile the graph)."""
     compiled = getattr(denoiser, "_compiled_call_impl", None)
-    denoiser._compiled_call_impl = None
+    uncompile(denoiser)
     try:
         yield
     finally:

@@ -144,13 +144,8 @@ def _pending(engine, plan: Plan, catalog: Catalog | None, cache: RenderCache | N
 
 def _files_ahead(plan: Plan, job_list: list[list[GroupKey]]) -> list[str | None]:
     """For each job, the first file a later job swaps in that this job does not: the one to read ahead."""
-    out: list[str | None] = [None] * len(job_list)
-    upcoming: list[str] = []  # files of the jobs after the current one, nearest first, each once
-    for j in range(len(job_list) - 1, -1, -1):
-        mine = [str(plan.columns[key[0]].path) for key in job_list[j] if plan.columns[key[0]] is not None]
-        out[j] = next((f for f in upcoming if f not in mine), None)
-        upcoming = list(dict.fromkeys(mine + upcoming))[:64]  # more than any job holds
-    return out
+    files = [[str(plan.columns[key[0]].path) for key in job if plan.columns[key[0]] is not None] for job in job_list]
+    return [next((f for later in files[j + 1:] for f in later if f not in mine), None) for j, mine in enumerate(files)]
 
 
 def _route(plan: Plan, key: GroupKey, todo: list[Cell]) -> Route:

@@ -76,12 +76,6 @@ class Prefetcher:
                 self._pending[1].cancel()
             self._pending = None
 
-    def close(self) -> None:
-        self.drop()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-
     def _read(self, path: str) -> tuple[PreparedAdapter, torch.cuda.Event | None]:
         if self._stream is None:
             return self._prepare(path), None

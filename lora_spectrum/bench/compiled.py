@@ -17,7 +17,7 @@ def measure_compiled(pipe, family, paths, device, forward, repeats: int, eager_a
     from torch._dynamo.utils import counters
 
     from lora_spectrum.adapters import HotSwapper
-    from lora_spectrum.compilation import compile_denoiser, denoiser_size, record_verdict, verdicts_path
+    from lora_spectrum.compilation import compile_denoiser, denoiser_size, record_verdict, uncompile, verdicts_path
 
     denoiser = family.denoiser(pipe)
     size_m = denoiser_size(denoiser)
@@ -43,7 +43,7 @@ def measure_compiled(pipe, family, paths, device, forward, repeats: int, eager_a
         after_swaps.append(timed(forward, device))
         recompiles = counters["stats"]["unique_graphs"] - graphs
     finally:
-        denoiser._compiled_call_impl = None
+        uncompile(denoiser)
         swapper.unload()
         torch._dynamo.reset()
     compiled_s = median(compiled)

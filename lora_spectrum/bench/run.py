@@ -36,7 +36,7 @@ from lora_spectrum.errors import ConfigError
 
 def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epochs: int = 10, swaps: int = 200,
                   progress: Callable[[str], None] | None = None, dtype: str = "auto", compile: bool = False,  # noqa: A002
-                  grid: bool = True) -> dict:
+                  ) -> dict:
     """Measure everything in docs/bench/README.md for ``model`` and return one JSON-ready dict (seconds, MB)."""
     import diffusers
     import peft
@@ -141,11 +141,11 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         say("text-encoder forwards of a 5-epoch x 2-seed plan ...")
         te = count_text_encoder_forwards(family_name, folder)
         # 9. The end-to-end grid on a whole pipeline (text encoders, VAE): run_plan against its pipeline calls.
-        grid_result = None
-        if grid and model != "z-image-size":
-            grid_result = measure_grid(model, dev, dtype, paths, folder, say)
+        grid = None
+        if model != "z-image-size":
+            grid = measure_grid(model, dev, dtype, paths, folder, say)
             gc.collect()
-        elif grid:
+        else:
             notes.append("grid (end-to-end) skipped for z-image-size: its Qwen3-4B text encoder beside the 6B "
                          "transformer needs a whole pipeline of about 20 GB; measured on sdxl-size")
         # 10. On a GPU: offload: group, on a copy built on the CPU.
@@ -248,7 +248,7 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
                 swap_fused_s <= (15 * floor_s if dev.type != "cuda" else 0.020),
         },
         "text_encoder": te,
-        "grid": grid_result,
+        "grid": grid,
         "compile": compiled,
         "vram": vram,
         "total_s": time.perf_counter() - t_start,
@@ -259,7 +259,6 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
             "targets are issue 6's, defined for --model sdxl-size on CPU",
         ],
     })
-    grid = grid_result
     if grid is not None:  # issue 17: the whole grid within 5% of its pipeline calls; a prefetched swap re-points
         result["targets"]["grid_wall_le_1_05x_render"] = grid["grid_wall_s"] <= 1.05 * grid["grid_render_s"]
         result["targets"]["swap_prefetched_le_0_2x_cold"] = (grid["swap_prefetched_s"] is not None
