@@ -27,6 +27,11 @@ fuse = engine.fuse_mode + (f" ({engine.fuse_decision.removeprefix('fuse auto: ')
 st.caption(md_escape(f"Base: {engine.base_id} ({engine.family.name}, {engine.device.type}, {str(engine.dtype)[6:]}) · "
                      f"fuse {fuse} · compile {'on' if engine.compiled else 'off'} · LoRAs: {catalog.folder}"),
            help=md_escape(engine.compile_note))
+pool = getattr(engine, "executor", None)  # executor: ray, the renders go to its workers
+if pool is not None:
+    st.caption(md_escape(pool.summary))
+    for problem in pool.problems:
+        st.warning(md_escape(problem))
 
 controls = render_controls(catalog, engine.defaults, choice.prompt, settings.batch_epochs, engine.family.name)
 st.session_state.setdefault("view", "Compare")

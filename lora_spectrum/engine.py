@@ -18,11 +18,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from lora_spectrum.adapters import HotSwapper, SwapRecord
+from lora_spectrum.admission import Admission
 from lora_spectrum.bases import load_pipeline, place
 from lora_spectrum.compilation import compile_denoiser, eager, resolve_compile, settle
 from lora_spectrum.devices import free_memory, is_out_of_memory, reserve_vram, resolve_device, resolve_dtype
 from lora_spectrum.errors import (
-    BusyError,
     Cancelled,
     LoraSpectrumError,
     OutOfMemoryError,
@@ -74,7 +74,7 @@ class Engine:
         self.defaults = family.defaults.with_sampling(**(defaults or {}))
         self.max_sequence_length = max_sequence_length
         self.lock = threading.Lock()
-        self._admission = threading.BoundedSemaphore(max(1, max_queued))
+        self._admission = Admission(max_queued)
         # Merge the active adapter into the base weights: on, off, or auto (decided from measurements).
         self.fuse_mode = resolve_fuse(fuse, self.device, offload)
         # torch.compile for the denoiser: off, on, or auto (where bench --compile found it pays; compilation.py).
@@ -135,15 +135,9 @@ class Engine:
                         compile=settings.compile, compile_backend=settings.compile_backend)
 
     # ------------------------------------------------------------------ admission
-    @contextlib.contextmanager
     def admit(self):
         """Admit one run (a grid, a render): at most ``max_queued`` at once; more raise ``BusyError`` at once."""
-        if not self._admission.acquire(blocking=False):
-            raise BusyError("the workbench is busy with other renders; try again when they finish")
-        try:
-            yield self
-        finally:
-            self._admission.release()
+        return self._admission.enter()
 
     # ------------------------------------------------------------------ prompts
     def encode(self, prompt: str, negative_prompt: str, guidance: float) -> tuple:

@@ -16,6 +16,7 @@ show one plain message. The tree::
     │   └── OutOfMemoryError          ... because the device ran out of memory (the caller may retry smaller)
     ├── BusyError                     the shared engine has as many runs queued as allowed
     ├── Cancelled                     the user cancelled; what finished is kept
+    ├── ClusterError                  Ray is missing, its cluster cannot be reached, or no worker can render
     ├── ClipUnavailable               no CLIP model can be loaded (image measures fall back to pixels)
     ├── RatingsError                  a votes file cannot be read or written (it is set aside, never lost)
     └── ShipError                     an epoch cannot be promoted: its target exists, or the file changed
@@ -83,6 +84,11 @@ class BusyError(LoraSpectrumError):
 
 class Cancelled(LoraSpectrumError):
     """The user cancelled a run; cells that finished are kept."""
+
+
+class ClusterError(LoraSpectrumError):
+    """The ``ray`` executor cannot run: Ray is not installed, the cluster cannot be reached or started, or no
+    worker could load the base (each worker's reason is in the message)."""
 
 
 class ClipUnavailable(LoraSpectrumError):

@@ -120,6 +120,7 @@ class Cell:
     error: str | None = None
     label: str = ""  # the column's label: "base", "epoch 20", "step 1000" or the file name
     routed: bool = False  # rendered in one denoiser call with other columns or strengths (``run_plan``'s ``mix``)
+    worker: str | None = None  # who rendered it: "local", or a Ray worker's name ("worker-1"); None when cached
     cancelled: bool = field(default=False, repr=False)  # left unrendered by a cancel (``error`` then says so)
 
     def record(self) -> dict:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import replace
 
+import numpy as np
 from PIL import Image
 
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.engine import RenderRequest, Route
-from lora_spectrum.errors import Cancelled, LoraSpectrumError, shorten
+from lora_spectrum.errors import LoraSpectrumError
+from lora_spectrum.execution import Batch, executor_for, files_ahead
 from lora_spectrum.grid_files import base_hash, base_name, encode_png, parameters_text
 from lora_spectrum.plan import Cell, GroupKey, Plan, calls, column_label, groups, jobs, plan_cells
 from lora_spectrum.render_cache import RenderCache
@@ -45,56 +45,40 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
             on_progress(done, total, cell)
 
     # 2. Groups in execution order (one swap per (column, strength), one batched render per prompt), packed
-    #    into jobs of up to ``mix`` groups of one prompt.
+    #    into jobs of up to ``mix`` groups of one prompt; each job's file to read ahead (``execution/``).
     grouped = groups(cells)
-    cancelled = False
     job_list = jobs(list(grouped), mix)
-    ahead = _files_ahead(plan, job_list)
-    with engine.admit():
+    ahead = files_ahead([[str(plan.columns[k[0]].path) for k in job if plan.columns[k[0]] is not None]
+                         for job in job_list])
+    todos_of: dict[int, list[list[Cell]]] = {}  # each batch's cells, route by route
+
+    def batches():
         for j, job in enumerate(job_list):
-            if cancelled or (cancel is not None and cancel.is_set()):
-                break
-            # 3. Per group: the file checked, cached cells taken; what is left to render.
+            if cancel is not None and cancel.is_set():
+                return
+            # 3. Per group: the file checked, cached cells taken; what is left to render, as one batch.
             todos = [(key, _pending(engine, plan, catalog, cache, key, grouped[key], report)) for key in job]
             todos = [(key, todo) for key, todo in todos if todo]
-            if not todos:
-                continue
-            req = RenderRequest(job[0][2], (), plan.sampling)
-            labels = " + ".join(column_label(plan.columns[key[0]]) for key, _ in todos)
-            step = (lambda i, n, label=labels: on_step(i, n, label)) if on_step else None
-            # 4. Render: one group as a swap and a batched call; several as routed calls, split by ``calls``.
-            #    The next job's file is read in the background meanwhile, so that its swap finds it in memory.
-            t0 = time.perf_counter()
-            try:
-                if len(todos) == 1:
-                    (ci, strength, _), todo = todos[0]
-                    entry = plan.columns[ci]
-                    req = replace(req, seeds=tuple(c.seed for c in todo))
-                    results = [engine.render(req, None if entry is None else entry.path, strength, cancel=cancel,
-                                             on_step=step, ahead=ahead[j])]
-                else:
-                    batched = calls(todos)
-                    todos = [item for call in batched for item in call]  # the results come in the calls' order
-                    routed = engine.render_routed(req, [[_route(plan, key, todo) for key, todo in call]
-                                                        for call in batched], cancel=cancel, on_step=step,
-                                                 ahead=ahead[j])
-                    results = [r for call in routed for r in call]
-            except Cancelled:
-                break
-            except LoraSpectrumError as exc:
-                results = [exc] * len(todos)
-            # 5. Each group's cells: its images, or its own error.
-            per_image = (time.perf_counter() - t0) / sum(len(todo) for _, todo in todos)
-            for (_, todo), result in zip(todos, results, strict=True):
-                if isinstance(result, Cancelled):  # not rendered: these cells end as cancelled below
-                    cancelled = True
+            if todos:
+                batch, todos_of[j] = _batch(plan, j, todos, ahead[j])
+                yield batch
+
+    # 4. Render through the executor (this process's engine, or Ray workers): one group as a swap and a
+    #    batched call, several as routed calls split by ``calls``. Outcomes come back as batches finish.
+    executor = executor_for(engine)
+    with engine.admit():
+        for batch, outcomes in executor.run(batches(), cancel, on_step):
+            # 5. Each route's cells: its images, or its own error.
+            per_image = max((o.seconds for o in outcomes), default=0.0) / batch.images
+            for route_cells, o in zip(todos_of.pop(batch.index), outcomes, strict=True):
+                if o.cancelled:  # not rendered: these cells end as cancelled below (the executor stops)
                     continue
-                for i, c in enumerate(todo):
-                    if isinstance(result, Exception):
-                        c.error = shorten(str(result))
+                for i, c in enumerate(route_cells):
+                    if o.error is not None:
+                        c.error = o.error
                     else:
-                        c.image, c.seconds, c.swap_seconds = result.images[i], per_image, result.swap.seconds
-                        c.routed = result.swap.kind.startswith("routed")
+                        c.image, c.seconds, c.swap_seconds = as_image(o.images[i]), per_image, o.swap_seconds
+                        c.routed, c.worker = o.swap_kind.startswith("routed"), o.worker
                         c.png = encode_png(c.image, parameters_text(c, plan.sampling, base_name(engine.base_id),
                                                                     base_hash(engine.base_id)))
                         if cache:
@@ -142,12 +126,23 @@ def _pending(engine, plan: Plan, catalog: Catalog | None, cache: RenderCache | N
     return todo
 
 
-def _files_ahead(plan: Plan, job_list: list[list[GroupKey]]) -> list[str | None]:
-    """For each job, the first file a later job swaps in that this job does not: the one to read ahead."""
-    files = [[str(plan.columns[key[0]].path) for key in job if plan.columns[key[0]] is not None] for job in job_list]
-    return [next((f for later in files[j + 1:] for f in later if f not in mine), None) for j, mine in enumerate(files)]
+def _batch(plan: Plan, index: int, todos: list[tuple[GroupKey, list[Cell]]],
+           ahead: str | None) -> tuple[Batch, list[list[Cell]]]:
+    """One job's groups still to render as a ``Batch`` (a single group, or routed calls split by ``plan.calls``)
+    and their cells in the batch's route order."""
+    labels = " + ".join(column_label(plan.columns[key[0]]) for key, _ in todos)
+    split = [todos] if len(todos) == 1 else calls(todos)
+    routes = tuple(tuple(_route(plan, key, todo) for key, todo in call) for call in split)
+    seeds = routes[0][0][2] if len(todos) == 1 else ()
+    batch = Batch(index, RenderRequest(todos[0][0][2], seeds, plan.sampling), routes, len(todos) > 1, labels, ahead)
+    return batch, [todo for call in split for _, todo in call]
+
+
+def as_image(image) -> Image.Image:
+    """A rendered image as PIL: as the local engine returns it, or from the uint8 array a worker sent."""
+    return Image.fromarray(image) if isinstance(image, np.ndarray) else image
 
 
 def _route(plan: Plan, key: GroupKey, todo: list[Cell]) -> Route:
     entry = plan.columns[key[0]]
-    return None if entry is None else entry.path, key[1], tuple(c.seed for c in todo)
+    return None if entry is None else str(entry.path), key[1], tuple(c.seed for c in todo)

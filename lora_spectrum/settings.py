@@ -66,6 +66,9 @@ class Settings:
     runs_max: int = 50  # at most this many runs are kept; the oldest go first
     runs_max_mb: int = 2048  # ... and at most this much disk (the newest run is always kept)
     shipped_dir: str = "shipped"  # where "Ship this epoch" writes the promoted file and its model card
+    executor: str = "local"  # local | ray: renders on this process's engine, or on Ray workers (execution/)
+    workers: int = 0  # ray: how many workers (0: one per GPU of the cluster); CPU workers where there is no GPU
+    ray_address: str = ""  # ray: an existing cluster ("auto", "ray://host:10001", "host:6379"); "": a local one
     root: Path = field(default=PROJECT_ROOT, compare=False)
 
     def path(self, value: str) -> Path:
@@ -129,6 +132,10 @@ def load_settings(path: str | Path | None = None) -> Settings:
         raise ConfigError(f"{path}: resident_adapters must be at least 1")
     if settings.batch_epochs < 1:
         raise ConfigError(f"{path}: batch_epochs must be at least 1")
+    if settings.executor not in ("local", "ray"):
+        raise ConfigError(f"{path}: executor must be local or ray, not {settings.executor!r}")
+    if settings.workers < 0:
+        raise ConfigError(f"{path}: workers must be 0 (one per GPU) or more")
     if settings.runs_max < 1:
         raise ConfigError(f"{path}: runs_max must be at least 1")
     if not isinstance(settings.probes, dict):

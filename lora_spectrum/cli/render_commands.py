@@ -7,8 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from lora_spectrum.cli.arguments import csv_floats, csv_ints, quiet_libraries
-from lora_spectrum.errors import LoraSpectrumError
+from lora_spectrum.cli.arguments import (
+    add_executor_arguments,
+    apply_executor_arguments,
+    csv_floats,
+    csv_ints,
+    quiet_libraries,
+)
+from lora_spectrum.errors import ConfigError, LoraSpectrumError
 
 
 def add_parsers(sub) -> None:
@@ -49,6 +55,7 @@ def add_parsers(sub) -> None:
                    help="run the denoiser through torch.compile (--compile alone: on; default: the config's)")
     s.add_argument("--no-prefetch", action="store_true",
                    help="do not read the next epoch in the background while one renders")
+    add_executor_arguments(s)
 
     s = sub.add_parser("bench", help="measure swap speed and memory against diffusers' ways, side by side")
     s.add_argument("--model", choices=["tiny", "sdxl-size", "z-image-size"], default="tiny")
@@ -80,6 +87,7 @@ def add_parsers(sub) -> None:
                    help="render a probe set over every epoch and the base: a name from configs/probes/, a .yaml "
                         "set or a kohya sample-prompt .txt (default: the config's probe_set; shapes on the demo, "
                         "else general)")
+    add_executor_arguments(s)
     s.add_argument("--probe-out", help="where the probe's renders go (default: .cache/probes/<series>-<set>)")
     s.add_argument("--references", help="a folder of training images: style is then likeness to them (CLIP-I)")
     s.add_argument("--mix", type=int, metavar="N", help="epochs per batched call for the probe (default: the "
@@ -129,12 +137,12 @@ def _cmd_demo(args) -> int:
 
 def _cmd_grid(args) -> int:
     """Exit 0 all rendered, 1 some cells failed, 2 bad arguments or base."""
+    from lora_spectrum.execution.startup import open_workbench
     from lora_spectrum.grid_files import write_outputs
     from lora_spectrum.plan import make_plan, select_columns
     from lora_spectrum.render_cache import RenderCache
     from lora_spectrum.runs import run_plan
     from lora_spectrum.settings import load_settings
-    from lora_spectrum.workbench import open_engine
 
     def fail(msg: str) -> int:
         print(f"lora-spectrum grid: {msg}", file=sys.stderr)
@@ -157,13 +165,17 @@ def _cmd_grid(args) -> int:
             settings.compile = args.compile
         if args.no_prefetch:
             settings.prefetch = False
+        bad = apply_executor_arguments(args, settings)
+        if bad:
+            return fail(bad)
         # 2. Check what is cheap to check before loading a base.
         for name in ("steps", "width", "height", "mix"):
             v = getattr(args, name)
             if v is not None and v < 1:
                 return fail(f"--{name} must be at least 1")
         # 3. The base (or the demo with --base demo) and its loras folder.
-        choice = open_engine(settings, allow_demo=settings.base == "demo", loras_given=bool(args.loras))
+        choice = open_workbench(settings, allow_demo=settings.base == "demo", loras_given=bool(args.loras),
+                                say=lambda msg: print(msg, file=sys.stderr, flush=True))
         engine = choice.engine
         catalog = choice.catalog()
         catalog.scan()
@@ -185,10 +197,16 @@ def _cmd_grid(args) -> int:
               flush=True)
 
     # 4. Render, write, report.
-    cells = run_plan(engine, plan, catalog, cache, progress, mix=args.mix or settings.batch_epochs)
+    pool = getattr(engine, "executor", None)
+    try:
+        cells = run_plan(engine, plan, catalog, cache, progress, mix=args.mix or settings.batch_epochs)
+        workers = pool.record() if pool is not None else {"executor": "local"}
+    finally:
+        if pool is not None:
+            pool.close()
     manifest = write_outputs(args.out, plan, cells, engine.base_id, engine.family.name,
                              extra={"engine": {"fuse": engine.fuse_mode, "compiled": engine.compiled,
-                                               "prefetch": engine.prefetch_enabled}})
+                                               "prefetch": engine.prefetch_enabled, **workers}})
     _add_insight(args.out, manifest, catalog, columns)
     failed = [c for c in cells if c.error]
     for c in failed:
@@ -250,11 +268,11 @@ def _cmd_insight(args) -> int:
 def _run_probe(args):
     """``insight --probe``: open the base, render the probe set over the series, return (catalog, probe folder,
     log folder, settings, the engine choice)."""
+    from lora_spectrum.execution.startup import open_workbench
     from lora_spectrum.probe_runs import run_probe
     from lora_spectrum.probes import find_probe_set
     from lora_spectrum.render_cache import RenderCache
     from lora_spectrum.settings import load_settings
-    from lora_spectrum.workbench import open_engine
 
     quiet_libraries()
     settings = load_settings(args.config)
@@ -264,7 +282,11 @@ def _run_probe(args):
         settings.device = args.device
     if args.loras:
         settings.loras = str(Path(args.loras).resolve())
-    choice = open_engine(settings, allow_demo=settings.base == "demo", loras_given=bool(args.loras))
+    bad = apply_executor_arguments(args, settings)
+    if bad:
+        raise ConfigError(bad)
+    choice = open_workbench(settings, allow_demo=settings.base == "demo", loras_given=bool(args.loras),
+                            say=lambda msg: print(msg, file=sys.stderr, flush=True))
     catalog = choice.catalog()
     catalog.scan()
     series, entries = catalog.choose_series(args.series)
@@ -277,8 +299,13 @@ def _run_probe(args):
         state = "cached" if cell.cached else ("FAILED" if cell.error else f"{cell.seconds:.2f}s")
         print(f"[probe {done}/{total}] {cell.label} seed {cell.seed}: {state}", file=sys.stderr, flush=True)
 
-    run = run_probe(choice.engine, catalog, probe_set, out, series=series, cache=cache, on_progress=progress,
-                    mix=args.mix or settings.batch_epochs)
+    pool = getattr(choice.engine, "executor", None)
+    try:
+        run = run_probe(choice.engine, catalog, probe_set, out, series=series, cache=cache, on_progress=progress,
+                        mix=args.mix or settings.batch_epochs)
+    finally:
+        if pool is not None:
+            pool.close()
     print(f"probe {probe_set.name}: {len(run.cells)} image(s) in {out}, {run.failed} failed", file=sys.stderr)
     return catalog, out, choice.logs_folder(settings, args.logs), settings, choice
 

@@ -8,8 +8,9 @@ import os
 import streamlit as st
 
 from lora_spectrum.catalog import Catalog
+from lora_spectrum.execution.startup import open_workbench
 from lora_spectrum.settings import Settings, load_settings
-from lora_spectrum.workbench import EngineChoice, open_engine
+from lora_spectrum.workbench import EngineChoice
 
 CONFIG_ENV = "LORA_SPECTRUM_CONFIG"  # another settings file, e.g. for tests or a second base
 
@@ -22,5 +23,5 @@ def config_path() -> str | None:
 def get_workbench(path: str | None) -> tuple[Settings, EngineChoice, Catalog]:
     """Settings, the engine (configured base, else the demo with the reason) and the catalog of its loras."""
     settings = load_settings(path)
-    choice = open_engine(settings, allow_demo=True)
+    choice = open_workbench(settings, allow_demo=True)
     return settings, choice, choice.catalog()
