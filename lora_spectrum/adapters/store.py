@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 from lora_spectrum.adapters.prefetch import Prefetcher
@@ -21,6 +21,7 @@ class AdapterStore:
         self.reader = Reader(family, convert, layer_table(denoiser))
         self.lru: OrderedDict[str, PreparedAdapter] = OrderedDict()
         self.last_source = ""  # where ``load`` found its last adapter: warm, prefetched or cold
+        self.reads: Counter[str] = Counter()  # files read from disk (in the foreground or ahead), and how often
         # At most one adapter beyond the LRU, staged in its own pinned buffer on CUDA.
         self.prefetcher = Prefetcher(lambda path: self.prepare(path, background=True), next(denoiser.parameters()).device)
 
@@ -32,6 +33,7 @@ class AdapterStore:
         """Read, convert and check one file against this denoiser; raises ``LoraLoadError``. ``background``: for
         the read ahead."""
         ref = next(self.denoiser.parameters())  # where the denoiser is now (offload modes move it)
+        self.reads[str(path)] += 1
         return self.reader.prepare(path, ref.device, ref.dtype, background)
 
     def prefetch(self, path: str | Path | None) -> None:

@@ -75,6 +75,12 @@ class RayPool:
     def summary(self) -> str:
         return f"ray: {len(self.alive)} worker(s): " + ", ".join(w.describe() for w in self.alive)
 
+    def files_read(self) -> dict[str, dict[str, int]]:
+        """Per live worker, the LoRA files its engine read from disk and how often."""
+        ray = import_ray()
+        alive = self.alive
+        return dict(zip([w.name for w in alive], ray.get([w.actor.files_read.remote() for w in alive]), strict=True))
+
     def record(self) -> dict:
         """For a manifest: the executor, the workers that rendered (name, node, device), those left out or lost."""
         return {"executor": "ray", "workers": [w.describe() for w in self.alive], "left_out": list(self.problems)}
@@ -98,18 +104,19 @@ class RayPool:
                 raise ClusterError(f"cannot start or reach a Ray cluster {where} ({reason(exc)}); on each machine "
                                    f"run 'ray start --head' (or --address HEAD:6379), then give its address") from exc
         # 2. How many workers, on what: one per GPU (or ``workers`` of them), else ``workers`` CPU workers.
-        resources = ray.cluster_resources()
-        gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
-        use_gpu = gpus > 0 and s.device != "cpu"
+        free = ray.available_resources()
+        gpus, cpus = int(free.get("GPU", 0)), float(free.get("CPU", 0))
+        use_gpu = int(ray.cluster_resources().get("GPU", 0)) > 0 and s.device != "cpu"
         n = s.workers or (gpus if use_gpu else 0)
         if n < 1:
-            raise ClusterError("the Ray cluster has no GPU: give workers: N (or --workers N) for N CPU workers")
+            raise ClusterError("the Ray cluster has no free GPU: give workers: N (or --workers N) for N CPU workers"
+                               if not use_gpu else "every GPU of the Ray cluster is taken")
         if use_gpu and n > gpus:
-            raise ClusterError(f"{n} workers asked for, but the Ray cluster has {gpus} GPU(s)")
-        # CPU workers share the cluster's cores for Ray's scheduling (a fraction each when there are more workers
-        # than cores), but each computes with as many threads as a local run: on a CPU the intra-op thread count
+            raise ClusterError(f"{n} workers asked for, but the Ray cluster has {gpus} free GPU(s)")
+        # A CPU worker takes one of the cluster's cores for Ray's scheduling (a share of the free ones when there
+        # are more workers), but computes with as many threads as a local run: on a CPU the intra-op thread count
         # changes the pixels (reductions split differently), and the grid must be the local one, cell for cell.
-        options = dict(num_gpus=1, num_cpus=1) if use_gpu else dict(num_cpus=cpus / n)
+        options = dict(num_gpus=1, num_cpus=1) if use_gpu else dict(num_cpus=min(1.0, max(cpus, 0.01) / n))
         threads = 0 if use_gpu else torch.get_num_threads()
         per_worker = self.worker_settings or [s] * n
         from lora_spectrum.execution.worker import CONCURRENCY, EngineWorker

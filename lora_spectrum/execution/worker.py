@@ -77,6 +77,11 @@ class EngineWorker:
         """The last step reported: (run id, step, steps, label), or None before the first."""
         return self._step
 
+    @ray.method(concurrency_group="control")
+    def files_read(self) -> dict[str, int]:
+        """The LoRA files this worker's engine read from disk, and how often (one read per epoch per plan)."""
+        return dict(self.engine.hotswap.store.reads) if self.engine is not None else {}
+
     def _event(self, run_id: str) -> threading.Event:
         with self._lock:
             return self._event_locked(run_id)
