@@ -68,6 +68,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--compile", action="store_true",
                    help="also time the denoiser through torch.compile against eager, with the compile time; the "
                         "verdict is recorded for compile: auto")
+    add_executor_arguments(s)
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("insight", help="weight-space curves, loss curve and a suggested epoch; with --probe, "
@@ -231,6 +232,14 @@ def _add_insight(out_dir, manifest: dict, catalog, columns) -> None:
 
 
 def _cmd_bench(args) -> int:
+    if args.executor == "ray":  # the grid on one engine against a Ray pool (bench/cluster.py)
+        from lora_spectrum.bench.cluster import format_cluster, run_cluster_benchmark
+
+        result = run_cluster_benchmark(model=args.model, device=args.device, workers=args.workers or 2,
+                                       address=args.ray_address or "", dtype=args.dtype,
+                                       progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+        print(json.dumps(result, indent=2) if args.json else format_cluster(result))
+        return 0
     from lora_spectrum.bench import format_table, run_benchmark
 
     result = run_benchmark(model=args.model, device=args.device, rank=args.rank, epochs=args.epochs,

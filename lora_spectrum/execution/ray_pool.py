@@ -116,7 +116,10 @@ class RayPool:
         # A CPU worker takes one of the cluster's cores for Ray's scheduling (a share of the free ones when there
         # are more workers), but computes with as many threads as a local run: on a CPU the intra-op thread count
         # changes the pixels (reductions split differently), and the grid must be the local one, cell for cell.
-        options = dict(num_gpus=1, num_cpus=1) if use_gpu else dict(num_cpus=min(1.0, max(cpus, 0.01) / n))
+        # Their OpenMP threads sleep when idle instead of spinning: several workers' threads on the same cores
+        # would otherwise spin against each other's work.
+        options = dict(num_gpus=1, num_cpus=1) if use_gpu else dict(
+            num_cpus=min(1.0, max(cpus, 0.01) / n), runtime_env={"env_vars": {"OMP_WAIT_POLICY": "PASSIVE"}})
         threads = 0 if use_gpu else torch.get_num_threads()
         per_worker = self.worker_settings or [s] * n
         from lora_spectrum.execution.worker import CONCURRENCY, EngineWorker

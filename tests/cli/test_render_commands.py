@@ -165,8 +165,8 @@ def test_grid_compile_and_no_prefetch_render_the_same_cells_and_say_so_in_the_ma
     assert grid(config, loras, out.with_name("compiled"), *args, "--compile", "--no-prefetch") == 0
     plain = json.loads((out / "manifest.json").read_text())
     compiled = json.loads((out.with_name("compiled") / "manifest.json").read_text())
-    assert plain["engine"] == {"fuse": "off", "compiled": False, "prefetch": True}
-    assert compiled["engine"] == {"fuse": "off", "compiled": True, "prefetch": False}
+    assert plain["engine"] == {"fuse": "off", "compiled": False, "prefetch": True, "executor": "local"}
+    assert compiled["engine"] == {"fuse": "off", "compiled": True, "prefetch": False, "executor": "local"}
     for a, b in zip(plain["cells"], compiled["cells"], strict=True):
         assert (a["epoch"], a["strength"]) == (b["epoch"], b["strength"]) and b["error"] is None
         assert np.array_equal(np.asarray(Image.open(out / a["image"])),
