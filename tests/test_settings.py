@@ -18,6 +18,7 @@ def test_defaults_load_and_name_the_z_image_base():
     s = load_settings()
     assert (s.base, s.family, s.loras, s.fuse, s.demo) == ("Tongyi-MAI/Z-Image-Turbo", "auto", "loras", "auto",
                                                            "trained")
+    assert (s.executor, s.workers, s.ray_address) == ("local", 0, ""), "the plain install never needs Ray"
 
 
 @pytest.mark.parametrize("text, words", [
@@ -28,6 +29,9 @@ def test_defaults_load_and_name_the_z_image_base():
     ("device: gpu\n", "device must be auto, cpu, cuda"),
     ("offload: some\n", "offload must be none"),
     ("demo: fancy\n", "demo must be trained or random"),
+    ("executor: slurm\n", "executor must be local or ray"),
+    ("workers: -1\n", "workers must be 0 (one per GPU) or more"),
+    ("workers: two\n", "workers must be a whole number"),
     ("resident_adapters: 0\n", "at least 1"),
     ("- a list\n", "mapping"),
     ("probes: [shapes]\n", "probes must be a mapping of set names to probe sets"),

@@ -59,3 +59,23 @@ def test_busy_workbench_says_so_instead_of_queueing(app_config):
             engine._admission.release()
     at.button(key="render").click().run()
     assert at.main.image, "renders again once the others finished"
+
+
+def test_with_executor_ray_the_app_renders_on_its_workers_and_says_so(app_config, tmp_path):
+    import json
+
+    config, _ = app_config
+    config.write_text(config.read_text(encoding="utf-8") + "executor: ray\nworkers: 2\nfuse: off\n", encoding="utf-8")
+    try:
+        at = start()
+        assert any(c.value.replace("\\", "").startswith("ray: 2 worker(s): worker-0 (") for c in at.caption)
+        at.sidebar.multiselect(key="epochs").set_value(["jimeng_20.safetensors", "jimeng_150.safetensors"])
+        at.button(key="render").click().run()
+        assert not at.exception, at.exception
+        captions = [c for im in at.main.image for c in im.captions]
+        for expected in ("base · seed 1", "epoch 20 · strength 1 · seed 1", "epoch 150 · strength 1 · seed 1"):
+            assert expected in captions, captions
+        manifest = json.loads(next((tmp_path / "runs").glob("*/manifest.json")).read_text())
+        assert {c["worker"] for c in manifest["cells"]} == {"worker-0", "worker-1"}
+    finally:
+        get_workbench(str(config))[1].engine.executor.close()
