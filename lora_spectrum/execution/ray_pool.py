@@ -96,7 +96,8 @@ class RayPool:
             try:
                 if s.ray_address:
                     ray.init(address=s.ray_address, log_to_driver=False)
-                else:
+                else:  # a cluster of this process's own: no dashboard, no usage report
+                    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
                     self._started_cluster = True
             except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
@@ -127,7 +128,8 @@ class RayPool:
         remote = ray.remote(concurrency_groups=CONCURRENCY)(EngineWorker)
         self.say(f"starting {n} Ray worker(s) ({'one GPU' if use_gpu else f'{threads} CPU thread(s)'} each)")
         for i in range(n):
-            ws = per_worker[i] if use_gpu else replace(per_worker[i], device="cpu")
+            # A GPU worker sees only its own card (Ray sets CUDA_VISIBLE_DEVICES): "cuda", whatever index was set.
+            ws = replace(per_worker[i], device="cuda" if use_gpu else "cpu")
             actor = remote.options(max_restarts=0, **options).remote(
                 f"worker-{i}", ws, self.allow_demo, self.loras_given, threads)
             self.workers.append(Worker(f"worker-{i}", actor))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from lora_spectrum.ui.resources import get_workbench
 from tests.ui.apptest import start
 
@@ -47,16 +49,13 @@ def test_busy_workbench_says_so_instead_of_queueing(app_config):
     config, _ = app_config
     _, choice, _ = get_workbench(str(config))
     engine = choice.engine
-    held = [engine._admission.acquire(blocking=False) for _ in range(2)]
-    assert all(held)
-    try:
+    with contextlib.ExitStack() as held:  # two runs of other sessions hold the engine (max_queued_renders: 2)
+        for _ in range(2):
+            held.enter_context(engine.admit())
         at = start()
         at.button(key="render").click().run()
         assert any("busy" in w.value for w in at.warning), [w.value for w in at.warning]
         assert not at.main.image
-    finally:
-        for _ in held:
-            engine._admission.release()
     at.button(key="render").click().run()
     assert at.main.image, "renders again once the others finished"
 
