@@ -74,11 +74,12 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
                 if o.cancelled:  # not rendered: these cells end as cancelled below (the executor stops)
                     continue
                 for i, c in enumerate(route_cells):
+                    c.worker = o.worker or None
                     if o.error is not None:
                         c.error = o.error
                     else:
                         c.image, c.seconds, c.swap_seconds = as_image(o.images[i]), per_image, o.swap_seconds
-                        c.routed, c.worker = o.swap_kind.startswith("routed"), o.worker
+                        c.routed = o.swap_kind.startswith("routed")
                         c.png = encode_png(c.image, parameters_text(c, plan.sampling, base_name(engine.base_id),
                                                                     base_hash(engine.base_id)))
                         if cache:

@@ -23,7 +23,7 @@ PROMPTS = ("bench style, a red circle on a blue square", "bench style, a yellow 
 SEEDS = (0, 1, 2, 3)
 
 
-def run_cluster_benchmark(model: str = "tiny", device: str = "auto", workers: int = 2, address: str = "",
+def run_cluster_benchmark(model: str = "tiny", device: str = "auto", workers: int = 0, address: str = "",
                           progress: Callable[[str], None] | None = None, dtype: str = "auto",
                           seeds: tuple[int, ...] = SEEDS, prompts: tuple[str, ...] = PROMPTS) -> dict:
     """The grid (base and every epoch x ``seeds`` x ``prompts``) on one local engine and on ``workers`` Ray
@@ -43,9 +43,10 @@ def run_cluster_benchmark(model: str = "tiny", device: str = "auto", workers: in
     # 1. Inputs, device, dtype.
     if model not in ("tiny", "sdxl-size"):
         raise ConfigError("bench --executor ray runs on --model tiny or sdxl-size (the grid is an SDXL grid)")
-    if workers < 1:
-        raise ConfigError("bench --executor ray needs --workers 1 or more")
+    if workers < 0:
+        raise ConfigError("bench --executor ray needs --workers 1 or more (0: one per GPU, or 2 CPU workers)")
     dev = resolve_device(device)
+    workers = workers or (torch.cuda.device_count() if dev.type == "cuda" else 2)
     torch_dtype = (torch.float16 if dev.type == "cuda" else torch.float32) if dtype == "auto" else getattr(torch,
                                                                                                            dtype)
     result: dict = {"model": model, "device": str(dev), "dtype": str(torch_dtype).removeprefix("torch."),

@@ -235,7 +235,7 @@ def _cmd_bench(args) -> int:
     if args.executor == "ray":  # the grid on one engine against a Ray pool (bench/cluster.py)
         from lora_spectrum.bench.cluster import format_cluster, run_cluster_benchmark
 
-        result = run_cluster_benchmark(model=args.model, device=args.device, workers=args.workers or 2,
+        result = run_cluster_benchmark(model=args.model, device=args.device, workers=args.workers or 0,
                                        address=args.ray_address or "", dtype=args.dtype,
                                        progress=lambda msg: print(msg, file=sys.stderr, flush=True))
         print(json.dumps(result, indent=2) if args.json else format_cluster(result))

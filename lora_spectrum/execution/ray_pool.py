@@ -17,7 +17,7 @@ import torch
 
 from lora_spectrum.errors import ClusterError, reason, shorten
 from lora_spectrum.execution.batch import Batch, Outcome, place, with_ahead
-from lora_spectrum.execution.remote_engine import RemoteEngine, differences
+from lora_spectrum.execution.remote_engine import SAME_ON_EVERY_WORKER, RemoteEngine, differences
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = "the ray executor needs Ray, an optional extra: pip install -e .[cluster]"
@@ -98,20 +98,30 @@ class RayPool:
                     ray.init(address=s.ray_address, log_to_driver=False)
                 else:  # a cluster of this process's own: no dashboard, no usage report
                     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-                    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+                    # address "local": a new cluster even where RAY_ADDRESS or a `ray start` names another one
+                    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
                     self._started_cluster = True
             except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
                 where = f"at {s.ray_address}" if s.ray_address else "on this machine"
                 raise ClusterError(f"cannot start or reach a Ray cluster {where} ({reason(exc)}); on each machine "
                                    f"run 'ray start --head' (or --address HEAD:6379), then give its address") from exc
+        try:
+            return self._start_workers(ray)
+        except ClusterError:
+            self.close()  # the workers started, and the local cluster if this pool started it
+            raise
+
+    def _start_workers(self, ray) -> dict:
+        s = self.settings
         # 2. How many workers, on what: one per GPU (or ``workers`` of them), else ``workers`` CPU workers.
         free = ray.available_resources()
         gpus, cpus = int(free.get("GPU", 0)), float(free.get("CPU", 0))
         use_gpu = int(ray.cluster_resources().get("GPU", 0)) > 0 and s.device != "cpu"
         n = s.workers or (gpus if use_gpu else 0)
         if n < 1:
-            raise ClusterError("the Ray cluster has no free GPU: give workers: N (or --workers N) for N CPU workers"
-                               if not use_gpu else "every GPU of the Ray cluster is taken")
+            raise ClusterError("every GPU of the Ray cluster is taken" if use_gpu else
+                               "no GPU to use (none in the Ray cluster, or device: cpu): give workers: N (or "
+                               "--workers N) for N CPU workers")
         if use_gpu and n > gpus:
             raise ClusterError(f"{n} workers asked for, but the Ray cluster has {gpus} free GPU(s)")
         # A CPU worker takes one of the cluster's cores for Ray's scheduling (a share of the free ones when there
@@ -135,13 +145,15 @@ class RayPool:
             self.workers.append(Worker(f"worker-{i}", actor))
         # 3. Every worker loads its engine; those that cannot, or load another, are left out by name.
         refs = [w.actor.start.remote() for w in self.workers]
+        deadline = time.monotonic() + START_TIMEOUT_S  # one deadline for all: they load side by side
         for w, ref in zip(self.workers, refs, strict=True):
             try:
-                w.info = ray.get(ref, timeout=START_TIMEOUT_S)
+                w.info = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
+            except ray.exceptions.GetTimeoutError:
+                w.info = {"error": f"still loading after {START_TIMEOUT_S} s (or waiting for a free CPU or GPU)"}
             except ray.exceptions.RayError as exc:
                 w.info = {"error": shorten(reason(exc), 300)}
-        loaded = [w for w in self.workers if "error" not in w.info]
-        reference = next((w for w in loaded if not w.info["is_demo"]), loaded[0] if loaded else None)
+        reference = _reference([w for w in self.workers if "error" not in w.info])
         for w in self.workers:
             why = w.info["error"] if "error" in w.info else differences(w.info, reference.info)
             if why:
@@ -157,8 +169,11 @@ class RayPool:
 
     def _leave_out(self, w: Worker, why: str) -> None:
         ray = import_ray()
-        w.alive = False
-        self.problems.append(why)
+        with self._lock:  # two runs may see one death
+            if not w.alive:
+                return
+            w.alive = False
+            self.problems.append(why)
         self.say(why)
         try:
             ray.kill(w.actor, no_restart=True)
@@ -174,15 +189,22 @@ class RayPool:
         run_id = uuid.uuid4().hex
         inflight: dict = {}
 
-        def submit(todo: list[Batch]) -> None:
+        stamps = _stamps(batches)  # the files as checked: a worker refuses one changed since
+
+        def submit(todo: list[Batch]) -> bool:
             # 1. Epoch-major over the live workers; each worker's queue in plan order, its reads ahead set.
             alive = self.alive
+            if not alive:
+                return False
             for w, queue in zip(alive, place(todo, len(alive)), strict=True):
                 for b in with_ahead(queue):
-                    inflight[w.actor.run.remote(run_id, b)] = (w, b)
+                    inflight[w.actor.run.remote(run_id, b, {f: stamps[f] for f in b.files})] = (w, b)
+            return True
 
-        if batches:
-            submit(batches)
+        if batches and not submit(batches):
+            for b in batches:
+                yield b, _failed(b, "no Ray worker left to render it (see the workers' problems)")
+            return
         cancel_sent, polled, seen = False, 0.0, {}
         try:
             while inflight:
@@ -200,21 +222,19 @@ class RayPool:
                     try:
                         outcomes = ray.get(ref)
                     except ray.exceptions.RayActorError as exc:
-                        # 3. A dead worker: its unfinished batches go to the others (nothing finished is lost).
-                        lost = [b] + [inflight.pop(r)[1] for r in [r for r, (o, _) in inflight.items() if o is w]]
-                        lost.sort(key=lambda x: x.index)
+                        # 3. A dead worker: what it finished is kept, the rest goes to the others.
+                        theirs = [r for r, (o, _) in inflight.items() if o is w]
+                        done, lost = _collect(ray, theirs, inflight)
+                        lost = sorted([b, *lost], key=lambda x: x.index)
                         self._leave_out(w, f"{w.name} died mid-plan ({shorten(reason(exc), 200)}); its "
                                            f"{len(lost)} unfinished batch(es) go to the other workers")
-                        if self.alive:
-                            submit(lost)
-                            continue
-                        for x in lost:
-                            yield x, [Outcome(error=f"no Ray worker left to render it ({w.name} died)")
-                                      for _ in x.routes]
+                        yield from done
+                        if not submit(lost):
+                            for x in lost:
+                                yield x, _failed(x, f"no Ray worker left to render it ({w.name} died)")
                         continue
                     except ray.exceptions.RayError as exc:
-                        outcomes = [Outcome(error=f"{w.name}: {shorten(reason(exc), 300)}", worker=w.name)
-                                    for _ in b.routes]
+                        outcomes = _failed(b, f"{w.name}: {shorten(reason(exc), 300)}", w.name)
                     yield b, outcomes
         finally:
             if inflight:  # the caller stopped early: the workers drop the rest of this run
@@ -248,3 +268,44 @@ class RayPool:
             if self._started_cluster and ray.is_initialized():
                 ray.shutdown()
                 self._started_cluster = False
+
+
+def _reference(loaded: list[Worker]) -> Worker | None:
+    """The engine the pool renders with: the one most workers loaded, a real base before the demo."""
+    groups: dict[tuple, list[Worker]] = {}
+    for w in loaded:
+        groups.setdefault(tuple(repr(w.info.get(k)) for k in SAME_ON_EVERY_WORKER), []).append(w)
+    best = max(groups.values(), key=lambda g: (not g[0].info["is_demo"], len(g), -loaded.index(g[0])), default=None)
+    return best[0] if best else None
+
+
+def _collect(ray, refs: list, inflight: dict) -> tuple[list, list[Batch]]:
+    """Of a dead worker's refs: (batch, outcomes) of those it finished, and the batches it did not."""
+    done, lost = [], []
+    for r in refs:
+        w, b = inflight.pop(r)
+        try:
+            ready, _ = ray.wait([r], timeout=0)
+            if ready:
+                done.append((b, ray.get(ready[0])))
+                continue
+        except ray.exceptions.RayError:
+            pass  # died with it
+        lost.append(b)
+    return done, lost
+
+
+def _stamps(batches: list[Batch]) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file of ``batches``, as the driver checked them."""
+    out = {}
+    for f in {f for b in batches for f in b.files}:
+        try:
+            st = os.stat(f)
+            out[f] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            out[f] = (-1, -1)  # gone: the worker's own read fails it with the cause
+    return out
+
+
+def _failed(batch: Batch, why: str, worker: str = "") -> list[Outcome]:
+    return [Outcome(error=why, worker=worker) for _ in batch.routes]

@@ -52,12 +52,22 @@ class EngineWorker:
         return {**where, **engine_facts(choice)}
 
     @ray.method(concurrency_group="render")
-    def run(self, run_id: str, batch: Batch) -> list[Outcome]:
+    def run(self, run_id: str, batch: Batch, stamps: dict | None = None) -> list[Outcome]:
         """Render one batch of run ``run_id``; images come back as uint8 arrays. A cancelled run's batches
-        return at once, cancelled."""
+        return at once, cancelled; a file whose (size, mtime) is not the one the driver checked (``stamps``)
+        fails the batch, so that no image goes out under another file's label and hash."""
         cancel = self._event(run_id)
         if cancel.is_set():
             return [Outcome(cancelled=True, worker=self.name) for _ in batch.routes]
+        for path, stamp in (stamps or {}).items():
+            try:
+                st = os.stat(path)
+                now = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                now = (-1, -1)
+            if tuple(stamp) != now and stamp[0] >= 0:
+                why = f"{os.path.basename(path)} changed on disk during the run (render again to use the new file)"
+                return [Outcome(error=why, worker=self.name) for _ in batch.routes]
 
         def on_step(i: int, n: int, label: str) -> None:
             self._step = (run_id, i, n, label)

@@ -26,4 +26,4 @@ def test_the_cluster_bench_refuses_what_it_cannot_run():
     with pytest.raises(ConfigError, match="tiny or sdxl-size"):
         run_cluster_benchmark("z-image-size", "cpu")
     with pytest.raises(ConfigError, match="--workers 1 or more"):
-        run_cluster_benchmark("tiny", "cpu", workers=0)
+        run_cluster_benchmark("tiny", "cpu", workers=-1)

@@ -20,7 +20,9 @@ import pytest
 import ray
 from PIL import Image
 
+from lora_spectrum.engine import RenderRequest
 from lora_spectrum.errors import ClusterError
+from lora_spectrum.execution import Batch
 from lora_spectrum.execution.ray_pool import RayPool
 from lora_spectrum.execution.startup import open_workbench
 from lora_spectrum.plan import make_plan
@@ -96,7 +98,7 @@ def test_two_workers_render_the_local_grid_cell_for_cell_each_epoch_on_one_worke
     choice, catalog = local
     plan = grid_plan(choice, catalog)
     cache = RenderCache(tmp_path / "cache", 256)
-    seen = []
+    seen, before = [], pool.files_read()
     cells = run_plan(pool.engine, plan, catalog, cache, on_progress=lambda d, t, c: seen.append(d))
     assert_same_grid(cells, reference)
     assert seen == list(range(1, len(cells) + 1)), "progress counts every cell once, as locally"
@@ -106,7 +108,9 @@ def test_two_workers_render_the_local_grid_cell_for_cell_each_epoch_on_one_worke
         by_column.setdefault(c.label, set()).add(c.worker)
     assert all(len(w) == 1 for label, w in by_column.items() if label != "base"), by_column  # base: no file
     assert {w for ws in by_column.values() for w in ws} == {"worker-0", "worker-1"}
-    reads = pool.files_read()
+    after = pool.files_read()
+    reads = {w: {f: n - before.get(w, {}).get(f, 0) for f, n in files.items() if n > before.get(w, {}).get(f, 0)}
+             for w, files in after.items()}
     read_by = [(f, name) for name, files in reads.items() for f in files]
     assert sorted(f for f, _ in read_by) == sorted(str(e.path) for e in plan.columns if e is not None)
     assert all(n == 1 for files in reads.values() for n in files.values()), reads
@@ -124,12 +128,13 @@ def test_two_workers_render_the_local_grid_cell_for_cell_each_epoch_on_one_worke
 
 def test_cancel_stops_every_worker_within_a_step_and_the_next_run_is_whole(pool, local):
     choice, catalog = local
-    plan = grid_plan(choice, catalog, steps=120, seeds=(3,), prompts=PROMPTS[:1])
+    plan = grid_plan(choice, catalog, steps=160, seeds=(3,), prompts=PROMPTS[:1])
     cancel, busy = threading.Event(), {}
 
     def on_step(i, n, label):
-        busy[label.rsplit(" on ", 1)[1]] = i
-        if len(busy) == 2 and min(busy.values()) >= 2:  # both workers are inside a render
+        busy[label.rsplit(" on ", 1)[1]] = (i, n)
+        # Both workers inside a render with many steps to go: each must stop there, not at its end.
+        if len(busy) == 2 and all(2 <= i <= n - 60 for i, n in busy.values()):
             cancel.set()
 
     cells = run_plan(pool.engine, plan, catalog, cancel=cancel, on_step=on_step)
@@ -137,13 +142,16 @@ def test_cancel_stops_every_worker_within_a_step_and_the_next_run_is_whole(pool,
     assert any(c.cancelled for c in cells) and all(c.image is not None or c.cancelled for c in cells)
     states = ray.get([w.actor.step.remote() for w in pool.alive])
     assert all(step < steps for _, step, steps, _ in states), f"a worker ran its render to the end: {states}"
+    assert all(step <= busy[w.name][0] + 30 for w, (_, step, _, _) in zip(pool.alive, states, strict=True)), \
+        (states, busy)
     whole = run_plan(pool.engine, replace(plan, sampling=plan.sampling.override(steps=4)), catalog)
     assert all(c.image is not None for c in whole), "the cancel belonged to its own run only"
 
 
-def test_a_worker_killed_mid_plan_has_its_cells_rendered_by_the_other(cluster, bench_settings, local, reference):
+def test_a_worker_killed_mid_plan_has_its_cells_rendered_by_the_other(cluster, bench_settings, local):
     choice, catalog = local
-    plan = grid_plan(choice, catalog)
+    plan = grid_plan(choice, catalog, steps=16, seeds=(1,))  # long enough: worker-1 has work left when killed
+    reference = run_plan(choice.engine, plan, catalog)
     p = RayPool(replace(bench_settings, executor="ray", workers=2), loras_given=True)
     p.start()
     victim = next(w for w in p.workers if w.name == "worker-1")
@@ -163,6 +171,23 @@ def test_a_worker_killed_mid_plan_has_its_cells_rendered_by_the_other(cluster, b
     by_victim = sum(c.worker == "worker-1" for c in cells)
     assert 1 <= by_victim < len(cells) / 4, "what worker-1 finished is kept; the rest went to worker-0"
     assert any("worker-1 died mid-plan" in why for why in p.problems), p.problems
+    # With no worker left (closed), a run fails its cells with the reason instead of raising.
+    after = run_plan(p.engine, grid_plan(choice, catalog, seeds=(1,), prompts=PROMPTS[:1]), catalog)
+    assert all(c.image is None and "no Ray worker left" in c.error for c in after)
+
+
+def test_a_worker_refuses_a_file_changed_since_the_driver_checked_it(pool, local):
+    choice, catalog = local
+    entry = next(e for e in catalog.scan() if e.state == "ready")
+    batch = Batch(0, RenderRequest("p", (1,), choice.engine.defaults.sampling), (((str(entry.path), 1.0, (1,)),),),
+                  False, entry.label)
+    st = os.stat(entry.path)
+    worker = pool.alive[0]
+    [changed] = ray.get(worker.actor.run.remote("stale", batch, {str(entry.path): (st.st_size, st.st_mtime_ns - 1)}))
+    assert changed.images is None and changed.error == f"{entry.name} changed on disk during the run (render " \
+                                                       "again to use the new file)"
+    [same] = ray.get(worker.actor.run.remote("fresh", batch, {str(entry.path): (st.st_size, st.st_mtime_ns)}))
+    assert same.error is None and len(same.images) == 1 and same.worker == worker.name
 
 
 def test_a_worker_that_cannot_load_the_base_is_named_and_the_others_render(cluster, bench_settings, local,
@@ -193,14 +218,15 @@ def test_without_ray_the_executor_says_how_to_install_it(bench_settings, monkeyp
 
 
 def test_the_grid_command_on_two_ray_workers_writes_the_local_grid(bench_settings, local, tmp_path):
-    """The README's command, in a process of its own: it starts a local cluster and stops it. It computes with
+    """The README's command, in a process of its own: it starts a local cluster and stops it (even where
+    RAY_ADDRESS names another, unreachable one: only --ray-address joins a cluster). It computes with
     one thread, as this process does (on a CPU the thread count changes pixels; the workers take the driver's)."""
     choice, catalog = local
     config = Path(bench_settings.loras).parent / "config.yaml"
     run = subprocess.run([sys.executable, "-m", "lora_spectrum", "grid", "--config", str(config), "--include-base",
                           "--seeds", "1,2", "--epochs", "20,80,300", "--prompt", "p", "--no-cache", "--out",
                           str(tmp_path / "ray"), "--executor", "ray", "--workers", "2"],
-                         capture_output=True, text=True, timeout=240, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "", "OMP_NUM_THREADS": "1"})
+                         capture_output=True, text=True, timeout=240, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1", "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     assert "starting 2 Ray worker(s)" in run.stderr
     manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
