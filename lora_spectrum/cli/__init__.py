@@ -1,7 +1,7 @@
 """``python -m lora_spectrum`` / ``lora-spectrum``: argument parsing and printing, nothing else.
 
 Every command calls the same core functions the Streamlit app uses: ``render_commands`` (inspect, demo, grid,
-bench, insight) and ``decision_commands`` (ratings, promote, report). Exit codes: 0 success, 1 some work failed
+bench, insight), ``decision_commands`` (ratings, promote, report) and ``base_commands`` (fetch-base). Exit codes: 0 success, 1 some work failed
 (reported, the rest done), 2 bad arguments or an unusable input (one line on stderr).
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lora_spectrum.cli import decision_commands, render_commands
+from lora_spectrum.cli import base_commands, decision_commands, render_commands
 from lora_spectrum.cli.arguments import Parser, quiet_libraries
 from lora_spectrum.errors import LoraSpectrumError
 
-COMMANDS = {**render_commands.COMMANDS, **decision_commands.COMMANDS}
+COMMANDS = {**render_commands.COMMANDS, **decision_commands.COMMANDS, **base_commands.COMMANDS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     render_commands.add_parsers(sub)
     decision_commands.add_parsers(sub)
+    base_commands.add_parsers(sub)
     return p
 
 

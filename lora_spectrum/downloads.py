@@ -1,0 +1,147 @@
+"""A base fetched from the Hugging Face Hub: what it weighs first (the hub's file list), then its files with
+huggingface_hub, progress in bytes and rate, a cancel between chunks that leaves no half-made snapshot. Only what
+``bases.load_pipeline`` loads is fetched (configs, tokenizers, safetensors weights; never pickles, never the
+fp16 variants or root-level single-file copies). Nothing here loads a model or knows about Streamlit."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_spectrum.errors import BaseLoadError, Cancelled, reason
+
+# Files of a diffusers pipeline that from_pretrained(use_safetensors=True) reads, by suffix.
+CONFIG_SUFFIXES = (".json", ".txt", ".model", ".jinja")
+VARIANTS = (".fp16.", ".bf16.", ".fp32.", ".non_ema.", ".ema.")
+Progress = Callable[[int, int, float], None]  # (bytes done, bytes in all, bytes per second)
+
+
+@dataclass(frozen=True)
+class RemoteBase:
+    """A repo on the hub as we would fetch it: its commit, the files we need and their bytes in all."""
+
+    repo_id: str
+    commit: str
+    files: tuple[str, ...]
+    nbytes: int
+
+
+def wanted(path: str) -> bool:
+    """Whether a repo file is one ``load_pipeline`` needs: configs anywhere, safetensors in a component folder."""
+    name = path.rsplit("/", 1)[-1]
+    if any(v in name for v in VARIANTS):
+        return False
+    if name.endswith(".safetensors"):
+        return "/" in path  # a root-level .safetensors is a single-file copy of the whole model
+    return name.endswith(CONFIG_SUFFIXES)
+
+
+def remote_base(repo_id: str, endpoint: str | None = None, token: str | bool | None = None) -> RemoteBase:
+    """What fetching ``repo_id`` would download, from one call to the hub's file list. ``BaseLoadError`` with one
+    sentence on a gated, private or missing repo, or no network."""
+    from huggingface_hub import HfApi
+
+    with _hub_errors(repo_id):
+        info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, files_metadata=True)
+    files = [s for s in info.siblings or [] if wanted(s.rfilename)]
+    if not any(s.rfilename == "model_index.json" for s in files):
+        raise BaseLoadError(f"{repo_id} is not a diffusers pipeline (it has no model_index.json)")
+    return RemoteBase(repo_id, info.sha, tuple(s.rfilename for s in files), sum(s.size or 0 for s in files))
+
+
+def fetch_base(repo_id: str, cache_dir: str | Path | None = None, endpoint: str | None = None,
+               progress: Progress | None = None, cancel: threading.Event | None = None,
+               token: str | bool | None = None) -> Path:
+    """Download ``repo_id`` into the Hugging Face cache; the snapshot folder (load it by repo id or this path).
+
+    Files already in the cache are not fetched again, so a fetch that was cancelled or cut off resumes from the
+    files it finished (and a transfer cut off mid-file resumes with a range request). On cancel (``Cancelled``)
+    or failure (``BaseLoadError``) the snapshot of this commit is removed if it was not complete before: finished
+    files stay in the cache's blobs for the next try, and no half snapshot is left that a load would trip on.
+    """
+    from huggingface_hub import snapshot_download
+
+    # 1. What to fetch, and where it lands.
+    remote = remote_base(repo_id, endpoint, token)
+    from huggingface_hub import constants
+
+    root = Path(cache_dir) if cache_dir else Path(constants.HF_HUB_CACHE)
+    repo_dir = root / f"models--{repo_id.replace('/', '--')}"
+    snapshot, ref = repo_dir / "snapshots" / remote.commit, repo_dir / "refs" / "main"
+    had_snapshot = all((snapshot / f).is_file() for f in remote.files)
+    had_ref = ref.is_file()
+    # 2. Fetch with a progress class of our own (huggingface_hub's tqdm hook), which also carries the cancel.
+    meter = _meter(remote.nbytes, progress, cancel)
+    try:
+        with _hub_errors(repo_id):
+            path = snapshot_download(repo_id, revision=remote.commit, cache_dir=str(root), endpoint=endpoint,
+                                     allow_patterns=list(remote.files), tqdm_class=meter, token=token)
+    except (Cancelled, BaseLoadError):
+        # 3. No half snapshot: its links go (the blobs stay, for the next try); the ref too, if it was ours.
+        if not had_snapshot:
+            shutil.rmtree(snapshot, ignore_errors=True)
+            if not had_ref:
+                ref.unlink(missing_ok=True)
+        raise
+    if progress is not None:
+        progress(remote.nbytes, remote.nbytes, 0.0)
+    return Path(path)
+
+
+def _meter(total: int, progress: Progress | None, cancel: threading.Event | None):
+    """A tqdm class for ``snapshot_download``: it counts the bytes of its transfer bar, reports them with the rate,
+    and raises ``Cancelled`` from the next chunk once ``cancel`` is set. Hand-written because huggingface_hub's
+    only progress and cancel hook is this class."""
+    from huggingface_hub.utils import tqdm as hub_tqdm
+
+    state = {"done": 0, "t0": time.monotonic(), "said": 0.0}
+
+    class Meter(hub_tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True  # nothing drawn on a terminal: the caller shows progress
+            super().__init__(*args, **kwargs)
+            self._bytes = kwargs.get("unit") == "B" and str(kwargs.get("desc", "")).startswith("Downloading")
+
+        def update(self, n=1):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("download cancelled")
+            if self._bytes and n:
+                state["done"] += int(n)
+                now = time.monotonic()
+                if progress is not None and (now - state["said"] > 0.2 or state["done"] >= total):
+                    state["said"] = now
+                    progress(min(state["done"], total), total, state["done"] / max(now - state["t0"], 1e-6))
+            return super().update(n)
+
+    return Meter
+
+
+class _hub_errors:
+    """The hub's errors as one sentence each (``BaseLoadError``): gated, missing or private, no network."""
+
+    def __init__(self, repo_id: str):
+        self.repo_id = repo_id
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or isinstance(exc, (Cancelled, BaseLoadError)):
+            return False
+        from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+        r = self.repo_id
+        if isinstance(exc, GatedRepoError):
+            raise BaseLoadError(f"{r} is gated: accept its terms on https://huggingface.co/{r}, then log in with "
+                                f"`hf auth login` (or set HF_TOKEN) and fetch again") from exc
+        if isinstance(exc, RepositoryNotFoundError):
+            raise BaseLoadError(f"{r} was not found on the hub (if it is private, log in with `hf auth login` "
+                                f"or set HF_TOKEN)") from exc
+        if isinstance(exc, (HfHubHTTPError, OSError, ConnectionError, TimeoutError)):
+            raise BaseLoadError(f"cannot fetch {r} ({reason(exc)}); check the network, then fetch again: files "
+                                f"already fetched are kept") from exc
+        return False
