@@ -3,6 +3,7 @@
 import streamlit as st
 
 from lora_spectrum.errors import LoraSpectrumError
+from lora_spectrum.ui.base_picker import base_section
 from lora_spectrum.ui.compare import compare_view
 from lora_spectrum.ui.controls import render_controls
 from lora_spectrum.ui.history import history_view
@@ -14,11 +15,12 @@ from lora_spectrum.ui.text import md_escape
 
 st.set_page_config(page_title="LoRA Spectrum", layout="wide")
 try:
-    settings, choice, catalog = get_workbench(config_path())
+    settings, choice, _ = get_workbench(config_path())
 except LoraSpectrumError as exc:  # a bad config file, an unusable demo: one plain message, no traceback
     st.error(md_escape(str(exc)))
     st.stop()
-engine = choice.engine
+base_section(settings, choice)  # may switch the shared base (and rerun)
+engine, catalog = choice.engine, choice.catalog()
 
 st.title("LoRA Spectrum")
 if choice.is_demo:

@@ -12,7 +12,8 @@ class Admission:
     """At most ``limit`` runs (a grid, a render) at once; one more raises ``BusyError`` at once, never waits."""
 
     def __init__(self, limit: int):
-        self._slots = threading.BoundedSemaphore(max(1, int(limit)))
+        self.limit = max(1, int(limit))
+        self._slots = threading.BoundedSemaphore(self.limit)
 
     @contextlib.contextmanager
     def enter(self):
@@ -22,3 +23,13 @@ class Admission:
             yield
         finally:
             self._slots.release()
+
+    @contextlib.contextmanager
+    def exclusive(self, busy: str):
+        """Every slot (no run in progress, none can start); ``BusyError(busy)`` at once while a run holds one."""
+        with contextlib.ExitStack() as held:
+            for _ in range(self.limit):
+                if not self._slots.acquire(blocking=False):
+                    raise BusyError(busy)
+                held.callback(self._slots.release)
+            yield

@@ -74,7 +74,7 @@ class Engine:
         self.defaults = family.defaults.with_sampling(**(defaults or {}))
         self.max_sequence_length = max_sequence_length
         self.lock = threading.Lock()
-        self._admission = Admission(max_queued)
+        self.admission = Admission(max_queued)
         # Merge the active adapter into the base weights: on, off, or auto (decided from measurements).
         self.fuse_mode = resolve_fuse(fuse, self.device, offload)
         # torch.compile for the denoiser: off, on, or auto (where bench --compile found it pays; compilation.py).
@@ -137,7 +137,7 @@ class Engine:
     # ------------------------------------------------------------------ admission
     def admit(self):
         """Admit one run (a grid, a render): at most ``max_queued`` at once; more raise ``BusyError`` at once."""
-        return self._admission.enter()
+        return self.admission.enter()
 
     # ------------------------------------------------------------------ prompts
     def encode(self, prompt: str, negative_prompt: str, guidance: float) -> tuple:
@@ -369,6 +369,12 @@ class Engine:
 
     def free_memory(self) -> None:
         free_memory()
+
+    def retire(self) -> None:
+        """Let go of the pipeline and adapters (a switch of base), so that their memory can be freed even while
+        something still holds this engine; it cannot render after."""
+        self.pipe = self.hotswap = None
+        self._embeds.clear()
 
 
 def _render_error(exc: BaseException) -> RenderError:

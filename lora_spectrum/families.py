@@ -90,6 +90,11 @@ def get_family(name: str) -> Family:
                   unbatched_layers=("all_x_embedder", "cap_embedder", "siglip_embedder"))
 
 
+def pipeline_families() -> dict[str, str]:
+    """Supported pipeline class names (``model_index.json``'s ``_class_name``) and their families."""
+    return dict(_PIPELINE_TO_FAMILY)
+
+
 def detect_family(base: str, local_files_only: bool = True) -> str:
     """Read the family from the base itself: a folder's (or a cached repo id's) ``model_index.json``, or a single
     ``.safetensors`` file's tensor names (read from its header only). Raises ``BaseLoadError`` saying why not."""

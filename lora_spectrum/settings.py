@@ -66,6 +66,8 @@ class Settings:
     runs_max: int = 50  # at most this many runs are kept; the oldest go first
     runs_max_mb: int = 2048  # ... and at most this much disk (the newest run is always kept)
     shipped_dir: str = "shipped"  # where "Ship this epoch" writes the promoted file and its model card
+    bases: list = field(default_factory=list)  # more bases for the sidebar's Base picker: repo ids, folders, files
+    models_dir: str = "models"  # every diffusers folder or SDXL .safetensors file here is offered as a base too
     executor: str = "local"  # local | ray: renders on this process's engine, or on Ray workers (execution/)
     workers: int = 0  # ray: how many workers (0: one per GPU of the cluster); CPU workers where there is no GPU
     ray_address: str = ""  # ray: an existing cluster ("auto", "ray://host:10001", "host:6379"); "": a local one
@@ -138,6 +140,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
         raise ConfigError(f"{path}: workers must be 0 (one per GPU) or more")
     if settings.runs_max < 1:
         raise ConfigError(f"{path}: runs_max must be at least 1")
+    if not isinstance(settings.bases, list) or not all(isinstance(b, str) and b.strip() for b in settings.bases):
+        raise ConfigError(f"{path}: bases must be a list of repo ids, folders or files, not {settings.bases!r}")
     if not isinstance(settings.probes, dict):
         raise ConfigError(f"{path}: probes must be a mapping of set names to probe sets, not {settings.probes!r}")
     return settings

@@ -5,15 +5,17 @@ Nothing here downloads anything or knows about Streamlit; the CLI and the app bo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import gc
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from lora_spectrum import demo
 from lora_spectrum.catalog import READY, Catalog
+from lora_spectrum.devices import free_memory
 from lora_spectrum.engine import Engine
-from lora_spectrum.errors import BaseLoadError
+from lora_spectrum.errors import BaseLoadError, ConfigError, LoraSpectrumError
 
 DEMO_PROMPT = "a red circle on a white background"
 # The tiny random demo renders small and fast on a CPU; the family YAML's 1024x1024 x 30 steps is for real bases.
@@ -31,6 +33,8 @@ class EngineChoice:
     prompt: str = ""
     logs_dir: Path | None = None  # the demo's training log; None for a real base (the config names one)
     scanned: object = None  # a Catalog of ``loras_dir`` that ``open_engine`` already scanned to decide, if any
+    source: str = ""  # the base as asked for (``base:``, or "demo"): what ``switch_base`` loads back on a failure
+    generation: int = 0  # how many times ``switch_base`` replaced the engine (other sessions notice the change)
 
     def catalog(self):
         """The ``Catalog`` of ``loras_dir``: the one already scanned when there is one, else a new one."""
@@ -101,15 +105,17 @@ def open_engine(settings, allow_demo: bool = True, loras_given: bool = False) ->
     if settings.base != "demo":
         try:
             engine = Engine.from_settings(settings)
-            return EngineChoice(engine, settings.path(settings.loras), False)
+            return EngineChoice(engine, settings.path(settings.loras), False, source=settings.base)
         except BaseLoadError as exc:
             if not allow_demo:
                 raise
             choice = demo_engine(settings, reason=str(exc))
+            choice.source = settings.base  # what was asked for: a failed switch comes back to it, or the demo
             if loras_given:
                 choice.loras_dir = settings.path(settings.loras)
             return choice
     choice = demo_engine(settings)
+    choice.source = "demo"
     configured = settings.path(settings.loras)
     if loras_given:
         choice.loras_dir = configured
@@ -118,3 +124,38 @@ def open_engine(settings, allow_demo: bool = True, loras_given: bool = False) ->
         if any(e.state == READY for e in scanned.scan()):
             choice.loras_dir, choice.scanned = configured, scanned  # kept: the caller's catalog, scanned once
     return choice
+
+
+def switch_base(choice: EngineChoice, settings, source: str, progress=None) -> EngineChoice:
+    """Put ``source``'s engine into ``choice`` in place, for every session sharing it: the previous one is freed
+    first (a card holds one base); when the new one cannot load, the previous is loaded again and
+    ``BaseLoadError`` says why. ``BusyError`` while runs are rendering on the current engine."""
+    say = progress or (lambda fraction, text: None)
+    old = choice.engine
+    if getattr(old, "executor", None) is not None:
+        raise ConfigError("the base of a Ray pool is switched by restarting with another base: in the config")
+    previous = choice.source or old.base_id
+    with old.admission.exclusive("renders are running (here or in another tab): switch when they finish"):
+        # 1. Free the previous engine: every reference to its pipeline dropped, then the allocator's cache.
+        say(0.05, f"freeing {old.base_id} ...")
+        choice.engine = None
+        old.retire()
+        gc.collect()
+        free_memory()
+        # 2. Load the new one (diffusers: seconds for a local SDXL, minutes for a first read from a slow disk).
+        say(0.2, f"loading {source} ...")
+        try:
+            new = open_engine(replace(settings, base=source, family="auto"), allow_demo=False)
+        except LoraSpectrumError as exc:
+            say(0.6, f"{source} did not load; loading {previous} back ...")
+            _adopt(choice, open_engine(replace(settings, base=previous, family="auto"), allow_demo=True))
+            raise BaseLoadError(f"{source} could not be loaded, so {previous} is back: {exc}") from exc
+        _adopt(choice, new)
+    say(1.0, f"{choice.engine.base_id} is ready")
+    return choice
+
+
+def _adopt(choice: EngineChoice, new: EngineChoice) -> None:
+    for name in ("engine", "loras_dir", "is_demo", "reason", "prompt", "logs_dir", "scanned", "source"):
+        setattr(choice, name, getattr(new, name))
+    choice.generation += 1

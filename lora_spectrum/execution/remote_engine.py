@@ -51,8 +51,8 @@ class RemoteEngine:
         self.compile_note = facts["compile_note"]
         self.prefetch_enabled = facts["prefetch_enabled"]
         self.note = facts["note"]
-        self._admission = Admission(max_queued)
+        self.admission = Admission(max_queued)
 
     def admit(self):
         """Admit one run on the pool: at most ``max_queued_renders`` at once, as for one engine."""
-        return self._admission.enter()
+        return self.admission.enter()

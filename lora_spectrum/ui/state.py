@@ -2,3 +2,5 @@
 
 RESULT = "compare_result"  # the last Compare render: plan, cells, status (written by compare, read by insight)
 RANK = "rank_state"  # the Rank view's pool of renders, current pair and session counts (written and read by rank)
+BASE_SEEN = "base_generation"  # the shared engine's generation this session last drew (a switch elsewhere shows)
+BASE_SWITCHED = "base_switched"  # (ok, message) of this session's last switch, shown once after its rerun

@@ -1,0 +1,77 @@
+"""The sidebar's Base section through AppTest: the bases under models_dir listed with family and size, a switch
+that frees the first base and renders on the second, another tab told, and a failed switch that keeps the base
+it had (loaded back) with one sentence on why."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+import weakref
+
+from streamlit.testing.v1 import AppTest
+
+from lora_spectrum.base_list import size_text
+from lora_spectrum.ui.resources import get_workbench
+from tests.ui.apptest import APP, start
+
+
+def models(app_config, demo_dir):
+    """models_dir with a second tiny SDXL base (a copy of the demo's) and one whose UNet weights are garbage."""
+    config, _ = app_config
+    folder = config.parent / "models"
+    shutil.copytree(demo_dir / "base-sdxl", folder / "alt-sdxl")
+    shutil.copytree(demo_dir / "base-sdxl", folder / "broken-sdxl")
+    (folder / "broken-sdxl" / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 64)
+    config.write_text(config.read_text(encoding="utf-8") + f"models_dir: {folder}\nfuse: off\n", encoding="utf-8")
+    return config, folder
+
+
+def caption(at) -> str:
+    return next(c.value.replace("\\", "") for c in at.caption if c.value.replace("\\", "").startswith("Base: "))
+
+
+def render(at) -> list[str]:
+    at.sidebar.multiselect(key="epochs").set_value(["jimeng_20.safetensors"])
+    at.button(key="render").click().run()
+    assert not at.exception, at.exception
+    return [c for im in at.main.image for c in im.captions]
+
+
+def test_switching_to_a_folder_frees_the_demo_renders_and_tells_the_other_tab(app_config, demo_dir):
+    config, folder = models(app_config, demo_dir)
+    at = start()
+    pick = at.sidebar.selectbox(key="base_pick")
+    alt = str(folder / "alt-sdxl")
+    size = size_text(sum(p.stat().st_size for p in (folder / "alt-sdxl").rglob("*") if p.is_file()))
+    assert pick.options[0] == f"alt-sdxl · sdxl · {size}" and pick.options[2] == "● demo (tiny, offline)"
+    assert pick.options[1].startswith("broken-sdxl · sdxl · "), "its header is read only when it loads"
+    assert pick.value == "demo"
+    other = AppTest.from_file(APP, default_timeout=240)
+    other.run()  # a second tab on the same shared engine
+    _, choice, _ = get_workbench(str(config))
+    first = weakref.ref(choice.engine.pipe)
+    pick.set_value(alt).run()
+    at.button(key="base_load").click().run()
+    assert not at.exception, at.exception
+    assert any(s.value.replace("\\", "").startswith("Base: ") for s in at.sidebar.success)
+    assert caption(at).startswith(f"Base: {alt} (sdxl, cpu,") and not any("Demo mode" in w.value for w in at.warning)
+    gc.collect()
+    assert first() is None, "the demo's pipeline was freed"
+    assert "epoch 20 · strength 1 · seed 1" in render(at), "the second base renders"
+    other.run()
+    assert any("The base was switched to" in i.value and "alt-sdxl" in i.value.replace("\\", "") for i in other.info)
+    other.run()
+    assert not any("The base was switched" in i.value for i in other.info), "told once"
+
+
+def test_a_failed_switch_keeps_the_base_it_had_and_says_why(app_config, demo_dir):
+    config, folder = models(app_config, demo_dir)
+    at = start()
+    before = caption(at)
+    at.sidebar.selectbox(key="base_pick").set_value(str(folder / "broken-sdxl")).run()
+    at.button(key="base_load").click().run()
+    assert not at.exception, at.exception
+    [error] = [e.value.replace("\\", "") for e in at.sidebar.error]
+    assert "broken-sdxl could not be loaded, so demo is back" in error and len(error) < 700, error
+    assert caption(at) == before
+    assert "epoch 20 · strength 1 · seed 1" in render(at), "the base it had still renders"
