@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from lora_spectrum.downloads import wanted
 from lora_spectrum.errors import BaseLoadError, LoraSpectrumError
 from lora_spectrum.families import detect_family, pipeline_families
 
@@ -41,7 +42,9 @@ def size_text(nbytes: int) -> str:
 
 
 def list_bases(settings, cache_dir: str | Path | None = None) -> list[BaseOption]:
-    """Every base the app knows, the configured one first and the demo last, each source once."""
+    """Every base the app knows, the configured one first and the demo last, each source once. ``cache_dir``:
+    the Hugging Face cache (default: the config's ``hf_cache``, else huggingface_hub's)."""
+    cache_dir = cache_dir or settings.hf_cache or None
     sources: list[tuple[str, str]] = []
     if settings.base != DEMO:
         sources.append((settings.base, "configured"))
@@ -77,7 +80,7 @@ def describe(source: str, origin: str = "bases", cache_dir: str | Path | None = 
         problem = "" if family else f"{source}: not a pipeline of a supported family"
         return BaseOption(source, "repo", origin, family, _folder_bytes(snap), True, problem)
     try:
-        family = detect_family(source, local_files_only=True)
+        family = detect_family(source, local_files_only=True, cache_dir=cache_dir)
     except (BaseLoadError, LoraSpectrumError) as exc:
         return BaseOption(source, kind, origin, None, nbytes, True, problem=str(exc))
     return BaseOption(source, kind, origin, family, nbytes, True)
@@ -95,14 +98,22 @@ def cached_pipelines(cache_dir: str | Path | None = None) -> list[str]:
 
 
 def cached_snapshot(repo_id: str, cache_dir: str | Path | None = None) -> Path | None:
-    """The snapshot ``refs/main`` points to, when it holds a ``model_index.json``."""
+    """The snapshot ``refs/main`` points to, when it holds a ``model_index.json`` and every file a load needs."""
     repo_dir = _hub_cache(cache_dir) / f"models--{repo_id.replace('/', '--')}"
     try:
         commit = (repo_dir / "refs" / "main").read_text(encoding="utf-8").strip()
     except OSError:
         return None
     snap = repo_dir / "snapshots" / commit
-    return snap if (snap / "model_index.json").is_file() else None
+    if not (snap / "model_index.json").is_file():
+        return None
+    # A fetch still running (or cut off) has linked some files only: huggingface_hub's tree of the commit, written
+    # before the first file, says what a whole snapshot holds.
+    try:
+        tree = json.loads((repo_dir / "trees" / f"{commit}.json").read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return snap  # no tree (an older cache, or one made by another tool): as the folder says
+    return snap if all((snap / f).is_file() for f in tree if wanted(f)) else None
 
 
 def _hub_cache(cache_dir) -> Path:

@@ -12,7 +12,7 @@ from lora_spectrum.errors import BaseLoadError, shorten, translated
 from lora_spectrum.families import Family
 
 
-def load_pipeline(base: str, fam: Family, torch_dtype: torch.dtype, local_files_only: bool):
+def load_pipeline(base: str, fam: Family, torch_dtype: torch.dtype, local_files_only: bool, cache_dir=None):
     """The pipeline of ``base``; raises ``BaseLoadError`` with the reason. Pickle-based weights (.bin, .ckpt, .pt)
     are refused rather than handed to torch.load, whose restricted unpickler has had bypasses (CVE-2025-32434)."""
     path = Path(base).expanduser()
@@ -25,9 +25,9 @@ def load_pipeline(base: str, fam: Family, torch_dtype: torch.dtype, local_files_
     with translated(lambda exc: _load_error(base, fam.name, exc)):  # hub, OS and diffusers errors alike
         if path.is_file():
             return fam.pipeline_cls().from_single_file(str(path), torch_dtype=torch_dtype,
-                                                       local_files_only=local_files_only)
+                                                       local_files_only=local_files_only, cache_dir=cache_dir)
         return fam.pipeline_cls().from_pretrained(base, torch_dtype=torch_dtype, local_files_only=local_files_only,
-                                                  use_safetensors=True)
+                                                  use_safetensors=True, cache_dir=cache_dir)
 
 
 def place(pipe, dev: torch.device, offload: str) -> None:

@@ -78,7 +78,8 @@ def fetch_base(repo_id: str, cache_dir: str | Path | None = None, endpoint: str 
     meter = _meter(remote.nbytes, progress, cancel)
     try:
         with _hub_errors(repo_id):
-            path = snapshot_download(repo_id, revision=remote.commit, cache_dir=str(root), endpoint=endpoint,
+            # The branch, not the commit: then huggingface_hub also writes refs/main, by which loads find it.
+            path = snapshot_download(repo_id, cache_dir=str(root), endpoint=endpoint,
                                      allow_patterns=list(remote.files), tqdm_class=meter, token=token)
     except (Cancelled, BaseLoadError):
         # 3. No half snapshot: its links go (the blobs stay, for the next try); the ref too, if it was ours.
@@ -145,3 +146,39 @@ class _hub_errors:
             raise BaseLoadError(f"cannot fetch {r} ({reason(exc)}); check the network, then fetch again: files "
                                 f"already fetched are kept") from exc
         return False
+
+
+class BackgroundFetch:
+    """``fetch_base`` in a daemon thread, for a page that redraws while it runs: ``done``/``total``/``rate``,
+    ``cancel()``, and once finished ``path`` or ``error`` (one sentence; "download cancelled" after a cancel)."""
+
+    def __init__(self, repo_id: str, cache_dir=None, endpoint: str | None = None):
+        self.repo_id = repo_id
+        self.done = self.total = 0
+        self.rate = 0.0
+        self.path: Path | None = None
+        self.error: str | None = None
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(cache_dir, endpoint), daemon=True,
+                                        name=f"fetch {repo_id}")
+        self._thread.start()
+
+    @property
+    def finished(self) -> bool:
+        return not self._thread.is_alive()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return self.finished
+
+    def _progress(self, done: int, total: int, rate: float) -> None:
+        self.done, self.total, self.rate = done, total, rate
+
+    def _run(self, cache_dir, endpoint) -> None:
+        try:
+            self.path = fetch_base(self.repo_id, cache_dir, endpoint, self._progress, self._cancel)
+        except (Cancelled, BaseLoadError) as exc:
+            self.error = str(exc)

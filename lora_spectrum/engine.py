@@ -107,20 +107,20 @@ class Engine:
     @classmethod
     def load(cls, base: str, family: str = "auto", device: str = "auto", dtype: str = "auto",
              offload: str = "none", local_files_only: bool = True, reserve_vram_gb: float = 0.0,
-             fuse: bool | str = "auto", compile: bool | str = "off", **kwargs) -> Engine:  # noqa: A002
+             fuse: bool | str = "auto", compile: bool | str = "off", cache_dir=None, **kwargs) -> Engine:  # noqa: A002
         """Load a base: a Hugging Face repo id, a local diffusers folder, or a single-file SDXL checkpoint.
 
         Raises ``BaseLoadError`` with the reason; with ``local_files_only`` a base missing from the local cache
         fails in seconds instead of waiting on the network.
         """
         # 1. Family and device.
-        fam = get_family(detect_family(base, local_files_only) if family == "auto" else family)
+        fam = get_family(detect_family(base, local_files_only, cache_dir) if family == "auto" else family)
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev, fam.defaults.dtype_cuda)
         fused = resolve_fuse(fuse, dev, offload)  # checked before the (slow) load
         resolve_compile(compile, dev, fam.name, fused, offload)
         # 2. Load with diffusers (safetensors weights only), then place it on the device or offload it.
-        pipe = load_pipeline(base, fam, torch_dtype, local_files_only)
+        pipe = load_pipeline(base, fam, torch_dtype, local_files_only, cache_dir)  # cache_dir: the hub cache
         place(pipe, dev, offload)
         reserve_vram(dev, reserve_vram_gb)
         return cls(pipe, fam, base, device=dev, offload=offload, fuse=fused, compile=compile, **kwargs)
@@ -130,7 +130,7 @@ class Engine:
         return cls.load(settings.base, family=settings.family, device=settings.device, dtype=settings.dtype,
                         offload=settings.offload, local_files_only=settings.local_files_only,
                         reserve_vram_gb=settings.reserve_vram_gb, resident_adapters=settings.resident_adapters,
-                        empty_cache_after_swap=settings.empty_cache_after_swap,
+                        empty_cache_after_swap=settings.empty_cache_after_swap, cache_dir=settings.hf_cache or None,
                         max_queued=settings.max_queued_renders, fuse=settings.fuse, prefetch=settings.prefetch,
                         compile=settings.compile, compile_backend=settings.compile_backend)
 

@@ -95,7 +95,7 @@ def pipeline_families() -> dict[str, str]:
     return dict(_PIPELINE_TO_FAMILY)
 
 
-def detect_family(base: str, local_files_only: bool = True) -> str:
+def detect_family(base: str, local_files_only: bool = True, cache_dir=None) -> str:
     """Read the family from the base itself: a folder's (or a cached repo id's) ``model_index.json``, or a single
     ``.safetensors`` file's tensor names (read from its header only). Raises ``BaseLoadError`` saying why not."""
     path = Path(base).expanduser()
@@ -113,7 +113,8 @@ def detect_family(base: str, local_files_only: bool = True) -> str:
                                  f"local_files_only: false, or point base: at a local folder")
 
         with translated(hub_error):
-            index = Path(hf_hub_download(base, "model_index.json", local_files_only=local_files_only))
+            index = Path(hf_hub_download(base, "model_index.json", local_files_only=local_files_only,
+                                         cache_dir=cache_dir))
     try:
         class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
     except (OSError, json.JSONDecodeError) as exc:

@@ -68,6 +68,8 @@ class Settings:
     shipped_dir: str = "shipped"  # where "Ship this epoch" writes the promoted file and its model card
     bases: list = field(default_factory=list)  # more bases for the sidebar's Base picker: repo ids, folders, files
     models_dir: str = "models"  # every diffusers folder or SDXL .safetensors file here is offered as a base too
+    hf_cache: str = ""  # the Hugging Face cache bases are loaded from and fetched into ("": HF_HUB_CACHE / HF_HOME)
+    hub_endpoint: str = ""  # where fetches go ("": HF_ENDPOINT or huggingface.co; a mirror such as hf-mirror.com)
     executor: str = "local"  # local | ray: renders on this process's engine, or on Ray workers (execution/)
     workers: int = 0  # ray: how many workers (0: one per GPU of the cluster); CPU workers where there is no GPU
     ray_address: str = ""  # ray: an existing cluster ("auto", "ray://host:10001", "host:6379"); "": a local one

@@ -145,7 +145,8 @@ def switch_base(choice: EngineChoice, settings, source: str, progress=None) -> E
         # 2. Load the new one (diffusers: seconds for a local SDXL, minutes for a first read from a slow disk).
         say(0.2, f"loading {source} ...")
         try:
-            new = open_engine(replace(settings, base=source, family="auto"), allow_demo=False)
+            # What is on this machine only: the Base section downloads first, so a load never waits on the network.
+            new = open_engine(replace(settings, base=source, family="auto", local_files_only=True), allow_demo=False)
         except LoraSpectrumError as exc:
             say(0.6, f"{source} did not load; loading {previous} back ...")
             _adopt(choice, open_engine(replace(settings, base=previous, family="auto"), allow_demo=True))

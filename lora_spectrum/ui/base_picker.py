@@ -7,8 +7,9 @@ from __future__ import annotations
 import streamlit as st
 
 from lora_spectrum.base_list import list_bases, size_text
+from lora_spectrum.downloads import BackgroundFetch, remote_base
 from lora_spectrum.errors import LoraSpectrumError
-from lora_spectrum.ui.state import BASE_SEEN, BASE_SWITCHED
+from lora_spectrum.ui.state import BASE_SEEN, BASE_SWITCHED, FETCH_SIZES, FETCHES
 from lora_spectrum.ui.text import md_escape
 from lora_spectrum.workbench import switch_base
 
@@ -40,6 +41,8 @@ def base_section(settings, choice) -> None:
                               format_func=lambda s: ("● " if s == current else "") + by_source[s].label)
         option = by_source[picked]
         st.caption(md_escape(_describe(option)))
+        if option.kind == "repo" and (not option.present or picked in st.session_state.get(FETCHES, {})):
+            download_panel(settings, option.source)
         # 3. Load: the previous base is freed first; a failure brings it back and says why.
         ready = option.present and not option.problem and picked != current
         if st.button("Load", key="base_load", disabled=not ready, width="stretch",
@@ -72,3 +75,48 @@ def _describe(o) -> str:
     if not o.present:
         return f"{where}: not on this machine (fetch it with python -m lora_spectrum fetch-base {o.source})"
     return f"{where}: {o.family}, {size_text(o.nbytes)} on disk"
+
+
+def download_panel(settings, repo_id: str) -> None:
+    """Download for a repo not on this machine: its size first (the hub's file list), then a fetch in the
+    background with bytes, rate and Cancel. ``local_files_only: true`` keeps the app offline, and says so."""
+    if settings.local_files_only:
+        st.button("Download", key="base_download", disabled=True, width="stretch",
+                  help="local_files_only: true in the config: the app never touches the network. Set it to false, "
+                       f"or run python -m lora_spectrum fetch-base {repo_id}")
+        return
+    fetches = st.session_state.setdefault(FETCHES, {})
+    if repo_id in fetches:
+        fetch_progress(repo_id)
+        return
+    sizes = st.session_state.setdefault(FETCH_SIZES, {})
+    if repo_id not in sizes:
+        if not st.button("Download ...", key="base_download", width="stretch", help="ask the hub what it weighs"):
+            return
+        try:
+            sizes[repo_id] = remote_base(repo_id, endpoint=settings.hub_endpoint or None)
+        except LoraSpectrumError as exc:
+            st.error(md_escape(str(exc)))
+            return
+    remote = sizes[repo_id]
+    st.caption(md_escape(f"{len(remote.files)} files, {size_text(remote.nbytes)} to download "
+                         f"(commit {remote.commit[:10]}); files already in the cache are not fetched again"))
+    if st.button(f"Download {size_text(remote.nbytes)}", key="base_download_go", width="stretch"):
+        fetches[repo_id] = BackgroundFetch(repo_id, settings.hf_cache or None, settings.hub_endpoint or None)
+        fetch_progress(repo_id)
+
+
+@st.fragment(run_every=0.5)
+def fetch_progress(repo_id: str) -> None:
+    """The running fetch's bar (bytes and rate) and Cancel; when it ends, the page redraws with the list."""
+    fetch = st.session_state[FETCHES][repo_id]
+    if fetch.finished:
+        del st.session_state[FETCHES][repo_id]
+        st.session_state[BASE_SWITCHED] = ((True, f"{repo_id} downloaded: Load it") if fetch.error is None
+                                           else (False, fetch.error))
+        st.rerun(scope="app")
+    total = fetch.total or st.session_state[FETCH_SIZES][repo_id].nbytes
+    st.progress(min(fetch.done / max(total, 1), 1.0),
+                text=f"{fetch.done / 1e6:.1f} / {total / 1e6:.1f} MB, {fetch.rate / 1e6:.1f} MB/s")
+    if st.button("Cancel", key="base_download_cancel", width="stretch"):
+        fetch.cancel()

@@ -4,3 +4,5 @@ RESULT = "compare_result"  # the last Compare render: plan, cells, status (writt
 RANK = "rank_state"  # the Rank view's pool of renders, current pair and session counts (written and read by rank)
 BASE_SEEN = "base_generation"  # the shared engine's generation this session last drew (a switch elsewhere shows)
 BASE_SWITCHED = "base_switched"  # (ok, message) of this session's last switch, shown once after its rerun
+FETCHES = "base_fetches"  # repo id -> downloads.BackgroundFetch running for this session (the Base section)
+FETCH_SIZES = "base_fetch_sizes"  # repo id -> downloads.RemoteBase: the size shown before a download starts

@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import gc
 import shutil
+import time
 import weakref
 
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from lora_spectrum.base_list import size_text
+from lora_spectrum.downloads import wanted
 from lora_spectrum.ui.resources import get_workbench
+from tests.hub_server import HubServer, Repo
 from tests.ui.apptest import APP, start
+
+REPO = "tiny-lab/sdxl-demo"
 
 
 def models(app_config, demo_dir):
@@ -75,3 +81,61 @@ def test_a_failed_switch_keeps_the_base_it_had_and_says_why(app_config, demo_dir
     assert "broken-sdxl could not be loaded, so demo is back" in error and len(error) < 700, error
     assert caption(at) == before
     assert "epoch 20 · strength 1 · seed 1" in render(at), "the base it had still renders"
+
+
+@pytest.fixture
+def hub_config(app_config, demo_dir, tmp_path):
+    """The app allowed to download, from a local hub serving the tiny demo base, into a cache of its own."""
+    config, _ = app_config
+    server = HubServer()
+    server.repos[REPO] = Repo(demo_dir / "base-sdxl")
+    config.write_text(config.read_text(encoding="utf-8") + f"bases: [{REPO}]\nlocal_files_only: false\n"
+                      f"hf_cache: {tmp_path / 'hf'}\nhub_endpoint: {server.url}\nfuse: off\n", encoding="utf-8")
+    yield config, server
+    server.close()
+
+
+def run_until(at, done, seconds=60.0):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        at.run()
+        assert not at.exception, at.exception
+        if done(at):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out: {[e.value for e in at.sidebar.error]}")
+
+
+def test_download_shows_the_size_then_fetches_with_progress_and_the_base_loads(hub_config):
+    config, server = hub_config
+    at = start()
+    pick = at.sidebar.selectbox(key="base_pick")
+    assert pick.options[0] == f"{REPO} · not downloaded"
+    pick.set_value(REPO).run()
+    assert at.button(key="base_load").disabled
+    at.button(key="base_download").click().run()
+    size = size_text(sum(len(b) for f, b in server.repos[REPO].files.items() if wanted(f)))
+    assert any(f"to download (commit {server.repos[REPO].commit[:10]})" in c.value.replace("\\", "")
+               for c in at.sidebar.caption)
+    assert at.button(key="base_download_go").label == f"Download {size}"
+    assert not server.gets(".safetensors"), "nothing fetched before it is asked for"
+    server.slow = 0.002
+    at.button(key="base_download_go").click().run()
+    run_until(at, lambda a: any("downloaded" in s.value for s in a.sidebar.success))  # the bar drawn meanwhile
+    assert server.gets("unet/diffusion_pytorch_model.safetensors")
+    pick = at.sidebar.selectbox(key="base_pick")
+    assert pick.options[0].startswith(f"{REPO} · sdxl · ")
+    at.button(key="base_load").click().run()
+    assert caption(at).startswith(f"Base: {REPO} (sdxl, cpu,")
+    assert "epoch 20 · strength 1 · seed 1" in render(at), "the downloaded base renders"
+
+
+def test_local_files_only_never_downloads_and_the_button_says_so(hub_config):
+    config, server = hub_config
+    config.write_text(config.read_text(encoding="utf-8").replace("local_files_only: false", "local_files_only: true"),
+                      encoding="utf-8")
+    at = start()
+    at.sidebar.selectbox(key="base_pick").set_value(REPO).run()
+    button = at.button(key="base_download")
+    assert button.disabled and "local_files_only: true" in button.help and "fetch-base" in button.help
+    assert server.log == [], "not one request"
