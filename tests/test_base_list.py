@@ -5,6 +5,7 @@ with family, size and why one cannot be used. Real folders and a real cache fill
 from __future__ import annotations
 
 import shutil
+
 import pytest
 
 from lora_spectrum.base_list import cached_pipelines, cached_snapshot, describe, list_bases

@@ -139,3 +139,18 @@ def test_local_files_only_never_downloads_and_the_button_says_so(hub_config):
     button = at.button(key="base_download")
     assert button.disabled and "local_files_only: true" in button.help and "fetch-base" in button.help
     assert server.log == [], "not one request"
+
+
+def test_cancel_stops_the_download_and_leaves_the_base_absent(hub_config, tmp_path):
+    config, server = hub_config
+    at = start()
+    at.sidebar.selectbox(key="base_pick").set_value(REPO).run()
+    at.button(key="base_download").click().run()
+    server.slow = 0.05  # about 7 s for the demo UNet: time to press Cancel
+    at.button(key="base_download_go").click().run()
+    run_until(at, lambda a: bool(a.get("progress")))
+    at.button(key="base_download_cancel").click().run()
+    run_until(at, lambda a: any("download cancelled" in e.value for e in a.sidebar.error))
+    assert at.sidebar.selectbox(key="base_pick").options[0] == f"{REPO} · not downloaded"
+    repo_dir = tmp_path / "hf" / f"models--{REPO.replace('/', '--')}"
+    assert not list(repo_dir.glob("snapshots/*")) and not list(repo_dir.rglob("*.incomplete"))
