@@ -51,7 +51,7 @@ def epoch_picker(catalog: Catalog, family: str | None = None) -> tuple[str | Non
     sb = st.sidebar
     top = sb.columns([2, 1])
     top[0].subheader("Epochs")
-    if top[1].button("Rescan", help="look at the loras folder again (also done on every rerun)"):
+    if top[1].button("Rescan", key="rescan", help="look at the loras folder again (also done on every rerun)"):
         st.toast("Rescanned the loras folder")
     try:
         entries = catalog.scan()  # cheap when nothing changed: entries are kept by (size, mtime)

@@ -14,7 +14,7 @@ def test_a_new_file_appears_and_a_bak_file_disappears_without_restart(app_config
     at = start()
     assert "epoch 400" not in epoch_options(at)
     shutil.copy(loras / "jimeng_300.safetensors", loras / "jimeng_400.safetensors")
-    at.sidebar.button[0].click().run()  # Rescan
+    at.button(key="rescan").click().run()
     assert "epoch 400" in epoch_options(at)
     os.rename(loras / "jimeng_50.safetensors", loras / "jimeng_50.safetensors.bak")
     at.run()
