@@ -9,8 +9,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_spectrum.downloads import wanted
-from lora_spectrum.errors import BaseLoadError, LoraSpectrumError
+from lora_spectrum.downloads import hub_cache, repo_folder, wanted
+from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.families import detect_family, pipeline_families
 
 DEMO = "demo"
@@ -81,7 +81,7 @@ def describe(source: str, origin: str = "bases", cache_dir: str | Path | None = 
         return BaseOption(source, "repo", origin, family, _folder_bytes(snap), True, problem)
     try:
         family = detect_family(source, local_files_only=True, cache_dir=cache_dir)
-    except (BaseLoadError, LoraSpectrumError) as exc:
+    except LoraSpectrumError as exc:  # BaseLoadError among them
         return BaseOption(source, kind, origin, None, nbytes, True, problem=str(exc))
     return BaseOption(source, kind, origin, family, nbytes, True)
 
@@ -89,7 +89,7 @@ def describe(source: str, origin: str = "bases", cache_dir: str | Path | None = 
 def cached_pipelines(cache_dir: str | Path | None = None) -> list[str]:
     """Repo ids in the local Hugging Face cache whose snapshot is a pipeline of a supported family."""
     out = []
-    for repo_dir in sorted(_hub_cache(cache_dir).glob("models--*")):
+    for repo_dir in sorted(hub_cache(cache_dir).glob("models--*")):
         repo = repo_dir.name[len("models--"):].replace("--", "/")
         snap = cached_snapshot(repo, cache_dir)
         if snap is not None and _class_name(snap / "model_index.json") in pipeline_families():
@@ -99,7 +99,7 @@ def cached_pipelines(cache_dir: str | Path | None = None) -> list[str]:
 
 def cached_snapshot(repo_id: str, cache_dir: str | Path | None = None) -> Path | None:
     """The snapshot ``refs/main`` points to, when it holds a ``model_index.json`` and every file a load needs."""
-    repo_dir = _hub_cache(cache_dir) / f"models--{repo_id.replace('/', '--')}"
+    repo_dir = repo_folder(repo_id, cache_dir)
     try:
         commit = (repo_dir / "refs" / "main").read_text(encoding="utf-8").strip()
     except OSError:
@@ -114,14 +114,6 @@ def cached_snapshot(repo_id: str, cache_dir: str | Path | None = None) -> Path |
     except (OSError, ValueError, KeyError, TypeError):
         return snap  # no tree (an older cache, or one made by another tool): as the folder says
     return snap if all((snap / f).is_file() for f in tree if wanted(f)) else None
-
-
-def _hub_cache(cache_dir) -> Path:
-    if cache_dir:
-        return Path(cache_dir)
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
 
 
 def _class_name(index: Path) -> str:

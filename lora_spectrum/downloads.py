@@ -67,10 +67,7 @@ def fetch_base(repo_id: str, cache_dir: str | Path | None = None, endpoint: str 
 
     # 1. What to fetch, and where it lands.
     remote = remote_base(repo_id, endpoint, token)
-    from huggingface_hub import constants
-
-    root = Path(cache_dir) if cache_dir else Path(constants.HF_HUB_CACHE)
-    repo_dir = root / f"models--{repo_id.replace('/', '--')}"
+    root, repo_dir = hub_cache(cache_dir), repo_folder(repo_id, cache_dir)
     snapshot, ref = repo_dir / "snapshots" / remote.commit, repo_dir / "refs" / "main"
     had_snapshot = all((snapshot / f).is_file() for f in remote.files)
     had_ref = ref.is_file()
@@ -91,6 +88,20 @@ def fetch_base(repo_id: str, cache_dir: str | Path | None = None, endpoint: str 
     if progress is not None:
         progress(remote.nbytes, remote.nbytes, 0.0)
     return Path(path)
+
+
+def hub_cache(cache_dir: str | Path | None = None) -> Path:
+    """The Hugging Face cache: ``cache_dir``, else huggingface_hub's (HF_HUB_CACHE, HF_HOME)."""
+    if cache_dir:
+        return Path(cache_dir)
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def repo_folder(repo_id: str, cache_dir: str | Path | None = None) -> Path:
+    """Where the cache keeps ``repo_id`` (its refs, snapshots, blobs and trees), as huggingface_hub lays it out."""
+    return hub_cache(cache_dir) / f"models--{repo_id.replace('/', '--')}"
 
 
 def _meter(total: int, progress: Progress | None, cancel: threading.Event | None):

@@ -77,7 +77,7 @@ def run_cluster_benchmark(model: str = "tiny", device: str = "auto", workers: in
                             root=folder)
         # 3. Local, then the pool (the local engine freed first: on a GPU machine it holds the first GPU).
         grid = (sampling, seeds, prompts)
-        local_s, local_cells, epochs = _timed_grid(settings, grid, say, "local")
+        local_s, local_cells, epochs, _, _ = _timed_grid(settings, grid, say, "local")
         pool_settings = replace(settings, executor="ray", workers=workers)
         ray_s, ray_cells, _, start_s, pool = _timed_grid(pool_settings, grid, say, "ray", with_pool=True)
     images = len(local_cells)
@@ -132,7 +132,7 @@ def _timed_grid(settings, grid: tuple, say, label: str, with_pool: bool = False)
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return (wall_s, cells, len(entries), start_s, pool) if with_pool else (wall_s, cells, len(entries))
+    return wall_s, cells, len(entries), start_s, pool
 
 
 def format_cluster(r: dict) -> str:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, replace
 
+from lora_spectrum.adapters.reading import file_identity
 from lora_spectrum.engine import RenderRequest, Route
+from lora_spectrum.errors import LoraLoadError
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,15 @@ class Outcome:
     swap_kind: str = ""
     seconds: float = 0.0  # the whole batch's time on its worker
     worker: str = ""
+
+
+def file_stamp(path: str) -> tuple[int, int]:
+    """A file's (size, mtime) as ``adapters.reading.file_identity`` has it, or (-1, -1) for a file gone (its own
+    read then fails it with the cause): what the driver checked, and what a worker compares before a swap."""
+    try:
+        return file_identity(path)
+    except LoraLoadError:
+        return -1, -1
 
 
 def files_ahead(files: list[list[str]]) -> list[str | None]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from lora_spectrum.errors import ClusterError, reason, shorten
-from lora_spectrum.execution.batch import Batch, Outcome, place, with_ahead
+from lora_spectrum.execution.batch import Batch, Outcome, file_stamp, place, with_ahead
 from lora_spectrum.execution.remote_engine import SAME_ON_EVERY_WORKER, RemoteEngine, differences
 
 log = logging.getLogger(__name__)
@@ -297,14 +297,7 @@ def _collect(ray, refs: list, inflight: dict) -> tuple[list, list[Batch]]:
 
 def _stamps(batches: list[Batch]) -> dict[str, tuple[int, int]]:
     """Size and modification time of every file of ``batches``, as the driver checked them."""
-    out = {}
-    for f in {f for b in batches for f in b.files}:
-        try:
-            st = os.stat(f)
-            out[f] = (st.st_size, st.st_mtime_ns)
-        except OSError:
-            out[f] = (-1, -1)  # gone: the worker's own read fails it with the cause
-    return out
+    return {f: file_stamp(f) for f in {f for b in batches for f in b.files}}
 
 
 def _failed(batch: Batch, why: str, worker: str = "") -> list[Outcome]:

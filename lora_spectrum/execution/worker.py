@@ -14,7 +14,7 @@ import ray
 import torch
 
 from lora_spectrum.errors import LoraSpectrumError, shorten
-from lora_spectrum.execution.batch import Batch, Outcome
+from lora_spectrum.execution.batch import Batch, Outcome, file_stamp
 from lora_spectrum.execution.local import execute
 from lora_spectrum.execution.remote_engine import engine_facts
 
@@ -60,12 +60,7 @@ class EngineWorker:
         if cancel.is_set():
             return [Outcome(cancelled=True, worker=self.name) for _ in batch.routes]
         for path, stamp in (stamps or {}).items():
-            try:
-                st = os.stat(path)
-                now = (st.st_size, st.st_mtime_ns)
-            except OSError:
-                now = (-1, -1)
-            if tuple(stamp) != now and stamp[0] >= 0:
+            if tuple(stamp) != file_stamp(path) and stamp[0] >= 0:
                 why = f"{os.path.basename(path)} changed on disk during the run (render again to use the new file)"
                 return [Outcome(error=why, worker=self.name) for _ in batch.routes]
 

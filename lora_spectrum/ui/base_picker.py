@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from lora_spectrum.base_list import list_bases, size_text
+from lora_spectrum.base_list import BaseOption, list_bases, size_text
 from lora_spectrum.downloads import BackgroundFetch, remote_base
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.ui.state import BASE_SEEN, BASE_SWITCHED, FETCH_SIZES, FETCHES
@@ -58,9 +58,7 @@ def base_section(settings, choice) -> None:
             st.rerun()
 
 
-def _current(source: str, choice):
-    from lora_spectrum.base_list import BaseOption
-
+def _current(source: str, choice) -> BaseOption:
     return BaseOption(source, "demo" if choice.is_demo else "repo", "configured", choice.engine.family.name, None,
                       not choice.is_demo, "" if not choice.is_demo else f"not loaded: {choice.reason}")
 
