@@ -26,23 +26,33 @@ from __future__ import annotations
 
 import contextlib
 
+from lora_spectrum.language import N_
+
 MAX_MESSAGE = 500  # characters: a refusal is one sentence, never a wall of keys
 
 
 class LoraSpectrumError(Exception):
     """Root of every error this package raises on purpose. The message is meant for the user."""
 
+    kind = N_("Error")  # translated, shown before the message in other languages than English (language.Translator.error)
+
 
 class ConfigError(LoraSpectrumError):
     """A configuration file or a command-line value is wrong."""
+
+    kind = N_("Configuration error")
 
 
 class CatalogError(LoraSpectrumError):
     """The loras folder or one file in it cannot be listed or read."""
 
+    kind = N_("Cannot read the loras folder")
+
 
 class HeaderError(CatalogError):
     """A file's safetensors header cannot be read. ``incomplete``: it may still be being copied (look again)."""
+
+    kind = N_("Unreadable file header")
 
     def __init__(self, reason: str, incomplete: bool = False):
         self.reason = reason
@@ -56,6 +66,8 @@ class LoraLoadError(LoraSpectrumError):
     ``path`` names the file; ``cause`` is a short plain-language reason (cut to ``MAX_MESSAGE`` characters).
     """
 
+    kind = N_("Cannot load the LoRA file")
+
     def __init__(self, path, cause: str):
         self.path = str(path)
         self.cause = shorten(cause)
@@ -65,42 +77,62 @@ class LoraLoadError(LoraSpectrumError):
 class BaseLoadError(LoraSpectrumError):
     """The configured base model could not be loaded."""
 
+    kind = N_("Cannot load the base model")
+
 
 class PlanError(LoraSpectrumError):
     """A comparison plan has a bad value; nothing was rendered."""
+
+    kind = N_("Nothing was rendered")
 
 
 class RenderError(LoraSpectrumError):
     """A render failed. The engine stays usable."""
 
+    kind = N_("The render failed")
+
 
 class OutOfMemoryError(RenderError):
     """A render ran out of device memory; the engine freed what it could. Fewer images at once may fit."""
+
+    kind = N_("Out of memory")
 
 
 class BusyError(LoraSpectrumError):
     """The shared engine already has as many renders queued as allowed."""
 
+    kind = N_("The workbench is busy")
+
 
 class Cancelled(LoraSpectrumError):
     """The user cancelled a run; cells that finished are kept."""
+
+    kind = N_("Cancelled")
 
 
 class ClusterError(LoraSpectrumError):
     """The ``ray`` executor cannot run: Ray is not installed, the cluster cannot be reached or started, or no
     worker could load the base (each worker's reason is in the message)."""
 
+    kind = N_("The Ray cluster cannot render")
+
 
 class ClipUnavailable(LoraSpectrumError):
     """No CLIP model could be loaded (not on the machine, downloads not allowed, or broken)."""
+
+    kind = N_("CLIP is not available")
 
 
 class RatingsError(LoraSpectrumError):
     """A votes file cannot be read or written; an unreadable one is set aside, never overwritten."""
 
+    kind = N_("Cannot read or write the votes")
+
 
 class ShipError(LoraSpectrumError):
     """An epoch cannot be promoted: the target exists (never overwritten), or the source changed since the scan."""
+
+    kind = N_("Cannot ship this epoch")
 
 
 def shorten(text: str, limit: int = MAX_MESSAGE) -> str:

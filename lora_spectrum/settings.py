@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from lora_spectrum.errors import ConfigError
+from lora_spectrum.language import CHOICES
 from lora_spectrum.sampling import Sampling
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +74,7 @@ class Settings:
     executor: str = "local"  # local | ray: renders on this process's engine, or on Ray workers (execution/)
     workers: int = 0  # ray: how many workers (0: one per GPU of the cluster); CPU workers where there is no GPU
     ray_address: str = ""  # ray: an existing cluster ("auto", "ray://host:10001", "host:6379"); "": a local one
+    language: str = "auto"  # auto | en | zh_CN: the UI's words (auto: the browser's language; language.py)
     root: Path = field(default=PROJECT_ROOT, compare=False)
 
     def path(self, value: str) -> Path:
@@ -138,6 +140,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
         raise ConfigError(f"{path}: batch_epochs must be at least 1")
     if settings.executor not in ("local", "ray"):
         raise ConfigError(f"{path}: executor must be local or ray, not {settings.executor!r}")
+    if settings.language not in CHOICES:
+        raise ConfigError(f"{path}: language must be {', '.join(CHOICES)}, not {settings.language!r}")
     if settings.workers < 0:
         raise ConfigError(f"{path}: workers must be 0 (one per GPU) or more")
     if settings.runs_max < 1:

@@ -6,3 +6,4 @@ BASE_SEEN = "base_generation"  # the shared engine's generation this session las
 BASE_SWITCHED = "base_switched"  # (ok, message) of this session's last switch, shown once after its rerun
 FETCHES = "base_fetches"  # repo id -> downloads.BackgroundFetch running for this session (the Base section)
 FETCH_SIZES = "base_fetch_sizes"  # repo id -> downloads.RemoteBase: the size shown before a download starts
+LANGUAGE = "language"  # the session's language choice: auto, en or zh_CN (ui/language.py)
