@@ -29,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 from lora_spectrum import epoch_names
 from lora_spectrum.epoch_names import int_or_none
 from lora_spectrum.errors import CatalogError, HeaderError
+from lora_spectrum.language import N_, _
 from lora_spectrum.lora_keys import (
     DOWN_SUFFIXES,
     algorithm,
@@ -41,9 +42,10 @@ from lora_spectrum.lora_keys import (
     read_header,
 )
 
-READY, UNREADABLE, INCOMPLETE, IGNORED = "ready", "unreadable", "incomplete", "ignored"
-INCOMPATIBLE = "incompatible"  # readable, but made for another model family than the base
-UNSUPPORTED = "unsupported"  # readable, but a form no loader here handles (OFT, IA3, full diffs ...)
+# The states (N_: the UI shows them translated; the values, in JSON too, stay these English words)
+READY, UNREADABLE, INCOMPLETE, IGNORED = N_("ready"), N_("unreadable"), N_("incomplete"), N_("ignored")
+INCOMPATIBLE = N_("incompatible")  # readable, but made for another model family than the base
+UNSUPPORTED = N_("unsupported")  # readable, but a form no loader here handles (OFT, IA3, full diffs ...)
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SETTLE_SECONDS = 2.0  # a file whose size changed this recently is taken as still being copied
 METADATA_KEYS = (
@@ -102,7 +104,8 @@ class LoraEntry:
         if self.unsupported:
             return UNSUPPORTED, self.unsupported
         if family and self.family_hint and self.family_hint != family:
-            return INCOMPATIBLE, f"made for {self.family_hint} (its metadata or key names); the base is {family}"
+            return INCOMPATIBLE, _("made for {hint} (its metadata or key names); the base is {family}").format(
+                hint=self.family_hint, family=family)
         return None
 
     def to_json(self) -> dict:
@@ -126,7 +129,7 @@ def _trigger_words(meta: dict[str, str]) -> list[str]:
                 for tag, n in tags.items():
                     if isinstance(n, (int, float)):
                         counts[str(tag).strip()] += n
-    return [t for t, _ in counts.most_common(5) if t]
+    return [t for t, _count in counts.most_common(5) if t]
 
 
 def _diagnose(path: Path, size: int) -> tuple[str, str] | None:

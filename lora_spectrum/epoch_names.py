@@ -13,6 +13,8 @@ import re
 
 from natsort import natsort_keygen
 
+from lora_spectrum.language import N_
+
 # <series>-step<N> / <series>_step<N>: a step count.        <series>_<9 digits>: ai-toolkit's step count.
 # <series>_e<N>, <series>-000010, <series>_20: an epoch.     epoch-<N> / step-<N> alone: DiffSynth-Studio.
 _STEP_RE = re.compile(r"^(?P<series>.+?)[-_.]step[-_]?(?P<n>\d+)$", re.IGNORECASE)
@@ -72,14 +74,17 @@ def place(stem: str, meta: dict[str, str], folder: str = "") -> tuple[str, int |
     return series, epoch, step
 
 
-def label(name: str, epoch: int | None, step: int | None) -> str:
-    """``epoch 20``, ``step 250``, ``step 250 (epoch 1)``, or the file name when it carries no number."""
+def label(name: str, epoch: int | None, step: int | None, translate=str) -> str:
+    """``epoch 20``, ``step 250``, ``step 250 (epoch 1)``, or the file name when it carries no number.
+
+    In English always where it is stored or drawn (manifests, the grid PNG, whose font has no Chinese); the UI
+    passes its ``_`` as ``translate`` to show it in the session's language."""
     if epoch is not None and step is not None:
-        return f"step {step} (epoch {epoch})"
+        return translate(N_("step {step} (epoch {epoch})")).format(step=step, epoch=epoch)
     if epoch is not None:
-        return f"epoch {epoch}"
+        return translate(N_("epoch {epoch}")).format(epoch=epoch)
     if step is not None:
-        return f"step {step}"
+        return translate(N_("step {step}")).format(step=step)
     return name
 
 

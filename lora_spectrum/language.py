@@ -11,10 +11,11 @@ import contextlib
 import gettext
 import os
 import tempfile
+import unicodedata
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 DOMAIN = "lora_spectrum"
@@ -98,6 +99,10 @@ class Translator:
     def ngettext(self, singular: str, plural: str, n: int) -> str:
         return self.catalog.ngettext(singular, plural, n)
 
+    def pgettext(self, context: str, message: str) -> str:
+        """``message`` where the same English word means two things (``pgettext("LoRA", "rank")``)."""
+        return self.catalog.pgettext(context, message)
+
     def number(self, value, digits: int = 3) -> str:
         """``value`` with at most ``digits`` decimals, grouped as the locale groups thousands."""
         from babel.numbers import format_decimal
@@ -120,7 +125,7 @@ class Translator:
         return self.gettext("{kind}: {message}").format(kind=self.gettext(kind), message=exc)
 
 
-@lru_cache(maxsize=None)
+@cache
 def translator(code: str) -> Translator:
     """The translator of ``code`` (one of ``LANGUAGES``); catalogs are compiled on first use."""
     if code not in LANGUAGES:  # settings.py has already refused such a value with a ConfigError
@@ -147,6 +152,17 @@ def using(tr: Translator):
         _ACTIVE.reset(token)
 
 
+def width(text: str) -> int:
+    """Terminal columns of ``text``: Chinese characters take two (hand-written: three lines, no dependency)."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def pad(text: str, columns: int, right: bool = False) -> str:
+    """``text`` padded with spaces to ``columns`` terminal columns (on the left when ``right``)."""
+    fill = " " * max(columns - width(text), 0)
+    return fill + text if right else text + fill
+
+
 def _(message: str) -> str:
     """``message`` in the active language."""
     return current().gettext(message)
@@ -154,3 +170,7 @@ def _(message: str) -> str:
 
 def ngettext(singular: str, plural: str, n: int) -> str:
     return current().ngettext(singular, plural, n)
+
+
+def pgettext(context: str, message: str) -> str:
+    return current().pgettext(context, message)

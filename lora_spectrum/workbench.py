@@ -16,6 +16,7 @@ from lora_spectrum.catalog import READY, Catalog
 from lora_spectrum.devices import free_memory
 from lora_spectrum.engine import Engine
 from lora_spectrum.errors import BaseLoadError, ConfigError, LoraSpectrumError
+from lora_spectrum.language import N_, _
 
 DEMO_PROMPT = "a red circle on a white background"
 # The tiny random demo renders small and fast on a CPU; the family YAML's 1024x1024 x 30 steps is for real bases.
@@ -81,7 +82,7 @@ def demo_engine(settings, reason: str = "") -> EngineChoice:
         rec = demo.RECOMMENDED
         defaults = {k: rec[k] for k in ("steps", "guidance", "sampler", "width", "height")}
         engine = Engine.load(str(demo.ASSETS_DIR / demo.BASE_DIRNAME), defaults=defaults, **common)
-        note = ("Demo mode: a tiny base trained to draw coloured shapes, and the epochs of an ink-style LoRA "
+        note = N_("Demo mode: a tiny base trained to draw coloured shapes, and the epochs of an ink-style LoRA "
                 "trained on it (overtrained on purpose: its late epochs repaint the shapes), with their training "
                 "log. Not a real model.")
         choice = EngineChoice(engine, demo.ASSETS_DIR / demo.LORAS_DIRNAME, True, reason, rec["prompts"][0],
@@ -89,9 +90,9 @@ def demo_engine(settings, reason: str = "") -> EngineChoice:
     else:
         base, loras = demo.ensure_demo(settings.path(settings.demo_dir), "sdxl")
         engine = Engine.load(str(base), defaults=TINY_DEFAULTS, **common)
-        note = "Demo mode: a tiny base with random weights and synthetic demo epochs (not a real model)."
+        note = N_("Demo mode: a tiny base with random weights and synthetic demo epochs (not a real model).")
         choice = EngineChoice(engine, loras, True, reason, DEMO_PROMPT)
-    engine.note = f"{note} Reason: {reason}" if reason else note
+    engine.note = note  # in English; the UI shows it translated, with ``choice.reason`` (why not the base)
     return choice
 
 
@@ -137,22 +138,22 @@ def switch_base(choice: EngineChoice, settings, source: str, progress=None) -> E
     previous = choice.source or old.base_id
     with old.admission.exclusive("renders are running (here or in another tab): switch when they finish"):
         # 1. Free the previous engine: every reference to its pipeline dropped, then the allocator's cache.
-        say(0.05, f"freeing {old.base_id} ...")
+        say(0.05, _("freeing {base} ...").format(base=old.base_id))
         choice.engine = None
         old.retire()
         gc.collect()
         free_memory()
         # 2. Load the new one (diffusers: seconds for a local SDXL, minutes for a first read from a slow disk).
-        say(0.2, f"loading {source} ...")
+        say(0.2, _("loading {base} ...").format(base=source))
         try:
             # What is on this machine only: the Base section downloads first, so a load never waits on the network.
             new = open_engine(replace(settings, base=source, family="auto", local_files_only=True), allow_demo=False)
         except LoraSpectrumError as exc:
-            say(0.6, f"{source} did not load; loading {previous} back ...")
+            say(0.6, _("{base} did not load; loading {previous} back ...").format(base=source, previous=previous))
             _adopt(choice, open_engine(replace(settings, base=previous, family="auto"), allow_demo=True))
             raise BaseLoadError(f"{source} could not be loaded, so {previous} is back: {exc}") from exc
         _adopt(choice, new)
-    say(1.0, f"{choice.engine.base_id} is ready")
+    say(1.0, _("{base} is ready").format(base=choice.engine.base_id))
     return choice
 
 

@@ -11,7 +11,7 @@ pybabel -q extract -F babel.cfg -o "$L/lora_spectrum.pot" --no-location --sort-o
 for lang in en zh_CN; do
   if [ -f "$L/$lang/LC_MESSAGES/lora_spectrum.po" ]; then
     pybabel -q update -i "$L/lora_spectrum.pot" -d "$L" -D lora_spectrum -l "$lang" --no-wrap --ignore-obsolete \
-      --no-fuzzy-matching
+      --no-fuzzy-matching --ignore-pot-creation-date
   else
     pybabel -q init -i "$L/lora_spectrum.pot" -d "$L" -D lora_spectrum -l "$lang" --no-wrap
   fi

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -14,6 +15,9 @@ from tests.tiny import FAMILIES
 # The tiny models are dominated by per-operation overhead, where one thread is fastest and least disturbed by
 # other processes on a 2-core machine. Results do not depend on it.
 torch.set_num_threads(1)
+# The CLI speaks the language of LANGUAGE / LC_ALL / LC_MESSAGES / LANG: the tests read its English whatever the
+# machine's locale is (tests/test_language.py runs it under LANG=zh_CN.UTF-8 on purpose).
+os.environ["LANGUAGE"] = "en"
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lora_spectrum import language
 from lora_spectrum.cli import base_commands, decision_commands, render_commands
 from lora_spectrum.cli.arguments import Parser, quiet_libraries
 from lora_spectrum.errors import LoraSpectrumError
@@ -28,11 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its words follow LANGUAGE / LC_ALL / LC_MESSAGES / LANG (English by default), its JSON
+    keys never change."""
     args = build_parser().parse_args(argv)
     if args.command in ("grid", "bench", "demo"):
         quiet_libraries()
-    try:
-        return COMMANDS[args.command](args)
-    except LoraSpectrumError as exc:
-        print(f"lora-spectrum {args.command}: {exc}", file=sys.stderr)
-        return 2
+    with language.using(language.translator(language.from_environment())) as tr:
+        try:
+            return COMMANDS[args.command](args)
+        except LoraSpectrumError as exc:
+            print(f"lora-spectrum {args.command}: {tr.error(exc)}", file=sys.stderr)
+            return 2

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from lora_spectrum.language import _
+
 MB = 1024 * 1024
 
 
@@ -21,11 +23,13 @@ def _cmd_fetch_base(args) -> int:
     from lora_spectrum.downloads import fetch_base, remote_base
 
     remote = remote_base(args.repo_id)
-    print(f"{args.repo_id}: {len(remote.files)} files, {remote.nbytes / MB:.1f} MB (commit {remote.commit[:10]})",
-          file=sys.stderr, flush=True)
+    print(_("{repo}: {n} files, {mb} MB (commit {commit})").format(
+        repo=args.repo_id, n=len(remote.files), mb=f"{remote.nbytes / MB:.1f}", commit=remote.commit[:10]),
+        file=sys.stderr, flush=True)
 
     def progress(done: int, total: int, rate: float) -> None:
-        print(f"[fetch] {done / MB:.1f} / {total / MB:.1f} MB, {rate / MB:.1f} MB/s", file=sys.stderr, flush=True)
+        print(_("[fetch] {done} / {total} MB, {rate} MB/s").format(done=f"{done / MB:.1f}", total=f"{total / MB:.1f}",
+                                                                   rate=f"{rate / MB:.1f}"), file=sys.stderr, flush=True)
 
     path = fetch_base(args.repo_id, cache_dir=args.cache_dir, progress=progress)
     print(path)

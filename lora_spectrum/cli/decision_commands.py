@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from lora_spectrum.language import _, current
+
 
 def add_parsers(sub) -> None:
     s = sub.add_parser("ratings", help="the blind ranking of a series' epochs from the votes cast in the Rank view")
@@ -77,7 +79,7 @@ def _cmd_promote(args) -> int:
 
     # 1. The folder as it is now, and what is known about the series: the votes, the measures, the grid.
     catalog = _catalog(args.loras)
-    series, _ = catalog.choose_series(args.series)
+    series, _entries = catalog.choose_series(args.series)
     ranking = series_ratings(catalog, series, _ratings_dir(args))
     manifest = read_manifest(args.grid)[1] if args.grid else {}
     try:  # the measures only enrich the card: a log or grid that cannot be read leaves them out, with a word
@@ -85,15 +87,18 @@ def _cmd_promote(args) -> int:
         insight = insight or measures.series_insight(catalog, series=series, logs=args.logs or logs_folder(
             catalog.folder), grid=args.grid, use_clip=False, lenient=True)
     except LoraSpectrumError as exc:
-        print(f"lora-spectrum promote: measures left out of the card: {exc}", file=sys.stderr)
+        print(_("lora-spectrum promote: measures left out of the card: {error}").format(error=current().error(exc)),
+              file=sys.stderr)
         insight = None
     base = args.base or (manifest.get("settings") or {}).get("base")
     # 2. The copy and its card; the source is never modified, an existing target never overwritten.
     done = promote(catalog, args.epoch, args.to, series=series, name=args.name, note=args.note,
                    ranking=ranking if ranking.get("votes") else None, insight=insight, grid=args.grid,
                    base_id=base)
-    print(f"promoted {done.source} (epoch {done.epoch}, sha256 {done.sha256[:12]}) to {done.path}\n"
-          f"model card: {done.card}" + (f"\ngrid image: {done.grid_image}" if done.grid_image else ""))
+    print(_("promoted {source} (epoch {epoch}, sha256 {sha256}) to {path}").format(
+        source=done.source, epoch=done.epoch, sha256=done.sha256[:12], path=done.path) + "\n"
+        + _("model card: {path}").format(path=done.card)
+        + ("\n" + _("grid image: {path}").format(path=done.grid_image) if done.grid_image else ""))
     return 0
 
 
@@ -105,13 +110,13 @@ def _cmd_report(args) -> int:
     if args.loras:  # the ranking of the series the grid shows: its files' series in the folder as it is now
         from lora_spectrum.decision.votes import series_ratings
 
-        _, manifest = read_manifest(args.grid)
+        _folder, manifest = read_manifest(args.grid)
         catalog = _catalog(args.loras)
         names = {c.get("file") for c in manifest["cells"]} - {None}
         series = next((e.series for e in catalog.entries if e.name in names), None)
         ranking = series_ratings(catalog, series, _ratings_dir(args))
     out = write_report(args.grid, args.out, ranking=ranking)
-    print(f"wrote {out} ({out.stat().st_size // 1024} KiB, self-contained)")
+    print(_("wrote {path} ({kib} KiB, self-contained)").format(path=out, kib=out.stat().st_size // 1024))
     return 0
 
 

@@ -15,6 +15,7 @@ from lora_spectrum.cli.arguments import (
     quiet_libraries,
 )
 from lora_spectrum.errors import ConfigError, LoraSpectrumError
+from lora_spectrum.language import N_, _, current, pad, pgettext, width
 
 
 def add_parsers(sub) -> None:
@@ -103,24 +104,25 @@ def _cmd_inspect(args) -> int:
 
     folder = Path(args.loras)
     if not folder.is_dir():
-        print(f"lora-spectrum: {folder}: loras folder does not exist", file=sys.stderr)
+        print(_("lora-spectrum: {folder}: loras folder does not exist").format(folder=folder), file=sys.stderr)
         return 2
     entries = Catalog(folder).scan()
     if args.json:
         print(json.dumps([e.to_json() for e in entries], indent=2, ensure_ascii=False))
         return 0
-    rows = [("file", "series", "epoch", "step", "state", "format", "algorithm", "rank", "alpha", "unet/dit", "te",
-             "reason")]
+    rows = [(*(_(h) for h in (N_("file"), N_("series"), N_("epoch"), N_("step"), N_("state"), N_("format"),
+                              N_("algorithm"))), pgettext("LoRA", "rank"),
+             *(_(h) for h in (N_("alpha"), N_("unet/dit"), N_("te"), N_("reason"))))]
     for e in entries:
         rows.append((e.name, e.series, "" if e.epoch is None else str(e.epoch), "" if e.step is None else str(e.step),
-                     e.state, e.format, e.algorithm, "" if e.rank is None else str(e.rank),
+                     _(e.state), e.format, e.algorithm, "" if e.rank is None else str(e.rank),
                      "" if e.alpha is None else f"{e.alpha:g}", str(e.denoiser_keys), str(e.text_encoder_keys),
                      e.reason or e.unsupported))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    widths = [max(width(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+        print("  ".join(pad(c, w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
     if not entries:
-        print(f"(no LoRA files in {folder})")
+        print(_("(no LoRA files in {folder})").format(folder=folder))
     return 0
 
 
@@ -146,7 +148,7 @@ def _cmd_grid(args) -> int:
     from lora_spectrum.settings import load_settings
 
     def fail(msg: str) -> int:
-        print(f"lora-spectrum grid: {msg}", file=sys.stderr)
+        print(_("lora-spectrum grid: {message}").format(message=msg), file=sys.stderr)
         return 2
 
     try:
@@ -173,7 +175,7 @@ def _cmd_grid(args) -> int:
         for name in ("steps", "width", "height", "mix"):
             v = getattr(args, name)
             if v is not None and v < 1:
-                return fail(f"--{name} must be at least 1")
+                return fail(_("--{name} must be at least 1").format(name=name))
         # 3. The base (or the demo with --base demo) and its loras folder.
         choice = open_workbench(settings, allow_demo=settings.base == "demo", loras_given=bool(args.loras),
                                 say=lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -182,20 +184,20 @@ def _cmd_grid(args) -> int:
         catalog.scan()
         columns, skipped = select_columns(catalog, args.series, args.epochs, args.include_base, engine.family.name)
         for name, why in skipped:
-            print(f"skipped {name}: {why}", file=sys.stderr)
+            print(_("skipped {file}: {reason}").format(file=name, reason=why), file=sys.stderr)
         sampling = engine.defaults.sampling.override(negative_prompt=args.negative, steps=args.steps,
                                                      guidance=args.cfg, width=args.width, height=args.height,
                                                      sampler=args.sampler or None)
         plan = make_plan(engine.defaults, columns, args.seeds, args.strengths,
                          [args.prompt] if args.prompt is not None else [choice.prompt], sampling)
     except LoraSpectrumError as exc:
-        return fail(str(exc))
+        return fail(current().error(exc))
     cache = None if args.no_cache else RenderCache(settings.path(settings.cache_dir), settings.cache_max_mb)
 
     def progress(done, total, cell):
-        state = "cached" if cell.cached else ("FAILED" if cell.error else f"{cell.seconds:.2f}s")
-        print(f"[{done}/{total}] {cell.label} seed {cell.seed} strength {cell.strength:g}: {state}", file=sys.stderr,
-              flush=True)
+        print(_("[{done}/{total}] {label} seed {seed} strength {strength}: {state}").format(
+            done=done, total=total, label=cell.label, seed=cell.seed, strength=f"{cell.strength:g}",
+            state=_state(cell)), file=sys.stderr, flush=True)
 
     # 4. Render, write, report.
     pool = getattr(engine, "executor", None)
@@ -211,8 +213,9 @@ def _cmd_grid(args) -> int:
     _add_insight(args.out, manifest, catalog, columns)
     failed = [c for c in cells if c.error]
     for c in failed:
-        print(f"{c.label} seed {c.seed}: {c.error}", file=sys.stderr)
-    print(f"wrote {Path(args.out) / 'grid.png'} and {len(cells) - len(failed)} cell(s); {len(failed)} failed",
+        print(_("{label} seed {seed}: {error}").format(label=c.label, seed=c.seed, error=c.error), file=sys.stderr)
+    print(_("wrote {grid} and {n} cell(s); {failed} failed").format(grid=Path(args.out) / "grid.png",
+                                                                   n=len(cells) - len(failed), failed=len(failed)),
           file=sys.stdout)
     return 1 if failed else 0
 
@@ -255,7 +258,7 @@ def _cmd_insight(args) -> int:
     from lora_spectrum.workbench import logs_folder
 
     if args.probe is None and not args.loras:
-        print("lora-spectrum insight: give --loras (or --base with --probe)", file=sys.stderr)
+        print(_("lora-spectrum insight: give --loras (or --base with --probe)"), file=sys.stderr)
         return 2
     probe, logs, catalog, clip_model, allow = None, None, None, args.clip_model, args.clip_download
     if args.probe is not None:
@@ -305,8 +308,8 @@ def _run_probe(args):
     cache = None if args.no_cache else RenderCache(settings.path(settings.cache_dir), settings.cache_max_mb)
 
     def progress(done, total, cell):
-        state = "cached" if cell.cached else ("FAILED" if cell.error else f"{cell.seconds:.2f}s")
-        print(f"[probe {done}/{total}] {cell.label} seed {cell.seed}: {state}", file=sys.stderr, flush=True)
+        print(_("[probe {done}/{total}] {label} seed {seed}: {state}").format(
+            done=done, total=total, label=cell.label, seed=cell.seed, state=_state(cell)), file=sys.stderr, flush=True)
 
     pool = getattr(choice.engine, "executor", None)
     try:
@@ -315,8 +318,13 @@ def _run_probe(args):
     finally:
         if pool is not None:
             pool.close()
-    print(f"probe {probe_set.name}: {len(run.cells)} image(s) in {out}, {run.failed} failed", file=sys.stderr)
+    print(_("probe {name}: {n} image(s) in {folder}, {failed} failed").format(
+        name=probe_set.name, n=len(run.cells), folder=out, failed=run.failed), file=sys.stderr)
     return catalog, out, choice.logs_folder(settings, args.logs), settings, choice
+
+
+def _state(cell) -> str:
+    return _("cached") if cell.cached else (_("FAILED") if cell.error else f"{cell.seconds:.2f}s")
 
 
 COMMANDS = {"inspect": _cmd_inspect, "demo": _cmd_demo, "grid": _cmd_grid, "bench": _cmd_bench,

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from lora_spectrum.decision.svg_chart import line_chart
+from lora_spectrum.decision.report_insight import fmt, insight_section, number
 from lora_spectrum.epoch_names import parse_name
 from lora_spectrum.errors import ConfigError
 from lora_spectrum.grid_files import base_name, read_manifest
+from lora_spectrum.language import N_, _, current
 
 THUMB_MAX = 256  # px: a larger cell gets a downscaled thumbnail; its full-size PNG stays in the lightbox
 MIN_SHOWN = 160  # px: smaller cells are shown enlarged (pixelated), as in the grid image
@@ -56,12 +57,6 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 def _png_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def _fmt(v, spec: str = ".4g") -> str:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return "-" if v is None else e(str(v))
-    return format(v, spec)
 
 
 def _strength(v) -> str:
@@ -148,25 +143,28 @@ def _cell_html(n: int, c: dict, img: dict) -> tuple[str, str, str]:
              f'data-file="{e(str(c.get("file") or ""))}" data-epoch="{"" if epoch is None else e(str(epoch))}" '
              f'data-seed="{e(str(c.get("seed")))}" data-strength="{e(_strength(c.get("strength")))}" '
              f'data-label="{e(str(c.get("label") or ""))}" data-image="{e(str(c.get("image") or ""))}"')
-    what = f"{c.get('label') or 'base'}, seed {c.get('seed')}, strength {_strength(c.get('strength'))}"
+    what = _("{label}, seed {seed}, strength {strength}").format(label=c.get("label") or _("base"), seed=c.get("seed"),
+                                                                 strength=_strength(c.get("strength")))
     if "missing" in img:
         error = c.get("error")
-        body = (f'<div class="missing">{"failed" if error else "missing"}</div><small class="note">'
+        state = e(_("failed") if error else _("missing"))
+        body = (f'<div class="missing">{state}</div><small class="note">'
                 f"{e(str(error) if error else img['missing'])}</small>")
         return f"<td {attrs}>{body}</td>", "", body
     w, h = img["size"]
     tw, th, pixel = _shown(w, h, MIN_SHOWN, THUMB_MAX)
     cls = ' class="pixel"' if pixel else ""
     params = img["parameters"]
-    text = e(params) if params is not None else '<span class="note">no parameters in this PNG</span>'
+    text = e(params) if params is not None else '<span class="note">' + e(_("no parameters in this PNG")) + "</span>"
     thumb = (f'<a class="thumb" href="#full-{n}"><img{cls} src="{_png_uri(img["thumb"])}" width="{tw}" '
              f'height="{th}" alt="{e(what)}"></a>')
-    cell = f"<td {attrs}>{thumb}<details><summary>parameters</summary><pre>{text}</pre></details></td>"
+    summary, close, file = e(_("parameters")), e(_("close")), e(str(c.get("file") or _("base")))
+    cell = f"<td {attrs}>{thumb}<details><summary>{summary}</summary><pre>{text}</pre></details></td>"
     fw, fh, pixel = _shown(w, h, FULL_MIN_SHOWN)
     cls = ' class="pixel"' if pixel else ""
-    box = (f'<div class="lightbox" id="full-{n}"><figure><a class="close" href="#cell-{n}">&#x2715; close</a>'
+    box = (f'<div class="lightbox" id="full-{n}"><figure><a class="close" href="#cell-{n}">&#x2715; {close}</a>'
            f'<img{cls} src="{_png_uri(img["full"])}" width="{fw}" height="{fh}" alt="{e(what)}">'
-           f"<figcaption>{e(what)} &middot; {e(str(c.get('file') or 'base'))} &middot; {w}&times;{h}</figcaption>"
+           f"<figcaption>{e(what)} &middot; {file} &middot; {w}&times;{h}</figcaption>"
            f"<pre>{text}</pre></figure></div>")
     return cell, box, thumb
 
@@ -185,52 +183,58 @@ def _grid_section(folder: Path, settings: dict, cells: list[dict]) -> tuple[str,
     done: dict[int, str] = {}  # cell index -> its linked thumbnail
     boxes: list[str] = []
 
+    again, absent = e(_("base again: no strength")), e(_("not in this grid"))
+
     def place(i: int) -> str:
         if i in done:  # the base again, in a later strength row
-            return f'<td class="repeat">{done[i]}<br><small>base again: no strength</small></td>'
+            return f'<td class="repeat">{done[i]}<br><small>{again}</small></td>'
         n = len(done)
         cell, box, thumb = _cell_html(n, cells[i], _load_cell(folder, cells[i].get("image")))
         done[i] = thumb
         boxes.append(box)
         return cell
 
-    multi = len({p for p, _, _ in rows}) > 1
-    head = "".join(f"<th>{e(label)}</th>" for _, label in columns)
+    multi = len({p for p, _st, _s in rows}) > 1
+    head = "".join(f"<th>{e(label)}</th>" for _f, label in columns)
     body, prompt_now = [], object()
     for p, st, s in rows:
         if multi and p != prompt_now:
-            body.append(f'<tr><th colspan="{len(columns) + 1}" class="row">prompt: {e(str(p))}</th></tr>')
+            shown = e(_("prompt: {prompt}").format(prompt=p))
+            body.append(f'<tr><th colspan="{len(columns) + 1}" class="row">{shown}</th></tr>')
         prompt_now = p
         tds = []
-        for f, _ in columns:
+        for f, _label in columns:
             found = slots.get((f, p, s, None if f is None else st), [])
-            tds.append(place(found[0]) if found else '<td class="empty"><span class="note">not in this grid</span></td>')
-        label = f"seed {e(str(s))}" + (f"<br>strength {e(_strength(st))}" if any(f for f, _ in columns) else "")
+            tds.append(place(found[0]) if found else f'<td class="empty"><span class="note">{absent}</span></td>')
+        label = e(_("seed {seed}").format(seed=s)) + ("<br>" + e(_("strength {strength}").format(strength=_strength(st)))
+                                                    if any(f for f, _label in columns) else "")
         body.append(f'<tr><th class="row">{label}</th>{"".join(tds)}</tr>')
-    table = (f'<div class="scroll"><table class="grid"><thead><tr><th>row</th>{head}</tr></thead>'
+    row = e(_("row"))
+    table = (f'<div class="scroll"><table class="grid"><thead><tr><th>{row}</th>{head}</tr></thead>'
              f'<tbody>{"".join(body)}</tbody></table></div>')
     others = [i for i in range(len(cells)) if i not in done]  # cells the rows above have no place for
     if others:
         extra = "".join(place(i) for i in others)
-        table += f'<h3>Other cells</h3><div class="scroll"><table class="grid"><tr>{extra}</tr></table></div>'
-    note = ('<p class="note">Tap an image for full size (close with the link above it); "parameters" shows the '
-            "A1111 text stored in each PNG.</p>")
-    return f"<h2>Grid</h2>{note}{table}", "".join(boxes)
+        table += ("<h3>" + e(_("Other cells")) + "</h3>"
+                  f'<div class="scroll"><table class="grid"><tr>{extra}</tr></table></div>')
+    note = '<p class="note">' + e(_('Tap an image for full size (close with the link above it); "parameters" shows '
+                                   "the A1111 text stored in each PNG.")) + "</p>"
+    return "<h2>" + e(_("Grid")) + f"</h2>{note}{table}", "".join(boxes)
 
 
 # ---------------------------------------------------------------------------------------------- settings, times
 def _settings_section(settings: dict) -> str:
     prompts = settings.get("prompts") or ([settings["prompt"]] if settings.get("prompt") else [])
-    rows = [("base", _base_shown(str(settings.get("base", "")))), ("family", settings.get("family")),
-            ("prompt" if len(prompts) <= 1 else "prompts", "\n".join(str(p) for p in prompts)),
-            ("negative prompt", settings.get("negative_prompt") or "(none)"),
-            ("seeds", ", ".join(str(s) for s in settings.get("seeds") or [])),
-            ("strengths", ", ".join(_strength(s) for s in settings.get("strengths") or [])),
-            ("sampler", settings.get("sampler")), ("steps", settings.get("steps")),
-            ("CFG scale", _strength(settings.get("guidance"))),
-            ("size", f"{settings.get('width')}×{settings.get('height')}")]
-    items = "".join(f"<dt>{e(k)}</dt><dd><pre>{e(str(v))}</pre></dd>" for k, v in rows if v not in (None, ""))
-    return f'<h2>Settings</h2><dl class="settings">{items}</dl>'
+    rows = [(N_("base"), _base_shown(str(settings.get("base", "")))), (N_("family"), settings.get("family")),
+            (N_("prompt") if len(prompts) <= 1 else N_("prompts"), "\n".join(str(p) for p in prompts)),
+            (N_("negative prompt"), settings.get("negative_prompt") or _("(none)")),
+            (N_("seeds"), ", ".join(str(s) for s in settings.get("seeds") or [])),
+            (N_("strengths"), ", ".join(_strength(s) for s in settings.get("strengths") or [])),
+            (N_("sampler"), settings.get("sampler")), (N_("steps"), settings.get("steps")),
+            (N_("CFG scale"), _strength(settings.get("guidance"))),
+            (N_("size"), f"{settings.get('width')}×{settings.get('height')}")]
+    items = "".join("<dt>" + e(_(k)) + f"</dt><dd><pre>{e(str(v))}</pre></dd>" for k, v in rows if v not in (None, ""))
+    return "<h2>" + e(_("Settings")) + f'</h2><dl class="settings">{items}</dl>'
 
 
 def _mean(values) -> float | None:
@@ -248,108 +252,17 @@ def _times_section(settings: dict, cells: list[dict]) -> str:
             len(mine), sum(1 for c in mine if c.get("cached")), sum(1 for c in mine if c.get("error")),
             sum(1 for c in mine if c.get("routed"))))
         rows.append(f"<tr><td>{e(label)}</td>{cells_td}"
-                    f'<td class="num">{_fmt(_mean(c.get("seconds") for c in fresh), ".3g")}</td>'
-                    f'<td class="num">{_fmt(_mean(c.get("swap_seconds") for c in fresh), ".3g")}</td></tr>')
-    head = "<tr><th>column</th><th>cells</th><th>cached</th><th>failed</th><th>routed</th>" \
-           "<th>render s/image</th><th>swap s</th></tr>"
-    return ('<h2>Render and swap times</h2><p class="note">Means over the cells rendered in this run (cached cells '
-            f'took no time).</p><div class="scroll"><table class="times">{head}{"".join(rows)}</table></div>')
+                    f'<td class="num">{fmt(_mean(c.get("seconds") for c in fresh), ".3g")}</td>'
+                    f'<td class="num">{fmt(_mean(c.get("swap_seconds") for c in fresh), ".3g")}</td></tr>')
+    head = _header_row((N_("column"), N_("cells"), N_("cached"), N_("failed"), N_("routed"), N_("render s/image"),
+                        N_("swap s")))
+    return ("<h2>" + e(_("Render and swap times")) + '</h2><p class="note">'
+            + e(_("Means over the cells rendered in this run (cached cells took no time).")) + "</p>"
+            f'<div class="scroll"><table class="times">{head}{"".join(rows)}</table></div>')
 
 
-# ---------------------------------------------------------------------------------------------- insight
-MEASURES = (("weight_norm", "weight norm"), ("relative_change", "change"),
-            ("relative_change_per_epoch", "change per epoch"), ("cosine_to_previous", "cos prev"),
-            ("cosine_to_last", "cos last"), ("relative_change_to_last", "to last"),
-            ("image.distance_from_base", "img from base"), ("image.seed_spread", "seed spread"),
-            ("image.change_from_previous", "img change"), ("image.clip_score", "clip score"),
-            ("style", "style"), ("fidelity", "fidelity"), ("fidelity_kept", "fidelity kept"), ("leak", "leak"),
-            ("consistency", "consistency"), ("score", "probe score"))
-CHARTS = (("Update norm", ("weight norm",)), ("Change between epochs", ("change", "to last")),
-          ("Cosine similarity", ("cos prev", "cos last")),
-          ("Images against the base", ("img from base", "img change", "seed spread")), ("CLIP score", ("clip score",)),
-          ("Style (probe)", ("style",)), ("Prompt fidelity (probe)", ("fidelity",)), ("Leak (probe)", ("leak",)),
-          ("Consistency (probe)", ("consistency",)), ("Probe score", ("probe score",)))
-
-
-def _number(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v else None
-
-
-def _epoch_measures(insight: dict) -> list[dict]:
-    """Per epoch row: ``{"name", "file", "x", "values": {header: number}}`` from the insight's epochs."""
-    scores = {w.get("file"): w.get("score") for w in
-              ((insight.get("suggestion") or {}).get("numbers") or {}).get("rule_inputs") or [] if isinstance(w, dict)}
-    out = []
-    for row in insight.get("epochs") or []:
-        if not isinstance(row, dict):
-            continue
-        values = {}
-        for key, header in MEASURES:
-            v = scores.get(row.get("file")) if key == "score" else row
-            for part in ([] if key == "score" else key.split(".")):
-                v = v.get(part) if isinstance(v, dict) else None
-            values[header] = _number(v)
-        for tag, v in (row.get("epoch_loss") or {}).items():
-            values[str(tag)] = _number(v)
-        for group, g in (row.get("groups") or {}).items():
-            values[f"norm: {group}"] = _number((g or {}).get("weight_norm"))
-        name = row.get("label") or (f"epoch {row['epoch']}" if row.get("epoch") is not None else row.get("file"))
-        out.append({"name": str(name), "file": row.get("file"), "epoch": row.get("epoch"), "step": row.get("step"),
-                    "values": values})
-    return out
-
-
-def _insight_section(insight) -> str:
-    if insight is None:
-        return '<h2>Insight</h2><p class="note">No insight in this manifest (the <code>grid</code> command adds it).</p>'
-    if not isinstance(insight, dict) or "error" in insight:
-        why = insight.get("error") if isinstance(insight, dict) else "not a dict"
-        return f'<h2>Insight</h2><p class="note">Insight was not measured: {e(str(why))}</p>'
-    parts = ["<h2>Insight</h2>"]
-    if insight.get("reason"):
-        parts.append(f'<p class="suggestion">{e(str(insight["reason"]))}</p>')
-    rows = _epoch_measures(insight)
-    headers = [h for h in dict.fromkeys(h for r in rows for h in r["values"]) if any(r["values"].get(h) is not None
-                                                                                   for r in rows)]
-    suggested = insight.get("suggested_file")
-    if rows and headers:
-        head = "".join(f"<th>{e(h)}</th>" for h in headers)
-        body = "".join(f'<tr{" class=suggested" if r["file"] == suggested else ""}><td>{e(r["name"])}</td>'
-                       + "".join(f'<td class="num">{_fmt(r["values"].get(h))}</td>' for h in headers) + "</tr>"
-                       for r in rows)
-        parts.append(f'<div class="scroll"><table class="measures"><tr><th>epoch</th>{head}</tr>{body}</table></div>')
-        if all(r["epoch"] is not None for r in rows):
-            xs, x_label = [r["epoch"] for r in rows], "epoch"
-        elif all(r["step"] is not None for r in rows):
-            xs, x_label = [r["step"] for r in rows], "step"
-        else:
-            xs, x_label = list(range(1, len(rows) + 1)), "file (in order)"
-        marker = next((x for x, r in zip(xs, rows, strict=True) if r["file"] == suggested), None)
-        groups = tuple(h for h in headers if h.startswith("norm: "))
-        losses = tuple(h for h in headers if h.startswith("loss"))
-        charts = [line_chart([(h, [(x, r["values"].get(h)) for x, r in zip(xs, rows, strict=True)])
-                              for h in names if h in headers], title=title, x_label=x_label, marker=marker)
-                  for title, names in (*CHARTS, ("Norm per layer group", groups), ("Loss per epoch", losses))]
-        parts.append(f'<div class="charts">{"".join(charts)}</div>')
-    loss = insight.get("loss")
-    if isinstance(loss, dict) and loss.get("series"):
-        per_epoch = set(loss.get("per_epoch") or [])
-        steps = [(str(t), [(p[0], p[1]) for p in pts[:: max(1, len(pts) // 400)] if len(p) == 2])
-                 for t, pts in loss["series"].items() if t not in per_epoch and pts]
-        chart = line_chart(steps, title="Training loss", x_label="step") if steps else ""
-        parts.append(f'<div class="charts">{chart}</div>' if chart else "")
-    notes = [*(insight.get("notes") or []),
-             *(f"skipped {s.get('file')}: {s.get('reason')}" for s in insight.get("skipped") or [] if isinstance(s, dict))]
-    probe = insight.get("probe")
-    if isinstance(probe, dict):
-        notes.append(f"probe set {probe.get('probe_set')} ({probe.get('measure')} measure)")
-        notes += [f"{k}: {v}" for k, v in (probe.get("definitions") or {}).items()]
-    image = insight.get("image")
-    if isinstance(image, dict) and image.get("measure"):
-        notes.append(f"image measure: {image.get('measure')} ({image.get('measure_description', '')})")
-    if notes:
-        parts.append("<ul class=\"note\">" + "".join(f"<li>{e(str(n))}</li>" for n in notes) + "</ul>")
-    return "".join(parts)
+def _header_row(names) -> str:
+    return "<tr>" + "".join("<th>" + e(_(n)) + "</th>" for n in names) + "</tr>"
 
 
 # ---------------------------------------------------------------------------------------------- ranking
@@ -361,21 +274,23 @@ def _ranking_section(ranking, strict: bool) -> str:
         if strict:
             raise ConfigError("the ranking is not a ratings dict (expected votes.series_ratings' result, with "
                               "an 'items' list)")
-        return '<h2>Blind ranking</h2><p class="note">The manifest\'s ranking is not readable.</p>'
+        unreadable = e(_("The manifest's ranking is not readable."))
+        return "<h2>" + e(_("Blind ranking")) + f'</h2><p class="note">{unreadable}</p>'
     items = sorted((i for i in ranking["items"] if isinstance(i, dict)),
-                   key=lambda i: (_number(i.get("rank")) is None, _number(i.get("rank")) or 0))
+                   key=lambda i: (number(i.get("rank")) is None, number(i.get("rank")) or 0))
+    base = _("base")
     body = "".join(
-        f"<tr><td class=\"num\">{_fmt(i.get('rank'))}</td><td>{e(str(i.get('label') or i.get('key') or ''))}</td>"
-        f"<td>{e(str(i.get('file') or 'base'))}</td><td class=\"num\">{_fmt(i.get('score'), '.3f')}</td>"
-        f"<td class=\"num\">{_fmt(i.get('stderr'), '.3f')}</td>"
-        + "".join(f'<td class="num">{_fmt(i.get(k))}</td>' for k in ("wins", "losses", "ties")) + "</tr>"
+        f"<tr><td class=\"num\">{fmt(i.get('rank'))}</td><td>{e(str(i.get('label') or i.get('key') or ''))}</td>"
+        f"<td>{e(str(i.get('file') or base))}</td><td class=\"num\">{fmt(i.get('score'), '.3f')}</td>"
+        f"<td class=\"num\">{fmt(i.get('stderr'), '.3f')}</td>"
+        + "".join(f'<td class="num">{fmt(i.get(k))}</td>' for k in ("wins", "losses", "ties")) + "</tr>"
         for i in items)
-    head = ("<tr><th>rank</th><th>epoch</th><th>file</th><th>score</th><th>± stderr</th><th>wins</th>"
-            "<th>losses</th><th>ties</th></tr>")
+    head = _header_row((N_("rank"), N_("epoch"), N_("file"), N_("score"), N_("± stderr"), N_("wins"), N_("losses"),
+                        N_("ties")))
     votes, aside = ranking.get("votes"), ranking.get("set_aside")
-    note = (f"{_fmt(votes)} blind vote(s)" + (f", {_fmt(aside)} set aside" if aside else "")
-            + "; score: Bradley-Terry log-strength (higher is preferred).")
-    return (f'<h2>Blind ranking</h2><p class="note">{note}</p>'
+    note = (_("{n} blind vote(s)").format(n=fmt(votes)) + (_(", {n} set aside").format(n=fmt(aside)) if aside else "")
+            + _("; score: Bradley-Terry log-strength (higher is preferred)."))
+    return ("<h2>" + e(_("Blind ranking")) + f'</h2><p class="note">{note}</p>'
             f'<div class="scroll"><table class="ranking">{head}{body}</table></div>')
 
 
@@ -398,17 +313,18 @@ def build_report(grid: str | Path, ranking: dict | None = None, title: str | Non
         name = next((c["file"] for c in cells if isinstance(c.get("file"), str)), None)
         series = parse_name(Path(name).stem)[0] if name else folder.name
     base = _base_shown(str(settings.get("base", "")))
-    title = title or f"{series}: LoRA Spectrum report"
+    title = title or _("{series}: LoRA Spectrum report").format(series=series)
     # 2. The sections.
     grid_html, boxes = _grid_section(folder, settings, cells)
     strict = ranking is not None
     ranked = _ranking_section(ranking if strict else manifest.get("ranking"), strict)
-    made = datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    header = (f'<header id="top"><h1>{e(title)}</h1><p>series <b>{e(str(series))}</b> &middot; base '
-              f"<b>{e(base)}</b> &middot; {len(cells)} cell(s) &middot; made {e(made)}</p></header>")
+    made = current().date(datetime.now().astimezone())
+    about = e(_("series {series} · base {base} · {n} cell(s) · made {when}")).format(
+        series=f"<b>{e(str(series))}</b>", base=f"<b>{e(base)}</b>", n=len(cells), when=e(made))
+    header = f'<header id="top"><h1>{e(title)}</h1><p>{about}</p></header>'
     body = [header, ranked, grid_html, _settings_section(settings), _times_section(settings, cells),
-            _insight_section(insight), boxes]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            insight_section(insight), boxes]
+    return (f"<!DOCTYPE html>\n<html lang=\"{current().code.replace('_', '-')}\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f"<title>{e(title)}</title><style>{CSS}</style></head>\n<body>\n" + "\n".join(b for b in body if b)

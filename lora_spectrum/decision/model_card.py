@@ -17,22 +17,23 @@ from urllib.parse import quote
 import yaml
 
 from lora_spectrum.errors import shorten
+from lora_spectrum.language import N_, _
 
 VALUE_LIMIT = 200  # characters of one metadata value shown in the card
 TOP_TAGS = 8
 TRAINING_KEYS = (
-    ("ss_network_module", "network module"), ("ss_network_dim", "rank (network dim)"),
-    ("ss_network_alpha", "alpha"), ("ss_network_args", "network args"), ("ss_learning_rate", "learning rate"),
-    ("ss_unet_lr", "UNet learning rate"), ("ss_text_encoder_lr", "text encoder learning rate"),
-    ("ss_optimizer", "optimizer"), ("ss_lr_scheduler", "learning-rate scheduler"), ("ss_epoch", "epoch"),
-    ("ss_num_epochs", "epochs in the run"), ("ss_max_train_steps", "max train steps"), ("ss_steps", "steps"),
-    ("ss_num_train_images", "training images"), ("ss_total_batch_size", "batch size"),
-    ("ss_resolution", "resolution"), ("ss_mixed_precision", "mixed precision"), ("ss_seed", "seed"),
-    ("ss_noise_offset", "noise offset"), ("ss_min_snr_gamma", "min SNR gamma"),
-    ("ss_training_started_at", "training started"), ("ss_training_finished_at", "training finished"),
-    ("training_info", "training info (ai-toolkit)"), ("software", "software"), ("version", "trainer version"),
-    ("modelspec.resolution", "resolution (modelspec)"), ("modelspec.date", "date (modelspec)"),
-    ("ss_tag_frequency", "top tags"), ("ss_dataset_dirs", "dataset folders"), ("ss_datasets", "datasets"),
+    ("ss_network_module", N_("network module")), ("ss_network_dim", N_("rank (network dim)")),
+    ("ss_network_alpha", N_("alpha")), ("ss_network_args", N_("network args")), ("ss_learning_rate", N_("learning rate")),
+    ("ss_unet_lr", N_("UNet learning rate")), ("ss_text_encoder_lr", N_("text encoder learning rate")),
+    ("ss_optimizer", N_("optimizer")), ("ss_lr_scheduler", N_("learning-rate scheduler")), ("ss_epoch", N_("epoch")),
+    ("ss_num_epochs", N_("epochs in the run")), ("ss_max_train_steps", N_("max train steps")), ("ss_steps", N_("steps")),
+    ("ss_num_train_images", N_("training images")), ("ss_total_batch_size", N_("batch size")),
+    ("ss_resolution", N_("resolution")), ("ss_mixed_precision", N_("mixed precision")), ("ss_seed", N_("seed")),
+    ("ss_noise_offset", N_("noise offset")), ("ss_min_snr_gamma", N_("min SNR gamma")),
+    ("ss_training_started_at", N_("training started")), ("ss_training_finished_at", N_("training finished")),
+    ("training_info", N_("training info (ai-toolkit)")), ("software", N_("software")), ("version", N_("trainer version")),
+    ("modelspec.resolution", N_("resolution (modelspec)")), ("modelspec.date", N_("date (modelspec)")),
+    ("ss_tag_frequency", N_("top tags")), ("ss_dataset_dirs", N_("dataset folders")), ("ss_datasets", N_("datasets")),
 )  # fmt: skip
 BASE_KEYS = ("ss_base_model_version", "ss_sd_model_name", "modelspec.architecture")
 TIMESTAMP_KEYS = ("ss_training_started_at", "ss_training_finished_at")
@@ -198,27 +199,27 @@ def model_card(name: str, *, source: str, sha256: str, epoch: int | None, metada
     image's file name next to the card; ``loras``: the loras folder as the reproduce command names it."""
     triggers = [t for t in trigger_words if str(t).strip()]
     base = hub_base(base_id, metadata)
-    place = f"epoch {epoch}" if epoch is not None else f"step {step}"
+    place = _("epoch {epoch}").format(epoch=epoch) if epoch is not None else _("step {step}").format(step=step)
     parts = [
         _front_matter(triggers, base, family, metadata, grid, grid_image),
         f"# {text(name)}",
-        f"A LoRA promoted with LoRA Spectrum from {place} of the training run {text(series or source)} (file "
-        f"{text(source)}). Its tensors are the source file's, bit for bit; only the metadata gained provenance keys "
-        f"(`lora_spectrum.*`).",
-        "## Trigger words",
-        ("Use " + ", ".join(f"**{text(t)}**" for t in triggers) + " in the prompt.") if triggers else
-        "The file names no trigger words (no `modelspec.trigger_phrase`, no tag frequencies).",
-        "## Base model",
+        _("A LoRA promoted with LoRA Spectrum from {place} of the training run {run} (file {file}). Its tensors "
+          "are the source file's, bit for bit; only the metadata gained provenance keys (`lora_spectrum.*`).").format(
+            place=place, run=text(series or source), file=text(source)),
+        "## " + _("Trigger words"),
+        _("Use {words} in the prompt.").format(words=", ".join(f"**{text(t)}**" for t in triggers)) if triggers else
+        _("The file names no trigger words (no `modelspec.trigger_phrase`, no tag frequencies)."),
+        "## " + _("Base model"),
         _base_section(base_id, base, family, metadata),
-        "## Why this epoch",
+        "## " + _("Why this epoch"),
         _why_section(place, source, sha256, epoch, note, ranking, insight),
     ]
     if grid_image:
-        parts += ["## The epochs compared", f"![The grid of epochs compared]({quote(grid_image)})"]
+        parts += ["## " + _("The epochs compared"), "![" + _("The grid of epochs compared") + f"]({quote(grid_image)})"]
     if grid and isinstance(grid.get("settings"), dict):
-        parts += ["## Reproduce the grid", _reproduce_section(grid, series, loras)]
-    parts += ["## Training metadata", _training_section(metadata),
-              "## Files", _files_section(name, source, sha256, promoted_at)]
+        parts += ["## " + _("Reproduce the grid"), _reproduce_section(grid, series, loras)]
+    parts += ["## " + _("Training metadata"), _training_section(metadata),
+              "## " + _("Files"), _files_section(name, source, sha256, promoted_at)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
@@ -245,40 +246,44 @@ def _front_matter(triggers, base, family, metadata, grid, grid_image) -> str:
 
 
 def _base_section(base_id, base, family, metadata) -> str:
-    lines = [f"- judged on: {text(public_path(base_id))}"] if base_id else []
+    lines = ["- " + _("judged on: {base}").format(base=text(public_path(base_id)))] if base_id else []
     if base and base != base_id:
-        lines.append(f"- on the hub: {text(base)} (from the file's ss\\_base\\_model\\_version)")
+        lines.append("- " + _("on the hub: {base} (from the file's {key})").format(
+            base=text(base), key=text("ss_base_model_version")))
     for key in BASE_KEYS:
         if metadata.get(key):
             lines.append(f"- {text(key)}: {text(public_path(metadata[key]))}")
     if family:
-        lines.append(f"- model family: {text(family)}")
-    return "\n".join(lines) or "The file does not say which base it was trained on."
+        lines.append("- " + _("model family: {family}").format(family=text(family)))
+    return "\n".join(lines) or _("The file does not say which base it was trained on.")
 
 
 def _why_section(place, source, sha256, epoch, note, ranking, insight) -> str:
-    lines = [f"- Chosen: {place} ({text(source)})."]
+    lines = ["- " + _("Chosen: {place} ({file}).").format(place=place, file=text(source))]
     if note.strip():
-        lines.append(f"- Note: {text(note, 2000)}")
+        lines.append("- " + _("Note: {note}").format(note=text(note, 2000)))
     row = ranking_row(ranking, source, epoch, sha256)
     if row and row["rank"] is None:  # votes exist, none on this epoch
-        lines.append(f"- Blind A/B ranking: this epoch was not judged ({row['total_votes'] or 0} vote(s) on others).")
+        lines.append("- " + _("Blind A/B ranking: this epoch was not judged ({n} vote(s) on others).").format(
+            n=row["total_votes"] or 0))
     elif row:
-        score = f"score {number(row['score'])}" if _is_number(row.get("score")) else "no score yet"
+        score = (_("score {score}").format(score=number(row["score"])) if _is_number(row.get("score"))
+                 else _("no score yet"))
         if _is_number(row.get("score")) and _is_number(row.get("stderr")):
             score += f" ± {number(row['stderr'])}"
-        votes = f", {row['votes']} vote(s) on this epoch" if row.get("votes") is not None else ""
-        total = f" of {row['total_votes']} cast" if row.get("total_votes") is not None else ""
-        lines.append(f"- Blind A/B ranking: #{row['rank']} of {row['of']} ({score}{votes}{total}; Bradley-Terry "
-                     f"log-strength ± standard error).")
+        votes = _(", {n} vote(s) on this epoch").format(n=row["votes"]) if row.get("votes") is not None else ""
+        total = _(" of {n} cast").format(n=row["total_votes"]) if row.get("total_votes") is not None else ""
+        lines.append("- " + _("Blind A/B ranking: #{rank} of {of} ({score}{votes}{total}; Bradley-Terry "
+                              "log-strength ± standard error).").format(rank=row["rank"], of=row["of"], score=score,
+                                                                        votes=votes, total=total))
     sug = (insight or {}).get("suggestion") if isinstance(insight, dict) else None
     if isinstance(sug, dict) and sug.get("reason"):
-        same = " (this epoch)" if sug.get("file") == source or (epoch is not None and sug.get("epoch") == epoch) \
-            else ""
-        lines.append(f"- Insight{same}: {text(sug['reason'], 600)}")
+        same = sug.get("file") == source or (epoch is not None and sug.get("epoch") == epoch)
+        lines.append("- " + (_("Insight (this epoch): {reason}") if same else _("Insight: {reason}")).format(
+            reason=text(sug["reason"], 600)))
     measures = epoch_measures(insight, source, epoch)
     if measures:
-        lines += ["", "| measure | value |", "|---|---|"]
+        lines += ["", _row(_("measure"), _("value")), "|---|---|"]
         lines += [f"| {text(k)} | {number(v)} |" for k, v in measures.items()]
     return "\n".join(lines)
 
@@ -286,19 +291,20 @@ def _why_section(place, source, sha256, epoch, note, ranking, insight) -> str:
 def _reproduce_section(grid: dict, series: str | None, loras: str) -> str:
     s = grid["settings"]
     prompts = [p for p in (s.get("prompts") or [s.get("prompt", "")]) if isinstance(p, str)]
-    rows = [("prompt" if len(prompts) == 1 else f"prompt {i + 1}", p) for i, p in enumerate(prompts)]
-    rows += [(label, s.get(key)) for label, key in (
-        ("negative prompt", "negative_prompt"), ("seeds", "seeds"), ("strengths", "strengths"), ("steps", "steps"),
-        ("cfg (guidance)", "guidance"), ("sampler", "sampler"), ("family", "family"))]
-    rows.append(("base", public_path(str(s.get("base", "")))))
-    rows.append(("size", f"{s.get('width')}x{s.get('height')}"))
-    rows.append(("columns", s.get("columns")))
-    table = ["| setting | value |", "|---|---|"]
+    rows = [(_("prompt") if len(prompts) == 1 else _("prompt {n}").format(n=i + 1), p) for i, p in enumerate(prompts)]
+    rows += [(_(label), s.get(key)) for label, key in (
+        (N_("negative prompt"), "negative_prompt"), (N_("seeds"), "seeds"), (N_("strengths"), "strengths"),
+        (N_("steps"), "steps"), (N_("cfg (guidance)"), "guidance"), (N_("sampler"), "sampler"),
+        (N_("family"), "family"))]
+    rows.append((_("base"), public_path(str(s.get("base", "")))))
+    rows.append((_("size"), f"{s.get('width')}x{s.get('height')}"))
+    rows.append((_("columns"), s.get("columns")))
+    table = [_row(_("setting"), _("value")), "|---|---|"]
     for label, value in rows:
         shown = ", ".join(str(_plain(v)) for v in value) if isinstance(value, list) else _plain(value)
         table.append(f"| {label} | {text(shown, 1000)} |")
     commands = [grid_command(s, p, series, loras, _epochs(grid)) for p in prompts or [""]]
-    intro = "The command line that renders it again (one per prompt), run from the folder holding the loras folder:"
+    intro = _("The command line that renders it again (one per prompt), run from the folder holding the loras folder:")
     return "\n".join(table) + "\n\n" + intro + "\n\n" + code_block("\n".join(commands), "bash")
 
 
@@ -345,14 +351,19 @@ def grid_command(settings: dict, prompt: str, series: str | None, loras: str, ep
 def _training_section(metadata: dict[str, str]) -> str:
     shown = [(label, key) for key, label in TRAINING_KEYS if str(metadata.get(key) or "").strip()]
     if not shown:
-        return "The file carries no training metadata this card knows (kohya ss\\_\\*, ai-toolkit, musubi-tuner)."
-    table = ["| setting | value | key |", "|---|---|---|"]
-    table += [f"| {label} | {text(summary(key, str(metadata[key])))} | {text(key)} |" for label, key in shown]
-    listed = {k for _, k in shown} | set(BASE_KEYS)
+        return _("The file carries no training metadata this card knows ({formats}).").format(
+            formats=text("kohya ss_*, ai-toolkit, musubi-tuner"))
+    table = [_row(_("setting"), _("value"), _("key")), "|---|---|---|"]
+    table += [_row(_(label), text(summary(key, str(metadata[key]))), text(key)) for label, key in shown]
+    listed = {k for _label, k in shown} | set(BASE_KEYS)
     rest = len([k for k in metadata if k not in listed and not k.startswith("lora_spectrum.")])
     if rest:
-        table.append(f"\n{rest} more metadata key(s) are kept in the file, unchanged.")
+        table.append("\n" + _("{n} more metadata key(s) are kept in the file, unchanged.").format(n=rest))
     return "\n".join(table)
+
+
+def _row(*cells: str) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def _hex(value: str) -> str:
@@ -360,9 +371,10 @@ def _hex(value: str) -> str:
 
 
 def _files_section(name: str, source: str, sha256: str, promoted_at: str) -> str:
-    when = f" on {text(promoted_at)}" if promoted_at else ""
+    promoted = (_("{file}.safetensors: promoted on {when} from {source}.") if promoted_at
+                else _("{file}.safetensors: promoted from {source}."))
     return "\n".join([
-        f"- {text(name)}.safetensors: promoted{when} from {text(source)}.",
-        f"- sha256 of the source file: {_hex(sha256)} (the copy's own hash differs: its metadata gained the "
-        f"`lora_spectrum.*` keys; its tensor data is byte-identical).",
+        "- " + promoted.format(file=text(name), when=text(promoted_at), source=text(source)),
+        "- " + _("sha256 of the source file: {sha256} (the copy's own hash differs: its metadata gained the "
+                 "`lora_spectrum.*` keys; its tensor data is byte-identical).").format(sha256=_hex(sha256)),
     ])

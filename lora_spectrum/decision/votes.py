@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lora_spectrum.decision.ranking import RESULTS, fit
 from lora_spectrum.errors import CatalogError, RatingsError
+from lora_spectrum.language import _
 
 BASE = "base"  # the base model's item key; epochs are keyed by their file's sha256
 VERSION = 1
@@ -208,18 +209,19 @@ def series_ratings(catalog, series: str | None, ratings_dir: str | Path, base: b
 
 
 def format_ratings(summary: dict) -> str:
-    """``series_ratings``'s summary as a plain text table for the terminal."""
-    lines = [f"Blind ranking of {summary['series']}: {summary['votes']} vote(s)"
-             + (f", {summary['set_aside']} set aside (their files changed or were removed)"
+    """``series_ratings``' summary as a plain text table for the terminal."""
+    lines = [_("Blind ranking of {series}: {n} vote(s)").format(series=summary["series"], n=summary["votes"])
+             + (_(", {n} set aside (their files changed or were removed)").format(n=summary["set_aside"])
                 if summary.get("set_aside") else "")]
     if summary.get("notice"):
-        lines.append(f"note: {summary['notice']}")
+        lines.append(_("note: {note}").format(note=summary["notice"]))
     if not summary["votes"]:
-        lines.append("No votes yet: vote in the app's Rank view; the order below is only the prior.")
+        lines.append(_("No votes yet: vote in the app's Rank view; the order below is only the prior."))
     lines.append(f"{'rank':>4}  {'item':<24} {'score':>6} {'± se':>5} {'wins':>5} {'losses':>6} {'ties':>5}  file")
     for row in summary["items"]:
         if row["rank"] is None:
-            lines.append(f"{'-':>4}  {row['label'][:24]:<24} {'not judged yet':>33}  {row['file'] or '-'}")
+            unjudged = _("not judged yet")
+            lines.append(f"{'-':>4}  {row['label'][:24]:<24} {unjudged:>33}  {row['file'] or '-'}")
             continue
         lines.append(f"{row['rank']:>4}  {row['label'][:24]:<24} {row['score']:>+6.2f} {row['stderr']:>5.2f} "
                      f"{row['wins']:>5} {row['losses']:>6} {row['ties']:>5}  {row['file'] or '-'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lora_spectrum.language import N_, _, pad, width
 from lora_spectrum.measures.numbers import percent
 
 
@@ -10,22 +11,27 @@ def _fmt(x, spec: str = ".4g") -> str:
 
 
 def _table(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True)))
-            .rstrip() for r in rows]
+    """Rows as aligned columns; the first row, the header, is translated (its words are marked with ``N_``)."""
+    rows = [[_(c) for c in rows[0]], *rows[1:]]
+    widths = [max(width(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(pad(c, w, bool(j)) for j, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+            for r in rows]
 
 
 def format_insight(result: dict) -> str:
     """``series_insight``'s result as readable tables, ending with the suggestion."""
-    lines = [f"series {result['series']} in {result['folder']}: {len(result['epochs'])} epoch file(s)", ""]
+    lines = [_("series {series} in {folder}: {n} epoch file(s)").format(
+        series=result["series"], folder=result["folder"], n=len(result["epochs"])), ""]
     image = result.get("image")
 
     # 1. One row per epoch: weights, then images when a grid was given.
-    head = ["epoch", "file", "norm", "change", "per epoch", "cos prev", "cos last", "to last"]
+    head = [N_("epoch"), N_("file"), N_("norm"), N_("change"), N_("per epoch"), N_("cos prev"), N_("cos last"),
+            N_("to last")]
     loss_tags = list(dict.fromkeys(t for e in result["epochs"] for t in (e.get("epoch_loss") or {})))
     clip_scores = bool(image) and not image["text_alignment"]["skipped"]
     if image:
-        head += ["img from base", "seed spread", "img change"] + (["clip score"] if clip_scores else [])
+        head += [N_("img from base"), N_("seed spread"), N_("img change")] + ([N_("clip score")] if clip_scores
+                                                                               else [])
     head += loss_tags
     rows = [head]
     for e in result["epochs"]:
@@ -46,39 +52,46 @@ def format_insight(result: dict) -> str:
     # 2. Norm per layer group.
     groups = list(dict.fromkeys(g for e in result["epochs"] for g in e["groups"]))
     if groups:
-        lines += ["", "update norm per layer group:"]
-        rows = [["epoch", *groups]]
+        lines += ["", _("update norm per layer group:")]
+        rows = [[N_("epoch"), *groups]]
         for e in result["epochs"]:
             rows.append([str(e["epoch"]) if e["epoch"] is not None else e["label"],
                          *[_fmt((e["groups"].get(g) or {}).get("weight_norm")) for g in groups]])
         lines += _table(rows)
     if result.get("skipped"):
-        lines += [""] + [f"skipped {s['file']}: {s['reason']}" for s in result["skipped"]]
+        lines += [""] + [_("skipped {file}: {reason}").format(file=s["file"], reason=s["reason"])
+                         for s in result["skipped"]]
 
     # 3. Loss and image notes.
     loss = result.get("loss")
     if loss:
-        lines += ["", f"loss from {loss['folder']} (run {loss['run'] or '.'}, {loss['event_files']} event file(s)):"]
+        lines += ["", _("loss from {folder} (run {run}, {n} event file(s)):").format(
+            folder=loss["folder"], run=loss["run"] or ".", n=loss["event_files"])]
         for tag, pts in loss["series"].items():
             if pts:
-                lines.append(f"  {tag}: {len(pts)} points, steps {pts[0][0]}..{pts[-1][0]}, "
-                             f"first {pts[0][1]:.4g}, last {pts[-1][1]:.4g}, min {min(v for _, v in pts):.4g}")
+                lines.append("  " + _("{tag}: {n} points, steps {first_step}..{last_step}, first {first}, last "
+                                      "{last}, min {least}").format(
+                    tag=tag, n=len(pts), first_step=pts[0][0], last_step=pts[-1][0], first=f"{pts[0][1]:.4g}",
+                    last=f"{pts[-1][1]:.4g}", least=f"{min(v for _step, v in pts):.4g}"))
         if loss.get("note"):
-            lines.append(f"  note: {loss['note']}")
+            lines.append("  " + _("note: {note}").format(note=loss["note"]))
     if image:
-        lines += ["", f"image measure: {image['measure']} ({image['measure_description']}), "
-                      f"{image['cells_used']} image(s) from {image['grid']}"]
+        lines += ["", _("image measure: {measure} ({description}), {n} image(s) from {grid}").format(
+            measure=image["measure"], description=image["measure_description"], n=image["cells_used"],
+            grid=image["grid"])]
         if image["clip"]["skipped"]:
-            lines.append(f"  CLIP measures skipped: {image['clip']['reason']}")
-        lines += [f"  note: {n}" for n in image["notes"]]
+            lines.append("  " + _("CLIP measures skipped: {reason}").format(reason=image["clip"]["reason"]))
+        lines += ["  " + _("note: {note}").format(note=n) for n in image["notes"]]
     probe = result.get("probe")
     if probe:
-        lines += ["", f"probe set {probe['probe_set']} ({probe['measure']} measure"
-                      + (f", {probe['clip']['model']}" if not probe["clip"]["skipped"] else ", CLIP unavailable: "
-                         + probe["clip"]["reason"]) + f"), images in {probe['folder']}:"]
+        clip = (probe["clip"]["model"] if not probe["clip"]["skipped"]
+                else _("CLIP unavailable: {reason}").format(reason=probe["clip"]["reason"]))
+        lines += ["", _("probe set {probe_set} ({measure} measure, {clip}), images in {folder}:").format(
+            probe_set=probe["probe_set"], measure=probe["measure"], clip=clip, folder=probe["folder"])]
         weighed = {w["file"]: w for w in (result.get("suggestion") or {}).get("numbers", {}).get("rule_inputs", [])}
-        rows = [["epoch", "style", "fidelity", "kept", "leak", "leak ratio", "seed spread", "score"]]
-        rows.append(["base", "-", _fmt(probe["base"]["fidelity"], ".3f"), "100%", "-", "-", "-", "-"])
+        rows = [[N_("epoch"), N_("style"), N_("fidelity"), N_("kept"), N_("leak"), N_("leak ratio"),
+                 N_("seed spread"), N_("score")]]
+        rows.append([_("base"), "-", _fmt(probe["base"]["fidelity"], ".3f"), "100%", "-", "-", "-", "-"])
         for e in probe["epochs"]:
             rows.append([str(e["epoch"]) if e["epoch"] is not None else e["file"], _fmt(e["style"], ".3g"),
                          _fmt(e["fidelity"], ".3f"), percent(e["fidelity_kept"]) if e["fidelity_kept"] else "-",
@@ -86,6 +99,6 @@ def format_insight(result: dict) -> str:
                          _fmt(e["consistency"], ".2g"), _fmt((weighed.get(e["file"]) or {}).get("score"), ".3f")])
         lines += _table(rows)
         lines += [f"  {k}: {v}" for k, v in probe["definitions"].items()]
-        lines += [f"  note: {n}" for n in probe["notes"]]
+        lines += ["  " + _("note: {note}").format(note=n) for n in probe["notes"]]
     lines += ["", result["reason"]]
     return "\n".join(lines)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lora_spectrum.epoch_names import label
 from lora_spectrum.errors import ConfigError
+from lora_spectrum.language import _
 from lora_spectrum.measures.image_measures import image_row_for
 from lora_spectrum.measures.numbers import percent, rounded
 
@@ -57,8 +59,10 @@ class Suggestion:
 
 
 def _name(row: dict) -> str:
-    return row["label"] if row.get("label") else (f"epoch {row['epoch']}" if row.get("epoch") is not None
-                                                  else row["file"])
+    """An epoch as the reason names it: ``epoch 20`` / ``step 250`` in the active language, else its label."""
+    if row.get("epoch") is not None or row.get("step") is not None:
+        return label(row.get("file") or "", row.get("epoch"), row.get("step"), translate=_)
+    return row.get("label") or row["file"]
 
 
 def trade_off(probe: dict, loss: dict | None = None) -> list[dict]:
@@ -108,26 +112,29 @@ def _probe_pick(epochs: list[dict], probe: dict, loss: dict | None) -> Suggestio
     later = weighed[best + 1:]
     name = _name(next((e for e in epochs if e["file"] == w["file"]), rows[w["file"]]))
     measure = probe.get("measure", "clip")
-    why = (f"{name} has {percent(w['style_gained'])} of the most style the run reached "
-           f"({_name(rows[strongest['file']])}) and keeps {percent(rows[w['file']]['fidelity_kept'])} of the base's "
-           f"prompt fidelity ({measure} measure, probe set {probe.get('probe_set')})")
+    why = _("{name} has {style} of the most style the run reached ({strongest}) and keeps {kept} of the base's "
+            "prompt fidelity ({measure} measure, probe set {probe_set})").format(
+        name=name, style=percent(w["style_gained"]), strongest=_name(rows[strongest["file"]]),
+        kept=percent(rows[w["file"]]["fidelity_kept"]), measure=measure, probe_set=probe.get("probe_set"))
     if later:
         worst = min(later, key=lambda x: x["fidelity_term"])
         gain = max(x["style_gained"] for x in later) - w["style_gained"]
-        why += (f"; later epochs add at most {percent(max(gain, 0.0))} more style but fidelity falls to "
-                f"{percent(rows[worst['file']]['fidelity_kept'])} of the base's at {_name(rows[worst['file']])}")
+        why += _("; later epochs add at most {gain} more style but fidelity falls to {kept} of the base's at "
+                 "{worst}").format(gain=percent(max(gain, 0.0)), kept=percent(rows[worst["file"]]["fidelity_kept"]),
+                                   worst=_name(rows[worst["file"]]))
     elif best > 0:
-        why += "; no later epoch was probed, so training longer might still add style"
+        why += _("; no later epoch was probed, so training longer might still add style")
     ratio = rows[w["file"]].get("leak_ratio")
     if ratio is not None:
-        why += (f"; prompts without the trigger change {percent(ratio)} as much as those with it (leak)"
-                + (", which weighs against it" if w["leak_penalty"] >= 0.1 else ""))
+        why += (_("; prompts without the trigger change {ratio} as much as those with it (leak)").format(
+            ratio=percent(ratio)) + (_(", which weighs against it") if w["leak_penalty"] >= 0.1 else ""))
     if w["validation_penalty"]:
-        why += f"; its validation loss is above the run's lowest (penalty {percent(w['validation_penalty'])})"
+        why += _("; its validation loss is above the run's lowest (penalty {penalty})").format(
+            penalty=percent(w["validation_penalty"]))
     numbers = {"rule_inputs": weighed, "fidelity_scale": FIDELITY_SCALE, "leak_weight": LEAK_WEIGHT,
                "validation_weight": VALIDATION_WEIGHT, "measure": measure, "probe_set": probe.get("probe_set"),
                "score": w["score"], "style_gained": w["style_gained"], "fidelity_term": w["fidelity_term"]}
-    return Suggestion(epoch=w["epoch"], file=w["file"], rule="style against fidelity", reason=f"Suggestion: {why}.",
+    return Suggestion(epoch=w["epoch"], file=w["file"], rule="style against fidelity", reason=_sentence(why),
                       numbers=numbers)
 
 
@@ -155,8 +162,8 @@ def suggest_epoch(epochs: list[dict], image: dict | None = None, loss: dict | No
     the leak and validation-loss penalties), explained with both sides.
     """
     if not epochs:
-        return Suggestion(epoch=None, file=None, rule=None, reason="Suggestion: none, no readable epoch file in "
-                          "this series.")
+        return Suggestion(epoch=None, file=None, rule=None,
+                          reason=_("Suggestion: none, no readable epoch file in this series."))
     if probe:
         picked = _probe_pick(epochs, probe, loss)
         if picked is not None:
@@ -207,44 +214,56 @@ def suggest_epoch(epochs: list[dict], image: dict | None = None, loss: dict | No
         rise = val[epochs[weights_pick]["epoch"]] / val[row["epoch"]] - 1
         numbers.update({"validation_loss": rounded(val[row["epoch"]]), "validation_rise_after": rounded(rise),
                         "weights_rule_pick": epochs[weights_pick].get("epoch")})
-        why = (f"{name}: the validation loss was lowest there ({val[row['epoch']]:.4g}) and is {percent(rise)} higher "
-               f"at {_name(epochs[weights_pick])}, which the weight curves alone would suggest; the later epochs "
-               f"likely fit the training images more than the task")
+        why = _("{name}: the validation loss was lowest there ({loss}) and is {rise} higher at {other}, which the "
+                "weight curves alone would suggest; the later epochs likely fit the training images more than the "
+                "task").format(name=name, loss=f"{val[row['epoch']]:.4g}", rise=percent(rise),
+                               other=_name(epochs[weights_pick]))
     elif rule == "only one epoch":
-        why = f"{name} is the only readable epoch of the series, so there is nothing to compare it with"
+        why = _("{name} is the only readable epoch of the series, so there is nothing to compare it with").format(
+            name=name)
     elif rule == "settled":
-        why = (f"{name}: every later epoch changed the weights by less than {percent(settled)} from the one before "
-               f"(at most {percent(numbers['max_later_relative_change'])}), so training had settled there"
-               if later else f"{name}: it changed the weights by less than {percent(settled)} from the one before")
+        why = (_("{name}: every later epoch changed the weights by less than {settled} from the one before (at "
+                 "most {most}), so training had settled there").format(
+            name=name, settled=percent(settled), most=percent(numbers["max_later_relative_change"]))
+            if later else _("{name}: it changed the weights by less than {settled} from the one before").format(
+                name=name, settled=percent(settled)))
         if pick < n - 1:
-            why += f"; its update is {percent(norm_fraction)} of the last epoch's in size"
+            why += _("; its update is {fraction} of the last epoch's in size").format(fraction=percent(norm_fraction))
     elif rule == "near the last epoch":
-        why = (f"{name}: the weights were still moving ({percent(changes[-1])} between the last two epochs, above "
-               f"{percent(settled)}), and {name} is the earliest epoch within {percent(near_last)} of the last one "
-               f"({percent(row['relative_change_to_last'])} away, {percent(norm_fraction)} of its size, cosine "
-               f"{row['cosine_to_last']:.3f}); compare it with {_name(last)} by eye")
+        why = _("{name}: the weights were still moving ({change} between the last two epochs, above {settled}), "
+                "and {name} is the earliest epoch within {near} of the last one ({away} away, {fraction} of its "
+                "size, cosine {cosine}); compare it with {last} by eye").format(
+            name=name, change=percent(changes[-1]), settled=percent(settled), near=percent(near_last),
+            away=percent(row["relative_change_to_last"]), fraction=percent(norm_fraction),
+            cosine=f"{row['cosine_to_last']:.3f}", last=_name(last))
     elif n == 2:
-        why = (f"{name}: only two epochs, and they differ by {percent(changes[-1])} (above {percent(settled)}), so the "
-               "later, more trained one; a weak suggestion")
+        why = _("{name}: only two epochs, and they differ by {change} (above {settled}), so the later, more "
+                "trained one; a weak suggestion").format(name=name, change=percent(changes[-1]),
+                                                          settled=percent(settled))
     else:
-        why = (f"{name}: the weights were still changing {percent(changes[-1])} between the last two epochs and no "
-               f"earlier epoch is within {percent(near_last)} of the last, so the most trained one; training longer "
-               "may still change the style")
+        why = _("{name}: the weights were still changing {change} between the last two epochs and no earlier "
+                "epoch is within {near} of the last, so the most trained one; training longer may still change the "
+                "style").format(name=name, change=percent(changes[-1]), near=percent(near_last))
 
     # 3. Quote the image and loss numbers where known.
     img = image_row_for(image, row["file"])
     if img and img["distance_from_base"] is not None:
         numbers.update({"image_measure": img["measure"], "distance_from_base": img["distance_from_base"],
                         "seed_spread": img["seed_spread"]})
-        why += (f"; its images are {img['distance_from_base']:.3g} from the base ({img['measure']} measure)"
-                + (f" with a spread of {img['seed_spread']:.2g} across seeds" if img["seed_spread"] is not None
-                   else ""))
+        why += (_("; its images are {distance} from the base ({measure} measure)").format(
+            distance=f"{img['distance_from_base']:.3g}", measure=img["measure"])
+            + (_(" with a spread of {spread} across seeds").format(spread=f"{img['seed_spread']:.2g}")
+               if img["seed_spread"] is not None else ""))
     if loss and row.get("epoch") is not None and rule != "validation loss":
         for tag in (VALIDATION_TAG, "loss/epoch_average", "loss/epoch"):
             points = dict((int(s), v) for s, v in loss.get("series", {}).get(tag, []))
             if row["epoch"] in points:
                 numbers["epoch_loss"] = {"tag": tag, "value": rounded(points[row["epoch"]])}
-                why += f"; {tag} there is {points[row['epoch']]:.4g}"
+                why += _("; {tag} there is {value}").format(tag=tag, value=f"{points[row['epoch']]:.4g}")
                 break
-    return Suggestion(epoch=row.get("epoch"), file=row["file"], rule=rule, reason=f"Suggestion: {why}.",
+    return Suggestion(epoch=row.get("epoch"), file=row["file"], rule=rule, reason=_sentence(why),
                       numbers=numbers)
+
+
+def _sentence(why: str) -> str:
+    return _("Suggestion: {why}.").format(why=why)

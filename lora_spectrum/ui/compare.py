@@ -8,11 +8,12 @@ from PIL import Image, ImageChops
 
 from lora_spectrum.errors import BusyError, LoraSpectrumError
 from lora_spectrum.grid_files import cell_filename, output_files
-from lora_spectrum.plan import cell_at, column_label, index_cells, make_plan
+from lora_spectrum.plan import cell_at, index_cells, make_plan
 from lora_spectrum.render_cache import RenderCache
 from lora_spectrum.runs import run_plan
 from lora_spectrum.ui.controls import Controls, caption_for
 from lora_spectrum.ui.history import history
+from lora_spectrum.ui.language import _, active, column_name, error_text, translator
 from lora_spectrum.ui.ship import report_html
 from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
@@ -28,28 +29,34 @@ def run_render(engine, catalog, settings, controls: Controls) -> None:
         plan = make_plan(engine.defaults, controls.columns, controls.seeds, controls.strengths, [controls.prompt],
                          controls.sampling)
     except LoraSpectrumError as exc:
-        st.error(md_escape(str(exc)))
+        st.error(md_escape(error_text(exc)))
         return
     cache = RenderCache(settings.path(settings.cache_dir), settings.cache_max_mb)
-    bar = st.progress(0.0, text="Waiting for the engine...")
+    bar = st.progress(0.0, text=_("Waiting for the engine..."))
     state = {"plan": plan, "cells": [], "status": "running"}
     st.session_state[RESULT] = state
     counts = {"done": 0, "total": 1}
+    # The words of the progress lines, taken once here (the callbacks only fill them in).
+    words = {"cached": _("cached"), "failed": _("failed"), "seconds": _("{seconds} s"),
+             "cell": _("{done}/{total}: {label}, seed {seed} ({what})"), "step": _("{label}: step {step}/{steps}")}
 
     def progress(done, total, cell):
         state["cells"].append(cell)
         counts.update(done=done, total=total)
-        what = "cached" if cell.cached else ("failed" if cell.error else f"{cell.seconds:.2f} s")
-        bar.progress(done / total, text=f"{done}/{total}: {cell.label}, seed {cell.seed} ({what})")
+        what = words["cached"] if cell.cached else (
+            words["failed"] if cell.error else words["seconds"].format(seconds=f"{cell.seconds:.2f}"))
+        bar.progress(done / total, text=words["cell"].format(done=done, total=total, label=cell.label,
+                                                              seed=cell.seed, what=what))
 
     def step(i, n, label):
-        bar.progress(counts["done"] / counts["total"], text=f"{label}: step {i}/{n}")
+        bar.progress(counts["done"] / counts["total"], text=words["step"].format(label=label, step=i, steps=n))
 
     try:
-        cells = run_plan(engine, plan, catalog, cache, progress, on_step=step, mix=controls.batch_epochs)
+        with active():  # the core's progress labels in the session's language
+            cells = run_plan(engine, plan, catalog, cache, progress, on_step=step, mix=controls.batch_epochs)
     except BusyError as exc:
         bar.empty()
-        st.warning(md_escape(str(exc)))
+        st.warning(md_escape(error_text(exc)))
         state["status"] = "busy"
         return
     bar.empty()
@@ -63,52 +70,58 @@ def run_render(engine, catalog, settings, controls: Controls) -> None:
 def draw_grid(state: dict) -> None:
     plan, cells = state["plan"], state["cells"]
     if state.get("reopened"):
-        st.info(md_escape(f"Reopened from History: {state['reopened']}; nothing was rendered again."))
+        st.info(md_escape(_("Reopened from History: {when}; nothing was rendered again.").format(
+            when=state["reopened"])))
     if state.get("status") == "running":
-        st.info("The last render was interrupted; showing the cells it finished.")
+        st.info(_("The last render was interrupted; showing the cells it finished."))
     elif state.get("status") == "cancelled":
-        st.info("Cancelled; showing the cells that finished.")
+        st.info(_("Cancelled; showing the cells that finished."))
     index = index_cells(cells)
     # Header: one column per epoch, with the time its swap took.
     cols = st.columns(len(plan.columns))
     for ci, entry in enumerate(plan.columns):
         swaps = [c.swap_seconds for c in cells if c.column == ci and c.swap_seconds is not None]
-        cols[ci].markdown(f"**{md_escape(column_label(entry))}**")
+        cols[ci].markdown(f"**{md_escape(column_name(entry))}**")
         if swaps:
-            cols[ci].caption(f"swap {min(swaps) * 1000:.1f} ms")
+            cols[ci].caption(_("swap {ms} ms").format(ms=f"{min(swaps) * 1000:.1f}"))
     for prompt, seed, strength in plan.rows:
         cols = st.columns(len(plan.columns))
         for ci, entry in enumerate(plan.columns):
             c = cell_at(index, ci, entry, prompt, seed, strength)
             with cols[ci]:
                 if c is not None and c.png is not None:
-                    st.image(c.png, caption=caption_for(column_label(entry), None if entry is None else strength,
+                    st.image(c.png, caption=caption_for(column_name(entry), None if entry is None else strength,
                                                         seed), width="stretch")
                 elif c is not None and c.error:
-                    st.error(md_escape(f"{column_label(entry)}, seed {seed}: {c.error}"))
+                    st.error(md_escape(_("{label}, seed {seed}: {error}").format(label=column_name(entry), seed=seed,
+                                                                                  error=c.error)))
                 else:
-                    st.caption("not rendered")
+                    st.caption(_("not rendered"))
 
 
 def downloads(state: dict, settings, catalog) -> None:
     cells, files = state["cells"], state["downloads"]
     cols = st.columns(5)
-    cols[0].download_button("Grid PNG", files["grid"], "grid.png", "image/png", key="dl_grid")
-    cols[1].download_button("Manifest", files["manifest"], "manifest.json", "application/json", key="dl_manifest")
-    cols[2].download_button("All cells (zip)", files["zip"], "cells.zip", "application/zip", key="dl_zip")
-    cols[3].download_button("Report (HTML)", lambda: report_html(settings, catalog, state),
+    cols[0].download_button(_("Grid PNG"), files["grid"], "grid.png", "image/png", key="dl_grid")
+    cols[1].download_button(_("Manifest"), files["manifest"], "manifest.json", "application/json",
+                            key="dl_manifest")
+    cols[2].download_button(_("All cells (zip)"), files["zip"], "cells.zip", "application/zip", key="dl_zip")
+    # The report is written on click, outside this script run: it takes the session's language now.
+    tr = translator()
+    cols[3].download_button(_("Report (HTML)"), lambda: report_html(settings, catalog, state, tr),
                             "report.html", "text/html", key="dl_report",
-                            help="one self-contained file: the grid, every cell full size with its parameters, "
-                                 "settings, times, the series' measures and blind ranking; opens anywhere, also "
-                                 "on a phone")
+                            help=_("one self-contained file: the grid, every cell full size with its parameters, "
+                                   "settings, times, the series' measures and blind ranking; opens anywhere, also "
+                                   "on a phone"))
     rendered = [c for c in cells if c.png is not None]
     if rendered:
-        with cols[4].popover("One cell"):
-            pick = st.selectbox("Cell", range(len(rendered)), key="dl_cell_pick",
-                                format_func=lambda i: f"{rendered[i].label}, seed {rendered[i].seed}, "
-                                                      f"strength {rendered[i].strength:g}")
+        with cols[4].popover(_("One cell")):
+            names = [_("{label}, seed {seed}, strength {strength}").format(
+                label=column_name(state["plan"].columns[c.column]), seed=c.seed, strength=f"{c.strength:g}")
+                for c in rendered]
+            pick = st.selectbox(_("Cell"), range(len(rendered)), key="dl_cell_pick", format_func=names.__getitem__)
             c = rendered[pick]
-            st.download_button("Download PNG (with parameters)", c.png, cell_filename(c), "image/png",
+            st.download_button(_("Download PNG (with parameters)"), c.png, cell_filename(c), "image/png",
                                key="dl_cell")
 
 
@@ -118,37 +131,40 @@ def closer_looks(state: dict) -> None:
     if not done:
         return
     rows = plan.rows
-    zoom_tab, overlay_tab = st.tabs(["Synchronised zoom", "Overlay two epochs"])
+    zoom_tab, overlay_tab = st.tabs([_("Synchronised zoom"), _("Overlay two epochs")])
     with zoom_tab:
-        ri = st.selectbox("Row", range(len(rows)), key="zoom_row",
-                          format_func=lambda i: f"seed {rows[i][1]}, strength {rows[i][2]:g}")
+        row_names = [_("seed {seed}, strength {strength}").format(seed=r[1], strength=f"{r[2]:g}") for r in rows]
+        ri = st.selectbox(_("Row"), range(len(rows)), key="zoom_row", format_func=row_names.__getitem__)
         prompt, seed, strength = rows[ri]
         c1, c2, c3 = st.columns(3)
-        fx = c1.slider("Centre x (%)", 0, 100, 50, key="zoom_x")
-        fy = c2.slider("Centre y (%)", 0, 100, 50, key="zoom_y")
-        factor = c3.select_slider("Zoom", [2, 3, 4, 6, 8], value=4, key="zoom_f")
+        fx = c1.slider(_("Centre x (%)"), 0, 100, 50, key="zoom_x")
+        fy = c2.slider(_("Centre y (%)"), 0, 100, 50, key="zoom_y")
+        factor = c3.select_slider(_("Zoom"), [2, 3, 4, 6, 8], value=4, key="zoom_f")
         row_cells = [c for c in done if c.prompt == prompt and c.seed == seed and (c.file is None or
                                                                                   c.strength == strength)]
         crops = [zoom(c.image, fx / 100, fy / 100, factor) for c in row_cells]
         if crops:
-            st.image(crops, caption=[caption_for(c.label, None, seed) for c in row_cells], width=220)
+            st.image(crops, caption=[caption_for(column_name(plan.columns[c.column]), None, seed) for c in row_cells],
+                     width=220)
     with overlay_tab:
         labels = sorted({(c.column, c.label) for c in done})
         if len(labels) < 2:
-            st.caption("Render at least two columns to overlay them.")
+            st.caption(_("Render at least two columns to overlay them."))
             return
-        names = [lab for _, lab in labels]
+        names = [lab for _column, lab in labels]
         a, b = st.columns(2)
-        first = a.selectbox("Epoch A", names, index=0, key="ov_a")
-        second = b.selectbox("Epoch B", names, index=len(names) - 1, key="ov_b")
-        seed = st.selectbox("Seed", plan.seeds, key="ov_seed")
-        mix = st.slider("A ← blend → B", 0.0, 1.0, 0.5, 0.05, key="ov_mix")
-        diff = st.toggle("Show the difference instead", key="ov_diff")
+        called = {lab: column_name(plan.columns[column]) for column, lab in labels}
+        first = a.selectbox(_("Epoch A"), names, index=0, key="ov_a", format_func=called.__getitem__)
+        second = b.selectbox(_("Epoch B"), names, index=len(names) - 1, key="ov_b", format_func=called.__getitem__)
+        seed = st.selectbox(_("Seed"), plan.seeds, key="ov_seed")
+        mix = st.slider(_("A ← blend → B"), 0.0, 1.0, 0.5, 0.05, key="ov_mix")
+        diff = st.toggle(_("Show the difference instead"), key="ov_diff")
         pick = {c.label: c for c in done if c.seed == seed and c.strength in (plan.strengths[0], 0.0)}
         if first in pick and second in pick:
             ia, ib = pick[first].image, pick[second].image
             shown = amplified_difference(ia, ib) if diff else Image.blend(ia, ib, mix)
-            st.image(shown, caption=md_escape(f"{first} vs {second}, seed {seed}"), width=420)
+            st.image(shown, caption=md_escape(_("{first} vs {second}, seed {seed}").format(
+                first=called[first], second=called[second], seed=seed)), width=420)
 
 
 def zoom(image: Image.Image, cx: float, cy: float, factor: int) -> Image.Image:
@@ -167,8 +183,9 @@ def amplified_difference(a: Image.Image, b: Image.Image, gain: float = 4.0) -> I
 def compare_view(settings, choice, catalog, controls: Controls | None) -> None:
     engine = choice.engine
     left, right = st.columns([1, 1])
-    go = left.button("Render", type="primary", disabled=controls is None or not controls.columns, key="render")
-    if right.button("Cancel", key="cancel", help="stop the render (within one denoising step); finished cells stay"):
+    go = left.button(_("Render"), type="primary", disabled=controls is None or not controls.columns, key="render")
+    if right.button(_("Cancel"), key="cancel",
+                    help=_("stop the render (within one denoising step); finished cells stay")):
         state = st.session_state.get(RESULT)
         if state and state.get("status") == "running":
             state["status"] = "cancelled"
@@ -177,12 +194,12 @@ def compare_view(settings, choice, catalog, controls: Controls | None) -> None:
     state = st.session_state.get(RESULT)
     if not state or not state.get("cells"):
         if controls is not None and not controls.columns:
-            st.info("Choose at least one epoch (or the base column) in the sidebar.")
+            st.info(_("Choose at least one epoch (or the base column) in the sidebar."))
         else:
-            st.caption("Pick epochs in the sidebar and press Render.")
+            st.caption(_("Pick epochs in the sidebar and press Render."))
         return
     draw_grid(state)
     if state.get("downloads"):
         downloads(state, settings, catalog)
-    with st.expander("Closer looks", expanded=False):
+    with st.expander(_("Closer looks"), expanded=False):
         closer_looks(state)

@@ -4,13 +4,12 @@ removes it. This file only draws."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import streamlit as st
 
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.grid_files import output_files
 from lora_spectrum.run_history import RunHistory
+from lora_spectrum.ui.language import _, error_text, translator
 from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
 
@@ -25,7 +24,7 @@ def _open(settings, catalog, run_id: str) -> None:
     try:
         plan, cells, manifest = runs.reopen(run_id, catalog)
     except LoraSpectrumError as exc:
-        st.session_state["history_error"] = str(exc)
+        st.session_state["history_error"] = error_text(exc)
         return
     folder = runs.folder / run_id
     made = (manifest.get("run") or {}).get("made_at") or run_id
@@ -44,30 +43,33 @@ def _delete(settings, run_id: str) -> None:
 
 
 def _when(iso: str) -> str:
+    """When a run was made (``iso``: ISO 8601, UTC), written the way the session's language writes dates."""
     try:
-        return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return _("{date} UTC").format(date=translator().date(iso))
     except ValueError:
         return iso
 
 
 def history_view(settings, catalog) -> None:
     runs = history(settings).list()
-    st.subheader("History")
+    st.subheader(_("History"))
     if error := st.session_state.pop("history_error", None):
         st.error(md_escape(error))
     if not runs:
-        st.caption(f"No comparisons yet: every render in Compare is kept here (at most {settings.runs_max} in "
-                   f"{settings.runs_max_mb} MB, the oldest go first).")
+        st.caption(_("No comparisons yet: every render in Compare is kept here (at most {runs} in {mb} MB, the "
+                     "oldest go first).").format(runs=settings.runs_max, mb=settings.runs_max_mb))
         return
-    st.caption(f"{len(runs)} of at most {settings.runs_max} (in {settings.runs_max_mb} MB) kept in "
-               f"{history(settings).folder}; the oldest go first.")
+    st.caption(_("{n} of at most {runs} (in {mb} MB) kept in {folder}; the oldest go first.").format(
+        n=len(runs), runs=settings.runs_max, mb=settings.runs_max_mb, folder=history(settings).folder))
     for run in runs:
         files = ", ".join(run.files)
         with st.container(border=True):
             top = st.columns([3, 1, 1])
-            top[0].markdown(f"**{md_escape(_when(run.made_at))}** · " + md_escape(
-                f"{run.cells} cell(s)" + (f", {run.failed} failed" if run.failed else "")))
-            top[1].button("Open", key=f"hist_open_{run.id}", on_click=_open, args=(settings, catalog, run.id))
-            top[2].button("Delete", key=f"hist_del_{run.id}", on_click=_delete, args=(settings, run.id))
-            st.caption(md_escape(f"Prompt: {run.prompt} · seeds {', '.join(map(str, run.seeds))} · strengths "
-                                 f"{', '.join(f'{s:g}' for s in run.strengths)} · files: {files}"))
+            counts = (_("{cells} cell(s), {failed} failed") if run.failed else _("{cells} cell(s)")).format(
+                cells=run.cells, failed=run.failed)
+            top[0].markdown(f"**{md_escape(_when(run.made_at))}** · " + md_escape(counts))
+            top[1].button(_("Open"), key=f"hist_open_{run.id}", on_click=_open, args=(settings, catalog, run.id))
+            top[2].button(_("Delete"), key=f"hist_del_{run.id}", on_click=_delete, args=(settings, run.id))
+            line = _("Prompt: {prompt} · seeds {seeds} · strengths {strengths} · files: {files}")
+            st.caption(md_escape(line.format(prompt=run.prompt, seeds=", ".join(map(str, run.seeds)),
+                                             strengths=", ".join(f"{s:g}" for s in run.strengths), files=files)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from lora_spectrum import language
+from lora_spectrum import epoch_names, language
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.ui.state import LANGUAGE
 
@@ -32,6 +32,10 @@ def ngettext(singular: str, plural: str, n: int) -> str:
     return translator().ngettext(singular, plural, n)
 
 
+def pgettext(context: str, message: str) -> str:
+    return translator().pgettext(context, message)
+
+
 def active():
     """A context in which core code writes its text in the session's language."""
     return language.using(translator())
@@ -50,3 +54,11 @@ def language_picker(configured: str) -> None:
     st.sidebar.selectbox("Language · 语言", language.CHOICES, key=LANGUAGE, format_func=names.__getitem__,
                          help=_("the language of this workbench for you; file names, prompts and metadata "
                                 "are shown as they are"))
+
+
+def column_name(entry) -> str:
+    """A column's name as this session reads it: the base, or an epoch file's ``epoch 20`` / ``step 250`` label
+    (stored and drawn in English: ``epoch_names.label``)."""
+    if entry is None:
+        return _("base")
+    return epoch_names.label(entry.name, entry.epoch, entry.step, translate=_)

@@ -15,10 +15,16 @@ from lora_spectrum.decision.rank_pool import BASE_KEY, RankPool
 from lora_spectrum.decision.ranking import fit, next_pair
 from lora_spectrum.decision.votes import VoteBook, current_files, series_ratings
 from lora_spectrum.errors import LoraSpectrumError
+from lora_spectrum.language import N_
 from lora_spectrum.render_cache import RenderCache
+from lora_spectrum.ui.language import _, active, error_text
 from lora_spectrum.ui.ship import session_insight, ship_panel
 from lora_spectrum.ui.state import RANK
 from lora_spectrum.ui.text import md_escape
+
+# The ranking table's headers: English in the rows (and for the tests), translated where the table is shown.
+HEADERS = (N_("rank"), N_("column"), N_("score"), N_("won"), N_("lost"), N_("tied"), N_("style"), N_("fidelity"),
+           N_("leak"), N_("weight norm"))
 
 
 def _pool_key(controls) -> tuple:
@@ -61,9 +67,9 @@ def _choose(state: dict, book: VoteBook, current: dict[str, str]) -> dict | None
     candidates = pool.pairs()
     if not candidates:
         return None
-    active, _ = book.split(current)
+    counted, _set_aside = book.split(current)
     items = sorted({k for pair in candidates for k in pair})
-    ranking = fit(items, [(v["a"], v["b"], v["result"]) for v in active if v["a"] in items and v["b"] in items])
+    ranking = fit(items, [(v["a"], v["b"], v["result"]) for v in counted if v["a"] in items and v["b"] in items])
     pick = next_pair(ranking, candidates=candidates, rng=rng, recent=state["recent"])
     if pick is None:
         return None
@@ -81,9 +87,10 @@ def _vote_panel(state: dict, book: VoteBook, current: dict[str, str]) -> None:
     if state.pop("voted", False) and st.session_state.get("rank_reveal"):
         st.rerun()  # the ranking below the panel is drawn by the whole page: redraw it with this vote
     if not pool.finished:
-        st.progress(pool.done / max(1, pool.total), text=f"Rendering in the background: {pool.done}/{pool.total}")
+        st.progress(pool.done / max(1, pool.total),
+                    text=_("Rendering in the background: {done}/{total}").format(done=pool.done, total=pool.total))
     if pool.error:
-        st.warning(md_escape(f"Rendering stopped: {pool.error}"))
+        st.warning(md_escape(_("Rendering stopped: {reason}").format(reason=pool.error)))
     for line in pool.failed[:3]:
         st.caption(md_escape(line))
     if state["pair"] is None:
@@ -91,37 +98,41 @@ def _vote_panel(state: dict, book: VoteBook, current: dict[str, str]) -> None:
         state["shown"] = state.get("shown", 0) + (state["pair"] is not None)
     pair = state["pair"]
     if pair is None:
-        st.info("Waiting for two renders of the same seed..." if not pool.finished else
-                "Nothing to compare: fewer than two columns rendered.")
+        st.info(_("Waiting for two renders of the same seed...") if not pool.finished else
+                _("Nothing to compare: fewer than two columns rendered."))
         return
-    st.caption(md_escape(f"Which is better? Prompt: {pair['prompt']} · seed {pair['seed']} · "
-                         f"{state['cast']} vote(s) this session"))
+    st.caption(md_escape(_("Which is better? Prompt: {prompt} · seed {seed} · {n} vote(s) this session").format(
+        prompt=pair["prompt"], seed=pair["seed"], n=state["cast"])))
     left, right = st.columns(2)
-    left.image(pair["left"].png, caption="Left", width="stretch")
-    right.image(pair["right"].png, caption="Right", width="stretch")
+    left.image(pair["left"].png, caption=_("Left"), width="stretch")
+    right.image(pair["right"].png, caption=_("Right"), width="stretch")
     b = st.columns(4)
     # Each pair has buttons of its own, and their callbacks carry the pair's number: a press the page sent while
     # it still showed the previous pair cannot vote on a pair nobody saw.
     n = state["shown"]
-    for col, (label, key, shortcut, result) in zip(b, (("Left is better", "left", "left", 1.0),
-                                                       ("Tie", "tie", "down", 0.5), ("Skip", "skip", "s", None),
-                                                       ("Right is better", "right", "right", 0.0)), strict=True):
+    for col, (label, key, shortcut, result) in zip(b, ((_("Left is better"), "left", "left", 1.0),
+                                                       (_("Tie"), "tie", "down", 0.5), (_("Skip"), "skip", "s", None),
+                                                       (_("Right is better"), "right", "right", 0.0)), strict=True):
         col.button(label, key=f"vote_{key}_{n}", shortcut=shortcut, on_click=_vote,
                    args=(state, book, result, n), width="stretch")
-    st.caption("Keys: ← left, → right, ↓ tie, S skip.")
+    st.caption(_("Keys: ← left, → right, ↓ tie, S skip."))
 
 
 def _reveal(settings, choice, catalog, series: str) -> None:
     try:
-        summary = series_ratings(catalog, series, settings.path(settings.ratings_dir))
+        with active():  # the columns' labels and the notice in the session's language
+            summary = series_ratings(catalog, series, settings.path(settings.ratings_dir))
     except LoraSpectrumError as exc:
-        st.error(md_escape(str(exc)))
+        st.error(md_escape(error_text(exc)))
         return
-    st.subheader("The ranking")
+    st.subheader(_("The ranking"))
     if summary.get("notice"):
         st.warning(md_escape(summary["notice"]))
-    st.caption(f"{summary['votes']} vote(s)" + (f"; {summary['set_aside']} set aside (their file was replaced)"
-                                                if summary.get("set_aside") else ""))
+    if summary.get("set_aside"):
+        st.caption(_("{n} vote(s); {set_aside} set aside (their file was replaced)").format(
+            n=summary["votes"], set_aside=summary["set_aside"]))
+    else:
+        st.caption(_("{n} vote(s)").format(n=summary["votes"]))
     insight = session_insight(catalog, series) or {}
     measured = {e["file"]: e for e in insight.get("epochs", [])}
     rows = []
@@ -134,21 +145,22 @@ def _reveal(settings, choice, catalog, series: str) -> None:
     df = pd.DataFrame(rows)
     measures = ["style", "fidelity", "leak", "weight norm"]
     if not insight:
-        st.caption("Open Insight (and run a probe) to see its measures beside the ranking.")
+        st.caption(_("Open Insight (and run a probe) to see its measures beside the ranking."))
     df = df.drop(columns=[m for m in measures if df[m].isna().all()])  # no probe: no style, fidelity, leak
-    st.dataframe(df, hide_index=True, width="stretch")
+    st.dataframe(df.rename(columns=_), hide_index=True, width="stretch")
     judged = [r for r in rows if r["rank"]]
     if judged:
         chart = pd.DataFrame([{"column": r["column"], "score": round(r["score"], 3), "±": round(r["±"], 3),
                                "lo": r["score"] - r["±"], "hi": r["score"] + r["±"]} for r in judged])
         x = alt.X("column:N", sort=[r["column"] for r in judged], title=None)
+        tooltip = [alt.Tooltip("column:N", title=_("column")), alt.Tooltip("score:Q", title=_("score")), "±"]
         st.altair_chart(alt.layer(
-            alt.Chart(chart).mark_rule().encode(x=x, y=alt.Y("lo:Q", title="score"), y2="hi:Q"),
-            alt.Chart(chart).mark_point(filled=True, size=80).encode(x=x, y=alt.Y("score:Q", title="score"),
-                                                                      tooltip=["column", "score", "±"]),
-        ).properties(height=240, title="Bradley-Terry score ± one standard error"), width="stretch")
+            alt.Chart(chart).mark_rule().encode(x=x, y=alt.Y("lo:Q", title=_("score")), y2="hi:Q"),
+            alt.Chart(chart).mark_point(filled=True, size=80).encode(x=x, y=alt.Y("score:Q", title=_("score")),
+                                                                      tooltip=tooltip),
+        ).properties(height=240, title=_("Bradley-Terry score ± one standard error")), width="stretch")
     else:
-        st.caption("No votes yet: the columns without a rank have not been judged.")
+        st.caption(_("No votes yet: the columns without a rank have not been judged."))
     top = next((it for it in summary["items"] if it["epoch"] is not None and it["rank"]), None)
     ship_panel(settings, choice, catalog, series, default_epoch=top["epoch"] if top else None,
                ranking=summary, insight=insight or None)
@@ -156,16 +168,18 @@ def _reveal(settings, choice, catalog, series: str) -> None:
 
 def rank_view(settings, choice, catalog, controls) -> None:
     if controls is None or controls.series is None:
-        st.info("No usable series in the loras folder.")
+        st.info(_("No usable series in the loras folder."))
         return
     if len(controls.columns) < 2:
-        st.info("Choose at least two columns in the sidebar (epochs, or an epoch and the base) to rank them blind.")
+        st.info(_("Choose at least two columns in the sidebar (epochs, or an epoch and the base) to rank them "
+                  "blind."))
         return
-    st.subheader(f"Rank {controls.series} blind")
+    st.subheader(_("Rank {series} blind").format(series=controls.series))
     try:
-        book = VoteBook(settings.path(settings.ratings_dir), controls.series, loras_folder=catalog.folder)
+        with active():  # its notice in the session's language
+            book = VoteBook(settings.path(settings.ratings_dir), controls.series, loras_folder=catalog.folder)
     except LoraSpectrumError as exc:
-        st.error(md_escape(str(exc)))
+        st.error(md_escape(error_text(exc)))
         return
     if book.notice:
         st.warning(md_escape(book.notice))
@@ -173,13 +187,14 @@ def rank_view(settings, choice, catalog, controls) -> None:
     if state is not None and state["key"] != _pool_key(controls):
         state["pool"].stop()  # the sidebar changed: its renders are not these, and the engine is shared
     if state is None or state["key"] != _pool_key(controls):
-        st.caption(f"{len(controls.columns)} columns x {len(controls.seeds)} seed(s) of the sidebar's prompt; "
-                   "sides are drawn at random and labels stay hidden until Reveal.")
-        if st.button("Start blind ranking", type="primary", key="rank_start"):
+        st.caption(_("{columns} columns x {seeds} seed(s) of the sidebar's prompt; sides are drawn at random and "
+                     "labels stay hidden until Reveal.").format(columns=len(controls.columns),
+                                                                 seeds=len(controls.seeds)))
+        if st.button(_("Start blind ranking"), type="primary", key="rank_start"):
             try:
                 _start(choice, catalog, settings, controls)
             except LoraSpectrumError as exc:
-                st.error(md_escape(str(exc)))
+                st.error(md_escape(error_text(exc)))
                 return
             st.rerun()
         return
@@ -189,5 +204,5 @@ def rank_view(settings, choice, catalog, controls) -> None:
     state["polling"] = not state["pool"].finished
     panel = st.fragment(run_every=1.0 if state["polling"] else None)(_vote_panel)
     panel(state, book, current)
-    if st.toggle("Reveal", key="rank_reveal", help="show the ranking with the labels"):
+    if st.toggle(_("Reveal"), key="rank_reveal", help=_("show the ranking with the labels")):
         _reveal(settings, choice, catalog, controls.series)

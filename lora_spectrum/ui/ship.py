@@ -14,8 +14,10 @@ from lora_spectrum.decision.html_report import build_report
 from lora_spectrum.decision.promotion import promote
 from lora_spectrum.decision.votes import series_ratings
 from lora_spectrum.errors import LoraSpectrumError
+from lora_spectrum.language import Translator, using
 from lora_spectrum.measures import series_insight
 from lora_spectrum.ui.history import history
+from lora_spectrum.ui.language import _, active, column_name, error_text
 from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
 
@@ -34,19 +36,24 @@ def series_of(plan) -> str | None:
     return next((e.series for e in plan.columns if e is not None and e.series), None) if plan else None
 
 
-def report_html(settings, catalog, state: dict) -> str:
+def report_html(settings, catalog, state: dict, language: Translator | None = None) -> str:
     """Compare's Report (HTML): the render's folder with the series' blind ranking and measures when known (the
-    session's Insight, else the weight curves and the grid's own image measures)."""
-    series = series_of(state.get("plan"))
-    ranking = insight = None
-    if series and series in catalog.series():
-        with contextlib.suppress(LoraSpectrumError):  # the report is still written without them
-            ranking = series_ratings(catalog, series, settings.path(settings.ratings_dir))
-            ranking = ranking if ranking.get("votes") else None
-        with contextlib.suppress(LoraSpectrumError):
-            insight = session_insight(catalog, series) or series_insight(
-                catalog, series=series, grid=state["out_dir"], use_clip=False, lenient=True)
-    return build_report(state["out_dir"], ranking=ranking, insight=insight)
+    session's Insight, else the weight curves and the grid's own image measures).
+
+    ``language``: the words of the report (the session's ``translator()``, taken when the button is drawn: a
+    download button's callable runs outside the page's script, where the session's language cannot be read);
+    English without it."""
+    with using(language) if language is not None else contextlib.nullcontext():
+        series = series_of(state.get("plan"))
+        ranking = insight = None
+        if series and series in catalog.series():
+            with contextlib.suppress(LoraSpectrumError):  # the report is still written without them
+                ranking = series_ratings(catalog, series, settings.path(settings.ratings_dir))
+                ranking = ranking if ranking.get("votes") else None
+            with contextlib.suppress(LoraSpectrumError):
+                insight = session_insight(catalog, series) or series_insight(
+                    catalog, series=series, grid=state["out_dir"], use_clip=False, lenient=True)
+        return build_report(state["out_dir"], ranking=ranking, insight=insight)
 
 
 def _last_grid(settings, series: str, catalog) -> str | None:
@@ -65,36 +72,39 @@ def ship_panel(settings, choice, catalog, series: str, default_epoch: int | None
     entries = [e for e in catalog.series().get(series, []) if e.epoch is not None or e.step is not None]
     if not entries:
         return
-    st.subheader("Ship this epoch")
+    st.subheader(_("Ship this epoch"))
     numbers = [e.epoch if e.epoch is not None else e.step for e in entries]
     suggested = default_epoch if default_epoch in numbers else (insight or {}).get("suggested_epoch")
     index = numbers.index(suggested) if suggested in numbers else len(numbers) - 1
     cols = st.columns([1, 1, 2])
-    epoch = cols[0].selectbox("Epoch", numbers, index=index, key="ship_epoch",
-                              format_func=lambda n: next(e.label for e in entries if n in (e.epoch, e.step)))
-    name = cols[1].text_input("Release name", value=series, key="ship_name")
-    note = cols[2].text_input("Why this epoch", key="ship_note",
-                              placeholder="e.g. style is in, the prompt's colours still hold")
+    names = {n: column_name(e) for n, e in zip(numbers, entries, strict=True)}
+    epoch = cols[0].selectbox(_("Epoch"), numbers, index=index, key="ship_epoch", format_func=names.__getitem__)
+    name = cols[1].text_input(_("Release name"), value=series, key="ship_name")
+    note = cols[2].text_input(_("Why this epoch"), key="ship_note",
+                              placeholder=_("e.g. style is in, the prompt's colours still hold"))
     target = settings.path(settings.shipped_dir)
-    if st.button("Ship this epoch", type="primary", key="ship_go",
-                 help=f"writes {name}.safetensors (same tensors, provenance in its metadata) and {name}.md to "
-                      f"{target}; never overwrites, never touches the loras folder"):
+    if st.button(_("Ship this epoch"), type="primary", key="ship_go",
+                 help=_("writes {name}.safetensors (same tensors, provenance in its metadata) and {name}.md to "
+                        "{folder}; never overwrites, never touches the loras folder").format(name=name,
+                                                                                            folder=target)):
         grid = _last_grid(settings, series, catalog)
         try:
-            if ranking is None:  # Insight's panel: the blind votes cast so far, if any, go into the card too
-                ranking = series_ratings(catalog, series, settings.path(settings.ratings_dir))
-            done = promote(catalog, epoch, target, series=series, name=name.strip() or None, note=note,
-                           ranking=ranking if ranking and ranking.get("votes") else None, insight=insight,
-                           grid=grid, base_id=choice.engine.base_id)
+            with active():  # the model card in the session's language
+                if ranking is None:  # Insight's panel: the blind votes cast so far, if any, go into the card too
+                    ranking = series_ratings(catalog, series, settings.path(settings.ratings_dir))
+                done = promote(catalog, epoch, target, series=series, name=name.strip() or None, note=note,
+                               ranking=ranking if ranking and ranking.get("votes") else None, insight=insight,
+                               grid=grid, base_id=choice.engine.base_id)
         except LoraSpectrumError as exc:
-            st.error(md_escape(str(exc)))
+            st.error(md_escape(error_text(exc)))
         else:
             st.session_state[SHIPPED] = {"path": str(done.path), "card": str(done.card),
                                          "text": Path(done.card).read_text(encoding="utf-8")}
     shipped = st.session_state.get(SHIPPED)
     if shipped:
-        st.success(md_escape(f"Shipped {shipped['path']} with its model card {shipped['card']}"))
-        st.download_button("Model card", shipped["text"], Path(shipped["card"]).name, "text/markdown",
+        st.success(md_escape(_("Shipped {path} with its model card {card}").format(path=shipped["path"],
+                                                                                    card=shipped["card"])))
+        st.download_button(_("Model card"), shipped["text"], Path(shipped["card"]).name, "text/markdown",
                            key="ship_card_dl")
-        with st.expander("The model card", expanded=False):
+        with st.expander(_("The model card"), expanded=False):
             st.code(shipped["text"], language="markdown")

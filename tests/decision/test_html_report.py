@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from lora_spectrum import cli
+from lora_spectrum import cli, language
 from lora_spectrum.decision.html_report import THUMB_MAX, build_report, write_report
 from lora_spectrum.decision.svg_chart import line_chart
 from lora_spectrum.errors import ConfigError
@@ -333,3 +333,18 @@ def test_line_chart():
     assert len(tree.root.all(lambda n: n.tag == "polyline")) == 2
     assert len(tree.root.all(lambda n: n.tag == "circle")) == 4
     assert "a<b" in tree.root.text() and "T & t" in tree.root.text() and "a<b" not in svg
+
+
+def test_the_report_in_chinese_translates_its_words_and_keeps_the_data(grid, manifest, report):
+    zh = language.translator("zh_CN")
+    with language.using(zh):
+        chinese = build_report(grid)
+    assert '<html lang="zh-CN">' in chinese and '<html lang="en">' in report
+    for heading in ("Grid", "Settings", "Render and swap times", "Insight"):
+        assert f"<h2>{zh.gettext(heading)}</h2>" in chinese and f"<h2>{heading}</h2>" not in chinese
+    tree, english = parse(chinese), parse(report)
+    assert [n.attrs for n in cells_of(tree)] == [n.attrs for n in cells_of(english)]  # files, seeds, strengths
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in chinese  # the prompt, escaped, not translated
+    texts = [n.text() for n in cells_of(tree)]
+    for c in manifest["cells"]:  # the A1111 parameters of every PNG, as they are
+        assert any(Image.open(grid / c["image"]).text["parameters"] in t for t in texts)

@@ -9,6 +9,7 @@ import shlex
 import pytest
 import yaml
 
+from lora_spectrum import language
 from lora_spectrum.decision.model_card import (
     code_block,
     epoch_measures,
@@ -220,3 +221,17 @@ def test_an_epoch_nobody_judged_says_so_instead_of_a_rank():
     md = card(ranking=ranking)
     assert "Blind A/B ranking: this epoch was not judged (9 vote(s) on others)." in md and "#None" not in md
     assert ranking_row(ranking, "inkstyle-000004.safetensors", 4)["of"] == 1, "only judged files are ranked"
+
+
+def test_the_card_in_chinese_translates_the_words_and_keeps_the_facts_and_front_matter():
+    zh = language.translator("zh_CN")
+    with language.using(zh):
+        md = card()
+    english = card()
+    assert front_matter(md) == front_matter(english)  # what the hub reads never changes with the language
+    for heading in ("Trigger words", "Base model", "Why this epoch", "Reproduce the grid", "Training metadata"):
+        assert f"\n## {zh.gettext(heading)}\n" in md and f"\n## {heading}\n" not in md
+    assert "**inkstyle style**" in md and SOURCE in md and SHA in md  # names, trigger words and hashes as they are
+    assert zh.gettext("epoch {epoch}").format(epoch=6) in md and "Note: " not in md
+    assert "crisp lines, no halo" in md and "ink fox, ```quoted```" in md  # the user's note and the prompt
+    assert "| ss\\_optimizer |" in md and "bitsandbytes.optim.adamw.AdamW8bit" in md  # metadata keys and values

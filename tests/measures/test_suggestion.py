@@ -4,10 +4,11 @@ to end from event files), the demo's suggestion with its numbers, and ``Suggesti
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from lora_spectrum import demo
+from lora_spectrum import demo, language
 from lora_spectrum.errors import ConfigError
 from lora_spectrum.measures.insight import series_insight
 from lora_spectrum.measures.suggestion import Suggestion, suggest_epoch
@@ -170,3 +171,25 @@ def test_a_validation_loss_still_falling_does_not_count_against_the_earlier_epoc
                             loss=_validation([0.30, 0.25, 0.20]))
     assert falling.epoch == 30
     assert [r["validation_penalty"] for r in falling.numbers["rule_inputs"]] == [0.0, 0.0, 0.0]
+
+
+def test_the_reason_is_written_in_the_active_language_and_the_choice_does_not_change():
+    zh = language.translator("zh_CN")
+    rows = _rows([None, 0.5, 0.2, 0.04, 0.03], [0.6, 0.3, 0.1, 0.05, 0.0])
+    probe = _probe([0.02, 0.06, 0.09, 0.10, 0.11], [0.30, 0.29, 0.28, 0.22, 0.18])
+    for kwargs in ({}, {"probe": probe}):
+        english = suggest_epoch(rows, **kwargs)
+        with language.using(zh):
+            chinese = suggest_epoch(rows, **kwargs)
+        assert (chinese.epoch, chinese.file, chinese.rule, chinese.numbers) == \
+            (english.epoch, english.file, english.rule, english.numbers)
+        assert chinese.reason.startswith(zh.gettext("Suggestion: {why}.").split("{why}")[0])
+        assert zh.gettext("epoch {epoch}").format(epoch=30) in chinese.reason and "epoch 30" not in chinese.reason
+        numbers = re.findall(r"\d+(?:\.\d+)?%", english.reason)
+        assert numbers and all(n in chinese.reason for n in numbers)  # the numbers are quoted as they are
+    assert suggest_epoch(rows).reason == english_reason_of(rows)  # English again outside the block
+
+
+def english_reason_of(rows) -> str:
+    with language.using(language.translator("en")):
+        return suggest_epoch(rows).reason

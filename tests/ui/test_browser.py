@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from lora_spectrum import language
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -90,6 +92,7 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
         shot = tmp_path / "workbench.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
+        switch_to_chinese_and_back(page, tmp_path)
         # The Insight view: curves, the training loss of the run that made these epochs, a suggestion.
         page.locator("[data-testid='stMain']").get_by_text("Insight", exact=True).first.click()
         page.get_by_text("Suggestion").first.wait_for(timeout=120_000)
@@ -133,6 +136,29 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
         rank_blind(page, main, sent, tmp_path)
         stale_pair_press(browser, server, tmp_path)
         browser.close()
+
+
+def choose_language(page, name: str) -> None:
+    page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").filter(has_text="Language").first.click()
+    page.get_by_role("option", name=name).click()
+
+
+def switch_to_chinese_and_back(page, tmp_path: Path) -> None:
+    """The sidebar's picker: the Render button, the column captions and the sidebar read Chinese; the grid just
+    rendered stays (nothing is rendered again); English again after."""
+    zh = language.translator("zh_CN").gettext
+    choose_language(page, "简体中文")
+    page.get_by_role("button", name=zh("Render"), exact=True).wait_for(timeout=60_000)
+    caption = " · ".join([zh("epoch {epoch}").format(epoch=12), zh("strength {strength}").format(strength=1),
+                          zh("seed {seed}").format(seed=1)])
+    page.get_by_text(caption, exact=True).first.wait_for(timeout=60_000)
+    body = page.inner_text("[data-testid='stMain']")
+    assert " · ".join([zh("base"), zh("seed {seed}").format(seed=1)]) in body
+    assert zh("Epochs to compare") in page.inner_text("[data-testid='stSidebar']")
+    page.screenshot(path=str(tmp_path / "workbench-zh.png"), full_page=True)
+    choose_language(page, "English")
+    page.get_by_role("button", name="Render", exact=True).wait_for(timeout=60_000)
+    page.get_by_text("epoch 12 · strength 1 · seed 1").first.wait_for(timeout=60_000)
 
 
 def _count_votes(tmp_path: Path) -> int:

@@ -1,0 +1,126 @@
+"""The Insight section of the HTML report: the measures per epoch as a table and as inline SVG charts, the loss,
+and the notes. Reads an insight dict (``measures.insight.series_insight``'s, or a manifest's); escapes every
+text from it; measures nothing. ``html_report.py`` places it in the page.
+"""
+
+from __future__ import annotations
+
+import html
+
+from lora_spectrum.decision.svg_chart import line_chart
+from lora_spectrum.language import N_, _
+
+e = html.escape
+
+
+def fmt(v, spec: str = ".4g") -> str:
+    """A number for a table cell ("-" when there is none; other values as escaped text)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "-" if v is None else e(str(v))
+    return format(v, spec)
+
+
+def number(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v else None
+
+
+MEASURES = (  # (insight key, the header shown; the headers are also CHARTS' names)
+    ("weight_norm", N_("weight norm")), ("relative_change", N_("change")),
+    ("relative_change_per_epoch", N_("change per epoch")), ("cosine_to_previous", N_("cos prev")),
+    ("cosine_to_last", N_("cos last")), ("relative_change_to_last", N_("to last")),
+    ("image.distance_from_base", N_("img from base")), ("image.seed_spread", N_("seed spread")),
+    ("image.change_from_previous", N_("img change")), ("image.clip_score", N_("clip score")),
+    ("style", N_("style")), ("fidelity", N_("fidelity")), ("fidelity_kept", N_("fidelity kept")),
+    ("leak", N_("leak")), ("consistency", N_("consistency")), ("score", N_("probe score")))
+CHARTS = (  # (title, the MEASURES headers it draws)
+    (N_("Update norm"), ("weight norm",)), (N_("Change between epochs"), ("change", "to last")),
+    (N_("Cosine similarity"), ("cos prev", "cos last")),
+    (N_("Images against the base"), ("img from base", "img change", "seed spread")),
+    (N_("CLIP score"), ("clip score",)), (N_("Style (probe)"), ("style",)),
+    (N_("Prompt fidelity (probe)"), ("fidelity",)), (N_("Leak (probe)"), ("leak",)),
+    (N_("Consistency (probe)"), ("consistency",)), (N_("Probe score"), ("probe score",)))
+
+
+def _epoch_measures(insight: dict) -> list[dict]:
+    """Per epoch row: ``{"name", "file", "x", "values": {header: number}}`` from the insight's epochs."""
+    scores = {w.get("file"): w.get("score") for w in
+              ((insight.get("suggestion") or {}).get("numbers") or {}).get("rule_inputs") or [] if isinstance(w, dict)}
+    out = []
+    for row in insight.get("epochs") or []:
+        if not isinstance(row, dict):
+            continue
+        values = {}
+        for key, header in MEASURES:
+            v = scores.get(row.get("file")) if key == "score" else row
+            for part in ([] if key == "score" else key.split(".")):
+                v = v.get(part) if isinstance(v, dict) else None
+            values[header] = number(v)
+        for tag, v in (row.get("epoch_loss") or {}).items():
+            values[str(tag)] = number(v)
+        for group, g in (row.get("groups") or {}).items():
+            values[f"norm: {group}"] = number((g or {}).get("weight_norm"))
+        name = row.get("label") or (_("epoch {epoch}").format(epoch=row["epoch"]) if row.get("epoch") is not None
+                                    else row.get("file"))
+        out.append({"name": str(name), "file": row.get("file"), "epoch": row.get("epoch"), "step": row.get("step"),
+                    "values": values})
+    return out
+
+
+def insight_section(insight) -> str:
+    """The section's HTML: a note when the manifest has no insight (or a failed one), else table, charts, notes."""
+    title = "<h2>" + e(_("Insight")) + "</h2>"
+    if insight is None:
+        return title + '<p class="note">' + _("No insight in this manifest (the {command} command adds it).").format(
+            command="<code>grid</code>") + "</p>"
+    if not isinstance(insight, dict) or "error" in insight:
+        why = insight.get("error") if isinstance(insight, dict) else "not a dict"
+        return title + '<p class="note">' + e(_("Insight was not measured: {why}").format(why=why)) + "</p>"
+    parts = [title]
+    if insight.get("reason"):
+        parts.append(f'<p class="suggestion">{e(str(insight["reason"]))}</p>')
+    rows = _epoch_measures(insight)
+    headers = [h for h in dict.fromkeys(h for r in rows for h in r["values"]) if any(r["values"].get(h) is not None
+                                                                                   for r in rows)]
+    suggested = insight.get("suggested_file")
+    if rows and headers:
+        head = "".join("<th>" + e(_(h)) + "</th>" for h in headers)
+        body = "".join(f'<tr{" class=suggested" if r["file"] == suggested else ""}><td>{e(r["name"])}</td>'
+                       + "".join(f'<td class="num">{fmt(r["values"].get(h))}</td>' for h in headers) + "</tr>"
+                       for r in rows)
+        epoch = e(_("epoch"))
+        parts.append(f'<div class="scroll"><table class="measures"><tr><th>{epoch}</th>{head}</tr>{body}</table></div>')
+        if all(r["epoch"] is not None for r in rows):
+            xs, x_label = [r["epoch"] for r in rows], _("epoch")
+        elif all(r["step"] is not None for r in rows):
+            xs, x_label = [r["step"] for r in rows], _("step")
+        else:
+            xs, x_label = list(range(1, len(rows) + 1)), _("file (in order)")
+        marker = next((x for x, r in zip(xs, rows, strict=True) if r["file"] == suggested), None)
+        groups = tuple(h for h in headers if h.startswith("norm: "))
+        losses = tuple(h for h in headers if h.startswith("loss"))
+        charts = [line_chart([(_(h), [(x, r["values"].get(h)) for x, r in zip(xs, rows, strict=True)])
+                              for h in names if h in headers], title=_(name), x_label=x_label, marker=marker)
+                  for name, names in (*CHARTS, (N_("Norm per layer group"), groups), (N_("Loss per epoch"), losses))]
+        parts.append(f'<div class="charts">{"".join(charts)}</div>')
+    loss = insight.get("loss")
+    if isinstance(loss, dict) and loss.get("series"):
+        per_epoch = set(loss.get("per_epoch") or [])
+        steps = [(str(t), [(p[0], p[1]) for p in pts[:: max(1, len(pts) // 400)] if len(p) == 2])
+                 for t, pts in loss["series"].items() if t not in per_epoch and pts]
+        chart = line_chart(steps, title=_("Training loss"), x_label=_("step")) if steps else ""
+        parts.append(f'<div class="charts">{chart}</div>' if chart else "")
+    notes = [*(insight.get("notes") or []),
+             *(_("skipped {file}: {reason}").format(file=s.get("file"), reason=s.get("reason"))
+               for s in insight.get("skipped") or [] if isinstance(s, dict))]
+    probe = insight.get("probe")
+    if isinstance(probe, dict):
+        notes.append(_("probe set {probe_set} ({measure} measure)").format(probe_set=probe.get("probe_set"),
+                                                                           measure=probe.get("measure")))
+        notes += [f"{k}: {v}" for k, v in (probe.get("definitions") or {}).items()]
+    image = insight.get("image")
+    if isinstance(image, dict) and image.get("measure"):
+        notes.append(_("image measure: {measure} ({description})").format(
+            measure=image.get("measure"), description=image.get("measure_description", "")))
+    if notes:
+        parts.append("<ul class=\"note\">" + "".join(f"<li>{e(str(n))}</li>" for n in notes) + "</ul>")
+    return "".join(parts)
