@@ -3,6 +3,7 @@
 import streamlit as st
 
 from lora_spectrum.errors import LoraSpectrumError
+from lora_spectrum.fuse_policy import PREFIX
 from lora_spectrum.language import N_
 from lora_spectrum.ui.base_picker import base_section
 from lora_spectrum.ui.compare import compare_view
@@ -32,7 +33,7 @@ if choice.is_demo:
     note = _(engine.note)
     st.warning(md_escape(_("{note} Reason: {reason}").format(note=note, reason=choice.reason) if choice.reason
                          else note))
-fuse = engine.fuse_mode + (f" ({engine.fuse_decision.removeprefix('fuse auto: ')})" if engine.fuse_decision else "")
+fuse = engine.fuse_mode + (f" ({engine.fuse_decision.removeprefix(PREFIX)})" if engine.fuse_decision else "")
 st.caption(md_escape(_("Base: {base} ({family}, {device}, {dtype}) · fuse {fuse} · compile {compile} · LoRAs: {folder}")
                      .format(base=engine.base_id, family=engine.family.name, device=engine.device.type,
                              dtype=str(engine.dtype)[6:], fuse=fuse, compile=_("on") if engine.compiled else _("off"),

@@ -10,7 +10,9 @@ from collections import deque
 import torch
 
 from lora_spectrum.errors import BaseLoadError
+from lora_spectrum.language import _
 
+PREFIX = "fuse auto: "  # every decision's reason starts so (the rest in the language of the render that decided)
 Shape = tuple  # (width, height, images per call, guidance on): what a step's time depends on
 
 
@@ -76,14 +78,15 @@ class FusePolicy:
         unfused, bare = self._median("unfused", shape), self._median("bare", shape)
         merge = statistics.median(self._merges) if self._merges else None
         if unfused is None:
-            return None, "fuse auto: no unfused step measured yet at this size"
+            return None, PREFIX + _("no unfused step measured yet at this size")
         if bare is not None and unfused <= bare:
-            return False, (f"fuse auto: off, an unfused adapter adds nothing per step: {unfused * 1e3:.1f} ms "
-                           f"vs {bare * 1e3:.1f} ms bare")
+            return False, PREFIX + _("off, an unfused adapter adds nothing per step: {unfused} ms vs {bare} ms "
+                                     "bare").format(unfused=f"{unfused * 1e3:.1f}", bare=f"{bare * 1e3:.1f}")
         if merge is None or bare is None:
-            return True, "fuse auto: on for one swap, to measure a merge and a merged step"
+            return True, PREFIX + _("on for one swap, to measure a merge and a merged step")
         gain = steps * (unfused - bare)
-        verdict = "on" if gain > merge else "off"
-        return gain > merge, (f"fuse auto: {verdict}, {steps} steps x {(unfused - bare) * 1e3:.1f} ms unfused "
-                              f"overhead = {gain * 1e3:.0f} ms {'>' if gain > merge else '<='} "
-                              f"{merge * 1e3:.0f} ms per merge")
+        why = (_("on, {steps} steps x {overhead} ms unfused overhead = {gain} ms > {merge} ms per merge")
+               if gain > merge else
+               _("off, {steps} steps x {overhead} ms unfused overhead = {gain} ms <= {merge} ms per merge"))
+        return gain > merge, PREFIX + why.format(steps=steps, overhead=f"{(unfused - bare) * 1e3:.1f}",
+                                                 gain=f"{gain * 1e3:.0f}", merge=f"{merge * 1e3:.0f}")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from lora_spectrum.errors import ClipUnavailable
+from lora_spectrum.language import _
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 CLIP_MODEL_ENV = "LORA_SPECTRUM_CLIP_MODEL"
@@ -23,16 +24,19 @@ def load_clip(model_id: str | None = None, allow_download: bool = False):
     try:
         from transformers import CLIPModel, CLIPProcessor
     except ImportError as exc:
-        raise ClipUnavailable(f"transformers is not installed ({exc})") from exc
+        raise ClipUnavailable(_("transformers is not installed ({error})").format(error=exc)) from exc
     try:
         model = CLIPModel.from_pretrained(model_id, local_files_only=not allow_download, use_safetensors=True)
         processor = CLIPProcessor.from_pretrained(model_id, local_files_only=not allow_download)
     except OSError as exc:  # not in the local cache (or, when downloading, not reachable)
-        where = "could not be downloaded" if allow_download else "is not on this machine (no download attempted)"
-        raise ClipUnavailable(f"CLIP model {model_id!r} {where}; fetch it once with `hf download {model_id}` or set "
-                              f"${CLIP_MODEL_ENV} to a local folder holding a CLIP model") from exc
+        where = (_("CLIP model {model} could not be downloaded") if allow_download
+                 else _("CLIP model {model} is not on this machine (no download attempted)"))
+        raise ClipUnavailable(where.format(model=repr(model_id)) + _("; fetch it once with {command} or set {variable} "
+                              "to a local folder holding a CLIP model").format(
+            command=f"`hf download {model_id}`", variable=f"${CLIP_MODEL_ENV}")) from exc
     except (ValueError, KeyError) as exc:
-        raise ClipUnavailable(f"CLIP model {model_id!r} could not be loaded ({exc})") from exc
+        raise ClipUnavailable(_("CLIP model {model} could not be loaded ({error})").format(model=repr(model_id),
+                                                                                         error=exc)) from exc
     model.eval()
     return model, processor, model_id
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from lora_spectrum.errors import ClipUnavailable, ConfigError
 from lora_spectrum.grid_files import read_manifest
+from lora_spectrum.language import _
 from lora_spectrum.measures.clip import clip_embeddings, load_clip
 from lora_spectrum.measures.numbers import Progress, rounded
 
@@ -67,12 +68,13 @@ def image_measures(grid: str | Path, *, clip_model: str | tuple | None = None, u
             continue
         path = (folder / str(c["image"])).resolve()
         if not path.is_relative_to(root) or not path.is_file():
-            notes.append(f"image {c['image']!r} is missing or outside the grid folder; left out")
+            notes.append(_("image {image} is missing or outside the grid folder; left out").format(
+                image=repr(c["image"])))
             continue
         cells.append({**c, "path": path, "prompt": str(c.get("prompt") or ""), "seed": c.get("seed")})
     failed = sum(1 for c in manifest["cells"] if isinstance(c, dict) and c.get("error"))
     if failed:
-        notes.append(f"{failed} cell(s) failed to render and are left out")
+        notes.append(_("{n} cell(s) failed to render and are left out").format(n=failed))
     if not cells:
         raise ConfigError(f"{folder}: the manifest lists no rendered images")
 
@@ -106,7 +108,7 @@ def image_measures(grid: str | Path, *, clip_model: str | tuple | None = None, u
     # 4. Columns: the base (epoch null, no file) and one per (file, strength), in epoch order.
     base = {(c["prompt"], c["seed"]): c for c in cells if c.get("file") is None}
     if not base:
-        notes.append("no base column in this grid, so no distance from base (render with --include-base)")
+        notes.append(_("no base column in this grid, so no distance from base (render with --include-base)"))
     columns: dict[tuple[str, float], list[dict]] = {}
     for c in cells:
         if c.get("file") is not None:
@@ -154,8 +156,8 @@ def image_measures(grid: str | Path, *, clip_model: str | tuple | None = None, u
     if progress:
         progress(total, total, "images done")
 
-    description = ("1 - cosine similarity of CLIP image embeddings" if measure == "clip" else
-                   f"mean absolute difference of {PIXEL_SIZE}x{PIXEL_SIZE} grayscale images (0..1)")
+    description = (_("1 - cosine similarity of CLIP image embeddings") if measure == "clip" else
+                   _("mean absolute difference of {size}x{size} grayscale images (0..1)").format(size=PIXEL_SIZE))
     alignment = ({"skipped": False, "model": clip["model"], "score": "100 * max(cos(image, prompt), 0)"}
                  if not clip["skipped"] else {"skipped": True, "reason": clip["reason"]})
     base_scores = [c.get("clip_score") for c in base.values()]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lora_spectrum.catalog import READY, Catalog
 from lora_spectrum.errors import CatalogError, ConfigError
+from lora_spectrum.language import _
 from lora_spectrum.measures.image_measures import image_measures, image_row_for
 from lora_spectrum.measures.numbers import Progress
 from lora_spectrum.measures.probe_measures import probe_measures
@@ -56,7 +57,7 @@ def series_insight(catalog: Catalog, series: str | None = None, logs: str | Path
         except ConfigError as exc:
             if not lenient:
                 raise
-            loss, notes = None, [*notes, f"training log not used: {exc}"]
+            loss, notes = None, [*notes, _("training log not used: {error}").format(error=exc)]
     for row in epochs:
         row["epoch_loss"] = _epoch_loss(loss, row["epoch"])
 
@@ -69,7 +70,7 @@ def series_insight(catalog: Catalog, series: str | None = None, logs: str | Path
         except ConfigError as exc:
             if not lenient:
                 raise
-            notes.append(f"image measures not available: {exc}")
+            notes.append(_("image measures not available: {error}").format(error=exc))
     for row in epochs:
         row["image"] = image_row_for(image, row["file"])
 
@@ -82,7 +83,7 @@ def series_insight(catalog: Catalog, series: str | None = None, logs: str | Path
         except ConfigError as exc:
             if not lenient:
                 raise
-            notes.append(f"probe measures not available: {exc}")
+            notes.append(_("probe measures not available: {error}").format(error=exc))
     by_file = {e["file"]: e for e in (probed or {}).get("epochs", [])}
     for row in epochs:
         p = by_file.get(row["file"], {})

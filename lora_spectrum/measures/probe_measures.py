@@ -13,6 +13,7 @@ import numpy as np
 
 from lora_spectrum.errors import ClipUnavailable, ConfigError
 from lora_spectrum.grid_files import read_manifest
+from lora_spectrum.language import _
 from lora_spectrum.measures.clip import image_embeddings, load_clip, text_embeddings
 from lora_spectrum.measures.image_measures import _gray, pixel_distance
 from lora_spectrum.measures.numbers import Progress, rounded
@@ -34,7 +35,7 @@ def _cells(folder: Path, record: dict) -> tuple[list[dict], list[str]]:
                 continue
             path = (grid / str(c["image"])).resolve()
             if not path.is_relative_to(root) or not path.is_file():
-                notes.append(f"image {c['image']!r} is missing; left out")
+                notes.append(_("image {image} is missing; left out").format(image=repr(c["image"])))
                 continue
             p = by_prompt[c["prompt"]]
             cells.append({"file": c.get("file"), "epoch": c.get("epoch"), "seed": c.get("seed"), "path": path,
@@ -168,18 +169,19 @@ def probe_measures(folder: str | Path, *, clip_model: str | tuple | None = None,
         progress(len(cells), len(cells), "probe measures done")
 
     # 5. The grid for the view: every image by (column, prompt, seed), paths relative to the probe folder.
-    definitions = ({"style": ("cos(image, reference centroid)" if refs else
-                              "cos(image, prompt) - cos(image, prompt without trigger)") + ", minus the base's",
-                    "fidelity": "cos(image, prompt without trigger), CLIP-T",
-                    "leak": "1 - cos(image, base image), prompts without the trigger; leak_ratio: over the same "
-                            "change on prompts with the trigger",
-                    "consistency": "spread (std) of the style score across seeds, mean over prompts"}
+    consistency = _("spread (std) of the style score across seeds, mean over prompts")
+    definitions = ({"style": (_("cos(image, reference centroid), minus the base's") if refs else
+                              _("cos(image, prompt) - cos(image, prompt without trigger), minus the base's")),
+                    "fidelity": _("cos(image, prompt without trigger), CLIP-T"),
+                    "leak": _("1 - cos(image, base image), prompts without the trigger; leak_ratio: over the same "
+                              "change on prompts with the trigger"),
+                    "consistency": consistency}
                    if measure == "clip" else
-                   {"style": "pixel distance from the base image (pixel fallback: no CLIP)",
-                    "fidelity": "1 - hue-histogram distance to the base image (pixel fallback: colours kept)",
-                    "leak": "pixel distance from the base image, prompts without the trigger; leak_ratio: over the "
-                            "same change on prompts with the trigger",
-                    "consistency": "spread (std) of the style score across seeds, mean over prompts"})
+                   {"style": _("pixel distance from the base image (pixel fallback: no CLIP)"),
+                    "fidelity": _("1 - hue-histogram distance to the base image (pixel fallback: colours kept)"),
+                    "leak": _("pixel distance from the base image, prompts without the trigger; leak_ratio: over the "
+                              "same change on prompts with the trigger"),
+                    "consistency": consistency})
     return {
         "folder": str(folder), "probe_set": record.get("probe_set"), "series": record.get("series"),
         "measure": measure, "definitions": definitions, "clip": clip, "references": len(refs),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lora_spectrum.catalog import int_or_none
 from lora_spectrum.errors import ConfigError
+from lora_spectrum.language import _
 
 EVENT_PREFIX = "events.out.tfevents"
 STEP_LOSS_TAGS = ("loss/current", "loss/average")
@@ -105,8 +106,8 @@ def read_loss(folder: str | Path, run: str | None = None) -> dict:
     if run is None:
         run = runs[-1]
         if len(runs) > 1:
-            note = (f"{len(runs)} runs in this folder ({', '.join(r or '.' for r in runs)}); showing the most "
-                    f"recently written one, {run or '.'}")
+            note = _("{n} runs in this folder ({runs}); showing the most recently written one, {run}").format(
+                n=len(runs), runs=", ".join(r or "." for r in runs), run=run or ".")
     elif run not in runs:
         raise ConfigError(f"{root}: no run {run!r} with loss scalars; choose one of: "
                           f"{', '.join(repr(r) for r in runs)}")

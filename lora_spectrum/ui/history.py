@@ -8,6 +8,7 @@ import streamlit as st
 
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.grid_files import output_files
+from lora_spectrum.plan import BASE_LABEL
 from lora_spectrum.run_history import RunHistory
 from lora_spectrum.ui.language import _, error_text, translator
 from lora_spectrum.ui.state import RESULT
@@ -62,7 +63,7 @@ def history_view(settings, catalog) -> None:
     st.caption(_("{n} of at most {runs} (in {mb} MB) kept in {folder}; the oldest go first.").format(
         n=len(runs), runs=settings.runs_max, mb=settings.runs_max_mb, folder=history(settings).folder))
     for run in runs:
-        files = ", ".join(run.files)
+        files = ", ".join(_("base") if f == BASE_LABEL else f for f in run.files)  # "base" is a value in the manifest
         with st.container(border=True):
             top = st.columns([3, 1, 1])
             counts = (_("{cells} cell(s), {failed} failed") if run.failed else _("{cells} cell(s)")).format(
