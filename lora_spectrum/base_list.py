@@ -12,6 +12,7 @@ from pathlib import Path
 from lora_spectrum.downloads import hub_cache, repo_folder, wanted
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.families import detect_family, pipeline_families
+from lora_spectrum.language import current
 
 DEMO = "demo"
 
@@ -38,7 +39,9 @@ class BaseOption:
 
 
 def size_text(nbytes: int) -> str:
-    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e9 else f"{nbytes / 1e6:.0f} MB"
+    """``6.9 GB`` / ``340 MB``, the number written the active language's way."""
+    tr = current()
+    return f"{tr.number(nbytes / 1e9, 1, fixed=True)} GB" if nbytes >= 1e9 else f"{tr.number(round(nbytes / 1e6), 0)} MB"
 
 
 def list_bases(settings, cache_dir: str | Path | None = None) -> list[BaseOption]:

@@ -103,11 +103,13 @@ class Translator:
         """``message`` where the same English word means two things (``pgettext("LoRA", "rank")``)."""
         return self.catalog.pgettext(context, message)
 
-    def number(self, value, digits: int = 3) -> str:
-        """``value`` with at most ``digits`` decimals, grouped as the locale groups thousands."""
+    def number(self, value, digits: int = 3, fixed: bool = False) -> str:
+        """``value`` with at most (``fixed``: exactly) ``digits`` decimals, thousands grouped as the locale groups
+        them, with its decimal sign."""
         from babel.numbers import format_decimal
 
-        return format_decimal(value, format=f"#,##0.{'#' * digits}" if digits else "#,##0", locale=self.code)
+        decimals = ("0" if fixed else "#") * digits
+        return format_decimal(value, format=f"#,##0.{decimals}" if digits else "#,##0", locale=self.code)
 
     def date(self, when: datetime | str) -> str:
         """A date and time (a ``datetime`` or an ISO 8601 string) in the locale's medium format."""

@@ -58,10 +58,11 @@ def history_view(settings, catalog) -> None:
         st.error(md_escape(error))
     if not runs:
         st.caption(_("No comparisons yet: every render in Compare is kept here (at most {runs} in {mb} MB, the "
-                     "oldest go first).").format(runs=settings.runs_max, mb=settings.runs_max_mb))
+                     "oldest go first).").format(runs=settings.runs_max, mb=translator().number(settings.runs_max_mb, 0)))
         return
     st.caption(_("{n} of at most {runs} (in {mb} MB) kept in {folder}; the oldest go first.").format(
-        n=len(runs), runs=settings.runs_max, mb=settings.runs_max_mb, folder=history(settings).folder))
+        n=len(runs), runs=settings.runs_max, mb=translator().number(settings.runs_max_mb, 0),
+        folder=history(settings).folder))
     for run in runs:
         files = ", ".join(_("base") if f == BASE_LABEL else f for f in run.files)  # "base" is a value in the manifest
         with st.container(border=True):

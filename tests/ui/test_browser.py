@@ -140,7 +140,7 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
 
 def choose_language(page, name: str) -> None:
     page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").filter(has_text="Language").first.click()
-    page.get_by_role("option", name=name).click()
+    page.get_by_role("option", name=name, exact=True).click()
 
 
 def switch_to_chinese_and_back(page, tmp_path: Path) -> None:

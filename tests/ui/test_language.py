@@ -117,3 +117,16 @@ def test_every_view_renders_in_both_languages(app_config, code):
             assert not english_left(at, data), (view, english_left(at, data))
     if code == "zh_CN":
         assert zh("Rank") in at.segmented_control(key="view").options
+
+
+def test_shipping_from_a_chinese_session_writes_a_chinese_model_card(app_config, tmp_path):
+    at = started(choice="zh_CN")
+    at.segmented_control(key="view").set_value("Insight").run()
+    assert not at.exception, at.exception
+    at.text_input(key="ship_note").set_value("墨线干净，颜色还在").run()
+    at.button(key="ship_go").click().run()
+    assert not at.exception, at.exception
+    card = (tmp_path / "shipped" / "jimeng.md").read_text(encoding="utf-8")
+    assert f"\n## {zh('Why this epoch')}\n" in card and "\n## Why this epoch\n" not in card
+    assert "墨线干净，颜色还在" in card and "jimeng" in card  # the note and the names as they were typed
+    assert card.startswith("---\ntags:") or "\ntags:\n" in card.split("---")[1]  # the front matter stays the hub's
