@@ -8,11 +8,13 @@ from dataclasses import asdict, dataclass, field
 
 from PIL import Image
 
+from lora_spectrum import epoch_names
 from lora_spectrum.catalog import READY, Catalog, LoraEntry
 from lora_spectrum.errors import LoraSpectrumError, PlanError
+from lora_spectrum.language import N_
 from lora_spectrum.sampling import Sampling
 
-BASE_LABEL = "base"
+BASE_LABEL = N_("base")  # also a value: the base column's name in manifests and run records
 GroupKey = tuple[int, float, str]  # (column, strength, prompt): one swap, one batched render of its seeds
 
 
@@ -130,8 +132,12 @@ class Cell:
         return out
 
 
-def column_label(entry: LoraEntry | None) -> str:
-    return BASE_LABEL if entry is None else entry.label
+def column_label(entry: LoraEntry | None, translate=str) -> str:
+    """``base``, ``epoch 20``, ``step 250``: in English where it is stored or drawn; a front end passes its ``_``
+    as ``translate`` to show it in its language."""
+    if entry is None:
+        return translate(BASE_LABEL)
+    return epoch_names.label(entry.name, entry.epoch, entry.step, translate=translate)
 
 
 def plan_cells(plan: Plan, catalog: Catalog | None = None) -> list[Cell]:

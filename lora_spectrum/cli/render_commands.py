@@ -142,7 +142,7 @@ def _cmd_grid(args) -> int:
     """Exit 0 all rendered, 1 some cells failed, 2 bad arguments or base."""
     from lora_spectrum.execution.startup import open_workbench
     from lora_spectrum.grid_files import write_outputs
-    from lora_spectrum.plan import make_plan, select_columns
+    from lora_spectrum.plan import column_label, make_plan, select_columns
     from lora_spectrum.render_cache import RenderCache
     from lora_spectrum.runs import run_plan
     from lora_spectrum.settings import load_settings
@@ -196,7 +196,7 @@ def _cmd_grid(args) -> int:
 
     def progress(done, total, cell):
         print(_("[{done}/{total}] {label} seed {seed} strength {strength}: {state}").format(
-            done=done, total=total, label=cell.label, seed=cell.seed, strength=f"{cell.strength:g}",
+            done=done, total=total, label=column_label(plan.columns[cell.column], translate=_), seed=cell.seed, strength=f"{cell.strength:g}",
             state=_state(cell)), file=sys.stderr, flush=True)
 
     # 4. Render, write, report.
@@ -213,7 +213,8 @@ def _cmd_grid(args) -> int:
     _add_insight(args.out, manifest, catalog, columns)
     failed = [c for c in cells if c.error]
     for c in failed:
-        print(_("{label} seed {seed}: {error}").format(label=c.label, seed=c.seed, error=c.error), file=sys.stderr)
+        print(_("{label} seed {seed}: {error}").format(label=column_label(plan.columns[c.column], translate=_),
+                                                      seed=c.seed, error=c.error), file=sys.stderr)
     print(_("wrote {grid} and {n} cell(s); {failed} failed").format(grid=Path(args.out) / "grid.png",
                                                                    n=len(cells) - len(failed), failed=len(failed)),
           file=sys.stdout)

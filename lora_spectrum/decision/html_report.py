@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from lora_spectrum.decision.report_insight import fmt, insight_section, number
-from lora_spectrum.epoch_names import parse_name
+from lora_spectrum.epoch_names import label, parse_name
 from lora_spectrum.errors import ConfigError
 from lora_spectrum.grid_files import base_name, read_manifest
 from lora_spectrum.language import N_, _, current
@@ -113,10 +113,22 @@ def _columns(settings: dict, cells: list[dict]) -> list[tuple[str | None, str]]:
     """(file or None for the base, label) in display order: the manifest's columns, then any other cell's."""
     labels: dict = {}
     for c in cells:
-        labels.setdefault(c.get("file"), c.get("label") or c.get("file") or "base")
+        labels.setdefault(c.get("file"), _shown_label(c))
     named = [None if n == "base" else n for n in settings.get("columns") or [] if isinstance(n, str)]
     order = [f for f in dict.fromkeys([*named, *labels]) if f in labels]
     return [(f, str(labels[f])) for f in order]
+
+
+def _shown_label(cell: dict) -> str:
+    """A column's name in the active language: ``base``, or ``epoch 20`` / ``step 250`` from the cell's epoch and
+    the step its file name carries (the manifest's ``label`` when neither is known)."""
+    file = cell.get("file")
+    if not isinstance(file, str):
+        return _("base")
+    _series, named_epoch, step = parse_name(Path(file).stem)
+    epoch = cell.get("epoch") if isinstance(cell.get("epoch"), int) else named_epoch
+    return label(file, epoch, step, translate=_) if epoch is not None or step is not None else \
+        str(cell.get("label") or file)
 
 
 def _ordered(first, values) -> list:
@@ -245,13 +257,13 @@ def _mean(values) -> float | None:
 def _times_section(settings: dict, cells: list[dict]) -> str:
     """Per column: cells, cached, failed, routed, mean render seconds per image and mean swap seconds."""
     rows = []
-    for f, label in _columns(settings, cells):
+    for f, name in _columns(settings, cells):
         mine = [c for c in cells if c.get("file") == f]
         fresh = [c for c in mine if not c.get("cached") and not c.get("error")]
         cells_td = "".join(f'<td class="num">{n}</td>' for n in (
             len(mine), sum(1 for c in mine if c.get("cached")), sum(1 for c in mine if c.get("error")),
             sum(1 for c in mine if c.get("routed"))))
-        rows.append(f"<tr><td>{e(label)}</td>{cells_td}"
+        rows.append(f"<tr><td>{e(name)}</td>{cells_td}"
                     f'<td class="num">{fmt(_mean(c.get("seconds") for c in fresh), ".3g")}</td>'
                     f'<td class="num">{fmt(_mean(c.get("swap_seconds") for c in fresh), ".3g")}</td></tr>')
     head = _header_row((N_("column"), N_("cells"), N_("cached"), N_("failed"), N_("routed"), N_("render s/image"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 
 from lora_spectrum.decision.svg_chart import line_chart
+from lora_spectrum.epoch_names import label
 from lora_spectrum.language import N_, _
 
 e = html.escape
@@ -58,9 +59,10 @@ def _epoch_measures(insight: dict) -> list[dict]:
         for tag, v in (row.get("epoch_loss") or {}).items():
             values[str(tag)] = number(v)
         for group, g in (row.get("groups") or {}).items():
-            values[f"norm: {group}"] = number((g or {}).get("weight_norm"))
-        name = row.get("label") or (_("epoch {epoch}").format(epoch=row["epoch"]) if row.get("epoch") is not None
-                                    else row.get("file"))
+            values[_("norm: {group}").format(group=group)] = number((g or {}).get("weight_norm"))
+        numbered = row.get("epoch") is not None or row.get("step") is not None
+        name = (label(row.get("file") or "", row.get("epoch"), row.get("step"), translate=_) if numbered
+                else row.get("label") or row.get("file"))
         out.append({"name": str(name), "file": row.get("file"), "epoch": row.get("epoch"), "step": row.get("step"),
                     "values": values})
     return out
@@ -96,7 +98,9 @@ def insight_section(insight) -> str:
         else:
             xs, x_label = list(range(1, len(rows) + 1)), _("file (in order)")
         marker = next((x for x, r in zip(xs, rows, strict=True) if r["file"] == suggested), None)
-        groups = tuple(h for h in headers if h.startswith("norm: "))
+        norms = {_("norm: {group}").format(group=g) for r in insight.get("epochs") or [] if isinstance(r, dict)
+                 for g in r.get("groups") or {}}
+        groups = tuple(h for h in headers if h in norms)
         losses = tuple(h for h in headers if h.startswith("loss"))
         charts = [line_chart([(_(h), [(x, r["values"].get(h)) for x, r in zip(xs, rows, strict=True)])
                               for h in names if h in headers], title=_(name), x_label=x_label, marker=marker)

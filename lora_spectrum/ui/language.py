@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from lora_spectrum import epoch_names, language
+from lora_spectrum import language
 from lora_spectrum.errors import LoraSpectrumError
+from lora_spectrum.plan import column_label
 from lora_spectrum.ui.state import LANGUAGE
 
 
@@ -58,7 +59,5 @@ def language_picker(configured: str) -> None:
 
 def column_name(entry) -> str:
     """A column's name as this session reads it: the base, or an epoch file's ``epoch 20`` / ``step 250`` label
-    (stored and drawn in English: ``epoch_names.label``)."""
-    if entry is None:
-        return _("base")
-    return epoch_names.label(entry.name, entry.epoch, entry.step, translate=_)
+    (stored and drawn in English: ``plan.column_label``)."""
+    return column_label(entry, translate=_)
