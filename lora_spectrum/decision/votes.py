@@ -20,6 +20,7 @@ from pathlib import Path
 from lora_spectrum.decision.ranking import RESULTS, fit
 from lora_spectrum.errors import CatalogError, RatingsError
 from lora_spectrum.language import _
+from lora_spectrum.plan import column_label
 
 BASE = "base"  # the base model's item key; epochs are keyed by their file's sha256
 VERSION = 1
@@ -200,7 +201,7 @@ def series_ratings(catalog, series: str | None, ratings_dir: str | Path, base: b
     for key in [*judged, *(k for k in ranking.order if k not in judged)]:
         entry = by_key.get(key)
         rank = rank + 1 if key in judged else rank
-        rows.append({"key": key, "file": entry.name if entry else None, "label": entry.label if entry else BASE,
+        rows.append({"key": key, "file": entry.name if entry else None, "label": column_label(entry, translate=_),
                      "epoch": entry.epoch if entry else None, "score": ranking.scores[key],
                      "stderr": ranking.stderr[key], "rank": rank if key in judged else None,
                      "wins": ranking.wins[key], "losses": ranking.losses[key], "ties": ranking.ties[key]})
