@@ -6,6 +6,7 @@ import contextlib
 import threading
 
 from lora_spectrum.errors import BusyError
+from lora_spectrum.language import _
 
 
 class Admission:
@@ -18,7 +19,7 @@ class Admission:
     @contextlib.contextmanager
     def enter(self):
         if not self._slots.acquire(blocking=False):
-            raise BusyError("the workbench is busy with other renders; try again when they finish")
+            raise BusyError(_("the workbench is busy with other renders; try again when they finish"))
         try:
             yield
         finally:
@@ -28,7 +29,7 @@ class Admission:
     def exclusive(self, busy: str):
         """Every slot (no run in progress, none can start); ``BusyError(busy)`` at once while a run holds one."""
         with contextlib.ExitStack() as held:
-            for _ in range(self.limit):
+            for _slot in range(self.limit):
                 if not self._slots.acquire(blocking=False):
                     raise BusyError(busy)
                 held.callback(self._slots.release)

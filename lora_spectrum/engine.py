@@ -33,6 +33,7 @@ from lora_spectrum.errors import (
 )
 from lora_spectrum.families import Family, detect_family, get_family
 from lora_spectrum.fuse_policy import FusePolicy, resolve_fuse
+from lora_spectrum.language import _
 from lora_spectrum.sampling import Sampling
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class Engine:
         """Whether swaps merge the adapter into the base weights now (fixed by ``fuse: on/off``; auto decides)."""
         return self.hotswap.fuse
 
-    def _count_te_forward(self, *_):
+    def _count_te_forward(self, *_args):
         self.text_encoder_forwards += 1
 
     # ------------------------------------------------------------------ loading
@@ -222,7 +223,7 @@ class Engine:
         runs out of memory, its routes render one by one.
         """
         for call in calls:
-            if len({len(seeds) for _, _, seeds in call}) > 1:
+            if len({len(seeds) for _path, _strength, seeds in call}) > 1:
                 raise PlanError("the routes of one batched call must have the same number of seeds")
         out: list[list[RenderResult | LoraSpectrumError | None]] = [[None] * len(call) for call in calls]
         prepared: dict[str, object] = {}
@@ -231,7 +232,7 @@ class Engine:
                 for call, results in zip(calls, out, strict=True):
                     # 1. Each file read and checked on its own, so that a bad one fails its own route only.
                     shared, alone = [], []
-                    for i, (path, strength, _) in enumerate(call):
+                    for i, (path, strength, _seeds) in enumerate(call):
                         if path is not None and float(strength) != 0.0:
                             try:
                                 if str(path) not in prepared:  # one file at two strengths is read once
@@ -364,8 +365,8 @@ class Engine:
                 self.fuse_policy.observe_render(self.hotswap, self._shape(req), stamps)
             return list(out.images)
         self.free_memory()
-        raise OutOfMemoryError(f"out of memory rendering {n} image(s) at {sampling.width}x{sampling.height}: use a "
-                               f"smaller size or fewer seeds, or set offload: model in the config")
+        raise OutOfMemoryError(_("out of memory rendering {n} image(s) at {width}x{height}: use a smaller size or fewer "
+                                 "seeds, or set offload: model in the config").format(n=n, width=sampling.width, height=sampling.height))
 
     def free_memory(self) -> None:
         free_memory()

@@ -11,7 +11,7 @@ from PIL import Image
 from lora_spectrum import epoch_names
 from lora_spectrum.catalog import READY, Catalog, LoraEntry
 from lora_spectrum.errors import LoraSpectrumError, PlanError
-from lora_spectrum.language import N_
+from lora_spectrum.language import N_, _
 from lora_spectrum.sampling import Sampling
 
 BASE_LABEL = N_("base")  # also a value: the base column's name in manifests and run records
@@ -32,23 +32,24 @@ class Plan:
     def validate(self, samplers: list[str] | None = None) -> None:
         """Raise one ``PlanError`` naming the first bad value; called before anything renders."""
         if not self.columns:
-            raise PlanError("choose at least one epoch (or the base column)")
+            raise PlanError(_("choose at least one epoch (or the base column)"))
         if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
-            raise PlanError("a prompt is required")
+            raise PlanError(_("a prompt is required"))
         if not self.seeds:
-            raise PlanError("give at least one seed")
+            raise PlanError(_("give at least one seed"))
         for s in self.seeds:
             if isinstance(s, bool) or not isinstance(s, int) or s < 0 or s >= 2**63:
-                raise PlanError(f"seed {s!r} must be a non-negative whole number")
+                raise PlanError(_("seed {seed} must be a non-negative whole number").format(seed=repr(s)))
         if not self.strengths:
-            raise PlanError("give at least one strength")
+            raise PlanError(_("give at least one strength"))
         for s in self.strengths:
             if not isinstance(s, (int, float)) or not math.isfinite(s):
-                raise PlanError(f"strength {s!r} must be a finite number")
+                raise PlanError(_("strength {strength} must be a finite number").format(strength=repr(s)))
         self.sampling.validate(self.size_factor)
         for e in self.columns:
             if e is not None and e.state != READY:
-                raise PlanError(f"{e.name} cannot be used: {e.state}, {e.reason}")
+                raise PlanError(_("{file} cannot be used: {state}, {reason}").format(file=e.name, state=_(e.state),
+                                                                                       reason=e.reason))
         if samplers is not None:
             self.sampling.validate(self.size_factor, samplers)
 
@@ -81,22 +82,24 @@ def select_columns(catalog: Catalog, series: str | None, epochs: str, include_ba
     naming a requested file that is unusable and why) listing the choices."""
     series, entries = catalog.choose_series(series, ready_only=True, family=family)
     unusable = {e.name: (e, e.problem(family)) for e in catalog.series().get(series, []) if e.problem(family)}
-    skipped = [(name, f"{problem[0]}: {problem[1]}") for name, (_, problem) in unusable.items()]
+    skipped = [(name, f"{problem[0]}: {problem[1]}") for name, (_entry, problem) in unusable.items()]
     if epochs != "all":
         try:
             wanted = [int(x) for x in epochs.split(",") if x.strip()]
         except ValueError as exc:
-            raise PlanError(f"--epochs must be 'all' or comma-separated numbers, not {epochs!r}") from exc
+            raise PlanError(_("--epochs must be 'all' or comma-separated numbers, not {epochs}").format(
+                epochs=repr(epochs))) from exc
         have = {e.epoch: e for e in entries}
         for w in wanted:
             bad = next(((e, p) for e, p in unusable.values() if e.epoch == w), None)
             if w not in have and bad:
-                raise PlanError(f"epoch {w} of series {series!r} is {bad[0].name}, which cannot be used: "
-                                f"{bad[1][0]}, {bad[1][1]}")
+                raise PlanError(_("epoch {epoch} of series {series} is {file}, which cannot be used: {state}, "
+                                  "{reason}").format(epoch=w, series=repr(series), file=bad[0].name,
+                                                     state=_(bad[1][0]), reason=bad[1][1]))
         missing = [w for w in wanted if w not in have]
         if missing:
-            raise PlanError(f"epoch(s) {missing} not in series {series!r}; it has "
-                            f"{', '.join(str(e.epoch) for e in entries)}")
+            raise PlanError(_("epoch(s) {missing} not in series {series}; it has {epochs}").format(
+                missing=missing, series=repr(series), epochs=", ".join(str(e.epoch) for e in entries)))
         entries, skipped = [have[w] for w in wanted], []
     return ([None] if include_base else []) + entries, skipped
 

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 from lora_spectrum.errors import PlanError
+from lora_spectrum.language import N_, _
 
 
 @dataclass(frozen=True)
@@ -37,14 +38,17 @@ class Sampling:
     def validate(self, size_factor: int = 8, samplers: list[str] | tuple[str, ...] | None = None) -> Sampling:
         """Raise one ``PlanError`` naming the first bad value; returns itself so calls can chain."""
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
-            raise PlanError(f"steps must be at least 1, not {self.steps!r}")
+            raise PlanError(_("steps must be at least 1, not {steps}").format(steps=repr(self.steps)))
         if not isinstance(self.guidance, (int, float)) or not math.isfinite(self.guidance) or self.guidance < 0:
-            raise PlanError(f"guidance must be a finite number >= 0, not {self.guidance!r}")
-        for name, v in (("width", self.width), ("height", self.height)):
+            raise PlanError(_("guidance must be a finite number >= 0, not {guidance}").format(
+                guidance=repr(self.guidance)))
+        for name, v in ((N_("width"), self.width), (N_("height"), self.height)):
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0 or v % size_factor:
-                raise PlanError(f"{name} {v!r} must be a positive multiple of {size_factor} for this model")
+                raise PlanError(_("{name} {value} must be a positive multiple of {factor} for this model").format(
+                    name=_(name), value=repr(v), factor=size_factor))
         if samplers is not None and self.sampler not in samplers:
-            raise PlanError(f"sampler {self.sampler!r} is not offered for this model; choose {list(samplers)}")
+            raise PlanError(_("sampler {sampler} is not offered for this model; choose {samplers}").format(
+                sampler=repr(self.sampler), samplers=list(samplers)))
         return self
 
     def as_dict(self) -> dict:

@@ -3,6 +3,7 @@ survive translation, the catalogs compile with Babel, and the language follows t
 
 from __future__ import annotations
 
+import ast
 import gettext
 import io
 import json
@@ -60,6 +61,21 @@ def test_no_translatable_string_hides_inside_an_f_string():
             if "f" in prefix and marked.search(tok.string):
                 hidden.append(f"{path.relative_to(ROOT)}:{tok.start[0]}: {tok.string[:60]}")
     assert not hidden, "take these _() calls out of their f-strings:\n" + "\n".join(hidden)
+
+
+def test_no_module_that_translates_binds_the_name_underscore():
+    """``for _ in ...`` (or ``a, _ = ...``) in a module that imports ``_`` would make ``_`` local to its function:
+    a translation there then fails (``UnboundLocalError``), or silently uses the throwaway value."""
+    bound = []
+    for path in [ROOT / "app.py", *sorted((ROOT / "lora_spectrum").rglob("*.py"))]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if not any(isinstance(n, ast.ImportFrom) and any(a.name == "_" for a in n.names) for n in ast.walk(tree)):
+            continue
+        for n in ast.walk(tree):
+            if (isinstance(n, ast.Name) and n.id == "_" and isinstance(n.ctx, ast.Store)) or \
+                    (isinstance(n, ast.arg) and n.arg == "_"):
+                bound.append(f"{path.relative_to(ROOT)}:{n.lineno}")
+    assert not bound, "rename these throwaway _ (e.g. _unused):\n" + "\n".join(bound)
 
 
 def test_the_code_marks_the_strings_of_every_view_and_of_the_core():

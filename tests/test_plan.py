@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from lora_spectrum import language
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.errors import PlanError
 from lora_spectrum.plan import calls, groups, jobs, make_plan, plan_cells
@@ -68,3 +69,14 @@ def test_manifest_settings_keep_their_keys_and_order():
     assert list(settings) == ["base", "family", "prompts", "prompt", "negative_prompt", "seeds", "strengths",
                               "steps", "guidance", "width", "height", "sampler", "columns"]
     assert settings["columns"] == ["base"] and settings["steps"] == 8 and settings["sampler"] == "Euler (flow)"
+
+
+def test_a_bad_value_is_named_in_the_active_language():
+    d = load_family_defaults("sdxl")
+    zh = language.translator("zh_CN")
+    with language.using(zh), pytest.raises(PlanError) as caught:
+        make_plan(d, [None], [], prompts=["p"])
+    assert str(caught.value) == zh.gettext("give at least one seed") != "give at least one seed"
+    with language.using(zh), pytest.raises(PlanError) as caught:
+        make_plan(d, [None], [1], prompts=["p"], sampling=d.sampling.override(width=1001))
+    assert "1001" in str(caught.value) and zh.gettext("width") in str(caught.value)

@@ -26,8 +26,9 @@ def run_render(engine, catalog, settings, controls: Controls) -> None:
     which the per-step progress update makes at most one denoising step away. Finished cells stay in the session.
     """
     try:
-        plan = make_plan(engine.defaults, controls.columns, controls.seeds, controls.strengths, [controls.prompt],
-                         controls.sampling)
+        with active():  # a bad value is named in the session's language
+            plan = make_plan(engine.defaults, controls.columns, controls.seeds, controls.strengths, [controls.prompt],
+                             controls.sampling)
     except LoraSpectrumError as exc:
         st.error(md_escape(error_text(exc)))
         return

@@ -192,7 +192,8 @@ def rank_view(settings, choice, catalog, controls) -> None:
                                                                  seeds=len(controls.seeds)))
         if st.button(_("Start blind ranking"), type="primary", key="rank_start"):
             try:
-                _start(choice, catalog, settings, controls)
+                with active():  # a bad value is named in the session's language
+                    _start(choice, catalog, settings, controls)
             except LoraSpectrumError as exc:
                 st.error(md_escape(error_text(exc)))
                 return

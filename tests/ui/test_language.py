@@ -130,3 +130,13 @@ def test_shipping_from_a_chinese_session_writes_a_chinese_model_card(app_config,
     assert f"\n## {zh('Why this epoch')}\n" in card and "\n## Why this epoch\n" not in card
     assert "墨线干净，颜色还在" in card and "jimeng" in card  # the note and the names as they were typed
     assert card.startswith("---\ntags:") or "\ntags:\n" in card.split("---")[1]  # the front matter stays the hub's
+
+
+def test_a_typing_mistake_is_explained_in_chinese_and_the_app_keeps_running(app_config):
+    at = started(choice="zh_CN")
+    at.sidebar.text_input(key="strengths").set_value("1.0, strong").run()
+    assert not at.exception, at.exception
+    expected = zh("{what}: write numbers separated by commas, e.g. 1, 2, 3").format(what=zh("Strengths"))
+    assert expected in [e.value for e in at.sidebar.error]
+    at.sidebar.text_input(key="strengths").set_value("1.0").run()
+    assert not at.sidebar.error and at.button(key="render").label == zh("Render")
