@@ -27,6 +27,7 @@ from lora_spectrum.catalog import Catalog, LoraEntry
 from lora_spectrum.decision.model_card import epoch_measures, model_card, ranking_row
 from lora_spectrum.errors import CatalogError, ShipError
 from lora_spectrum.grid_files import base_name, read_manifest
+from lora_spectrum.language import _
 from lora_spectrum.lora_keys import HEADER_LIMIT, read_header
 
 PREFIX = "lora_spectrum."
@@ -58,19 +59,19 @@ def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | Non
     name = release_name(name if name is not None else series_name)
     out = Path(out_dir)
     if out.resolve().is_relative_to(catalog.folder.resolve()):  # a release there would be scanned as an epoch
-        raise ShipError(f"{out}: inside the loras folder; promote into another folder")
+        raise ShipError(_("{folder}: inside the loras folder; promote into another folder").format(folder=out))
     manifest, grid_png = None, None
     if grid:
         grid_dir, manifest = read_manifest(grid)
         grid_png = grid_dir / "grid.png"
         if not grid_png.is_file():
-            raise ShipError(f"{grid_dir}: no grid.png in this grid folder")
+            raise ShipError(_("{folder}: no grid.png in this grid folder").format(folder=grid_dir))
     targets = {"file": out / f"{name}.safetensors", "card": out / f"{name}.md"}
     if grid_png is not None:
         targets["grid"] = out / f"{name}.grid.png"
     for path in targets.values():
         if path.exists() or path.is_symlink():
-            raise ShipError(f"{path}: exists; never overwritten (choose another --name or folder)")
+            raise ShipError(_exists(path))
 
     # 2. The source as scanned: unchanged since, its hash, its header.
     with _as_ship_error():
@@ -128,9 +129,11 @@ def pick_entry(catalog: Catalog, epoch: int, series: str | None = None) -> tuple
                         f"({', '.join(e.name for e in found)}){hint}")
     epochs = sorted({e.epoch for e in entries if e.epoch is not None})
     steps = sorted({e.step for e in entries if e.step is not None})
-    have = "; ".join([f"epochs {', '.join(map(str, epochs))}"] * bool(epochs)
-                     + [f"steps {', '.join(map(str, steps))}"] * bool(steps)) or "no numbered files"
-    raise ShipError(f"series {series!r} has no epoch {epoch}; it has {have}")
+    have = "; ".join([_("epochs {numbers}").format(numbers=", ".join(map(str, epochs)))] * bool(epochs)
+                     + [_("steps {numbers}").format(numbers=", ".join(map(str, steps)))] * bool(steps)) \
+        or _("no numbered files")
+    raise ShipError(_("series {series} has no epoch {epoch}; it has {have}").format(series=repr(series), epoch=epoch,
+                                                                                    have=have))
 
 
 def release_name(name: str) -> str:
@@ -139,7 +142,8 @@ def release_name(name: str) -> str:
         raise ShipError(f"{name!r}: not a plain file name for the release (no folders, no leading dot, none of "
                         f'<>:"/\\|?* ); give --name')
     if name.lower().endswith(".safetensors") or len(name) > 200:
-        raise ShipError(f"{name!r}: give the release name without .safetensors, at most 200 characters")
+        raise ShipError(_("{name}: give the release name without .safetensors, at most 200 characters").format(
+            name=repr(name)))
     return name
 
 
@@ -205,8 +209,8 @@ def copy_with_metadata(entry: LoraEntry, table: dict, data_start: int, metadata:
             os.fsync(dst.fileno())
         # 2. The bytes read were the bytes hashed before, and the copy reads back as the same tensors.
         if digest.hexdigest() != sha:
-            raise ShipError(f"{entry.name}: the file changed while it was being copied; nothing was promoted "
-                            f"(rescan and try again)")
+            raise ShipError(_("{file}: the file changed while it was being copied; nothing was promoted (rescan and "
+                              "try again)").format(file=entry.name))
         _check_copy(tmp, table, metadata)
         # 3. Into place, never over an existing file.
         _link_exclusive(tmp, target)
@@ -237,11 +241,15 @@ def _check_copy(path: Path, table: dict, metadata: dict[str, str]) -> None:
                         "promoted")
 
 
+def _exists(path: Path) -> str:
+    return _("{path}: exists; never overwritten (choose another --name or folder)").format(path=path)
+
+
 def _link_exclusive(tmp: Path, target: Path) -> None:
     try:
         os.link(tmp, target)
     except FileExistsError as exc:
-        raise ShipError(f"{target}: exists; never overwritten (choose another --name or folder)") from exc
+        raise ShipError(_exists(target)) from exc
     except OSError:  # a file system without hard links: an exclusive create, which also never overwrites
         _copy_exclusive(tmp, target)
 
@@ -256,7 +264,7 @@ def _write_exclusive(target: Path, data: bytes | BinaryIO) -> None:
     try:
         dst = open(target, "xb")  # closed below: the exclusive create is the point
     except FileExistsError as exc:
-        raise ShipError(f"{target}: exists; never overwritten (choose another --name or folder)") from exc
+        raise ShipError(_exists(target)) from exc
     try:
         with dst:
             if isinstance(data, bytes):
