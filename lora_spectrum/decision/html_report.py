@@ -120,15 +120,15 @@ def _columns(settings: dict, cells: list[dict]) -> list[tuple[str | None, str]]:
 
 
 def _shown_label(cell: dict) -> str:
-    """A column's name in the active language: ``base``, or ``epoch 20`` / ``step 250`` from the cell's epoch and
-    the step its file name carries (the manifest's ``label`` when neither is known)."""
+    """A column's name in the active language: ``base``, or the manifest's ``label`` (``epoch 20``, ``step 250``)
+    translated when it is the label this package writes for that file; any other label is shown as it is."""
     file = cell.get("file")
     if not isinstance(file, str):
         return _("base")
     _series, named_epoch, step = parse_name(Path(file).stem)
     epoch = cell.get("epoch") if isinstance(cell.get("epoch"), int) else named_epoch
-    return label(file, epoch, step, translate=_) if epoch is not None or step is not None else \
-        str(cell.get("label") or file)
+    written = str(cell.get("label") or file)
+    return label(file, epoch, step, translate=_) if written == label(file, epoch, step) else written
 
 
 def _ordered(first, values) -> list:

@@ -60,9 +60,9 @@ def _epoch_measures(insight: dict) -> list[dict]:
             values[str(tag)] = number(v)
         for group, g in (row.get("groups") or {}).items():
             values[_("norm: {group}").format(group=group)] = number((g or {}).get("weight_norm"))
-        numbered = row.get("epoch") is not None or row.get("step") is not None
-        name = (label(row.get("file") or "", row.get("epoch"), row.get("step"), translate=_) if numbered
-                else row.get("label") or row.get("file"))
+        file, epoch, step = row.get("file") or "", row.get("epoch"), row.get("step")
+        written = row.get("label") or file  # translated only when it is the label this package writes
+        name = label(file, epoch, step, translate=_) if written == label(file, epoch, step) else written
         out.append({"name": str(name), "file": row.get("file"), "epoch": row.get("epoch"), "step": row.get("step"),
                     "values": values})
     return out
