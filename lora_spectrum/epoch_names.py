@@ -88,6 +88,12 @@ def label(name: str, epoch: int | None, step: int | None, translate=str) -> str:
     return name
 
 
+def shown(written: str, name: str, epoch: int | None, step: int | None, translate) -> str:
+    """A label read back from a file (a manifest, an insight) as shown: translated when it is the label this
+    package writes for ``name``, ``epoch`` and ``step``; any other label (a user's, a hostile one) as it is."""
+    return label(name, epoch, step, translate) if written == label(name, epoch, step) else written
+
+
 def sort_key(series: str, epoch: int | None, step: int | None, name: str) -> tuple:
     """Series naturally, then epoch, then step, numerically; files without any number last in their series."""
     unnumbered = epoch is None and step is None

@@ -87,7 +87,7 @@ def compile_catalogs(root: Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class Translator:
-    """The words and formats of one language: ``gettext``/``ngettext`` over its catalog, ``number`` and ``date``
+    """The words and formats of one language: ``gettext``/``pgettext`` over its catalog, ``number`` and ``date``
     written the way that language writes them (Babel's locale data)."""
 
     code: str
@@ -95,9 +95,6 @@ class Translator:
 
     def gettext(self, message: str) -> str:
         return self.catalog.gettext(message)
-
-    def ngettext(self, singular: str, plural: str, n: int) -> str:
-        return self.catalog.ngettext(singular, plural, n)
 
     def pgettext(self, context: str, message: str) -> str:
         """``message`` where the same English word means two things (``pgettext("LoRA", "rank")``)."""
@@ -168,10 +165,6 @@ def pad(text: str, columns: int, right: bool = False) -> str:
 def _(message: str) -> str:
     """``message`` in the active language."""
     return current().gettext(message)
-
-
-def ngettext(singular: str, plural: str, n: int) -> str:
-    return current().ngettext(singular, plural, n)
 
 
 def pgettext(context: str, message: str) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from lora_spectrum.decision.report_insight import fmt, insight_section, number
-from lora_spectrum.epoch_names import label, parse_name
+from lora_spectrum.epoch_names import parse_name, shown
 from lora_spectrum.errors import ConfigError
 from lora_spectrum.grid_files import base_name, read_manifest
 from lora_spectrum.language import N_, _, current
@@ -113,7 +113,8 @@ def _columns(settings: dict, cells: list[dict]) -> list[tuple[str | None, str]]:
     """(file or None for the base, label) in display order: the manifest's columns, then any other cell's."""
     labels: dict = {}
     for c in cells:
-        labels.setdefault(c.get("file"), _shown_label(c))
+        if c.get("file") not in labels:
+            labels[c.get("file")] = _shown_label(c)
     named = [None if n == "base" else n for n in settings.get("columns") or [] if isinstance(n, str)]
     order = [f for f in dict.fromkeys([*named, *labels]) if f in labels]
     return [(f, str(labels[f])) for f in order]
@@ -127,8 +128,7 @@ def _shown_label(cell: dict) -> str:
         return _("base")
     _series, named_epoch, step = parse_name(Path(file).stem)
     epoch = cell.get("epoch") if isinstance(cell.get("epoch"), int) else named_epoch
-    written = str(cell.get("label") or file)
-    return label(file, epoch, step, translate=_) if written == label(file, epoch, step) else written
+    return shown(str(cell.get("label") or file), file, epoch, step, translate=_)
 
 
 def _ordered(first, values) -> list:

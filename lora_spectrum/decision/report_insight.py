@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 
 from lora_spectrum.decision.svg_chart import line_chart
-from lora_spectrum.epoch_names import label
+from lora_spectrum.epoch_names import shown
 from lora_spectrum.language import N_, _
 
 e = html.escape
@@ -61,8 +61,7 @@ def _epoch_measures(insight: dict) -> list[dict]:
         for group, g in (row.get("groups") or {}).items():
             values[_("norm: {group}").format(group=group)] = number((g or {}).get("weight_norm"))
         file, epoch, step = row.get("file") or "", row.get("epoch"), row.get("step")
-        written = row.get("label") or file  # translated only when it is the label this package writes
-        name = label(file, epoch, step, translate=_) if written == label(file, epoch, step) else written
+        name = shown(row.get("label") or file, file, epoch, step, translate=_)
         out.append({"name": str(name), "file": row.get("file"), "epoch": row.get("epoch"), "step": row.get("step"),
                     "values": values})
     return out

@@ -29,10 +29,6 @@ def _(message: str) -> str:
     return translator().gettext(message)
 
 
-def ngettext(singular: str, plural: str, n: int) -> str:
-    return translator().ngettext(singular, plural, n)
-
-
 def pgettext(context: str, message: str) -> str:
     return translator().pgettext(context, message)
 
