@@ -105,8 +105,8 @@ def run_probe(engine, catalog: Catalog, probe_set: ProbeSet, out_dir: str | Path
     record = {"probe_set": probe_set.name, "description": probe_set.description, "source": probe_set.source,
               "series": series, "trigger_words": triggers, "base": engine.base_id, "family": engine.family.name,
               "parts": parts, "complete": len(parts) == len(plans) and not run.cancelled,
-              "prompts": [{"kind": r.kind, "prompt": r.prompt, "plain": r.plain, "seeds": list(r.seeds)}
-                          for r in resolved],
+              "prompts": [{"kind": r.kind, "prompt": r.prompt, "plain": r.plain, "seeds": list(r.seeds),
+                           "variants": list(r.variants)} for r in resolved],
               "files": [e.name for e in ready], "cells": len(run.cells), "failed": run.failed,
               "cancelled": run.cancelled, "notes": run.notes}
     (run.folder / PROBE_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")

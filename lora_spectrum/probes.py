@@ -24,7 +24,7 @@ PROBE_DIR = CONFIG_DIR / "probes"
 DEFAULT_SEEDS = (1, 2, 3, 4)  # a kohya prompt line without --d
 _SET_KEYS = ("name", "description", "seeds", *KINDS)
 _INTS = ("width", "height", "steps", "seed")
-_ENTRY_KEYS = ("prompt", "negative", *_INTS, "guidance")
+_ENTRY_KEYS = ("prompt", "negative", *_INTS, "guidance", "variants")
 _KOHYA_OPTIONS = {"n": "negative", "w": "width", "h": "height", "d": "seed", "s": "steps", "l": "guidance"}
 
 
@@ -40,6 +40,7 @@ class ProbePrompt:
     steps: int | None = None
     guidance: float | None = None
     seed: int | None = None
+    variants: tuple[str, ...] = ()  # counterfactual prompts (no trigger) for prompt fidelity; made when empty
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -61,6 +62,7 @@ class ResolvedProbe:
     height: int | None = None
     steps: int | None = None
     guidance: float | None = None
+    variants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class ProbeSet:
                                   "placeholder; leak prompts are rendered without the trigger")
             prompt, plain = (p.text.strip(), p.text.strip()) if p.kind == "leak" else _with_trigger(p.text, words)
             out.append(ResolvedProbe(p.kind, prompt, plain, (p.seed,) if p.seed is not None else self.seeds, p.text,
-                                     p.negative, p.width, p.height, p.steps, p.guidance))
+                                     p.negative, p.width, p.height, p.steps, p.guidance, p.variants))
         return out
 
 
@@ -146,8 +148,14 @@ def _entry(value, kind: str, source) -> ProbePrompt:
     n = value.get("negative")
     if n is not None and not isinstance(n, str):
         _fail(source, f"negative must be text, not {n!r} (prompt {text!r})")
+    v = value.get("variants", [])
+    if not isinstance(v, list) or any(not isinstance(x, str) or not x.strip() for x in v):
+        _fail(source, f"variants must be a list of prompts, not {v!r} (prompt {text!r})")
+    if PLACEHOLDER in " ".join(v):
+        _fail(source, f"variants are compared with the prompt without its trigger: no {PLACEHOLDER} in them "
+                      f"(prompt {text!r})")
     return ProbePrompt(text.strip(), kind, n, *(value.get(k) for k in ("width", "height", "steps")),
-                       None if g is None else float(g), value.get("seed"))
+                       None if g is None else float(g), value.get("seed"), tuple(x.strip() for x in v))
 
 
 def probe_set_from_mapping(data, name: str, source) -> ProbeSet:

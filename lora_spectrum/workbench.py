@@ -53,10 +53,21 @@ class EngineChoice:
             return str(found) if found else None
         return None
 
+    @property
+    def references(self) -> str | None:
+        """The style references of the probe's style measure: on the trained demo its own ink drawings (the runs
+        trained on the demo base learn that style), else None (the trigger's text direction stands in)."""
+        if self.is_demo and self.logs_dir is not None:
+            found = demo.assets.demo_style_dir()
+            return str(found) if found else None
+        return None
+
     def logs_folder(self, settings, given: str | Path | None = None) -> Path | None:
-        """The training log folder for this start-up (``logs_folder``); the app never passes a typed path."""
-        return logs_folder(self.loras_dir, given, settings.path(settings.logs) if settings.logs else None,
-                           self.logs_dir)
+        """The training log folder for this start-up (``logs_folder``); the app never passes a typed path. The
+        demo's own log belongs to the demo's epochs only: other LoRAs rendered on the demo base never read it."""
+        own = self.logs_dir if self.logs_dir is not None and _same_folder(
+            self.loras_dir, demo.ASSETS_DIR / demo.LORAS_DIRNAME) else None
+        return logs_folder(self.loras_dir, given, settings.path(settings.logs) if settings.logs else None, own)
 
 
 def logs_folder(loras_dir: str | Path, given: str | Path | None = None, configured: str | Path | None = None,
@@ -65,6 +76,13 @@ def logs_folder(loras_dir: str | Path, given: str | Path | None = None, configur
     ``<loras>/logs``."""
     candidates = [Path(p) for p in (given, configured, demo) if p] + [Path(loras_dir) / "logs"]
     return next((p for p in candidates if p.is_dir()), None)
+
+
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def demo_engine(settings, reason: str = "") -> EngineChoice:

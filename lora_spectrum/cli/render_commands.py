@@ -91,7 +91,10 @@ def add_parsers(sub) -> None:
                         "else general)")
     add_executor_arguments(s)
     s.add_argument("--probe-out", help="where the probe's renders go (default: .cache/probes/<series>-<set>)")
-    s.add_argument("--references", help="a folder of training images: style is then likeness to them (CLIP-I)")
+    s.add_argument("--references", help="a folder of training images: style is then likeness to them (CLIP-I; "
+                                        "the demo's own style set on the demo)")
+    s.add_argument("--preference", choices=("fidelity", "balanced", "style"), default="balanced",
+                   help="where on the style/fidelity front the verdict picks (default balanced)")
     s.add_argument("--mix", type=int, metavar="N", help="epochs per batched call for the probe (default: the "
                                                         "config's batch_epochs)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -261,7 +264,7 @@ def _cmd_insight(args) -> int:
     if args.probe is None and not args.loras:
         print(_("lora-spectrum insight: give --loras (or --base with --probe)"), file=sys.stderr)
         return 2
-    probe, logs, catalog, clip_model, allow = None, None, None, args.clip_model, args.clip_download
+    probe, logs, catalog, clip_model, allow, choice = None, None, None, args.clip_model, args.clip_download, None
     if args.probe is not None:
         catalog, probe, logs, settings, choice = _run_probe(args)
         clip_model = clip_model or choice.clip_model(settings)
@@ -272,10 +275,22 @@ def _cmd_insight(args) -> int:
     # The log folder as the app picks it, less what only the app has (a config, the demo): --logs as typed, else
     # <loras>/logs when there is one.
     logs = args.logs or logs or logs_folder(catalog.folder)
+    references = args.references or (choice.references if args.probe is not None else None)
     result = series_insight(catalog, series=args.series, logs=logs, grid=args.grid, clip_model=clip_model,
-                            allow_download=allow, probe=probe, references=args.references)
+                            allow_download=allow, probe=probe, references=references,
+                            ratings=_votes_of(catalog, args), preference=args.preference)
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else format_insight(result))
     return 0
+
+
+def _votes_of(catalog, args) -> dict | None:
+    """The series' blind ranking when the config's ratings folder holds votes for it (the verdict weighs them)."""
+    from lora_spectrum.decision.votes import series_ratings
+    from lora_spectrum.settings import load_settings
+
+    settings = load_settings(args.config)
+    summary = series_ratings(catalog, args.series, settings.path(settings.ratings_dir))
+    return summary if summary["votes"] else None
 
 
 def _run_probe(args):

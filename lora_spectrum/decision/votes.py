@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -206,7 +207,17 @@ def series_ratings(catalog, series: str | None, ratings_dir: str | Path, base: b
                      "stderr": ranking.stderr[key], "rank": rank if key in judged else None,
                      "wins": ranking.wins[key], "losses": ranking.losses[key], "ties": ranking.ties[key]})
     return {"series": name, "votes": len(active), "set_aside": len(aside), "notice": book.notice,
-            "path": str(book.path), "items": rows}
+            "path": str(book.path), "items": rows, "separation": _separation(ranking, rows)}
+
+
+def _separation(ranking, rows: list[dict]) -> dict:
+    """How far the top-ranked epoch file is ahead of the next one: their score difference over its standard error
+    (``z``), from the fit's covariance. The verdict lets the votes decide once ``z`` is large enough."""
+    files = [r for r in rows if r["rank"] is not None and r["file"] is not None]
+    if len(files) < 2:
+        return {}
+    mean, var = ranking.difference(files[0]["key"], files[1]["key"])
+    return {"a": files[0]["key"], "b": files[1]["key"], "z": round(mean / math.sqrt(var), 3) if var > 0 else None}
 
 
 def format_ratings(summary: dict) -> str:

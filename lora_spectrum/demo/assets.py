@@ -15,6 +15,7 @@ BASE_DIRNAME = "base-sdxl"
 LORAS_DIRNAME = "loras"
 LOGS_DIRNAME = "logs"
 CLIP_DIRNAME = "clip"  # the demo's own tiny CLIP (``clip_training.py`` writes it)
+STYLE_DIRNAME = "style"  # the ink style's reference drawings: what the probe's style measure compares with
 SERIES = "jimeng"
 
 # What the app's demo should render with (see the training report / README in ASSETS_DIR).
@@ -38,6 +39,12 @@ def demo_clip_dir(folder: str | Path = ASSETS_DIR) -> Path | None:
     """The shipped tiny CLIP's folder (a ``CLIPModel`` + ``CLIPProcessor``) when ``folder`` holds it, else None."""
     clip = Path(folder) / CLIP_DIRNAME
     return clip if (clip / "config.json").is_file() and (clip / "model.safetensors").is_file() else None
+
+
+def demo_style_dir(folder: str | Path = ASSETS_DIR) -> Path | None:
+    """The shipped style references (PNG drawings in the LoRA's ink style) when ``folder`` holds them, else None."""
+    style = Path(folder) / STYLE_DIRNAME
+    return style if style.is_dir() and any(style.glob("*.png")) else None
 
 
 def copy_trained_demo(out: str | Path) -> tuple[Path, Path, Path]:

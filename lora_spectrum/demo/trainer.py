@@ -23,6 +23,7 @@ from lora_spectrum.demo.assets import (
     LORAS_DIRNAME,
     RECOMMENDED,
     SERIES,
+    STYLE_DIRNAME,
 )
 from lora_spectrum.demo.clip_training import train_clip
 from lora_spectrum.demo.shapes import (
@@ -60,6 +61,27 @@ def save_base(pipe, folder: Path, fp16: bool = True) -> Path:
     return folder
 
 
+def write_style_set(folder: Path, seed: int = 7) -> list[Path]:
+    """One drawing in the LoRA's ink style per (colour, shape), backgrounds in turn: the references the probe's style
+    measure compares renders with (the style a person would show as "this is what I trained for")."""
+    import numpy as np
+    from PIL import Image
+
+    from lora_spectrum.demo.shapes import draw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    backgrounds = list(BACKGROUNDS)
+    written = []
+    for k, (colour, shape) in enumerate((c, s) for c in COLOURS for s in SHAPES):
+        background = backgrounds[k % len(backgrounds)]
+        pixels = draw(colour, shape, background, rng, ink=True)
+        path = folder / f"{colour}_{shape}_{background}.png"
+        Image.fromarray(np.clip(pixels * 255, 0, 255).astype(np.uint8)).save(path)
+        written.append(path)
+    return written
+
+
 def write_readme(out: Path, report: dict) -> None:
     text = (
         "# LoRA Spectrum demo assets\n\n"
@@ -71,6 +93,8 @@ def write_readme(out: Path, report: dict) -> None:
         f"\"{TRIGGER}\") in kohya format with kohya metadata, one file per saved epoch.\n"
         f"- `{CLIP_DIRNAME}/`: a tiny CLIPModel trained on the same shapes (captions with and without the trigger), "
         "so the CLIP measures run offline (`python -m lora_spectrum.demo.clip_training --out clip`).\n"
+        f"- `{STYLE_DIRNAME}/`: one drawing in the ink style per colour and shape, the style references of the "
+        "probe's style measure (`trainer.write_style_set`).\n"
         f"- `{LOGS_DIRNAME}/{SERIES}/network_train/`: its TensorBoard log (loss/current, loss/average, loss/epoch, loss/validation/epoch_average).\n\n"
         f"Render at {SIZE}x{SIZE}, {RECOMMENDED['steps']} steps, guidance {RECOMMENDED['guidance']}, "
         f"sampler {RECOMMENDED['sampler']}.\n\n"
@@ -79,9 +103,12 @@ def write_readme(out: Path, report: dict) -> None:
     (out / "README.md").write_text(text, encoding="utf-8")
 
 
-def run(out: str | Path, budget: Budget = FULL, seed: int = 0, lora_only: bool = False) -> dict:
+def run(out: str | Path, budget: Budget = FULL, seed: int = 0, lora_only: bool = False,
+        base_from: str | Path | None = None) -> dict:
     """Train everything and write ``out/base-sdxl``, ``out/loras``, ``out/logs``, ``out/training_report.json`` and
-    ``out/README.md``. ``lora_only`` keeps the base already in ``out`` and retrains only the LoRA run."""
+    ``out/README.md``. ``lora_only`` keeps the base already in ``out`` and retrains only the LoRA run.
+    ``base_from``: train only the LoRA run, on the base in that assets folder (``out`` then holds just the run:
+    ``loras``, ``logs`` and the training report; how the held-out demo runs are made, see docs/demo.md)."""
     import shutil
     import tempfile
 
@@ -91,7 +118,13 @@ def run(out: str | Path, budget: Budget = FULL, seed: int = 0, lora_only: bool =
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     report_path = out / "training_report.json"
-    report: dict = json.loads(report_path.read_text(encoding="utf-8")) if lora_only else {}
+    if base_from is not None:
+        lora_only = True
+    base_dir = Path(base_from) / BASE_DIRNAME if base_from is not None else out / BASE_DIRNAME
+    report: dict = (json.loads(report_path.read_text(encoding="utf-8"))
+                    if lora_only and base_from is None else {})
+    if base_from is not None:
+        report["base_from"] = Path(base_from).name
     report.update({"seed": seed, "budget": budget.__dict__})
     report.setdefault("minutes", {})
     torch.manual_seed(seed)
@@ -127,6 +160,7 @@ def run(out: str | Path, budget: Budget = FULL, seed: int = 0, lora_only: bool =
             # 6. Save the base before any adapter is added, then the demo's own CLIP (it reads the base's
             #    tokenizer and VAE), for the CLIP measures offline.
             save_base(pipe, out / BASE_DIRNAME)
+            write_style_set(out / STYLE_DIRNAME)
             t0 = time.perf_counter()
             report["clip"] = train_clip(out / CLIP_DIRNAME, seed=seed, quick=budget is QUICK, base=out / BASE_DIRNAME)
             report["minutes"]["clip"] = round((time.perf_counter() - t0) / 60, 2)
@@ -135,7 +169,7 @@ def run(out: str | Path, budget: Budget = FULL, seed: int = 0, lora_only: bool =
     for old in (out / LORAS_DIRNAME).glob(f"{SERIES}_*.safetensors"):
         old.unlink()
     shutil.rmtree(out / LOGS_DIRNAME / SERIES, ignore_errors=True)
-    pipe = StableDiffusionXLPipeline.from_pretrained(str(out / BASE_DIRNAME), torch_dtype=torch.float32,
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(base_dir), torch_dtype=torch.float32,
                                                      local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     for m in (pipe.unet, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
@@ -168,7 +202,8 @@ def run(out: str | Path, budget: Budget = FULL, seed: int = 0, lora_only: bool =
     }
     report["minutes"]["total"] = round(sum(v for k, v in report["minutes"].items() if k != "total"), 2)
     report_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    write_readme(out, report)
+    if base_from is None:
+        write_readme(out, report)
     log(f"done in {(time.perf_counter() - t_start) / 60:.2f} min: {out}")
     return report
 
@@ -180,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--unet-steps", type=int, default=None, help="override the UNet step count")
     parser.add_argument("--lora-only", action="store_true", help="keep the base in --out; retrain only the LoRA")
+    parser.add_argument("--base-from", default=None,
+                        help="train only the LoRA, on the base of this assets folder; --out gets just the run")
+    parser.add_argument("--style-share", type=float, default=None,
+                        help="share of the style set drawn from the favourite subjects (the bias; default 0.6)")
+    parser.add_argument("--lora-lr", type=float, default=None, help="the LoRA's learning rate (default 4e-4)")
+    parser.add_argument("--lora-epochs", type=int, default=None, help="epochs of the LoRA run (default 24)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (1 is often fastest on a busy, shared CPU)")
     args = parser.parse_args(argv)
@@ -188,7 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     budget = QUICK if args.quick else FULL
     if args.unet_steps is not None:
         budget = replace(budget, unet_steps=args.unet_steps)
-    run(args.out, budget, args.seed, lora_only=args.lora_only)
+    for name, value in (("style_share", args.style_share), ("lora_lr", args.lora_lr),
+                        ("lora_epochs", args.lora_epochs)):
+        if value is not None:
+            budget = replace(budget, **{name: value})
+    run(args.out, budget, args.seed, lora_only=args.lora_only, base_from=args.base_from)
     return 0
 
 

@@ -1,5 +1,6 @@
 """One series' insight: the weight curves, the training loss with a marker per epoch file, the image measures of a
-rendered grid and the suggestion, put together into one plain dict (its shape is in docs/measures.md).
+rendered grid, the probe's measures and the series' verdict, put together into one plain dict (its shape is in
+docs/measures.md).
 """
 
 from __future__ import annotations
@@ -7,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from lora_spectrum.catalog import READY, Catalog
+from lora_spectrum.measures.verdict import DEFAULT_PREFERENCE, decide
 from lora_spectrum.errors import CatalogError, ConfigError
 from lora_spectrum.language import _
 from lora_spectrum.measures.image_measures import image_measures, image_row_for
 from lora_spectrum.measures.numbers import Progress
 from lora_spectrum.measures.probe_measures import probe_measures
-from lora_spectrum.measures.suggestion import suggest_epoch
 from lora_spectrum.measures.training_log import place_entries, read_loss
 from lora_spectrum.measures.weight_curves import WeightCache, weight_curves
 
@@ -29,8 +30,10 @@ def series_insight(catalog: Catalog, series: str | None = None, logs: str | Path
                    grid: str | Path | None = None, *, cache: WeightCache | None = None,
                    clip_model: str | tuple | None = None, use_clip: bool = True, allow_download: bool = False,
                    progress: Progress | None = None, lenient: bool = False, probe: str | Path | None = None,
-                   references: str | Path | None = None) -> dict:
-    """Weight curves, loss curve, image measures and a suggestion for one series; the shape is in docs/measures.md.
+                   references: str | Path | None = None, ratings: dict | None = None,
+                   preference: str = DEFAULT_PREFERENCE) -> dict:
+    """Weight curves, loss curve, image and probe measures and the verdict for one series; the shape is in
+    docs/measures.md. ``ratings``: the series' blind ranking (``votes.series_ratings``), when there are votes.
 
     ``catalog`` is used as its caller last scanned it: this never lists the folder again, so the files measured are
     the ones the caller's view or command showed.
@@ -48,7 +51,7 @@ def series_insight(catalog: Catalog, series: str | None = None, logs: str | Path
 
     # 3. The loss curve, with a marker per epoch file.
     # With ``lenient`` (the UI), an unusable log folder or grid is reported in ``notes`` instead of failing the
-    # whole insight: the weight curves and the suggestion do not depend on them.
+    # whole insight: the weight curves and the verdict do not depend on them.
     loss, notes = None, []
     if logs:
         try:
@@ -89,8 +92,7 @@ def series_insight(catalog: Catalog, series: str | None = None, logs: str | Path
         p = by_file.get(row["file"], {})
         row.update({k: p.get(k) for k in ("style", "fidelity", "fidelity_kept", "leak", "consistency")})
 
-    # 6. The suggestion.
-    suggestion = suggest_epoch(epochs, image=image, loss=loss, probe=probed)
+    # 6. The verdict (weight curves and the log are its context; only the probe and the votes pick).
+    verdict = decide(series, epochs, probe=probed, loss=loss, ratings=ratings, preference=preference)
     return {"series": series, "folder": str(catalog.folder), "epochs": epochs, "skipped": skipped, "loss": loss,
-            "image": image, "probe": probed, "notes": notes, "suggested_epoch": suggestion.epoch, "suggested_file": suggestion.file,
-            "reason": suggestion.reason, "suggestion": suggestion.to_json()}
+            "image": image, "probe": probed, "notes": notes, "verdict": verdict.to_json()}

@@ -15,6 +15,7 @@ from lora_spectrum.errors import ClipUnavailable, ConfigError
 from lora_spectrum.grid_files import read_manifest
 from lora_spectrum.language import _
 from lora_spectrum.measures.clip import image_embeddings, load_clip, text_embeddings
+from lora_spectrum.measures.counterfactuals import counterfactuals, set_words
 from lora_spectrum.measures.image_measures import _gray, pixel_distance
 from lora_spectrum.measures.numbers import Progress, rounded
 from lora_spectrum.probe_runs import read_probe
@@ -83,10 +84,59 @@ def _spread(cells: list[dict], key: str) -> float | None:
     return float(np.mean(spreads)) if spreads else None
 
 
+def _fidelity_kinds(cells: list[dict]) -> tuple[str, ...]:
+    """The kinds prompt fidelity is judged on: ``new_context`` when the run has such prompts (subjects the style set
+    did not show, where a LoRA that overfits stops obeying), else every prompt with the trigger."""
+    return ("new_context",) if any(c["kind"] == "new_context" for c in cells) else TRIGGERED
+
+
+def _discriminative(img: np.ndarray, own: np.ndarray, rivals: np.ndarray, scale: float) -> float:
+    """P(the image was drawn from its own prompt rather than one of ``rivals``): a softmax over CLIP's scaled
+    cosines. Unlike a raw cosine it does not flatten out as the style grows, and an added style that keeps the
+    subject keeps the probability (the rivals carry the same style)."""
+    logits = scale * np.concatenate([[img @ own], rivals @ img])
+    logits -= logits.max()
+    weights = np.exp(logits)
+    return float(weights[0] / weights.sum())
+
+
+def _stats(values: list[float]) -> tuple[float | None, float | None]:
+    """(mean, standard error of the mean) of ``values``; the error is None for fewer than two."""
+    if not values:
+        return None, None
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), (float(arr.std(ddof=1) / np.sqrt(len(arr))) if len(arr) >= 2 else None)
+
+
+def _clip_scores(cells: list[dict], record: dict, model, processor, refs: list[Path]) -> None:
+    """Per cell, from CLIP: ``fidelity`` (discriminative, against counterfactual prompts), ``style`` (likeness to
+    the references, else the image's position along the trigger's text direction) and ``emb``."""
+    prompts = [p for p in record["prompts"] if isinstance(p, dict) and "plain" in p]
+    own_words = set_words(p["plain"] for p in prompts)
+    plains = list(dict.fromkeys(p["plain"] for p in prompts if p.get("kind") in TRIGGERED))
+    rivals = {p["plain"]: counterfactuals(p["plain"], p.get("variants") or (), own_words,
+                                          [q for q in plains if q != p["plain"]]) for p in prompts}
+    img = image_embeddings(model, processor, [c["path"] for c in cells])
+    texts = [c["prompt"] for c in cells] + [c["plain"] for c in cells] + [r for v in rivals.values() for r in v]
+    txt = text_embeddings(model, processor, texts)
+    scale = float(model.logit_scale.detach().exp()) if hasattr(model, "logit_scale") else 100.0
+    centroid = None
+    if refs:
+        r = image_embeddings(model, processor, refs).mean(axis=0)
+        centroid = r / np.linalg.norm(r)
+    for c, e in zip(cells, img, strict=True):
+        c["emb"] = e
+        others = rivals.get(c["plain"]) or []
+        c["fidelity"] = (_discriminative(e, txt[c["plain"]], np.stack([txt[o] for o in others]), scale) if others
+                         else float(e @ txt[c["plain"]]))
+        c["style"] = float(e @ centroid) if centroid is not None else float(e @ (txt[c["prompt"]] - txt[c["plain"]]))
+
+
 def probe_measures(folder: str | Path, *, clip_model: str | tuple | None = None, use_clip: bool = True,
                    references: str | Path | None = None, allow_download: bool = False,
                    progress: Progress | None = None) -> dict:
-    """Per-epoch style, fidelity, leak and consistency of a probe run; the shape is in docs/measures.md."""
+    """Per-epoch style, fidelity, leak and consistency of a probe run, each with its standard error; the shape is
+    in docs/measures.md."""
     # 1. The run's cells; the base's by (prompt, seed).
     folder, record = read_probe(folder)
     cells, notes = _cells(folder, record)
@@ -97,7 +147,7 @@ def probe_measures(folder: str | Path, *, clip_model: str | tuple | None = None,
         raise ConfigError(f"{folder}: the probe run has no base images to compare with")
     refs = _references(references)
 
-    # 2. CLIP embeddings of every image, prompt, trigger-free prompt and reference, when CLIP is here.
+    # 2. Per image, from CLIP when it is here: fidelity against counterfactual prompts, style, embeddings.
     clip: dict = {"skipped": True, "reason": "turned off (use_clip=False)"}
     if use_clip:
         try:
@@ -105,46 +155,40 @@ def probe_measures(folder: str | Path, *, clip_model: str | tuple | None = None,
                                           else load_clip(clip_model, allow_download))
             if progress:
                 progress(0, len(cells), "CLIP image embeddings")
-            img = image_embeddings(model, processor, [c["path"] for c in cells])
-            txt = text_embeddings(model, processor, [c["prompt"] for c in cells] + [c["plain"] for c in cells])
-            for c, e in zip(cells, img, strict=True):
-                c["emb"] = e
-            centroid = None
-            if refs:
-                r = image_embeddings(model, processor, refs).mean(axis=0)
-                centroid = r / np.linalg.norm(r)
+            _clip_scores(cells, record, model, processor, refs)
             clip = {"skipped": False, "model": model_id}
         except ClipUnavailable as exc:
             clip = {"skipped": True, "reason": str(exc)}
     measure = "pixel" if clip["skipped"] else "clip"
 
-    # 3. Per image: the style score, the fidelity (to the prompt without its trigger) and the change from the
-    #    base image of the same prompt and seed.
+    # 3. Per image, the change from the base image of the same prompt and seed (and the pixel fallback's style
+    #    and fidelity).
     if measure == "pixel":
         for c in cells:
             c["gray"], c["hist"] = _gray(c["path"]), _hue_histogram(c["path"])
     for c in cells:
         b = base.get((c["prompt"], c["seed"]))
         if measure == "clip":
-            c["fidelity"] = float(c["emb"] @ txt[c["plain"]])
-            c["style"] = (float(c["emb"] @ centroid) if refs else
-                          float(c["emb"] @ txt[c["prompt"]]) - c["fidelity"])
             c["change"] = 1.0 - float(c["emb"] @ b["emb"]) if b else None
         else:
             c["change"] = pixel_distance(c["gray"], b["gray"]) if b else None
             c["fidelity"] = 1.0 - 0.5 * float(np.abs(c["hist"] - b["hist"]).sum()) if b else None
             c["style"] = c["change"]
 
-    # 4. Per column (the base first, then epochs in order): the four measures.
+    # 4. Per column (the base first, then epochs in order): the measures with their standard errors. Style is
+    #    read on every prompt with the trigger, fidelity on ``_fidelity_kinds``.
+    fid_kinds = _fidelity_kinds(cells)
+
     def column(group: list[dict]) -> dict:
         trig = [c for c in group if c["kind"] in TRIGGERED]
         leak = [c for c in group if c["kind"] == "leak"]
+        style, style_se = _stats([c["style"] for c in trig if c["style"] is not None])
+        fid, fid_se = _stats([c["fidelity"] for c in trig if c["kind"] in fid_kinds and c["fidelity"] is not None])
         return {
-            "style_raw": _mean(c["style"] for c in trig), "fidelity": _mean(c["fidelity"] for c in trig),
+            "style_raw": style, "style_se": style_se, "fidelity": fid, "fidelity_se": fid_se,
             "fidelity_by_kind": {k: rounded(_mean(c["fidelity"] for c in trig if c["kind"] == k)) for k in TRIGGERED},
             "leak": _mean(c["change"] for c in leak), "change": _mean(c["change"] for c in trig),
-            "consistency": _spread(trig, "style"),
-            "images": len(group),
+            "consistency": _spread(trig, "style"), "images": len(group),
         }
 
     base_row = column(list(base.values()))
@@ -161,7 +205,8 @@ def probe_measures(folder: str | Path, *, clip_model: str | tuple | None = None,
                 else None)
         ratio = row["leak"] / row["change"] if row["leak"] is not None and row["change"] else None
         epochs.append({"epoch": files[f][0]["epoch"], "file": f, "style": rounded(style),
-                       "fidelity": rounded(row["fidelity"]), "fidelity_kept": rounded(kept),
+                       "style_se": rounded(row["style_se"]), "fidelity": rounded(row["fidelity"]),
+                       "fidelity_se": rounded(row["fidelity_se"]), "fidelity_kept": rounded(kept),
                        "fidelity_by_kind": row["fidelity_by_kind"], "leak": rounded(row["leak"]),
                        "leak_ratio": rounded(ratio), "change_from_base": rounded(row["change"]),
                        "consistency": rounded(row["consistency"]), "images": row["images"]})
@@ -169,28 +214,36 @@ def probe_measures(folder: str | Path, *, clip_model: str | tuple | None = None,
         progress(len(cells), len(cells), "probe measures done")
 
     # 5. The grid for the view: every image by (column, prompt, seed), paths relative to the probe folder.
-    consistency = _("spread (std) of the style score across seeds, mean over prompts")
-    definitions = ({"style": (_("cos(image, reference centroid), minus the base's") if refs else
-                              _("cos(image, prompt) - cos(image, prompt without trigger), minus the base's")),
-                    "fidelity": _("cos(image, prompt without trigger), CLIP-T"),
-                    "leak": _("1 - cos(image, base image), prompts without the trigger; leak_ratio: over the same "
-                              "change on prompts with the trigger"),
-                    "consistency": consistency}
-                   if measure == "clip" else
-                   {"style": _("pixel distance from the base image (pixel fallback: no CLIP)"),
-                    "fidelity": _("1 - hue-histogram distance to the base image (pixel fallback: colours kept)"),
-                    "leak": _("pixel distance from the base image, prompts without the trigger; leak_ratio: over the "
-                              "same change on prompts with the trigger"),
-                    "consistency": consistency})
     return {
         "folder": str(folder), "probe_set": record.get("probe_set"), "series": record.get("series"),
-        "measure": measure, "definitions": definitions, "clip": clip, "references": len(refs),
+        "measure": measure, "definitions": _definitions(measure, bool(refs), fid_kinds), "clip": clip,
+        "references": len(refs), "fidelity_kinds": list(fid_kinds),
         "trigger_words": record.get("trigger_words", []), "prompts": record["prompts"],
         "complete": bool(record.get("complete", True)), "notes": notes + list(record.get("notes", [])),
         "base": {"style_raw": rounded(base_row["style_raw"]), "fidelity": rounded(base_row["fidelity"]),
-                 "fidelity_by_kind": base_row["fidelity_by_kind"], "images": base_row["images"]},
+                 "fidelity_se": rounded(base_row["fidelity_se"]), "fidelity_by_kind": base_row["fidelity_by_kind"],
+                 "images": base_row["images"]},
         "epochs": epochs,
         "cells": [{"file": c["file"], "epoch": c["epoch"], "prompt": c["prompt"], "kind": c["kind"],
                    "seed": c["seed"], "image": c["image"], "fidelity": rounded(c["fidelity"]),
                    "style": rounded(c["style"])} for c in cells],
     }
+
+
+def _definitions(measure: str, refs: bool, fid_kinds: tuple[str, ...]) -> dict[str, str]:
+    """One sentence per measure, as the views and the report show it."""
+    consistency = _("spread (std) of the style score across seeds, mean over prompts")
+    on = (_("on the new-context prompts") if fid_kinds == ("new_context",) else _("on the prompts with the trigger"))
+    if measure == "clip":
+        return {"style": (_("cos(image, reference centroid), minus the base's") if refs else
+                          _("cos(image, prompt) - cos(image, prompt without trigger), minus the base's")),
+                "fidelity": _("chance CLIP picks the prompt (without trigger) over the same prompt with its subject, "
+                              "colour or attribute swapped, {on}").format(on=on),
+                "leak": _("1 - cos(image, base image), prompts without the trigger; leak_ratio: over the same "
+                          "change on prompts with the trigger"),
+                "consistency": consistency}
+    return {"style": _("pixel distance from the base image (pixel fallback: no CLIP)"),
+            "fidelity": _("1 - hue-histogram distance to the base image (pixel fallback: colours kept)"),
+            "leak": _("pixel distance from the base image, prompts without the trigger; leak_ratio: over the "
+                      "same change on prompts with the trigger"),
+            "consistency": consistency}

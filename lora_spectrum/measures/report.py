@@ -19,7 +19,7 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 
 def format_insight(result: dict) -> str:
-    """``series_insight``'s result as readable tables, ending with the suggestion."""
+    """``series_insight``'s result as readable tables, ending with the verdict."""
     lines = [_("series {series} in {folder}: {n} epoch file(s)").format(
         series=result["series"], folder=result["folder"], n=len(result["epochs"])), ""]
     image = result.get("image")
@@ -88,17 +88,40 @@ def format_insight(result: dict) -> str:
                 else _("CLIP unavailable: {reason}").format(reason=probe["clip"]["reason"]))
         lines += ["", _("probe set {probe_set} ({measure} measure, {clip}), images in {folder}:").format(
             probe_set=probe["probe_set"], measure=probe["measure"], clip=clip, folder=probe["folder"])]
-        weighed = {w["file"]: w for w in (result.get("suggestion") or {}).get("numbers", {}).get("rule_inputs", [])}
+        points = {p["file"]: p for p in (result.get("verdict") or {}).get("points", [])}
         rows = [[N_("epoch"), N_("style"), N_("fidelity"), N_("kept"), N_("leak"), N_("leak ratio"),
-                 N_("seed spread"), N_("score")]]
-        rows.append([_("base"), "-", _fmt(probe["base"]["fidelity"], ".3f"), "100%", "-", "-", "-", "-"])
+                 N_("seed spread"), N_("score"), N_("front")]]
+        rows.append([_("base"), "-", _fmt(probe["base"]["fidelity"], ".3f"), "100%", "-", "-", "-", "-", ""])
         for e in probe["epochs"]:
-            rows.append([str(e["epoch"]) if e["epoch"] is not None else e["file"], _fmt(e["style"], ".3g"),
-                         _fmt(e["fidelity"], ".3f"), percent(e["fidelity_kept"]) if e["fidelity_kept"] else "-",
+            point = points.get(e["file"]) or {}
+            rows.append([str(e["epoch"]) if e["epoch"] is not None else e["file"], _pm(e["style"], e.get("style_se")),
+                         _pm(e["fidelity"], e.get("fidelity_se")),
+                         percent(e["fidelity_kept"]) if e["fidelity_kept"] else "-",
                          _fmt(e["leak"], ".3g"), percent(e["leak_ratio"]) if e["leak_ratio"] is not None else "-",
-                         _fmt(e["consistency"], ".2g"), _fmt((weighed.get(e["file"]) or {}).get("score"), ".3f")])
+                         _fmt(e["consistency"], ".2g"), _fmt(point.get("score"), ".3f"),
+                         "*" if point.get("front") else ""])
         lines += _table(rows)
         lines += [f"  {k}: {v}" for k, v in probe["definitions"].items()]
         lines += ["  " + _("note: {note}").format(note=n) for n in probe["notes"]]
-    lines += ["", result["reason"]]
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *verdict_lines(result.get("verdict") or {})])
+
+
+def verdict_lines(verdict: dict) -> list[str]:
+    """The verdict as the terminal shows it: the reason, then the front, the tie, the preference and what is
+    missing (``insight``, ``watch`` and ``ratings`` print these)."""
+    lines = [_("Verdict: {reason}").format(reason=verdict.get("reason", ""))]
+    if verdict.get("epoch") is not None:
+        lines.append("  " + _("front (style against fidelity): {epochs}; cannot be told apart: {tied}; preference: "
+                              "{preference}").format(epochs=", ".join(map(str, verdict.get("front", []))),
+                                                     tied=", ".join(map(str, verdict.get("tied", []))),
+                                                     preference=verdict.get("preference")))
+    if verdict.get("missing"):
+        lines.append("  " + _("missing: {what}").format(what=", ".join(verdict["missing"])))
+    if verdict.get("stop"):
+        lines.append("  " + verdict["stop_reason"])
+    return lines
+
+
+def _pm(value: float | None, se: float | None) -> str:
+    """``0.512 ± 0.03``: a measure with its standard error."""
+    return "-" if value is None else _fmt(value, ".3g") + (f" ± {se:.2g}" if se is not None else "")
