@@ -54,15 +54,17 @@ def _parts(resolved: list[ResolvedProbe]) -> list[tuple[tuple, list[ResolvedProb
 
 def run_probe(engine, catalog: Catalog, probe_set: ProbeSet, out_dir: str | Path, *, series: str | None = None,
               cache=None, on_progress: Progress | None = None, cancel: threading.Event | None = None,
-              on_step=None, mix: int = 1) -> ProbeRun:
+              on_step=None, mix: int = 1, files: list[str] | None = None) -> ProbeRun:
     """Render the base and every ready epoch of ``series`` over ``probe_set`` into ``out_dir``.
 
     Cached cells are taken from ``cache``, so a re-run renders nothing new. On cancel, what finished is written
-    and kept (and cached); the rest is marked cancelled. Progress counts over all parts together.
+    and kept (and cached); the rest is marked cancelled. Progress counts over all parts together. ``files``: only
+    these file names of the series (the watcher's complete ones), else every ready file.
     """
     # 1. The series' ready files (epoch order) and the base; the trigger words from their metadata.
     series, entries = catalog.choose_series(series)
-    ready = [e for e in entries if e.state == READY and e.problem(engine.family.name) is None]
+    ready = [e for e in entries if e.state == READY and e.problem(engine.family.name) is None
+             and (files is None or e.name in files)]
     if not ready:
         raise ConfigError(f"{catalog.folder}: series {series!r} has no file this base can use")
     triggers = list(dict.fromkeys(w for e in ready for w in e.trigger_words))

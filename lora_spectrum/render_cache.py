@@ -70,6 +70,10 @@ class RenderCache:
                 with contextlib.suppress(OSError):
                     tmp.unlink(missing_ok=True)
                 return False
+            except BaseException:  # Ctrl-C between the write and the rename: no half-written entry is left
+                with contextlib.suppress(OSError):
+                    tmp.unlink(missing_ok=True)
+                raise
         return True
 
     def prune(self) -> None:

@@ -1,7 +1,8 @@
 """``python -m lora_spectrum`` / ``lora-spectrum``: argument parsing and printing, nothing else.
 
 Every command calls the same core functions the Streamlit app uses: ``render_commands`` (inspect, demo, grid,
-bench, insight), ``decision_commands`` (ratings, promote, report) and ``base_commands`` (fetch-base). Exit codes: 0 success, 1 some work failed
+bench, insight), ``decision_commands`` (ratings, promote, report), ``base_commands`` (fetch-base) and
+``watch_command`` (watch). Exit codes: 0 success, 1 some work failed
 (reported, the rest done), 2 bad arguments or an unusable input (one line on stderr).
 """
 
@@ -11,11 +12,12 @@ import argparse
 import sys
 
 from lora_spectrum import language
-from lora_spectrum.cli import base_commands, decision_commands, render_commands
+from lora_spectrum.cli import base_commands, decision_commands, render_commands, watch_command
 from lora_spectrum.cli.arguments import Parser, quiet_libraries
 from lora_spectrum.errors import LoraSpectrumError
 
-COMMANDS = {**render_commands.COMMANDS, **decision_commands.COMMANDS, **base_commands.COMMANDS}
+COMMANDS = {**render_commands.COMMANDS, **decision_commands.COMMANDS, **base_commands.COMMANDS,
+            **watch_command.COMMANDS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     render_commands.add_parsers(sub)
     decision_commands.add_parsers(sub)
     base_commands.add_parsers(sub)
+    watch_command.add_parsers(sub)
     return p
 
 
