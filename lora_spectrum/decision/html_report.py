@@ -40,8 +40,8 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .grid td.cell,.grid td.repeat{min-width:120px}.grid img.pixel,.lightbox img.pixel{image-rendering:pixelated}
 .grid details{text-align:left;max-width:320px}.grid summary{font-size:12px;color:#555;cursor:pointer}
 .missing{display:flex;align-items:center;justify-content:center;min-height:100px;background:#eee;color:#900}
-.repeat small,.note{color:#666;font-size:12px}.suggested{background:#fff7d6}
-.suggestion{background:#fff7d6;border-left:4px solid #e0b000;padding:8px 10px}
+.repeat small,.note{color:#666;font-size:12px}.pick{background:#fff7d6}
+.verdict{background:#fff7d6;border-left:4px solid #e0b000;padding:8px 10px}
 .charts{display:flex;flex-wrap:wrap;gap:12px}.charts svg{flex:1 1 300px}
 dl.settings{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px}dl.settings dd{margin:0}
 .lightbox{display:none;position:fixed;inset:0;background:rgba(0,0,0,.94);z-index:10;overflow:auto;padding:12px}

@@ -16,8 +16,11 @@ from urllib.parse import quote
 
 import yaml
 
-from lora_spectrum.errors import shorten
+from lora_spectrum.epoch_names import label as epoch_label
+from lora_spectrum.errors import ConfigError, shorten
 from lora_spectrum.language import N_, _
+from lora_spectrum.measures.numbers import percent
+from lora_spectrum.measures.verdict import Verdict
 
 VALUE_LIMIT = 200  # characters of one metadata value shown in the card
 TOP_TAGS = 8
@@ -135,6 +138,16 @@ def epoch_measures(insight: dict | None, file: str, epoch: int | None) -> dict:
     return out
 
 
+def verdict_of(insight: dict | None) -> dict | None:
+    """The series' verdict in ``series_insight``'s dict (``measures.verdict``'s block), read back and checked; None
+    when the insight has none (no insight, an old manifest, a block that is not a verdict)."""
+    block = insight.get("verdict") if isinstance(insight, dict) else None
+    try:
+        return Verdict.from_json(block).to_json() if block is not None else None
+    except (ConfigError, TypeError):
+        return None
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
@@ -195,7 +208,8 @@ def model_card(name: str, *, source: str, sha256: str, epoch: int | None, metada
     base model, why this epoch, the grid image, how to reproduce the grid, training metadata, the files.
 
     ``metadata``: the source's whole ``__metadata__``; ``ranking``: a ranking summary (``ranking_row``);
-    ``insight``: ``series_insight``'s dict; ``grid``: a grid manifest (``settings``, ``cells``); ``grid_image``: the
+    ``insight``: ``series_insight``'s dict (its ``verdict`` is quoted as it stands: the reason is this epoch's
+    only when the verdict picked this epoch); ``grid``: a grid manifest (``settings``, ``cells``); ``grid_image``: the
     image's file name next to the card; ``loras``: the loras folder as the reproduce command names it."""
     triggers = [t for t in trigger_words if str(t).strip()]
     base = hub_base(base_id, metadata)
@@ -276,16 +290,70 @@ def _why_section(place, source, sha256, epoch, note, ranking, insight) -> str:
         lines.append("- " + _("Blind A/B ranking: #{rank} of {of} ({score}{votes}{total}; Bradley-Terry "
                               "log-strength ± standard error).").format(rank=row["rank"], of=row["of"], score=score,
                                                                         votes=votes, total=total))
-    sug = (insight or {}).get("suggestion") if isinstance(insight, dict) else None
-    if isinstance(sug, dict) and sug.get("reason"):
-        same = sug.get("file") == source or (epoch is not None and sug.get("epoch") == epoch)
-        lines.append("- " + (_("Insight (this epoch): {reason}") if same else _("Insight: {reason}")).format(
-            reason=text(sug["reason"], 600)))
+    lines += _verdict_lines(verdict_of(insight), place, source, epoch)
     measures = epoch_measures(insight, source, epoch)
     if measures:
         lines += ["", _row(_("measure"), _("value")), "|---|---|"]
         lines += [f"| {text(k)} | {number(v)} |" for k, v in measures.items()]
     return "\n".join(lines)
+
+
+def _verdict_lines(verdict: dict | None, place: str, source: str, epoch: int | None) -> list[str]:
+    """The verdict as it stood when shipping: its reason (said to be another epoch's when it picked another), the
+    preference, the front, the epochs the measures cannot tell apart, this epoch's probe numbers."""
+    if verdict is None:
+        return []
+    reason = text(verdict["reason"], 1000)
+    if verdict.get("file") is None and verdict.get("epoch") is None:
+        said = (_("Verdict when shipped: no probe judged these epochs, so none was picked. {reason}")
+                if verdict["state"] == "needs probe" else _("Verdict when shipped: no pick. {reason}"))
+        return ["- " + said.format(reason=reason), *_missing_line(verdict)]
+    # 1. The verdict's own sentence, as this epoch's only when it picked this epoch.
+    this = verdict["file"] == source if verdict.get("file") else verdict.get("epoch") == epoch
+    said = (_("Verdict when shipped (this epoch): {reason}") if this else
+            _("Shipped {place} by choice; the verdict picks {pick}: {reason}"))
+    lines = ["- " + said.format(place=place, pick=_epoch_name(verdict.get("file"), verdict.get("epoch")),
+                                reason=reason)]
+    # 2. Where it stood: the preference, the front, the epochs the measures cannot tell apart.
+    tied = verdict.get("tied") or []
+    lines.append("- " + _("Preference: {preference}. Front (no other epoch has more style and more prompt fidelity): "
+                          "{front}.").format(preference=text(preference_name(verdict.get("preference"))),
+                                             front=_epoch_names(verdict.get("front")) or _("none"))
+                 + " " + (_("The measures cannot tell apart: {epochs}.").format(epochs=_epoch_names(tied))
+                          if len(tied) > 1 else _("The measures tell their pick apart from every other epoch.")))
+    # 3. This epoch's own numbers on the probe, and how it stands against the measures' pick.
+    point = next((p for p in verdict.get("points") or [] if p.get("file") == source), None)
+    if point:
+        where = _("on the front") if point.get("front") else _("not on the front")
+        measures_pick = (verdict.get("picks") or {}).get(verdict.get("preference"))
+        if not this and point.get("epoch") == measures_pick:
+            where += _("; the measures alone pick this epoch")
+        elif not this and point.get("epoch") in tied:
+            where += _("; the measures cannot tell it apart from {name}").format(name=_epoch_name(None, measures_pick))
+        lines.append("- " + _("This epoch on the probe: {style} ± {style_se} of the run's most style, {kept} ± "
+                              "{kept_se} of the base's prompt fidelity kept; {where}.").format(
+            style=percent(point.get("style")), style_se=percent(point.get("style_se")),
+            kept=percent(point.get("fidelity")), kept_se=percent(point.get("fidelity_se")), where=where))
+    return lines + _missing_line(verdict)
+
+
+def _missing_line(verdict: dict) -> list[str]:
+    missing = [text(m) for m in verdict.get("missing") or []]
+    return ["- " + _("Evidence missing when shipped: {what}.").format(what=", ".join(missing))] if missing else []
+
+
+def _epoch_name(file: str | None, epoch: int | None) -> str:
+    return text(epoch_label(file or "", epoch, None, translate=_))
+
+
+def _epoch_names(epochs) -> str:
+    return ", ".join(_epoch_name(None, e) for e in epochs or [])
+
+
+def preference_name(name: str | None) -> str:
+    """The verdict's preference in words, in the active language."""
+    words = {"balanced": _("balanced"), "fidelity": _("fidelity first"), "style": _("style first")}
+    return words.get(name or "", str(name))
 
 
 def _reproduce_section(grid: dict, series: str | None, loras: str) -> str:

@@ -1,9 +1,9 @@
 """Promotion: one epoch of a scanned series copied out as a release file, with its model card and grid image.
 
 The copy's tensors are the source's byte for byte; only the safetensors header is rewritten (the trainer's
-metadata kept, provenance ``lora_spectrum.*`` keys and missing ``modelspec`` keys added). The source is only read;
-nothing is ever overwritten (targets are created exclusively); a file changed since the scan is refused. The card's
-text comes from ``model_card.py``; this module owns the files.
+metadata kept; provenance ``lora_spectrum.*`` keys, the series' verdict as it stood, and missing ``modelspec`` keys
+added). The source is only read; nothing is ever overwritten (targets are created exclusively); a file changed
+since the scan is refused. The card's text comes from ``model_card.py``; this module owns the files.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import BinaryIO
 from safetensors import SafetensorError, safe_open
 
 from lora_spectrum.catalog import Catalog, LoraEntry
-from lora_spectrum.decision.model_card import epoch_measures, model_card, ranking_row
+from lora_spectrum.decision.model_card import epoch_measures, model_card, ranking_row, verdict_of
 from lora_spectrum.errors import CatalogError, ShipError
 from lora_spectrum.grid_files import base_name, read_manifest
 from lora_spectrum.language import _
@@ -51,9 +51,10 @@ def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | Non
             note: str = "", ranking: dict | None = None, insight: dict | None = None,
             grid: str | Path | None = None, base_id: str | None = None) -> Promotion:
     """Copy ``epoch`` of ``series`` out of the scanned ``catalog`` as ``out_dir/NAME.safetensors`` with
-    ``NAME.md`` (and ``NAME.grid.png`` from ``grid``, a grid output folder). ``ShipError`` when the epoch is not
-    there, NAME is no plain file name, a target exists, or the source changed since the scan; then nothing stays
-    written."""
+    ``NAME.md`` (and ``NAME.grid.png`` from ``grid``, a grid output folder). ``insight`` is ``series_insight``'s
+    dict: its ``verdict`` goes into the metadata (``lora_spectrum.verdict``) and the card. ``ShipError`` when the
+    epoch is not there, NAME is no plain file name, a target exists, or the source changed since the scan; then
+    nothing stays written."""
     # 1. The entry, the release name and the targets; all refused before anything is written.
     series_name, entry = pick_entry(catalog, epoch, series)
     name = release_name(name if name is not None else series_name)
@@ -87,7 +88,7 @@ def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | Non
         promoted_at = datetime.now(UTC).isoformat(timespec="seconds")
         metadata = release_metadata(header.metadata, entry, name, sha, note, promoted_at,
                                     ranking_row(ranking, entry.name, entry.epoch, sha),
-                                    epoch_measures(insight, entry.name, entry.epoch))
+                                    epoch_measures(insight, entry.name, entry.epoch), verdict_of(insight))
         copy_with_metadata(entry, header.table, header.data_start, metadata, sha, targets["file"])
         created.append(targets["file"])
         if grid_png is not None:
@@ -149,9 +150,10 @@ def release_name(name: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- the copy
 def release_metadata(trainer: dict, entry: LoraEntry, name: str, sha: str, note: str, promoted_at: str,
-                     ranking: dict | None, measures: dict) -> dict[str, str]:
-    """The copy's ``__metadata__``: every key the trainer wrote, the ``lora_spectrum.*`` provenance keys, and
-    ``modelspec.title`` / ``modelspec.trigger_phrase`` where the trainer left them out. All values strings."""
+                     ranking: dict | None, measures: dict, verdict: dict | None = None) -> dict[str, str]:
+    """The copy's ``__metadata__``: every key the trainer wrote, the ``lora_spectrum.*`` provenance keys (the
+    verdict as JSON that ``Verdict.from_json`` reads back), and ``modelspec.title`` / ``modelspec.trigger_phrase``
+    where the trainer left them out. All values strings."""
     meta = {str(k): str(v) for k, v in trainer.items()}
     meta.update({
         f"{PREFIX}source_file": entry.name,
@@ -166,6 +168,8 @@ def release_metadata(trainer: dict, entry: LoraEntry, name: str, sha: str, note:
         meta[f"{PREFIX}ranking"] = json.dumps({k: ranking.get(k) for k in ("rank", "of", "score", "stderr", "votes")})
     if measures:
         meta[f"{PREFIX}measures"] = json.dumps(measures)
+    if verdict:
+        meta[f"{PREFIX}verdict"] = json.dumps(verdict)
     meta.setdefault("modelspec.title", name)
     if not (meta.get("modelspec.trigger_phrase") or "").strip() and entry.trigger_words:
         meta["modelspec.trigger_phrase"] = ", ".join(entry.trigger_words)

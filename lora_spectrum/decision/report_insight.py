@@ -1,4 +1,5 @@
-"""The Insight section of the HTML report: the measures per epoch as a table and as inline SVG charts, the loss,
+"""The Insight section of the HTML report: the series' verdict (its reason, the pick marked, style and fidelity with
+their standard errors, the front, the tie), the measures per epoch as a table and as inline SVG charts, the loss,
 and the notes. Reads an insight dict (``measures.insight.series_insight``'s, or a manifest's); escapes every
 text from it; measures nothing. ``html_report.py`` places it in the page.
 """
@@ -7,9 +8,11 @@ from __future__ import annotations
 
 import html
 
+from lora_spectrum.decision.model_card import preference_name, verdict_of
 from lora_spectrum.decision.svg_chart import line_chart
-from lora_spectrum.epoch_names import shown
+from lora_spectrum.epoch_names import label, shown
 from lora_spectrum.language import N_, _
+from lora_spectrum.measures.numbers import percent
 
 e = html.escape
 
@@ -42,10 +45,10 @@ CHARTS = (  # (title, the MEASURES headers it draws)
     (N_("Consistency (probe)"), ("consistency",)), (N_("Probe score"), ("probe score",)))
 
 
-def _epoch_measures(insight: dict) -> list[dict]:
-    """Per epoch row: ``{"name", "file", "x", "values": {header: number}}`` from the insight's epochs."""
-    scores = {w.get("file"): w.get("score") for w in
-              ((insight.get("suggestion") or {}).get("numbers") or {}).get("rule_inputs") or [] if isinstance(w, dict)}
+def _epoch_measures(insight: dict, verdict: dict | None) -> list[dict]:
+    """Per epoch row: ``{"name", "file", "x", "values": {header: number}}`` from the insight's epochs (the probe
+    score from the verdict's points)."""
+    scores = {p.get("file"): p.get("score") for p in (verdict or {}).get("points") or []}
     out = []
     for row in insight.get("epochs") or []:
         if not isinstance(row, dict):
@@ -67,6 +70,54 @@ def _epoch_measures(insight: dict) -> list[dict]:
     return out
 
 
+def verdict_section(verdict: dict | None) -> str:
+    """The verdict: its reason; once a probe judged, the preference, the front, the tie, and per probed epoch its
+    style and fidelity kept with their standard errors, the pick's row marked. "" when there is no verdict."""
+    if verdict is None:
+        return ""
+    parts = [f'<p class="verdict">{e(str(verdict["reason"]))}</p>']
+    facts, pick = [], verdict.get("file")
+    if pick or verdict.get("epoch") is not None:
+        tied = verdict.get("tied") or []
+        facts += [_("preference: {preference}").format(preference=preference_name(verdict.get("preference"))),
+                  _("front (style against prompt fidelity): {epochs}").format(epochs=_names(verdict.get("front")))]
+        facts += [_("the measures cannot tell apart: {epochs}").format(epochs=_names(tied))] if len(tied) > 1 else []
+        if number(verdict.get("confidence")) is not None:
+            facts.append(_("the same pick in {share} of the resamples").format(share=percent(verdict["confidence"])))
+    if verdict.get("missing"):
+        facts.append(_("missing: {what}").format(what=", ".join(map(str, verdict["missing"]))))
+    if verdict.get("stop") and verdict.get("stop_reason"):
+        facts.append(str(verdict["stop_reason"]))
+    if facts:
+        parts.append('<p class="note">' + " · ".join(e(f) for f in facts) + "</p>")
+    points = [p for p in verdict.get("points") or [] if isinstance(p, dict)]
+    if points:
+        head = "".join("<th>" + e(_(h)) + "</th>" for h in (
+            N_("epoch"), N_("style gained"), N_("fidelity kept"), N_("score"), N_("on the front"),
+            N_("picked in resamples")))
+        body = "".join(
+            f'<tr{" class=pick" if pick and p.get("file") == pick else ""}>'
+            f'<td>{e(label(str(p.get("file") or ""), p.get("epoch"), None, translate=_))}</td>'
+            f'<td class="num">{_pm(p.get("style"), p.get("style_se"))}</td>'
+            f'<td class="num">{_pm(p.get("fidelity"), p.get("fidelity_se"))}</td>'
+            f'<td class="num">{fmt(p.get("score"), ".3f")}</td><td>{"★" if p.get("front") else ""}</td>'
+            f'<td class="num">{e(percent(p["share"])) if number(p.get("share")) is not None else "-"}</td></tr>'
+            for p in points)
+        parts.append(f'<div class="scroll"><table class="verdict-points"><tr>{head}</tr>{body}</table></div>')
+    return "".join(parts)
+
+
+def _names(epochs) -> str:
+    return ", ".join(label("", x, None, translate=_) for x in epochs or [])
+
+
+def _pm(value, se) -> str:
+    """``87.5% ± 2.4%``: a share with its standard error ("-" when not measured)."""
+    if number(value) is None:
+        return "-"
+    return e(percent(value)) + (f" ± {e(percent(se))}" if number(se) is not None else "")
+
+
 def insight_section(insight) -> str:
     """The section's HTML: a note when the manifest has no insight (or a failed one), else table, charts, notes."""
     title = "<h2>" + e(_("Insight")) + "</h2>"
@@ -76,16 +127,15 @@ def insight_section(insight) -> str:
     if not isinstance(insight, dict) or "error" in insight:
         why = insight.get("error") if isinstance(insight, dict) else "not a dict"
         return title + '<p class="note">' + e(_("Insight was not measured: {why}").format(why=why)) + "</p>"
-    parts = [title]
-    if insight.get("reason"):
-        parts.append(f'<p class="suggestion">{e(str(insight["reason"]))}</p>')
-    rows = _epoch_measures(insight)
+    verdict = verdict_of(insight)
+    parts = [title, verdict_section(verdict)]
+    rows = _epoch_measures(insight, verdict)
     headers = [h for h in dict.fromkeys(h for r in rows for h in r["values"]) if any(r["values"].get(h) is not None
                                                                                    for r in rows)]
-    suggested = insight.get("suggested_file")
+    pick = (verdict or {}).get("file")
     if rows and headers:
         head = "".join("<th>" + e(_(h)) + "</th>" for h in headers)
-        body = "".join(f'<tr{" class=suggested" if r["file"] == suggested else ""}><td>{e(r["name"])}</td>'
+        body = "".join(f'<tr{" class=pick" if pick and r["file"] == pick else ""}><td>{e(r["name"])}</td>'
                        + "".join(f'<td class="num">{fmt(r["values"].get(h))}</td>' for h in headers) + "</tr>"
                        for r in rows)
         epoch = e(_("epoch"))
@@ -96,13 +146,14 @@ def insight_section(insight) -> str:
             xs, x_label = [r["step"] for r in rows], _("step")
         else:
             xs, x_label = list(range(1, len(rows) + 1)), _("file (in order)")
-        marker = next((x for x, r in zip(xs, rows, strict=True) if r["file"] == suggested), None)
+        marker = next((x for x, r in zip(xs, rows, strict=True) if pick and r["file"] == pick), None)
         norms = {_("norm: {group}").format(group=g) for r in insight.get("epochs") or [] if isinstance(r, dict)
                  for g in r.get("groups") or {}}
         groups = tuple(h for h in headers if h in norms)
         losses = tuple(h for h in headers if h.startswith("loss"))
         charts = [line_chart([(_(h), [(x, r["values"].get(h)) for x, r in zip(xs, rows, strict=True)])
-                              for h in names if h in headers], title=_(name), x_label=x_label, marker=marker)
+                              for h in names if h in headers], title=_(name), x_label=x_label, marker=marker,
+                             marker_label=_("the verdict's pick"))
                   for name, names in (*CHARTS, (N_("Norm per layer group"), groups), (N_("Loss per epoch"), losses))]
         parts.append(f'<div class="charts">{"".join(charts)}</div>')
     loss = insight.get("loss")

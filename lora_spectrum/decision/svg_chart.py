@@ -37,11 +37,11 @@ def _fmt(v: float) -> str:
 
 
 def line_chart(series: list[tuple[str, list[Point]]], *, title: str, x_label: str = "epoch",
-               marker: float | None = None, marker_label: str = "suggested", width: int = 360,
+               marker: float | None = None, marker_label: str = "", width: int = 360,
                height: int = 210) -> str:
     """``series`` as ``(name, [(x, y), ...])`` drawn as one SVG line chart; "" when no point has a number.
 
-    ``marker`` draws a dashed vertical line at that x (the suggested epoch). The SVG scales to its container
+    ``marker`` draws a dashed vertical line at that x (the verdict's pick), titled ``marker_label``. The SVG scales to its container
     (``viewBox``, width 100%) so that it fits a phone's screen.
     """
     clean = [(name, [(_num(x), _num(y)) for x, y in pts]) for name, pts in series]
@@ -88,7 +88,8 @@ def line_chart(series: list[tuple[str, list[Point]]], *, title: str, x_label: st
     if marker is not None and _num(marker) is not None:
         mx = sx(float(marker))
         out.append(f'<line x1="{mx:.1f}" x2="{mx:.1f}" y1="{top}" y2="{top + ph}" stroke="#555" '
-                   f'stroke-dasharray="4 3"><title>{e(marker_label)}</title></line>')
+                   f'stroke-dasharray="4 3">' + (f"<title>{e(marker_label)}</title>" if marker_label else "")
+                   + "</line>")
     for k, (name, pts) in enumerate(clean):
         colour = PALETTE[k % len(PALETTE)]
         pts = sorted(pts)

@@ -1,5 +1,6 @@
 """``ratings``, ``promote`` and ``report`` on the command line, from a folder of epochs to a shipped file with its
-model card and a report to send: real renders of the tiny demo, real votes files, real safetensors copies."""
+model card and a report to send: real renders of the tiny demo, real votes files, real safetensors copies, and the
+one verdict that ``series_insight`` gives for the same votes and probe."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ from html.parser import HTMLParser
 import pytest
 from safetensors import safe_open
 
+from lora_spectrum import demo
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.cli import main
-from lora_spectrum.decision.votes import BASE, VoteBook
+from lora_spectrum.decision.model_card import text
+from lora_spectrum.decision.votes import BASE, VoteBook, series_ratings
+from lora_spectrum.measures.insight import series_insight
+from lora_spectrum.measures.report import verdict_lines
+from tests.measures.test_probe_measures import write_probe
 
 
 def taste(entries) -> dict[str, float]:
@@ -40,6 +46,36 @@ def voted(setup, tmp_path):
     return config, loras, out, tmp_path / "ratings", like
 
 
+@pytest.fixture
+def probed(voted, tmp_path):
+    """A probe of every epoch on the demo base as ``insight --probe`` leaves it (drawn, not rendered): plain shapes
+    at 20 and 50, the style where asked at 80 and 150, the style everywhere with every fill red at 220 and 300."""
+    _config, loras, _out, _ratings, _like = voted
+    folder = tmp_path / "probe"
+    folder.mkdir()
+
+    def draw(epoch):
+        return lambda kind, c: (c, False) if epoch <= 50 else (c, kind != "leak") if epoch <= 150 else ("red", True)
+
+    write_probe(folder, {p.name: (int(p.stem.split("_")[1]), draw(int(p.stem.split("_")[1])))
+                         for p in loras.glob("jimeng_*.safetensors")})
+    record = json.loads((folder / "probe.json").read_text(encoding="utf-8"))
+    record["base"] = str(demo.ASSETS_DIR / demo.BASE_DIRNAME)  # rendered on the demo base: the demo's CLIP measures
+    (folder / "probe.json").write_text(json.dumps(record), encoding="utf-8")
+    return folder
+
+
+def expected_verdict(loras, ratings, probe=None) -> dict:
+    """What ``series_insight`` says for the same folder, votes and probe (measured as the CLI picks for a probe
+    rendered on the demo base: the demo's CLIP and its style set)."""
+    catalog = Catalog(loras)
+    catalog.scan()
+    summary = series_ratings(catalog, None, ratings)
+    demo_clip = {"clip_model": str(demo.assets.demo_clip_dir()), "references": str(demo.assets.demo_style_dir())}
+    return series_insight(catalog, probe=probe, ratings=summary if summary["votes"] else None,
+                          **(demo_clip if probe else {}))["verdict"]
+
+
 def test_ratings_prints_the_ranking_the_votes_imply(voted, capsys):
     _, loras, _, ratings, like = voted
     assert main(["ratings", "--loras", str(loras), "--ratings-dir", str(ratings), "--json"]) == 0
@@ -53,6 +89,24 @@ def test_ratings_prints_the_ranking_the_votes_imply(voted, capsys):
     assert main(["ratings", "--loras", str(loras), "--ratings-dir", str(ratings)]) == 0
     text = capsys.readouterr().out
     assert text.startswith("Blind ranking of jimeng: 400 vote(s)") and "epoch 150" in text.splitlines()[2]
+    # Then the verdict as far as the votes tell it: without a probe, none is picked (votes rank, a probe judges).
+    verdict = summary["verdict"]
+    assert verdict == expected_verdict(loras, ratings) and verdict["state"] == "needs probe"
+    assert text.rstrip("\n").endswith("\n".join(verdict_lines(verdict))) and "uggest" not in text
+
+
+def test_ratings_with_a_probe_print_the_verdict_series_insight_gives(probed, voted, capsys):
+    _, loras, _, ratings, _ = voted
+    args = ["ratings", "--loras", str(loras), "--ratings-dir", str(ratings), "--probe", str(probed)]
+    assert main([*args, "--json"]) == 0
+    verdict = json.loads(capsys.readouterr().out)["verdict"]
+    assert verdict == expected_verdict(loras, ratings, probed)
+    assert verdict["file"] in ("jimeng_80.safetensors", "jimeng_150.safetensors") and verdict["votes"]["votes"] == 400
+    assert "references" not in verdict["missing"], "on the demo base the demo's style set is the reference"
+    assert main(args) == 0
+    assert capsys.readouterr().out.rstrip("\n").endswith("\n".join(verdict_lines(verdict)))
+    assert main([*args[:-1], str(loras)]) == 2  # not a probe folder: one line naming it
+    assert "probe.json" in capsys.readouterr().err
 
 
 def test_from_a_folder_of_epochs_to_a_shipped_file_its_card_and_a_report(voted, tmp_path, capsys):
@@ -81,6 +135,11 @@ def test_from_a_folder_of_epochs_to_a_shipped_file_its_card_and_a_report(voted, 
     assert (loras / "jimeng_150.safetensors").read_bytes() == source, "the source is never modified"
     card = (ship / "jimeng-v1.md").read_text(encoding="utf-8")
     assert "ink is in, colours still hold" in card and f"#1 of {len(like)}" in card and "jimeng-v1.grid.png" in card
+    # No probe given: the verdict recorded is the one before a probe, and the card says no probe judged it.
+    verdict = expected_verdict(loras, ratings)
+    assert json.loads(meta["lora_spectrum.verdict"]) == verdict and verdict["state"] == "needs probe"
+    assert "- Verdict when shipped: no probe judged these epochs, so none was picked. " + text(
+        verdict["reason"], 1000) in card and "uggest" not in card
     assert (ship / "jimeng-v1.grid.png").read_bytes() == (out / "grid.png").read_bytes()
     # 3. Never overwritten: the same command again is one line and exit 2; the first copy is untouched.
     before = copy.read_bytes()
@@ -100,6 +159,33 @@ def test_from_a_folder_of_epochs_to_a_shipped_file_its_card_and_a_report(voted, 
     assert "400 blind vote(s)" in html and "<table class=\"ranking\">" in html
     assert main(["report", "--grid", str(tmp_path / "nowhere"), "--out", str(report)]) == 2
     assert "manifest.json" in capsys.readouterr().err
+
+
+def test_promote_with_a_probe_records_the_verdict_series_insight_gives(probed, voted, tmp_path, capsys):
+    _, loras, _, ratings, _ = voted
+    verdict = expected_verdict(loras, ratings, probed)
+    pick = verdict["epoch"]
+    assert pick in (80, 150)
+    common = ["promote", "--loras", str(loras), "--ratings-dir", str(ratings), "--probe", str(probed)]
+    # The pick shipped: its metadata holds the verdict, its card quotes the reason as this epoch's.
+    assert main([*common, "--epoch", str(pick), "--to", str(tmp_path / "a")]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert out.rstrip("\n").endswith("\n".join(verdict_lines(verdict)))
+    with safe_open(str(tmp_path / "a" / "jimeng.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["lora_spectrum.verdict"]) == verdict
+    card = (tmp_path / "a" / "jimeng.md").read_text(encoding="utf-8")
+    assert "- Verdict when shipped (this epoch): " + text(verdict["reason"], 1000) in card
+    # Another epoch shipped: the same verdict recorded, and the card says the verdict picks another epoch.
+    assert main([*common, "--epoch", "300", "--to", str(tmp_path / "b")]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    with safe_open(str(tmp_path / "b" / "jimeng.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["lora_spectrum.verdict"]) == verdict
+    card = (tmp_path / "b" / "jimeng.md").read_text(encoding="utf-8")
+    assert f"- Shipped epoch 300 by choice; the verdict picks epoch {pick}: " + text(verdict["reason"], 1000) in card
+    assert "(this epoch)" not in card and "uggest" not in card
+    # A probe folder that is not one is refused before anything is written.
+    assert main([*common[:-1], str(tmp_path), "--epoch", "300", "--to", str(tmp_path / "c")]) == 2
+    assert "probe.json" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
 def _references(html: str) -> list[str]:

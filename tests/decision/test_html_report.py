@@ -14,10 +14,14 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from lora_spectrum import cli, language
+from lora_spectrum import cli, demo, language
+from lora_spectrum.catalog import Catalog
 from lora_spectrum.decision.html_report import THUMB_MAX, build_report, write_report
 from lora_spectrum.decision.svg_chart import line_chart
 from lora_spectrum.errors import ConfigError
+from lora_spectrum.measures.insight import series_insight
+from lora_spectrum.measures.numbers import percent
+from tests.measures.test_probe_measures import write_probe
 
 PROMPT = "<script>alert(1)</script> a red circle & \"friends\", jimeng style"
 DATA_PNG = "data:image/png;base64,"
@@ -232,15 +236,81 @@ def test_times_per_column(report, manifest):
     assert counts == {"base": 2, "epoch 3": 4, "epoch 12": 4}
 
 
-def test_insight_measures_charts_and_suggestion(report, manifest):
+def test_insight_measures_charts_and_the_verdict_before_a_probe(report, manifest):
     tree = parse(report)
     insight = manifest["insight"]
     svgs = tree.root.all(lambda n: n.tag == "svg")
     assert len(svgs) >= 3 and all(s.all(lambda n: n.tag in ("polyline", "circle")) for s in svgs)
-    assert insight["reason"] in tree.root.text()
     (table,) = tree.root.all(lambda n: n.tag == "table" and "measures" in n.classes())
     assert len(table.all(lambda n: n.tag == "tr")) == 1 + len(insight["epochs"])
     assert "weight norm" in table.text()
+    # No probe judged the grid's epochs: the verdict's needs-probe reason, no pick marked, nothing suggested.
+    verdict = insight["verdict"]
+    assert verdict["state"] == "needs probe" and verdict["file"] is None
+    (said,) = tree.root.all(lambda n: "verdict" in n.classes())
+    assert said.text() == verdict["reason"] and "probe" in said.text()
+    assert not tree.root.all(lambda n: "pick" in n.classes()) and "stroke-dasharray" not in report
+    assert "uggest" not in report and not tree.root.all(lambda n: "verdict-points" in n.classes())
+
+
+def test_an_insight_from_before_the_verdict_suggests_nothing(copy):
+    folder, rewrite = copy
+
+    def old(m):  # a manifest written when weight curves still suggested an epoch
+        m["insight"].pop("verdict")
+        m["insight"].update(suggested_epoch=12, suggested_file="jimeng_12.safetensors",
+                            reason="Suggestion: epoch 12, the weights settled.")
+
+    rewrite(old)
+    text = build_report(folder)
+    assert "uggest" not in text and "settled" not in text and "<svg" in text
+    assert not parse(text).root.all(lambda n: "pick" in n.classes() or "verdict" in n.classes())
+
+
+@pytest.fixture(scope="module")
+def judged(tmp_path_factory) -> dict:
+    """The shipped demo's insight with a probe of all its epochs (drawn, not rendered: plain shapes, then the
+    style where asked, then the style everywhere with every fill red), measured by the demo's own CLIP."""
+    probe = tmp_path_factory.mktemp("probe")
+
+    def draw(epoch):
+        return lambda kind, c: (c, False) if epoch <= 6 else (c, kind != "leak") if epoch <= 15 else ("red", True)
+
+    write_probe(probe, {f"jimeng_{e}.safetensors": (e, draw(e)) for e in (3, 6, 9, 12, 15, 18, 21, 24)})
+    catalog = Catalog(demo.ASSETS_DIR / demo.LORAS_DIRNAME)
+    catalog.scan()
+    return series_insight(catalog, probe=probe, clip_model=str(demo.assets.demo_clip_dir()),
+                          references=demo.assets.demo_style_dir())
+
+
+def test_the_verdict_of_a_probe_marks_its_pick_with_style_and_fidelity_and_their_errors(grid, judged):
+    verdict = judged["verdict"]
+    assert verdict["state"] == "measures" and verdict["file"]
+    text = build_report(grid, insight=judged)
+    tree = parse(text)
+    (said,) = tree.root.all(lambda n: n.tag == "p" and "verdict" in n.classes())
+    assert said.text() == verdict["reason"]
+    note = said.parent.children[said.parent.children.index(said) + 1].text()
+    assert "preference: balanced" in note and "front (style against prompt fidelity): " + ", ".join(
+        f"epoch {x}" for x in verdict["front"]) in note
+    assert len(verdict["tied"]) > 1 and "the measures cannot tell apart: " + ", ".join(
+        f"epoch {x}" for x in verdict["tied"]) in note
+    # One row per probed epoch: style gained and fidelity kept with their standard errors; the pick's row marked.
+    (table,) = tree.root.all(lambda n: n.tag == "table" and "verdict-points" in n.classes())
+    rows = table.all(lambda n: n.tag == "tr")[1:]
+    assert len(rows) == len(verdict["points"])
+    for row, point in zip(rows, verdict["points"], strict=True):
+        cells = [c.text() for c in row.all(lambda n: n.tag == "td")]
+        assert cells[:3] == [f"epoch {point['epoch']}", f"{percent(point['style'])} ± {percent(point['style_se'])}",
+                             f"{percent(point['fidelity'])} ± {percent(point['fidelity_se'])}"]
+        assert ("pick" in row.classes()) == (point["file"] == verdict["file"])
+    # The measures table marks the same epoch, and every chart over epochs marks it with a dashed line.
+    (measures,) = tree.root.all(lambda n: n.tag == "table" and "measures" in n.classes())
+    (picked,) = measures.all(lambda n: "pick" in n.classes())
+    assert picked.all(lambda n: n.tag == "td")[0].text() == f"epoch {verdict['epoch']}"
+    markers = tree.root.all(lambda n: n.tag == "line" and n.attrs.get("stroke-dasharray"))
+    assert markers and all(m.text() == "the verdict's pick" for m in markers)
+    assert "uggest" not in text
 
 
 def test_without_insight_no_charts(copy):
@@ -257,7 +327,7 @@ def test_insight_given_stands_in_for_the_manifests(copy, manifest):
     rewrite(lambda m: m.pop("insight"))
     text = build_report(folder, insight=manifest["insight"])
     assert "<svg" in text and "No insight in this manifest" not in text
-    assert manifest["insight"]["reason"].split(":")[0] in text
+    assert manifest["insight"]["verdict"]["reason"].split(":")[0] in text
 
 
 def test_ranking_given_or_from_the_manifest(grid, copy, report):

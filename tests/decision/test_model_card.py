@@ -18,8 +18,12 @@ from lora_spectrum.decision.model_card import (
     ranking_row,
     summary,
     text,
+    verdict_of,
 )
 from lora_spectrum.demo.synthetic_epochs import kohya_metadata
+from lora_spectrum.measures.numbers import percent
+from lora_spectrum.measures.verdict import decide
+from tests.measures.test_verdict import probe_table, ratings_for
 
 SOURCE = "inkstyle-000006.safetensors"
 SHA = "ab" * 32
@@ -41,15 +45,26 @@ def trainer_metadata(**extra) -> dict[str, str]:
     return meta
 
 
+def inkstyle_verdict(style, fidelity, ratings=None, **kw) -> dict:
+    """The verdict ``series_insight`` gives for a probe of epochs 3, 6, 9, ... of inkstyle with these per-epoch
+    style and fidelity means (index 0: the base), and ``ratings`` (``ratings_for``), as its JSON block."""
+    probe = probe_table(style, fidelity, **kw)
+    rename = {f"run_{e['epoch']}.safetensors": f"inkstyle-{e['epoch']:06d}.safetensors" for e in probe["epochs"]}
+    for row in (*probe["epochs"], *probe["cells"], *(ratings or {}).get("items", [])):
+        row["file"] = rename.get(row["file"], row["file"])
+    return decide("inkstyle", [], probe, ratings=ratings).to_json()
+
+
+PICKS_6 = inkstyle_verdict([0, .3, .9, 1, 1, 1, 1, 1, 1], [.8, .8, .78, .5, .45, .4, .35, .3, .3])
+PICKS_12 = inkstyle_verdict([0, .3, .6, .8, .9, .95, 1, 1, 1], [.8, .8, .79, .78, .74, .6, .45, .35, .3])
 INSIGHT = {
-    "series": "inkstyle", "suggested_epoch": 6,
+    "series": "inkstyle",
     "epochs": [{"epoch": 4, "file": "inkstyle-000004.safetensors", "weight_norm": 1.0},
                {"epoch": 6, "file": SOURCE, "weight_norm": 1.2345678, "relative_change": 0.031,
                 "cosine_to_last": 0.99, "style": 0.4, "fidelity": None, "image": {
                     "measure": "pixel", "distance_from_base": 0.12, "seed_spread": 0.01, "clip_score": None},
                 "epoch_loss": {"loss/epoch": 0.081}}],
-    "suggestion": {"label": "suggestion", "epoch": 6, "file": SOURCE, "rule": "settled",
-                   "reason": "Suggestion: epoch 6, the weights settled (change 3.1 % < 5 %).", "numbers": {}},
+    "verdict": PICKS_6,
 }
 RANKING = {"series": "inkstyle", "votes": 30,
            "epochs": [{"file": SOURCE, "epoch": 6, "rank": 1, "score": 0.8123, "stderr": 0.21, "votes": 14},
@@ -103,9 +118,11 @@ def test_the_card_has_every_section_with_the_facts_it_promises():
     assert "ss\\_base\\_model\\_version: sdxl\\_base\\_v1-0" in md
     assert "epoch 6 (inkstyle-000006.safetensors)" in md and "Note: crisp lines, no halo" in md
     assert "#1 of 2 (score 0.8123 ± 0.21, 14 vote(s) on this epoch of 30 cast" in md
-    assert "Insight (this epoch): Suggestion: epoch 6, the weights settled" in md
+    assert PICKS_6["epoch"] == 6 and PICKS_6["file"] == SOURCE
+    assert "Verdict when shipped (this epoch): " + text(PICKS_6["reason"], 1000) in md
+    assert "Preference: balanced. Front (" in md and "Suggestion" not in md
     assert "| weight\\_norm | 1.235 |" in md and "| image\\_distance\\_from\\_base | 0.12 |" in md
-    assert "| loss:loss/epoch | 0.081 |" in md and "fidelity" not in md.split("## Why")[1].split("##")[0]
+    assert "| loss:loss/epoch | 0.081 |" in md and "| fidelity |" not in md  # a measure not taken is no row
     assert "![The grid of epochs compared](inkstyle.grid.png)" in md
     assert SHA in md and "2025-01-02T03:04:05+00:00" in md
 
@@ -163,7 +180,7 @@ def test_markdown_and_html_from_a_file_stay_plain_text():
     evil = '<script>alert(1)</script> **bold** [click](javascript:x) ![i](http://t/x.png) | `code` # h'
     meta = trainer_metadata(ss_optimizer=evil, ss_sd_model_name=evil)
     md = card(metadata=meta, trigger_words=[evil], note=evil + "\n\n# injected heading",
-              insight=dict(INSIGHT, suggestion=dict(INSIGHT["suggestion"], reason=evil)))
+              insight=dict(INSIGHT, verdict=dict(PICKS_6, reason=evil)))
     body = md.split("---\n", 2)[2]
     assert "<script>" not in body and "&lt;script&gt;" in body
     assert not re.search(r"(?<!\\)\]\(", body.replace("](inkstyle.grid.png)", "")) and "**bold**" not in body
@@ -235,3 +252,68 @@ def test_the_card_in_chinese_translates_the_words_and_keeps_the_facts_and_front_
     assert zh.gettext("epoch {epoch}").format(epoch=6) in md and "Note: " not in md
     assert "crisp lines, no halo" in md and "ink fox, ```quoted```" in md  # the user's note and the prompt
     assert "| ss\\_optimizer |" in md and "bitsandbytes.optim.adamw.AdamW8bit" in md  # metadata keys and values
+
+
+def why(md: str) -> str:
+    return md.split("## Why this epoch\n")[1].split("\n## ")[0]
+
+
+def test_the_card_quotes_the_verdict_as_it_stood_for_the_epoch_it_picked():
+    md = card(source="inkstyle-000012.safetensors", epoch=12, insight=dict(INSIGHT, verdict=PICKS_12))
+    section, v = why(md), PICKS_12
+    assert v["epoch"] == 12 and v["state"] == "measures"
+    assert "- Verdict when shipped (this epoch): " + text(v["reason"], 1000) + "\n" in section
+    front = ", ".join(f"epoch {e}" for e in v["front"])
+    assert v["tied"] == [12], "the quiet measures tell their pick apart"
+    assert f"- Preference: balanced. Front (no other epoch has more style and more prompt fidelity): {front}. " \
+           "The measures tell their pick apart from every other epoch.\n" in section
+    p = next(p for p in v["points"] if p["epoch"] == 12)
+    assert (f"- This epoch on the probe: {percent(p['style'])} ± {percent(p['style_se'])} of the run's most style, "
+            f"{percent(p['fidelity'])} ± {percent(p['fidelity_se'])} of the base's prompt fidelity kept; on the front.") \
+        in section
+    assert "- Evidence missing when shipped: votes, validation loss." in section
+
+
+def test_a_card_of_another_epoch_than_the_pick_says_so_and_never_takes_its_reason():
+    md = card(insight=dict(INSIGHT, verdict=PICKS_12))  # epoch 6 shipped; the verdict picks 12
+    section = why(md)
+    assert "- Shipped epoch 6 by choice; the verdict picks epoch 12: " + text(PICKS_12["reason"], 1000) in section
+    assert "(this epoch)" not in section and section.count(text(PICKS_12["reason"], 1000)) == 1
+    p = next(p for p in PICKS_12["points"] if p["epoch"] == 6)
+    where = "on the front" if p["front"] else "not on the front"
+    assert (f"- This epoch on the probe: {percent(p['style'])} ± {percent(p['style_se'])} of the run's most style, "
+            f"{percent(p['fidelity'])} ± {percent(p['fidelity_se'])} of the base's prompt fidelity kept; {where}.\n"
+            in section)
+    # An epoch the measures cannot tell from the pick (noisy measures) says that too, and still is not the pick.
+    noisy = inkstyle_verdict([0, .3, .6, .8, .9, .95, 1, 1, 1], [.8, .8, .79, .78, .74, .6, .45, .35, .3], noise=.25)
+    tied = [e for e in noisy["tied"] if e != noisy["epoch"]]
+    assert tied, noisy["tied"]
+    section = why(card(source=f"inkstyle-{tied[0]:06d}.safetensors", epoch=tied[0], insight=dict(INSIGHT,
+                                                                                                 verdict=noisy)))
+    assert f"- Shipped epoch {tied[0]} by choice; the verdict picks epoch {noisy['epoch']}: " in section
+    assert f"; the measures cannot tell it apart from epoch {noisy['epoch']}.\n" in section
+    assert "The measures cannot tell apart: " + ", ".join(f"epoch {e}" for e in noisy["tied"]) + ".\n" in section
+    # Votes that decide pick another epoch than the measures: the measures' own pick, shipped, says so.
+    voted = inkstyle_verdict([0, .3, .6, .8, .9, .95, 1, 1, 1], [.8, .8, .79, .78, .74, .6, .45, .35, .3],
+                             ratings=ratings_for(18, z=3.0))
+    assert voted["state"] == "votes" and voted["epoch"] == 18 and voted["picks"]["balanced"] == 12
+    section = why(card(source="inkstyle-000012.safetensors", epoch=12, insight=dict(INSIGHT, verdict=voted)))
+    assert "- Shipped epoch 12 by choice; the verdict picks epoch 18: " + text(voted["reason"], 1000) in section
+    assert "; the measures alone pick this epoch.\n" in section
+
+
+def test_before_a_probe_the_card_says_no_probe_judged_it_and_suggests_nothing():
+    rows = [{"epoch": e, "file": f"inkstyle-{e:06d}.safetensors", "relative_change": c}
+            for e, c in ((2, None), (4, 0.3), (6, 0.02))]
+    needs = decide("inkstyle", rows, None).to_json()
+    assert needs["state"] == "needs probe" and needs["epoch"] is None
+    section = why(card(insight=dict(INSIGHT, verdict=needs)))
+    assert ("- Verdict when shipped: no probe judged these epochs, so none was picked. " + text(needs["reason"], 1000)
+            in section)
+    assert "Preference" not in section and "(this epoch)" not in section and "by choice" not in section
+    assert "- Evidence missing when shipped: probe, votes, validation loss." in section
+    # An insight of before the verdict (a suggestion from weight curves) is never quoted.
+    old = {"epochs": INSIGHT["epochs"], "suggested_epoch": 6,
+           "suggestion": {"label": "suggestion", "epoch": 6, "file": SOURCE, "reason": "Suggestion: epoch 6, settled"}}
+    assert verdict_of(old) is None and "uggest" not in card(insight=old)
+    assert "Verdict" not in card(insight=None)

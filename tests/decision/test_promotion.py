@@ -16,14 +16,18 @@ from safetensors.torch import save_file
 
 from lora_spectrum import demo
 from lora_spectrum.catalog import READY, Catalog, file_sha256
+from lora_spectrum.decision.model_card import text
 from lora_spectrum.decision.promotion import Promotion, copy_with_metadata, promote
 from lora_spectrum.demo.synthetic_epochs import growth, kohya_metadata, make_lora_state_dict
 from lora_spectrum.errors import ShipError
 from lora_spectrum.grid_files import encode_png, parameters_text, write_outputs
 from lora_spectrum.lora_keys import read_header
+from lora_spectrum.measures.insight import series_insight
+from lora_spectrum.measures.verdict import Verdict, decide
 from lora_spectrum.plan import Plan, plan_cells
 from lora_spectrum.sampling import Sampling
 from tests import trainer_files
+from tests.measures.test_probe_measures import write_probe
 
 SERIES = "inkstyle"
 KOHYA = {  # what sd-scripts adds to the demo writer's keys in a real SDXL run
@@ -125,8 +129,8 @@ def test_the_metadata_keeps_every_trainer_key_and_adds_provenance(run):
     trainer = metadata(paths[6])
     ranking = {"votes": 20, "epochs": [{"file": paths[6].name, "epoch": 6, "rank": 1, "score": 0.9, "stderr": 0.3,
                                         "votes": 12}]}
-    insight = {"epochs": [{"epoch": 6, "file": paths[6].name, "weight_norm": 2.5, "relative_change": 0.02}],
-               "suggestion": {"epoch": 6, "file": paths[6].name, "reason": "Suggestion: epoch 6, settled."}}
+    rows = [{"epoch": 6, "file": paths[6].name, "weight_norm": 2.5, "relative_change": 0.02}]
+    insight = {"epochs": rows, "verdict": decide(SERIES, rows).to_json()}
     done = promote(catalog, 6, out, note="clean lines", ranking=ranking, insight=insight)
     meta = metadata(done.path)
     assert {k: meta[k] for k in trainer} == trainer  # every key the trainer wrote, unchanged
@@ -136,7 +140,34 @@ def test_the_metadata_keeps_every_trainer_key_and_adds_provenance(run):
     assert datetime.fromisoformat(meta["lora_spectrum.promoted_at"]).utcoffset().total_seconds() == 0
     assert json.loads(meta["lora_spectrum.ranking"]) == {"rank": 1, "of": 1, "score": 0.9, "stderr": 0.3, "votes": 12}
     assert json.loads(meta["lora_spectrum.measures"]) == {"weight_norm": 2.5, "relative_change": 0.02}
+    assert json.loads(meta["lora_spectrum.verdict"]) == insight["verdict"]  # as it stood: no probe, no pick
+    assert Verdict.from_json(json.loads(meta["lora_spectrum.verdict"])).state == "needs probe"
     assert all(isinstance(v, str) for v in meta.values())
+
+
+def test_the_verdict_as_it_stood_goes_into_the_metadata_and_the_card(run, tmp_path):
+    catalog, paths, out = run
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    draws = {2: lambda kind, c: (c, False),  # no style yet
+             4: lambda kind, c: (c, kind != "leak"),  # the style where asked, the colours kept
+             6: lambda kind, c: ("red", True)}  # the style everywhere, every fill red
+    write_probe(probe, {paths[e].name: (e, draw) for e, draw in draws.items()})
+    insight = series_insight(catalog, probe=probe, clip_model=str(demo.assets.demo_clip_dir()),
+                             references=demo.assets.demo_style_dir())
+    v = insight["verdict"]
+    assert v["state"] == "measures" and v["epoch"] == 4 and v["file"] == paths[4].name
+    # The pick shipped: the metadata holds the verdict itself; the card quotes its reason as this epoch's.
+    done = promote(catalog, 4, out, insight=insight)
+    assert json.loads(metadata(done.path)["lora_spectrum.verdict"]) == v
+    card = done.card.read_text(encoding="utf-8")
+    assert "- Verdict when shipped (this epoch): " + text(v["reason"], 1000) in card and "uggest" not in card
+    # Another epoch shipped: the same verdict recorded; the card says the verdict picked another epoch.
+    done = promote(catalog, 6, out, name="late", insight=insight)
+    assert json.loads(metadata(done.path)["lora_spectrum.verdict"]) == v
+    card = done.card.read_text(encoding="utf-8")
+    assert "- Shipped epoch 6 by choice; the verdict picks epoch 4: " + text(v["reason"], 1000) in card
+    assert "(this epoch)" not in card
 
 
 def test_missing_modelspec_keys_are_added_from_the_name_and_the_trigger_words(tmp_path, unet):
@@ -151,6 +182,7 @@ def test_missing_modelspec_keys_are_added_from_the_name_and_the_trigger_words(tm
     assert meta["modelspec.title"] == "Ink Style v1"
     assert meta["modelspec.trigger_phrase"] == "jimeng style, ink, stripes"  # the top tags, as the catalog reads
     assert "lora_spectrum.ranking" not in meta and "lora_spectrum.measures" not in meta
+    assert "lora_spectrum.verdict" not in meta
 
 
 def test_the_source_is_left_as_it_was(run):
