@@ -32,9 +32,9 @@ def one(text, kind="style", **values):
 def test_both_shipped_sets_load_with_every_kind_and_their_seeds():
     sets = probe_sets()
     shapes, general = sets["shapes"], sets["general"]
-    assert shapes.seeds == (11, 12, 13, 14) and general.seeds == (1, 2, 3, 4)
+    assert shapes.seeds == tuple(range(11, 19)) and general.seeds == (1, 2, 3, 4)
     count = {kind: [p.kind for p in shapes.prompts].count(kind) for kind in KINDS}
-    assert count == {"style": 3, "new_context": 3, "leak": 2}
+    assert count == {"style": 2, "new_context": 6, "leak": 2}
     count = {kind: [p.kind for p in general.prompts].count(kind) for kind in KINDS}
     assert count == {"style": 4, "new_context": 4, "leak": 3}
     assert "a red circle on a white background" in [p.text for p in shapes.prompts]

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lora_spectrum.measures import verdict_reason
 from lora_spectrum.errors import ConfigError
+from lora_spectrum.measures import verdict_reason
 from lora_spectrum.measures.numbers import rounded
 
 LABEL = "verdict"
@@ -78,7 +78,7 @@ class Verdict:
 
 def _context(epochs: list[dict], loss: dict | None) -> dict:
     """What the weight curves and the validation loss show: where the weights settle, where validation is lowest."""
-    out: dict = {"settled_epoch": None, "validation_lowest_epoch": None, "last_epoch": None}
+    out: dict = {"settled_epoch": None, "validation_lowest_epoch": None, "last_epoch": None, "files": len(epochs)}
     if epochs:
         out["last_epoch"] = epochs[-1].get("epoch")
         changes = [e.get("relative_change") for e in epochs]

@@ -26,7 +26,7 @@ def needs_probe(context: dict) -> str:
     where = []
     if context.get("settled_epoch") is not None:
         where.append(_("the weights settle at {name}").format(name=_name(None, context["settled_epoch"])))
-    elif context.get("last_epoch") is not None:
+    elif context.get("files", 0) >= 2:
         where.append(_("the weights are still moving at the last file"))
     if context.get("validation_lowest_epoch") is not None:
         where.append(_("the validation loss is lowest at {name}").format(

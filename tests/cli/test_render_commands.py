@@ -215,34 +215,57 @@ def trained_config(tmp_path):
     return config
 
 
-def test_insight_probe_on_the_demo_suggests_the_epoch_the_training_report_records_as_best(trained_config, tmp_path,
-                                                                                          capsys):
-    """The issue's acceptance line, from general measures alone (the demo's own CLIP, not its oracle)."""
+def test_insight_probe_on_the_demo_gives_one_verdict_from_clip_and_the_style_references(trained_config, tmp_path,
+                                                                                        capsys):
+    """The probe's plumbing on the trained demo: its own CLIP, its style set as references, a verdict with its
+    front and uncertainty, and a re-run served from the cache. (Whether the pick is right on runs trained with
+    other settings: tests/measures/test_demo_runs.py.)"""
     from lora_spectrum.demo import assets
 
-    args = ["insight", "--config", str(trained_config), "--base", "demo", "--probe", "--json",
+    small = tmp_path / "small.yaml"
+    small.write_text("seeds: [11, 12]\nstyle: [a red circle on a white background]\n"
+                     "new_context: [a blue triangle on a gray background, a cyan square on a cream background]\n"
+                     "leak: [a green circle on a cream background]\n", encoding="utf-8")
+    args = ["insight", "--config", str(trained_config), "--base", "demo", "--probe", str(small), "--json",
             "--probe-out", str(tmp_path / "probe")]
     assert main(args) == 0
     out, err = capsys.readouterr()
     result = json.loads(out)
-    oracle = json.loads((assets.ASSETS_DIR / "training_report.json").read_text(encoding="utf-8"))["oracle"]
-    saved = [r["epoch"] for r in oracle["epochs"]]
-    assert result["suggestion"]["rule"] == "style against fidelity"
-    assert abs(saved.index(result["suggested_epoch"]) - saved.index(oracle["best_epoch"])) <= 1, (
-        result["reason"], oracle["best_epoch"])
+    verdict = result["verdict"]
+    total = 9 * 4 * 2  # (base + 8 epochs) x 4 prompts x 2 seeds
+    assert f"[probe {total}/{total}]" in err
     assert result["probe"]["measure"] == "clip" and result["probe"]["clip"]["model"] == str(assets.demo_clip_dir())
-    assert result["probe"]["probe_set"] == "shapes" and "[probe 288/288]" in err
+    assert result["probe"]["references"] == len(list(assets.demo_style_dir().glob("*.png")))
+    assert verdict["state"] in ("measures", "no style") and "probe" not in verdict["missing"]
+    if verdict["state"] == "measures":
+        assert verdict["epoch"] in verdict["front"] and verdict["epoch"] in verdict["tied"]
+        assert 0 < verdict["confidence"] <= 1 and "prompt fidelity" in verdict["reason"]
     rows = {e["epoch"]: e for e in result["epochs"]}
-    for epoch in saved:
-        assert all(rows[epoch][k] is not None for k in ("style", "fidelity", "leak", "consistency")), rows[epoch]
-    # The reason names both sides of the trade-off.
-    assert "style" in result["reason"] and "prompt fidelity" in result["reason"]
-    # A re-run is served from the cache.
+    assert all(rows[e][k] is not None for e in rows for k in ("style", "fidelity", "leak", "consistency"))
+    # A re-run is served from the cache and gives the same verdict.
     assert main(args) == 0
     out2, err2 = capsys.readouterr()
     lines = [line for line in err2.splitlines() if line.startswith("[probe ")]
-    assert len(lines) == 288 and all(line.endswith(": cached") for line in lines)
-    assert json.loads(out2)["suggested_epoch"] == result["suggested_epoch"]
+    assert len(lines) == total and all(line.endswith(": cached") for line in lines)
+    assert json.loads(out2)["verdict"] == verdict
+
+
+def test_insight_on_other_loras_never_reads_the_demos_training_log(trained_config, tmp_path, capsys):
+    """``--base demo --loras OTHER`` without ``--logs``: the demo's log belongs to the demo's epochs only."""
+    import shutil
+
+    from lora_spectrum.demo import assets
+
+    other = tmp_path / "other"
+    shutil.copytree(assets.ASSETS_DIR / assets.LORAS_DIRNAME, other)
+    from lora_spectrum.settings import load_settings
+    from lora_spectrum.workbench import demo_engine
+
+    settings = load_settings(trained_config)
+    choice = demo_engine(settings)
+    assert choice.logs_folder(settings) is not None, "the demo's own epochs read the demo's log"
+    choice.loras_dir = other
+    assert choice.logs_folder(settings) is None
 
 
 def test_insight_probe_reads_a_kohya_prompt_file_and_names_an_unknown_set(trained_config, tmp_path, capsys):

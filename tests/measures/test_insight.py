@@ -71,10 +71,11 @@ def test_lenient_insight_keeps_the_curves_when_the_log_folder_is_empty(tmp_path)
     assert any("image measures not available" in n for n in result["notes"])
 
 
-def test_format_insight_is_a_table_with_the_suggestion(demo_result):
+def test_format_insight_is_a_table_that_ends_with_the_verdict(demo_result):
     text = format_insight(demo_result)
     assert "jimeng_300.safetensors" in text and "update norm per layer group" in text
-    assert text.rstrip().endswith(".") and "Suggestion: epoch" in text
+    assert demo_result["verdict"]["reason"] in text and "Verdict: No pick yet" in text
+    assert "Suggestion" not in text, "weight curves alone never name a pick"
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -89,7 +90,8 @@ def test_insight_command_prints_the_documented_json(demo_loras, tmp_path):
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert {"series", "epochs", "loss", "suggested_epoch", "reason"} <= set(result)
+    assert {"series", "epochs", "loss", "verdict"} <= set(result)
+    assert result["verdict"]["state"] == "needs probe" and result["verdict"]["epoch"] is None
     assert {"epoch", "file", "weight_norm", "relative_change", "cosine_to_previous", "cosine_to_last",
             "relative_change_to_last", "groups"} <= set(result["epochs"][0])
     assert result["series"] == "jimeng" and result["image"] is None
@@ -144,4 +146,5 @@ def test_insight_command_names_the_series_to_choose(unet, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "alpha" in err and "beta" in err and "--series" in err
     assert main(["insight", "--loras", str(tmp_path), "--series", "beta"]) == 0
-    assert "Suggestion: epoch 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "series beta" in out and "No pick yet" in out and "still moving" not in out

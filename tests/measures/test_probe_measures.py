@@ -111,3 +111,26 @@ def test_a_probe_without_base_images_is_refused(tmp_path):
     manifest.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="no base images"):
         probe_measures(tmp_path, use_clip=False)
+
+
+def test_fidelity_is_the_chance_clip_picks_the_prompt_over_its_counterfactuals(probe):
+    """Discriminative fidelity: a probability against the same prompt with its colour or shape swapped, with a
+    standard error per epoch; the style of the image does not count against it."""
+    result = probe_measures(probe, clip_model=str(assets.demo_clip_dir()))
+    assert "swapped" in result["definitions"]["fidelity"]
+    cells = [c for c in result["cells"] if c["kind"] in ("style", "new_context")]
+    assert all(0.0 <= c["fidelity"] <= 1.0 for c in cells)
+    e = _by_epoch(result)
+    assert e[10]["fidelity"] > e[20]["fidelity"] and e[10]["fidelity_se"] > 0 and e[10]["style_se"] > 0
+    # An epoch that adds ink and keeps the colours keeps most of the base's fidelity.
+    assert e[10]["fidelity_kept"] > 0.7
+
+
+def test_a_probe_entry_may_bring_its_own_counterfactuals(tmp_path):
+    from lora_spectrum.probes import probe_set_from_mapping
+
+    data = {"seeds": [1], "new_context": [{"prompt": "a cat on a sofa", "variants": ["a dog on a sofa"]}]}
+    resolved = probe_set_from_mapping(data, "own", "test").resolve(["inked"])
+    assert resolved[0].variants == ("a dog on a sofa",) and resolved[0].plain == "a cat on a sofa"
+    with pytest.raises(ConfigError, match="variants"):
+        probe_set_from_mapping({"seeds": [1], "style": [{"prompt": "a", "variants": "b"}]}, "bad", "test")

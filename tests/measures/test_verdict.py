@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lora_spectrum.measures.verdict import Verdict, decide
 from lora_spectrum.errors import ConfigError
+from lora_spectrum.measures.verdict import Verdict, decide
 
 EPOCHS = (3, 6, 9, 12, 15, 18, 21, 24)
 
