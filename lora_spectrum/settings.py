@@ -62,6 +62,7 @@ class Settings:
     #                       or openai/clip-vit-base-patch32); downloaded once when local_files_only is false
     probes: dict = field(default_factory=dict)  # probe sets by name, as in configs/probes/*.yaml (probes.py)
     probe_set: str = ""  # the probe set epochs are judged with: a name or a .yaml/.txt file ("" = auto)
+    auto_probe: bool = True  # Insight probes a series that has no probe yet by itself (progress, Cancel, cached)
     ratings_dir: str = "ratings"  # blind votes, one JSON file per series (never inside the loras folder)
     runs_dir: str = ".cache/runs"  # every comparison rendered in the app, reopened by History
     runs_max: int = 50  # at most this many runs are kept; the oldest go first

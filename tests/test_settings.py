@@ -37,6 +37,7 @@ def test_defaults_load_and_name_the_z_image_base():
     ("probes: [shapes]\n", "probes must be a mapping of set names to probe sets"),
     ("probes:\n", "probes must be a mapping"),
     ("probe_set: 3\n", "probe_set must be text"),
+    ("auto_probe: sometimes\n", "auto_probe must be true or false"),
 ])
 def test_bad_values_are_named(tmp_path, text, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
@@ -53,3 +54,9 @@ def test_probe_keys_default_to_none_configured_and_read_a_mapping(tmp_path):
     assert (load_settings().probes, load_settings().probe_set) == ({}, "")
     s = load_settings(write(tmp_path, "probe_set: mine\nprobes:\n  mine: {seeds: [1], style: [a cat]}\n"))
     assert (s.probe_set, s.probes) == ("mine", {"mine": {"seeds": [1], "style": ["a cat"]}})
+
+
+def test_auto_probe_is_on_by_default_and_can_be_turned_off(tmp_path):
+    """Insight probes a series by itself unless the config says auto_probe: false."""
+    assert load_settings().auto_probe is True
+    assert load_settings(write(tmp_path, "auto_probe: false\n")).auto_probe is False

@@ -22,6 +22,7 @@ from lora_spectrum.probe_runs import read_probe
 
 TRIGGERED = ("style", "new_context")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+TELLING = 0.75  # a counterfactual counts when the base's images prefer their own prompt over it this often
 
 
 def _cells(folder: Path, record: dict) -> tuple[list[dict], list[str]]:
@@ -126,10 +127,30 @@ def _clip_scores(cells: list[dict], record: dict, model, processor, refs: list[P
         centroid = r / np.linalg.norm(r)
     for c, e in zip(cells, img, strict=True):
         c["emb"] = e
+    rivals = _telling(rivals, [c for c in cells if c["file"] is None], txt, scale)
+    for c in cells:
+        e = c["emb"]
         others = rivals.get(c["plain"]) or []
         c["fidelity"] = (_discriminative(e, txt[c["plain"]], np.stack([txt[o] for o in others]), scale) if others
                          else float(e @ txt[c["plain"]]))
         c["style"] = float(e @ centroid) if centroid is not None else float(e @ (txt[c["prompt"]] - txt[c["plain"]]))
+
+
+def _telling(rivals: dict[str, list[str]], base: list[dict], txt: dict, scale: float) -> dict[str, list[str]]:
+    """Only the counterfactuals the base's own images tell apart from their prompt (CLIP prefers the prompt with
+    probability ``TELLING`` or more on average): one CLIP cannot see in the base's renders (a cream background
+    for a white one, on a tiny CLIP) would measure noise, not the LoRA. All of them when none is told apart."""
+    out = {}
+    for plain, others in rivals.items():
+        embs = [c["emb"] for c in base if c["plain"] == plain]
+        if not embs or not others or not TELLING:
+            out[plain] = others
+            continue
+        own = np.array([e @ txt[plain] for e in embs])
+        kept = [o for o in others
+                if float(np.mean(1 / (1 + np.exp(-scale * (own - np.array([e @ txt[o] for e in embs])))))) >= TELLING]
+        out[plain] = kept or others
+    return out
 
 
 def probe_measures(folder: str | Path, *, clip_model: str | tuple | None = None, use_clip: bool = True,

@@ -27,6 +27,7 @@ MIN_STYLE = 1e-6  # below this the probe saw no style at all
 SETTLED_CHANGE = 0.05  # weight-curve context: relative change below which the weights count as settled
 VALIDATION_TAG = "loss/validation/epoch_average"
 STATES = ("empty", "needs probe", "no style", "measures", "votes")
+NEIGHBOURS = 0.5  # smoothing: the weight of each neighbouring save in an epoch's mean (0: none)
 
 
 @dataclass(frozen=True)
@@ -118,11 +119,26 @@ def _units(probe: dict) -> tuple[list[str], list[int | None], dict, dict, dict, 
 
 def _terms(s_means: np.ndarray, s_base: float, f_means: np.ndarray, f_base: float) -> tuple[np.ndarray, np.ndarray]:
     """(style gained 0..1 of the run's most, fidelity kept 0..1 of the base's) per epoch."""
+    s_means, f_means = _smooth(s_means), _smooth(f_means)
     gain = np.maximum(s_means - s_base, 0.0)
     top = gain.max()
     style = gain / top if top > MIN_STYLE else np.zeros_like(gain)
     kept = np.clip(f_means / f_base, 0.0, 1.0) if f_base > 0 else np.zeros_like(f_means)
     return style, kept
+
+
+def _smooth(values: np.ndarray) -> np.ndarray:
+    """Each epoch's mean with its neighbours' at weight ``NEIGHBOURS`` (adjacent saves of one run differ little in
+    truth, their probe noise is independent)."""
+    if not NEIGHBOURS or len(values) < 3:
+        return values
+    padded = np.concatenate([[np.nan], values, [np.nan]])
+    out = np.empty_like(values)
+    for i in range(len(values)):
+        window = padded[i:i + 3]
+        weights = np.array([NEIGHBOURS, 1.0, NEIGHBOURS])[~np.isnan(window)]
+        out[i] = float((window[~np.isnan(window)] * weights).sum() / weights.sum())
+    return out
 
 
 def _scores(style: np.ndarray, kept: np.ndarray, weight: float) -> np.ndarray:

@@ -1,5 +1,7 @@
-"""The Insight view: weight-space curves, image measures of the last grid, the training loss with a marker per
-epoch file, and a suggested epoch with its reason. Numbers come from ``measures``; this file only draws them."""
+"""The Insight view: the series' verdict (its pick and reason, the style/fidelity front, the epochs the measures
+cannot tell apart, how sure, what evidence is missing) at the person's style/fidelity preference, the probe (run by
+itself with ``auto_probe``), weight-space curves, image measures of the last grid and the training loss with a
+marker per epoch file. Numbers and the verdict come from ``measures``; this file only draws them."""
 
 from __future__ import annotations
 
@@ -8,13 +10,22 @@ import pandas as pd
 import streamlit as st
 
 from lora_spectrum import measures
+from lora_spectrum.decision.votes import series_ratings
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.language import N_
+from lora_spectrum.measures.verdict import DEFAULT_PREFERENCE, PREFERENCES, decide
 from lora_spectrum.ui.language import _, active, error_text, translator
 from lora_spectrum.ui.probe import probe_controls, probe_folder, probe_results
 from lora_spectrum.ui.ship import ship_panel
 from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
+
+JUDGED = ("measures", "votes")  # the verdict's states with a pick
+CACHE = "insight_cache"  # (measured inputs, series_insight's result, (preference, votes) its verdict was made with)
+PREFERENCE_NAMES = {"fidelity": N_("fidelity first"), "balanced": N_("balanced"), "style": N_("style first")}
+# The verdict's ``missing`` evidence as shown (the verdict names it in English).
+MISSING_NAMES = {"probe": N_("a probe"), "votes": N_("blind votes (Rank)"), "references": N_("style references"),
+                 "validation loss": N_("a validation loss in the training log")}
 
 
 @st.cache_resource
@@ -55,58 +66,146 @@ def _loss_chart(loss: dict, axis: str, tags: list[str], title: str):
     return alt.layer(*layers).properties(title=title, height=260)
 
 
+def preference_key(series: str) -> str:
+    """The session state key of ``series``' style/fidelity preference (the Insight control's own key)."""
+    return f"preference_{series}"
+
+
+def preference(series: str) -> str:
+    """This session's style/fidelity preference for ``series``: balanced until the person changes it."""
+    return st.session_state.get(preference_key(series)) or DEFAULT_PREFERENCE
+
+
+def _preference_control(series: str) -> str:
+    """Fidelity first, balanced or style first, kept per series for the whole session (Rank reads it too)."""
+    names = {p: _(PREFERENCE_NAMES[p]) for p in PREFERENCES}  # taken now: a format_func may run outside the run
+    st.segmented_control(_("Weigh style against prompt fidelity"), list(PREFERENCES), default=DEFAULT_PREFERENCE,
+                         required=True, key=preference_key(series), persist_state="session",
+                         format_func=names.__getitem__,
+                         help=_("which epoch the verdict picks on the front: the one that keeps the prompt best, "
+                                "the best balance, or the one with the most style"))
+    return preference(series)
+
+
+def _votes_seen(ratings: dict | None) -> tuple | None:
+    """What of the blind ranking the verdict reads: the vote count, the order, the top two's separation."""
+    if not ratings or not ratings.get("votes"):
+        return None
+    order = tuple((it.get("key"), it.get("file"), it.get("rank")) for it in ratings.get("items", []))
+    return ratings["votes"], order, tuple(sorted((ratings.get("separation") or {}).items()))
+
+
+def series_ratings_or_none(settings, catalog, series: str) -> dict | None:
+    """The series' blind ranking when it has votes (None without, or when the votes file cannot be read)."""
+    try:
+        with active():  # the columns' labels in the session's language
+            ratings = series_ratings(catalog, series, settings.path(settings.ratings_dir))
+    except LoraSpectrumError:
+        return None
+    return ratings if ratings.get("votes") else None
+
+
+def insight_result(settings, choice, catalog, series: str, ratings: dict | None = None) -> dict | None:
+    """``series_insight`` of ``series`` for this session, its verdict at the session's preference with
+    ``ratings`` (the blind votes). Measured once per (folder contents, series, log folder, last grid, probe run,
+    language: the notes and the reason are written in it) and kept; a new vote or preference only decides the
+    verdict again from the same measures (what ``series_insight`` does last). None (the error shown) when the
+    series cannot be measured."""
+    grid = (st.session_state.get(RESULT) or {}).get("out_dir")
+    probe, logs, chosen = probe_folder(series), choice.logs_folder(settings), preference(series)
+    key = (catalog.generation, series, str(logs), grid, probe, translator().code)
+    made_with = (chosen, _votes_seen(ratings))
+    cached = st.session_state.get(CACHE)
+    if cached and cached[0] == key and cached[2] == made_with:
+        return cached[1]
+    try:
+        with active():
+            if cached and cached[0] == key:
+                result = cached[1]
+                verdict = decide(result["series"], result["epochs"], probe=result["probe"], loss=result["loss"],
+                                 ratings=ratings, preference=chosen)
+                result = {**result, "verdict": verdict.to_json()}
+            else:
+                with st.spinner(_("Measuring the epochs...")):
+                    result = measures.series_insight(
+                        catalog, series=series, logs=logs, grid=grid, cache=_weight_cache(), lenient=True,
+                        clip_model=choice.clip_model(settings), allow_download=not settings.local_files_only,
+                        probe=probe, references=choice.references, ratings=ratings, preference=chosen)
+    except LoraSpectrumError as exc:
+        st.error(md_escape(error_text(exc)))
+        return None
+    st.session_state[CACHE] = (key, result, made_with)
+    return result
+
+
+def _epoch_names(epochs) -> str:
+    return ", ".join(_("epoch {epoch}").format(epoch=e) for e in epochs)
+
+
+def verdict_panel(verdict: dict) -> None:
+    """The verdict as every view shows it: the stop advice, the pick and its reason (green only when judged;
+    before a probe the reason says what the weight curves show and that a probe must judge), the front, the
+    epochs the measures cannot tell apart from the pick, how sure, and what evidence is missing."""
+    if verdict.get("stop"):
+        st.warning(md_escape(verdict["stop_reason"]))
+    reason = md_escape(verdict.get("reason", ""))
+    if verdict.get("state") in JUDGED and verdict.get("file"):
+        st.success(reason)
+    elif verdict.get("state") == "no style":
+        st.warning(reason)
+    else:  # empty, needs probe: no pick, and nothing green
+        st.info(reason)
+    facts = []
+    if verdict.get("front"):
+        facts.append(_("on the style/fidelity front: {epochs}").format(epochs=_epoch_names(verdict["front"])))
+    others = [e for e in verdict.get("tied") or [] if e != verdict.get("epoch")]
+    if others:
+        facts.append(_("cannot be told apart from the pick: {epochs}").format(epochs=_epoch_names(others)))
+    if verdict.get("confidence") is not None:
+        facts.append(_("confidence {share} (the same pick in that share of the resamples)").format(
+            share=f"{100 * verdict['confidence']:.0f}%"))
+    if facts:
+        st.caption(md_escape(" · ".join(facts)))
+    if verdict.get("missing"):
+        missing = [_(MISSING_NAMES[m]) if m in MISSING_NAMES else m for m in verdict["missing"]]
+        st.caption(md_escape(_("Not weighed yet: {evidence}.").format(evidence=", ".join(missing))))
+
+
 def insight_view(settings, choice, catalog, controls) -> None:
     series = controls.series if controls is not None else None
     if series is None:
         st.info(_("No usable series in the loras folder."))
         return
     st.subheader(_("Judge the epochs of {series}").format(series=series))
+    # 1. The probe: run by itself for a series not probed yet (auto_probe), else by its button.
     probe_controls(settings, choice, catalog, series, controls.batch_epochs)
-    result_state = st.session_state.get(RESULT) or {}
-    grid = result_state.get("out_dir")
-    probe = probe_folder(series)
-    logs = choice.logs_folder(settings)
-    # Measured once per (folder contents, series, log folder, last grid, probe run, language: the notes and the
-    # reason are written in it) and kept for this session.
-    key = (catalog.generation, series, str(logs), grid, probe, translator().code)
-    cached = st.session_state.get("insight_cache")
-    if cached and cached[0] == key:
-        result = cached[1]
-    else:
-        try:
-            with st.spinner(_("Measuring the epochs...")), active():
-                result = measures.series_insight(catalog, series=series, logs=logs, grid=grid,
-                                                 cache=_weight_cache(), lenient=True,
-                                                 clip_model=choice.clip_model(settings),
-                                                 allow_download=not settings.local_files_only, probe=probe)
-        except LoraSpectrumError as exc:
-            st.error(md_escape(error_text(exc)))
-            return
-        st.session_state["insight_cache"] = (key, result)
-    epochs = result["epochs"]
+    # 2. The verdict at the person's preference, with the blind votes cast so far.
+    _preference_control(series)
+    result = insight_result(settings, choice, catalog, series, series_ratings_or_none(settings, catalog, series))
+    if result is None:
+        return
+    verdict, epochs, logs = result["verdict"], result["epochs"], choice.logs_folder(settings)
     for note in result.get("notes", []):
         st.caption(md_escape(note))
-    # 1. The suggestion, with the numbers behind it, and what the probe measured.
-    if result.get("suggested_epoch") is not None or result.get("suggested_file"):
-        st.success(md_escape(result["reason"]))
+    verdict_panel(verdict)
     if result.get("probe"):
-        probe_results(result["probe"], result["suggestion"])
+        probe_results(result["probe"], verdict)
     else:
         st.caption(_("Run a probe to weigh each epoch's style against how well it still follows the prompt; "
-                     "until then the suggestion reads the weight curves only."))
+                     "weight curves and the training loss cannot pick an epoch."))
     st.subheader(_("How {series} grew").format(series=series))
     # Columns named with N_: the table and the tooltips show them translated, the code reads them as they are.
     df = pd.DataFrame([{N_("epoch"): e["epoch"], N_("file"): e["file"], N_("weight norm"): e["weight_norm"],
                         N_("change from previous"): e["relative_change"], N_("cosine to last"): e["cosine_to_last"]}
                        for e in epochs if e["epoch"] is not None])
-    # 2. Weight-space curves.
+    # 3. Weight-space curves.
     if not df.empty:
         cols = st.columns(3)
         cols[0].altair_chart(_line(df, "weight norm", _("update norm")), width="stretch")
         cols[1].altair_chart(_line(df, "change from previous", _("change from previous epoch"), ".1%"),
                              width="stretch")
         cols[2].altair_chart(_line(df, "cosine to last", _("cosine to last epoch")), width="stretch")
-    # 3. Image measures of the last rendered grid.
+    # 4. Image measures of the last rendered grid.
     image = result.get("image")
     if image and image.get("rows"):
         rows = pd.DataFrame([{"epoch": r["epoch"], N_("from base"): r["distance_from_base"],
@@ -123,7 +222,7 @@ def insight_view(settings, choice, catalog, controls) -> None:
             cols[2].altair_chart(_line(rows, "change", _("change from previous epoch")), width="stretch")
     else:
         st.caption(_("Render a grid with the base column in the Compare view to add image measures."))
-    # 4. The training loss against step and against epoch (per-epoch tags count epochs, not steps), with a
+    # 5. The training loss against step and against epoch (per-epoch tags count epochs, not steps), with a
     #    marker for each epoch file on both.
     loss = result.get("loss")
     if loss and loss.get("series"):
@@ -138,12 +237,12 @@ def insight_view(settings, choice, catalog, controls) -> None:
                 col.altair_chart(chart, width="stretch")
     elif logs is None:
         st.caption(_("No training log: set `logs:` in the config or put TensorBoard event files in <loras>/logs."))
-    # 5. The table, and a way back to the side-by-side view for any epoch.
+    # 6. The table, and a way back to the side-by-side view for any epoch.
     if not df.empty:
         st.dataframe(df.rename(columns=_), hide_index=True, width="stretch")
         names = {f: _("epoch {epoch}").format(epoch=n) for f, n in zip(df["file"], df["epoch"], strict=True)}
         st.selectbox(_("Open an epoch in the side-by-side view"), df["file"].tolist(), key="insight_pick",
                      format_func=names.__getitem__)
         st.button(_("Open in Compare"), key="insight_open", on_click=_open_in_compare)
-    # 6. Ship the suggested epoch (or another) with its evidence; the blind ranking adds its own in Rank.
-    ship_panel(settings, choice, catalog, series, default_epoch=result.get("suggested_epoch"), insight=result)
+    # 7. Ship the verdict's pick (or another) with its evidence.
+    ship_panel(settings, choice, catalog, series, verdict, insight=result)

@@ -1,6 +1,7 @@
-"""Insight's probe section: choose a probe set and run it (progress, cancel), then the probe grid (epochs x probe
-prompts), style against fidelity with the suggestion marked, the leak per epoch, and Open in Compare with the probe
-prompt. Runs come from ``probe_runs``, numbers from ``measures``; this file only draws them."""
+"""Insight's probe section: choose a probe set and run it (progress, cancel; by itself with ``auto_probe`` for a
+series not probed yet), then the probe grid (epochs x probe prompts), style against fidelity with the verdict's
+front and pick marked, the leak per epoch, and Open in Compare with the probe prompt. Runs come from
+``probe_runs``, numbers from ``measures``; this file only draws them."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from lora_spectrum.catalog import READY
 from lora_spectrum.errors import BusyError, LoraSpectrumError
 from lora_spectrum.language import N_
 from lora_spectrum.probe_runs import run_probe
@@ -19,16 +21,25 @@ from lora_spectrum.render_cache import RenderCache
 from lora_spectrum.ui.language import _, active, error_text
 from lora_spectrum.ui.text import md_escape
 
-PROBE = "probe_run"  # this session's last probe run: {"folder", "set", "series", "status"}
+PROBE = "probe_runs"  # this session's probe runs by series: {"folder", "set", "files", "status", ...}
+PROBE_ROOT = "probe_root"  # the temporary folder this session's probe runs are written under
 KIND_LABELS = {"style": N_("style"), "new_context": N_("new context"), "leak": N_("leak (no trigger)")}
+
+
+def _record(series: str | None) -> dict:
+    """This session's last probe run of ``series`` (empty when there is none)."""
+    return (st.session_state.get(PROBE) or {}).get(series) or {}
 
 
 def probe_folder(series: str | None) -> str | None:
     """The folder of this session's finished probe run of ``series``, for the measures; None when there is none."""
-    state = st.session_state.get(PROBE) or {}
-    if state.get("series") == series and state.get("status") == "done":
-        return state["folder"]
-    return None
+    record = _record(series)
+    return record["folder"] if record.get("status") == "done" else None
+
+
+def _files(catalog, series: str) -> tuple:
+    """The series' ready files as they are now (name, size, mtime): a probe of other bytes is not theirs."""
+    return tuple((e.name, e.size, e.mtime_ns) for e in catalog.entries if e.series == series and e.state == READY)
 
 
 def _choices(settings, choice) -> list[str]:
@@ -43,10 +54,11 @@ def _run(settings, choice, catalog, series: str, name: str, batch: int) -> None:
     entries = [e for e in catalog.entries if e.series == series]
     probe_set = find_probe_set(name, settings, demo=choice.is_demo,
                                trigger_words=[w for e in entries for w in e.trigger_words])
-    root = st.session_state.get(PROBE, {}).get("root") or tempfile.mkdtemp(prefix="lora_spectrum_probe_")
+    root = st.session_state.get(PROBE_ROOT) or tempfile.mkdtemp(prefix="lora_spectrum_probe_")
+    st.session_state[PROBE_ROOT] = root
     folder = Path(root) / f"{series}-{probe_set.name}"
-    st.session_state[PROBE] = {"root": root, "folder": str(folder), "set": probe_set.name, "series": series,
-                               "status": "running"}
+    record = {"folder": str(folder), "set": probe_set.name, "files": _files(catalog, series), "status": "running"}
+    st.session_state.setdefault(PROBE, {})[series] = record
     bar = st.progress(0.0, text=_("Waiting for the engine..."))
 
     def progress(done, total, cell):
@@ -62,15 +74,25 @@ def _run(settings, choice, catalog, series: str, name: str, batch: int) -> None:
                             on_progress=progress, mix=batch)
     except BusyError as exc:
         st.warning(md_escape(error_text(exc)))
-        st.session_state[PROBE]["status"] = "busy"
+        record["status"] = "busy"
         return
+    except LoraSpectrumError as exc:
+        record.update(status="failed", error=error_text(exc))
+        raise
     finally:
         bar.empty()
-    st.session_state[PROBE].update(status="done", failed=run.failed)
+    record.update(status="done", failed=run.failed)
+
+
+def _starts_by_itself(settings, record: dict, files: tuple) -> bool:
+    """With ``auto_probe``: a series with no probe of its files as they are now (or whose last try found the
+    engine busy). Never again while one of these files was started, cancelled, failed or done."""
+    return settings.auto_probe and (record.get("files") != files or record.get("status") == "busy")
 
 
 def probe_controls(settings, choice, catalog, series: str, batch: int) -> None:
-    """The probe set picker and the Run probe / Cancel buttons."""
+    """The probe set picker and the Run probe / Cancel buttons; with ``auto_probe`` the probe of a series not
+    probed yet starts by itself, through the same run as the button (progress, Cancel, the render cache)."""
     names = _choices(settings, choice)
     if not names:
         st.caption(_("No probe sets: add one under configs/probes/ or `probes:` in the config."))
@@ -84,18 +106,26 @@ def probe_controls(settings, choice, catalog, series: str, batch: int) -> None:
                                "already rendered)"))
     if cols[2].button(_("Cancel"), key="probe_cancel",
                       help=_("stop the probe; finished images are kept in the cache")):
-        state = st.session_state.get(PROBE)
-        if state and state.get("status") == "running":
-            state["status"] = "cancelled"
-    state = st.session_state.get(PROBE) or {}
-    if go:
+        if _record(series).get("status") == "running":
+            _record(series)["status"] = "cancelled"
+    record = _record(series)
+    auto = not go and _starts_by_itself(settings, record, _files(catalog, series))
+    if go or auto:
+        note = st.empty()
+        if auto:
+            note.caption(_("Probing {series} by itself (auto_probe in the config): the verdict needs each epoch's "
+                           "style weighed against its prompt fidelity; Cancel stops it.").format(series=series))
         try:
             _run(settings, choice, catalog, series, name, batch)
         except LoraSpectrumError as exc:
             st.error(md_escape(error_text(exc)))
-    elif state.get("status") in ("running", "cancelled") and state.get("series") == series:
+        finally:
+            note.empty()
+    elif record.get("status") in ("running", "cancelled"):
         st.info(_("The probe was cancelled; the images it finished are cached, so Run probe again finishes it "
                   "quickly."))
+    elif record.get("status") == "failed":
+        st.error(md_escape(record.get("error", "")))
 
 
 def _epoch_label(epoch: int | None, file: str) -> str:
@@ -103,24 +133,39 @@ def _epoch_label(epoch: int | None, file: str) -> str:
     return _("epoch {epoch}").format(epoch=epoch) if epoch is not None else file
 
 
-def _trade_off_chart(probe: dict, weighed: list[dict], suggested: str | None):
-    """Style gained (x) against fidelity kept (y), one point per epoch joined in training order, the suggestion
-    ringed; the base sits at (0, 1)."""
-    kept = {e["file"]: e.get("fidelity_kept") for e in probe["epochs"]}
-    rows = [{"epoch": w["epoch"], "file": w["file"], "style gained": w["style_gained"],
-             "fidelity kept": kept.get(w["file"]), "score": w["score"], "suggested": w["file"] == suggested,
-             "label": _epoch_label(w["epoch"], w["file"])} for w in weighed]
-    df = pd.DataFrame([{"epoch": 0, "file": "base", "style gained": 0.0, "fidelity kept": 1.0, "score": 0.0,
-                        "suggested": False, "label": _("base")}, *rows])
-    enc = {"x": alt.X("style gained:Q", title=_("style gained (share of the run's most)"), scale=alt.Scale(
-        domain=[0, 1.05])), "y": alt.Y("fidelity kept:Q", title=_("prompt fidelity (share of the base's)"),
-                                 scale=alt.Scale(zero=False))}
-    tooltip = [alt.Tooltip("label:N", title=_("label")), alt.Tooltip("score:Q", title=_("score"))]
-    path = alt.Chart(df).mark_line(point=True, color="#7a7a7a").encode(order="epoch:Q", **enc, tooltip=tooltip)
-    text = alt.Chart(df).mark_text(dx=8, dy=-8, align="left").encode(text="label:N", **enc)
-    ring = alt.Chart(df[df["suggested"]]).mark_point(size=400, shape="circle", color="#d62728",
-                                                     strokeWidth=3).encode(**enc)
-    return alt.layer(path, text, ring).properties(title=_("Style against prompt fidelity"), height=320)
+def _trade_off_chart(points: list[dict], pick: str | None):
+    """The verdict's points: style gained (x) against fidelity kept (y), each with one standard error either way,
+    one point per epoch joined in training order, the epochs on the front filled, the pick ringed; the base sits
+    at (0, 1)."""
+    rows = [{"epoch": p["epoch"], "style": p["style"], "style_se": p.get("style_se") or 0.0,
+             "fidelity": p["fidelity"], "fidelity_se": p.get("fidelity_se") or 0.0, "score": p.get("score"),
+             "front": bool(p.get("front")), "pick": p["file"] == pick, "label": _epoch_label(p["epoch"], p["file"])}
+            for p in points if p.get("style") is not None and p.get("fidelity") is not None]
+    df = pd.DataFrame([{"epoch": 0, "style": 0.0, "style_se": 0.0, "fidelity": 1.0, "fidelity_se": 0.0,
+                        "score": 0.0, "front": False, "pick": False, "label": _("base")}, *rows])
+    df["style_lo"], df["style_hi"] = df["style"] - df["style_se"], df["style"] + df["style_se"]
+    df["fidelity_lo"], df["fidelity_hi"] = df["fidelity"] - df["fidelity_se"], df["fidelity"] + df["fidelity_se"]
+    x_title, y_title = _("style gained (share of the run's most)"), _("prompt fidelity kept (share of the base's)")
+    x = alt.X("style:Q", title=x_title, scale=alt.Scale(domain=[0, 1.05]))
+    y = alt.Y("fidelity:Q", title=y_title, scale=alt.Scale(zero=False))
+    tooltip = [alt.Tooltip("label:N", title=_("label")), alt.Tooltip("style:Q", format=".1%", title=_("style")),
+               alt.Tooltip("style_se:Q", format=".1%", title="±"),
+               alt.Tooltip("fidelity:Q", format=".1%", title=_("fidelity kept")),
+               alt.Tooltip("fidelity_se:Q", format=".1%", title="±"), alt.Tooltip("score:Q", title=_("score"))]
+    path = alt.Chart(df).mark_line(color="#7a7a7a").encode(order="epoch:Q", x=x, y=y)
+    bars_x = alt.Chart(df).mark_rule(color="#b0b0b0").encode(x=alt.X("style_lo:Q", title=x_title), x2="style_hi:Q",
+                                                             y=y)
+    bars_y = alt.Chart(df).mark_rule(color="#b0b0b0").encode(x=x, y=alt.Y("fidelity_lo:Q", title=y_title),
+                                                             y2="fidelity_hi:Q")
+    names = {True: _("on the front"), False: _("dominated")}
+    dots = alt.Chart(df.assign(where=df["front"].map(names))).mark_point(filled=True, size=70).encode(
+        x=x, y=y, tooltip=tooltip, color=alt.Color("where:N", title=None, scale=alt.Scale(
+            domain=[names[True], names[False]], range=["#1f77b4", "#9a9a9a"])))
+    text = alt.Chart(df).mark_text(dx=8, dy=-8, align="left").encode(text="label:N", x=x, y=y)
+    ring = alt.Chart(df[df["pick"]]).mark_point(size=400, shape="circle", color="#d62728",
+                                                 strokeWidth=3).encode(x=x, y=y)
+    return alt.layer(path, bars_x, bars_y, dots, text, ring).properties(title=_("Style against prompt fidelity"),
+                                                                       height=320)
 
 
 def _leak_chart(probe: dict):
@@ -142,9 +187,14 @@ def _open_probe_in_compare() -> None:
     st.session_state["view"] = "Compare"
 
 
-def probe_results(probe: dict, suggestion: dict) -> None:
-    """The chart, the leak, the probe grid and Open in Compare for a measured probe run."""
-    weighed = suggestion.get("numbers", {}).get("rule_inputs") or []
+# The probe table's headers: English in the code, translated where the table is shown.
+TABLE = (N_("epoch"), N_("style"), N_("style ±"), N_("fidelity"), N_("fidelity ±"), N_("fidelity kept"),
+         N_("leak"), N_("consistency"), N_("on the front"), N_("resamples picking it"))
+
+
+def probe_results(probe: dict, verdict: dict) -> None:
+    """The chart, the leak, the table and the probe grid of a measured probe run, with ``verdict``'s (the series'
+    one verdict) front and pick marked, and Open in Compare."""
     if not probe["clip"].get("skipped"):
         line = _("Probe set {set}, measure: {measure} ({model})").format(
             set=probe["probe_set"], measure=probe["measure"], model=probe["clip"]["model"])
@@ -152,21 +202,29 @@ def probe_results(probe: dict, suggestion: dict) -> None:
         line = _("Probe set {set}, measure: {measure} (fallback: {reason})").format(
             set=probe["probe_set"], measure=probe["measure"], reason=probe["clip"].get("reason", ""))
     st.caption(md_escape(line))
+    points = verdict.get("points") or []
     cols = st.columns(2)
-    if weighed:
-        cols[0].altair_chart(_trade_off_chart(probe, weighed, suggestion.get("file")), width="stretch")
+    if points:
+        cols[0].altair_chart(_trade_off_chart(points, verdict.get("file")), width="stretch")
     leak = _leak_chart(probe)
     if leak is not None:
         cols[1].altair_chart(leak, width="stretch")
-    table = pd.DataFrame([{_("epoch"): e["epoch"], _("style"): e["style"], _("fidelity"): e["fidelity"],
-                           _("fidelity kept"): e["fidelity_kept"], _("leak"): e["leak"],
-                           _("consistency"): e["consistency"]} for e in probe["epochs"]])
-    st.dataframe(table, hide_index=True, width="stretch")
-    _probe_grid(probe, suggestion.get("file"))
+    by_file = {p["file"]: p for p in points}
+    rows = []
+    for e in probe["epochs"]:
+        p = by_file.get(e["file"], {})
+        rows.append(dict(zip(TABLE, (e["epoch"], e["style"], e.get("style_se"), e["fidelity"], e.get("fidelity_se"),
+                                     e["fidelity_kept"], e["leak"], e["consistency"], p.get("front"),
+                                     p.get("share")), strict=True)))
+    st.dataframe(pd.DataFrame(rows, columns=list(TABLE)).rename(columns=_), hide_index=True, width="stretch")
+    st.caption(_("± is one standard error over the probe's prompts and seeds; style and fidelity kept in the chart "
+                 "are shares of the run's most style and of the base's fidelity, their errors from resampling the "
+                 "prompts and seeds."))
+    _probe_grid(probe, verdict.get("file"))
 
 
-def _probe_grid(probe: dict, suggested: str | None) -> None:
-    """Epochs (columns, the base first) x probe prompts (rows), one seed at a time."""
+def _probe_grid(probe: dict, pick: str | None) -> None:
+    """Epochs (columns, the base first) x probe prompts (rows), one seed at a time; the verdict's pick starred."""
     folder = Path(probe["folder"])
     seeds = sorted({c["seed"] for c in probe["cells"]})
     seed = st.selectbox(_("Seed shown in the probe grid"), seeds, key="probe_seed")
@@ -176,7 +234,7 @@ def _probe_grid(probe: dict, suggested: str | None) -> None:
     header = st.columns(len(files) + 1)
     header[0].markdown("**" + _("probe prompt") + "**")
     for i, f in enumerate(files):
-        header[i + 1].markdown(f"**{md_escape(labels[f])}**" + (" ★" if f == suggested and f else ""))
+        header[i + 1].markdown(f"**{md_escape(labels[f])}**" + (" ★" if f == pick and f else ""))
     for p in probe["prompts"]:
         row = st.columns(len(files) + 1)
         kind = KIND_LABELS.get(p["kind"])

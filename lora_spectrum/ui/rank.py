@@ -16,9 +16,11 @@ from lora_spectrum.decision.ranking import fit, next_pair
 from lora_spectrum.decision.votes import VoteBook, current_files, series_ratings
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.language import N_
+from lora_spectrum.measures.verdict import VOTE_Z
 from lora_spectrum.render_cache import RenderCache
-from lora_spectrum.ui.language import _, active, error_text
-from lora_spectrum.ui.ship import session_insight, ship_panel
+from lora_spectrum.ui.insight import insight_result, verdict_panel
+from lora_spectrum.ui.language import _, active, column_name, error_text
+from lora_spectrum.ui.ship import ship_panel
 from lora_spectrum.ui.state import RANK
 from lora_spectrum.ui.text import md_escape
 
@@ -118,6 +120,36 @@ def _vote_panel(state: dict, book: VoteBook, current: dict[str, str]) -> None:
     st.caption(_("Keys: ← left, → right, ↓ tie, S skip."))
 
 
+def _name(catalog, series: str, file: str | None, epoch: int | None) -> str:
+    entry = next((e for e in catalog.series().get(series, []) if e.name == file), None)
+    return column_name(entry) if entry is not None else _("epoch {epoch}").format(epoch=epoch)
+
+
+def _votes_and_measures(catalog, series: str, verdict: dict, summary: dict) -> None:
+    """Whether the votes agree with the measures, and how uncertain the ranking is: how far apart its top two
+    epochs are, against the separation at which the votes decide the verdict."""
+    votes, lines = verdict.get("votes") or {}, []
+    if votes.get("top") is not None:
+        top = _name(catalog, series, votes.get("top_file"), votes["top"])
+        if votes.get("agree"):
+            lines.append(_("The votes agree with the measures: their top epoch, {name}, is the measures' pick or one "
+                           "they cannot tell apart from it.").format(name=top))
+        else:
+            lines.append(_("The votes and the measures disagree: the votes put {name} first, the measures pick "
+                           "{pick}.").format(name=top, pick=_name(catalog, series, None, verdict["picks"].get(
+                               verdict["preference"]))))
+    elif summary.get("votes") and verdict.get("state") not in ("measures", "votes"):
+        lines.append(_("The votes cannot be weighed against the measures until Insight has probed the epochs."))
+    z = (summary.get("separation") or {}).get("z")
+    if z is not None:
+        lines.append(_("The ranking's top two epochs are {z} standard errors apart; the votes decide the verdict "
+                       "once they are {need} apart.").format(z=f"{z:.1f}", need=f"{VOTE_Z:g}"))
+    elif summary.get("votes"):
+        lines.append(_("Too few epochs judged to say how far apart the ranking's top two are."))
+    for line in lines:
+        st.caption(md_escape(line))
+
+
 def _reveal(settings, choice, catalog, series: str) -> None:
     try:
         with active():  # the columns' labels and the notice in the session's language
@@ -133,7 +165,12 @@ def _reveal(settings, choice, catalog, series: str) -> None:
             n=summary["votes"], set_aside=summary["set_aside"]))
     else:
         st.caption(_("{n} vote(s)").format(n=summary["votes"]))
-    insight = session_insight(catalog, series) or {}
+    # The series' one verdict, as Insight shows it, with these votes.
+    insight = insight_result(settings, choice, catalog, series, summary if summary.get("votes") else None) or {}
+    verdict = insight.get("verdict")
+    if verdict:
+        verdict_panel(verdict)
+        _votes_and_measures(catalog, series, verdict, summary)
     measured = {e["file"]: e for e in insight.get("epochs", [])}
     rows = []
     for it in summary["items"]:
@@ -144,8 +181,8 @@ def _reveal(settings, choice, catalog, series: str) -> None:
                      "fidelity": m.get("fidelity"), "leak": m.get("leak"), "weight norm": m.get("weight_norm")})
     df = pd.DataFrame(rows)
     measures = ["style", "fidelity", "leak", "weight norm"]
-    if not insight:
-        st.caption(_("Open Insight (and run a probe) to see its measures beside the ranking."))
+    if not insight.get("probe"):
+        st.caption(_("Open Insight to probe the epochs: the verdict and the style and fidelity columns need it."))
     df = df.drop(columns=[m for m in measures if df[m].isna().all()])  # no probe: no style, fidelity, leak
     st.dataframe(df.rename(columns=_), hide_index=True, width="stretch")
     judged = [r for r in rows if r["rank"]]
@@ -161,9 +198,8 @@ def _reveal(settings, choice, catalog, series: str) -> None:
         ).properties(height=240, title=_("Bradley-Terry score ± one standard error")), width="stretch")
     else:
         st.caption(_("No votes yet: the columns without a rank have not been judged."))
-    top = next((it for it in summary["items"] if it["epoch"] is not None and it["rank"]), None)
-    ship_panel(settings, choice, catalog, series, default_epoch=top["epoch"] if top else None,
-               ranking=summary, insight=insight or None)
+    # Ship starts at the verdict's pick: the measures' until the votes separate the epochs, then the votes' top.
+    ship_panel(settings, choice, catalog, series, verdict, ranking=summary, insight=insight or None)
 
 
 def rank_view(settings, choice, catalog, controls) -> None:

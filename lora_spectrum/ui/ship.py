@@ -1,5 +1,5 @@
-"""Ship this epoch: pick the epoch (the ranking's best, else Insight's suggestion), a release name and a note, and
-promote it (``decision/promotion.promote``) into the configured ``shipped_dir`` with its model card; the card is
+"""Ship this epoch: pick the epoch (the series' verdict's pick; none before there is one, never simply the
+most-trained), a release name and a note, and promote it (``decision/promotion.promote``) into the configured ``shipped_dir`` with its model card; the card is
 shown and offered for download. Also the evidence that goes with a grid: Compare's HTML report with the series'
 ranking and measures. This file only draws and calls the core."""
 
@@ -22,6 +22,7 @@ from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
 
 SHIPPED = "ship_done"  # the last promotion of this session: paths and card text
+SHIP_PICK = "ship_pick"  # (series, the verdict's pick) the Epoch box was last set to
 
 
 def session_insight(catalog, series: str) -> dict | None:
@@ -67,23 +68,40 @@ def _last_grid(settings, series: str, catalog) -> str | None:
     return str(run.folder) if run else None
 
 
-def ship_panel(settings, choice, catalog, series: str, default_epoch: int | None, ranking: dict | None = None,
+def _verdict_pick(verdict: dict | None, numbers: list[int], entries) -> int | None:
+    """The Epoch box's number of the verdict's pick (its file), None without a pick."""
+    file = (verdict or {}).get("file")
+    return next((n for n, e in zip(numbers, entries, strict=True) if file and e.name == file), None)
+
+
+def ship_panel(settings, choice, catalog, series: str, verdict: dict | None, ranking: dict | None = None,
                insight: dict | None = None) -> None:
+    """Ship this epoch, starting at ``verdict``'s pick (the series' one verdict, as Insight and Rank show it).
+    Without a pick no epoch is chosen: the person picks one (never the most-trained epoch by default)."""
     entries = [e for e in catalog.series().get(series, []) if e.epoch is not None or e.step is not None]
     if not entries:
         return
     st.subheader(_("Ship this epoch"))
     numbers = [e.epoch if e.epoch is not None else e.step for e in entries]
-    suggested = default_epoch if default_epoch in numbers else (insight or {}).get("suggested_epoch")
-    index = numbers.index(suggested) if suggested in numbers else len(numbers) - 1
+    pick = _verdict_pick(verdict, numbers, entries)
+    # The box starts at the pick and follows it when the verdict changes; a person's own choice stays until then.
+    if st.session_state.get(SHIP_PICK) != (series, pick) or st.session_state.get("ship_epoch") not in numbers:
+        st.session_state["ship_epoch"] = pick
+        st.session_state[SHIP_PICK] = (series, pick)
     cols = st.columns([1, 1, 2])
     names = {n: column_name(e) for n, e in zip(numbers, entries, strict=True)}
-    epoch = cols[0].selectbox(_("Epoch"), numbers, index=index, key="ship_epoch", format_func=names.__getitem__)
+    epoch = cols[0].selectbox(_("Epoch"), numbers, index=None, key="ship_epoch", format_func=names.__getitem__,
+                              placeholder=_("choose an epoch: no verdict yet") if pick is None else
+                              _("choose an epoch"))
     name = cols[1].text_input(_("Release name"), value=series, key="ship_name")
     note = cols[2].text_input(_("Why this epoch"), key="ship_note",
                               placeholder=_("e.g. style is in, the prompt's colours still hold"))
+    if pick is None:
+        st.caption(_("No verdict picks an epoch yet (run a probe in Insight): choose the epoch to ship yourself."))
+    elif epoch is not None and epoch != pick:
+        st.caption(_("Not the verdict's pick ({name}).").format(name=names[pick]))
     target = settings.path(settings.shipped_dir)
-    if st.button(_("Ship this epoch"), type="primary", key="ship_go",
+    if st.button(_("Ship this epoch"), type="primary", key="ship_go", disabled=epoch is None,
                  help=_("writes {name}.safetensors (same tensors, provenance in its metadata) and {name}.md to "
                         "{folder}; never overwrites, never touches the loras folder").format(name=name,
                                                                                             folder=target)):
@@ -92,8 +110,10 @@ def ship_panel(settings, choice, catalog, series: str, default_epoch: int | None
             with active():  # the model card in the session's language
                 if ranking is None:  # Insight's panel: the blind votes cast so far, if any, go into the card too
                     ranking = series_ratings(catalog, series, settings.path(settings.ratings_dir))
+                # The card quotes the verdict shown here: it travels inside the insight it came with.
+                evidence = {**(insight or {}), "verdict": verdict} if verdict else insight
                 done = promote(catalog, epoch, target, series=series, name=name.strip() or None, note=note,
-                               ranking=ranking if ranking and ranking.get("votes") else None, insight=insight,
+                               ranking=ranking if ranking and ranking.get("votes") else None, insight=evidence,
                                grid=grid, base_id=choice.engine.base_id)
         except LoraSpectrumError as exc:
             st.error(md_escape(error_text(exc)))

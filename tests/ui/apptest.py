@@ -21,7 +21,10 @@ def app_config(tmp_path, demo_dir, monkeypatch):
     config = tmp_path / "config.yaml"
     config.write_text(f"base: demo\ndemo: random\nloras: {loras}\ncache_dir: {tmp_path / 'cache'}\ndemo_dir: {demo_dir}\n"
                       f"device: cpu\nruns_dir: {tmp_path / 'runs'}\nratings_dir: {tmp_path / 'ratings'}\n"
-                      f"shipped_dir: {tmp_path / 'shipped'}\n", encoding="utf-8")
+                      f"shipped_dir: {tmp_path / 'shipped'}\n"
+                      # The app probes every series it opens (auto_probe: true, hundreds of renders on a CPU); the view
+                      # tests probe only where they test it (tests/ui/test_probe.py).
+                      "auto_probe: false\n", encoding="utf-8")
     monkeypatch.setenv(CONFIG_ENV, str(config))
     return config, loras
 

@@ -1,6 +1,7 @@
 """Rank through AppTest: blind pairs (sides only, no labels until the vote), votes by button into the series' votes
 file (left image = "a"), skip not counted, images without their parameters text, Reveal with the ranking (unjudged
-files unranked), and Ship this epoch writing the release and its card."""
+files unranked) and the series' verdict with these votes, and Ship this epoch (at the verdict's pick) writing the
+release and its card."""
 
 from __future__ import annotations
 
@@ -10,11 +11,21 @@ import json
 from PIL import Image
 
 from lora_spectrum.decision.votes import file_name
+from lora_spectrum.ui.insight import CACHE
 from lora_spectrum.ui.state import RANK
+from lora_spectrum.ui.text import md_escape
 from tests.ui.apptest import start
 
 EPOCHS = ["jimeng_20.safetensors", "jimeng_150.safetensors", "jimeng_300.safetensors"]
 LABELS = ("epoch 20", "epoch 150", "epoch 300", "base")
+# A probe small enough for the random demo (14 renders of two steps): Insight runs it by itself on the way.
+PROBES = """probe_set: tiny
+probes:
+  tiny:
+    seeds: [11]
+    style: [{prompt: a red circle on a white background, steps: 2}]
+    new_context: [{prompt: a blue triangle on a gray background, steps: 2}]
+"""
 
 
 def _vote_panel_text(at) -> str:
@@ -25,6 +36,7 @@ def _vote_panel_text(at) -> str:
 
 def test_blind_votes_go_to_the_votes_file_and_reveal_ranks_them(app_config, tmp_path):
     config, loras = app_config
+    config.write_text(config.read_text(encoding="utf-8") + PROBES, encoding="utf-8")
     at = start()
     at.sidebar.multiselect(key="epochs").set_value(EPOCHS)
     at.segmented_control(key="view").set_value("Rank").run()
@@ -56,7 +68,8 @@ def test_blind_votes_go_to_the_votes_file_and_reveal_ranks_them(app_config, tmp_
     assert [(v["a"], v["b"], v["result"], v["seed"]) for v in votes] == expected
     assert all(v["prompt"] == at.sidebar.text_area(key="prompt").value and v["seed"] == 1 for v in votes)
     assert all(v["a"] != v["b"] for v in votes)
-    # 3. Reveal: the ranking with labels beside Insight's measures of this series, and the epoch to ship.
+    # 3. Reveal: the ranking with labels beside Insight's measures of this series (Insight probed it by itself on
+    #    the way), the verdict with these votes, and the epoch to ship.
     at.segmented_control(key="view").set_value("Insight").run()
     at.segmented_control(key="view").set_value("Rank").run()
     assert at.session_state[RANK]["cast"] == 4, "the ranking session survives a visit to Insight"
@@ -71,10 +84,19 @@ def test_blind_votes_go_to_the_votes_file_and_reveal_ranks_them(app_config, tmp_
     assert "4 vote(s)" in _vote_panel_text(at)
     epochs = table[table["column"] != "base"]
     assert "weight norm" in table and epochs["weight norm"].notna().all(), "Insight's measures beside the ranking"
-    assert "style" not in table, "no probe was run: no empty style column"
-    top = judged.sort_values("rank")["column"].tolist()
-    top_epoch = next(lab for lab in top if lab != "base")
-    assert at.selectbox(key="ship_epoch").value == int(top_epoch.split()[1]), "Ship starts at the best epoch"
+    assert "style" in table and epochs["style"].notna().all(), "the probe's measures too"
+    # The verdict, the same one Insight shows, now with the votes: whether they agree, how far apart the top two.
+    verdict = at.session_state[CACHE][1]["verdict"]
+    assert verdict["state"] in ("measures", "votes") and verdict["votes"]["votes"] == 4
+    assert [s.value for s in at.success] == [md_escape(verdict["reason"])]
+    assert "blind votes" in verdict["reason"]
+    said = _vote_panel_text(at)
+    assert ("The votes agree with the measures" in said) is bool(verdict["votes"]["agree"]), said
+    assert "standard errors apart" in said or "Too few epochs judged" in said, said
+    # Ship starts at the verdict's pick (the votes' top only once they are separated), not the ranking's top.
+    assert at.selectbox(key="ship_epoch").value == verdict["epoch"], "Ship starts at the verdict's pick"
+    top = next(lab for lab in judged.sort_values("rank")["column"] if lab != "base")
+    at.selectbox(key="ship_epoch").set_value(int(top.split()[1])).run()  # a person ships the blind winner
     at.text_input(key="ship_note").set_value("the blind winner").run()
     at.button(key="ship_go").click().run()
     assert not at.exception, at.exception
