@@ -84,7 +84,7 @@ def test_the_code_marks_the_strings_of_every_view_and_of_the_core():
     for module in ("app.py", "lora_spectrum/ui/compare.py", "lora_spectrum/ui/rank.py", "lora_spectrum/ui/insight.py",
                    "lora_spectrum/ui/history.py", "lora_spectrum/ui/inspector.py", "lora_spectrum/ui/ship.py",
                    "lora_spectrum/ui/probe.py", "lora_spectrum/ui/base_picker.py", "lora_spectrum/ui/controls.py",
-                   "lora_spectrum/measures/suggestion.py", "lora_spectrum/decision/model_card.py",
+                   "lora_spectrum/measures/verdict_reason.py", "lora_spectrum/decision/model_card.py",
                    "lora_spectrum/decision/html_report.py", "lora_spectrum/errors.py"):
         assert module in files, f"no translatable string found in {module}"
     assert ("Render", None) in found and ("Epochs to compare", None) in found and ("rank", "LoRA") in found

@@ -38,7 +38,12 @@ def server(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(f"base: demo\ndemo: trained\ncache_dir: {tmp_path / 'cache'}\nloras: {tmp_path / 'none'}\n"
                       f"device: cpu\nruns_dir: {tmp_path / 'runs'}\nratings_dir: {tmp_path / 'ratings'}\n"
-                      f"shipped_dir: {tmp_path / 'shipped'}\n", encoding="utf-8")
+                      f"shipped_dir: {tmp_path / 'shipped'}\n"
+                      # Insight probes the series by itself: a small set keeps that to a few dozen renders.
+                      "probe_set: quick\nprobes:\n  quick:\n    seeds: [11]\n"
+                      "    style: [a red circle on a white background]\n"
+                      "    new_context: [a blue triangle on a gray background, a cyan square on a cream background]\n"
+                      "    leak: [a green circle on a cream background]\n", encoding="utf-8")
     port = free_port()
     env = {**os.environ, "LORA_SPECTRUM_CONFIG": str(config)}
     proc = subprocess.Popen(
@@ -93,9 +98,10 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
         switch_to_chinese_and_back(page, tmp_path)
-        # The Insight view: curves, the training loss of the run that made these epochs, a suggestion.
+        # The Insight view: curves, the training loss of the run that made these epochs, and the verdict once the
+        # probe it starts by itself has run.
         page.locator("[data-testid='stMain']").get_by_text("Insight", exact=True).first.click()
-        page.get_by_text("Suggestion").first.wait_for(timeout=120_000)
+        page.get_by_text("has the best balance of style and prompt fidelity").first.wait_for(timeout=240_000)
         page.get_by_text("Training loss").first.wait_for(timeout=60_000)
         page.screenshot(path=str(tmp_path / "insight.png"), full_page=True)
         # Cancel: a long render stopped after two cells keeps those cells, says so, and the engine renders again.

@@ -124,6 +124,7 @@ def test_shipping_from_a_chinese_session_writes_a_chinese_model_card(app_config,
     at.segmented_control(key="view").set_value("Insight").run()
     assert not at.exception, at.exception
     at.text_input(key="ship_note").set_value("墨线干净，颜色还在").run()
+    at.selectbox(key="ship_epoch").select_index(0).run()  # no verdict without a probe: the person chooses
     at.button(key="ship_go").click().run()
     assert not at.exception, at.exception
     card = (tmp_path / "shipped" / "jimeng.md").read_text(encoding="utf-8")
