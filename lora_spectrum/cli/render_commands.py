@@ -72,8 +72,8 @@ def add_parsers(sub) -> None:
     add_executor_arguments(s)
     s.add_argument("--json", action="store_true")
 
-    s = sub.add_parser("insight", help="weight-space curves, loss curve and a suggested epoch; with --probe, "
-                                       "renders a probe set and weighs style against prompt fidelity")
+    s = sub.add_parser("insight", help="weight-space curves and the loss curve; with --probe, renders a probe set, "
+                                       "weighs style against prompt fidelity and gives the verdict")
     s.add_argument("--loras", help="the loras folder (required unless --base is given: then the config's, or the "
                                    "demo's with --base demo)")
     s.add_argument("--series")
@@ -225,7 +225,7 @@ def _cmd_grid(args) -> int:
 
 
 def _add_insight(out_dir, manifest: dict, catalog, columns) -> None:
-    """Add the epoch measures (weight and image curves, suggestion) to the written manifest."""
+    """Add the epoch measures (weight and image curves, the verdict as far as they go) to the written manifest."""
     from lora_spectrum import measures
 
     series = next((c.series for c in columns if c is not None), None)

@@ -110,7 +110,7 @@ def verdict_lines(verdict: dict) -> list[str]:
     """The verdict as the terminal shows it: the reason, then the front, the tie, the preference and what is
     missing (``insight``, ``watch`` and ``ratings`` print these)."""
     lines = [_("Verdict: {reason}").format(reason=verdict.get("reason", ""))]
-    if verdict.get("epoch") is not None:
+    if verdict.get("file") is not None:
         lines.append("  " + _("front (style against fidelity): {epochs}; cannot be told apart: {tied}; preference: "
                               "{preference}").format(epochs=", ".join(map(str, verdict.get("front", []))),
                                                      tied=", ".join(map(str, verdict.get("tied", []))),

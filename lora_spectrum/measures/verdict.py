@@ -74,7 +74,7 @@ class Verdict:
 
     @property
     def judged(self) -> bool:
-        return self.epoch is not None
+        return self.file is not None
 
 
 def _context(epochs: list[dict], loss: dict | None) -> dict:
@@ -214,7 +214,9 @@ def decide(series: str | None, epochs: list[dict], probe: dict | None = None, lo
                        **common)
 
     # 2. The probe's measures as (prompt, seed) units; the terms of the trade-off per epoch.
-    files, numbers, s, d, _, _ = _units(probe)
+    files, epochs_of, s, d, _, _ = _units(probe)
+    # An epoch's number where the file has one, else its name (step-numbered files carry no epoch).
+    numbers = [e if e is not None else f for e, f in zip(epochs_of, files, strict=True)]
     if not len(s[None]) or not len(d[None]) or not len(files):
         return Verdict(state="needs probe", missing=tuple(missing), reason=verdict_reason.needs_probe(context),
                        **common)
@@ -234,10 +236,11 @@ def decide(series: str | None, epochs: list[dict], probe: dict | None = None, lo
     chosen = np.array([_argmax(_scores(bs, bk, PREFERENCES[preference])) for bs, bk in zip(boot_style, boot_kept,
                                                                                            strict=True)])
     share = np.bincount(chosen, minlength=len(files)) / RESAMPLES
-    tied = sorted({pick, *np.flatnonzero(share >= TIE_SHARE).tolist()})
-    front = _front(style, kept)
     score = _scores(style, kept, PREFERENCES[preference])
-    points = tuple({"epoch": numbers[k], "file": files[k], "style": rounded(float(style[k])),
+    equal = np.flatnonzero(np.isclose(score, score[pick], rtol=0, atol=1e-12)).tolist()  # the same score: a tie
+    tied = sorted({pick, *equal, *np.flatnonzero(share >= TIE_SHARE).tolist()})
+    front = _front(style, kept)
+    points = tuple({"epoch": epochs_of[k], "file": files[k], "style": rounded(float(style[k])),
                     "style_se": rounded(float(boot_style[:, k].std())), "fidelity": rounded(float(kept[k])),
                     "fidelity_se": rounded(float(boot_kept[:, k].std())), "score": rounded(float(score[k])),
                     "front": k in front, "share": rounded(float(share[k]))} for k in range(len(files)))
@@ -250,10 +253,10 @@ def decide(series: str | None, epochs: list[dict], probe: dict | None = None, lo
         state, pick = "votes", files.index(votes["top_file"])
     measures_pick = picks[preference]
     verdict = Verdict(
-        epoch=numbers[pick], file=files[pick], state=state, front=tuple(numbers[k] for k in front),
+        epoch=epochs_of[pick], file=files[pick], state=state, front=tuple(numbers[k] for k in front),
         tied=tuple(numbers[k] for k in tied), confidence=rounded(float(share[measures_pick])), missing=tuple(missing),
         points=points, picks={name: numbers[k] for name, k in picks.items()}, votes=votes, stop=stop, **common)
-    reason = verdict_reason.judged(verdict, probe, measures_pick=numbers[measures_pick], worse=worse)
+    reason = verdict_reason.judged(verdict, probe, measures_pick=epochs_of[measures_pick], worse=worse)
     return Verdict(**{**verdict.__dict__, "reason": reason,
                       "stop_reason": verdict_reason.stop(verdict, worse) if stop else ""})
 

@@ -15,6 +15,7 @@ from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.language import N_
 from lora_spectrum.measures.verdict import DEFAULT_PREFERENCE, PREFERENCES, decide
 from lora_spectrum.ui.language import _, active, error_text, translator
+from lora_spectrum.ui.live import live_panel, live_switch
 from lora_spectrum.ui.probe import probe_controls, probe_folder, probe_results
 from lora_spectrum.ui.ship import ship_panel
 from lora_spectrum.ui.state import RESULT
@@ -177,8 +178,12 @@ def insight_view(settings, choice, catalog, controls) -> None:
         st.info(_("No usable series in the loras folder."))
         return
     st.subheader(_("Judge the epochs of {series}").format(series=series))
-    # 1. The probe: run by itself for a series not probed yet (auto_probe), else by its button.
-    probe_controls(settings, choice, catalog, series, controls.batch_epochs)
+    # 1. The probe: run by itself for a series not probed yet (auto_probe), else by its button; or, while Live is
+    #    on, each epoch file judged as it lands (the judgement becomes the probe drawn below).
+    live = live_switch(series)
+    probe_controls(settings, choice, catalog, series, controls.batch_epochs, auto=not live)
+    if live:
+        live_panel(settings, choice, catalog, series, preference(series))
     # 2. The verdict at the person's preference, with the blind votes cast so far.
     _preference_control(series)
     result = insight_result(settings, choice, catalog, series, series_ratings_or_none(settings, catalog, series))

@@ -37,9 +37,32 @@ def probe_folder(series: str | None) -> str | None:
     return record["folder"] if record.get("status") == "done" else None
 
 
-def _files(catalog, series: str) -> tuple:
-    """The series' ready files as they are now (name, size, mtime): a probe of other bytes is not theirs."""
-    return tuple((e.name, e.size, e.mtime_ns) for e in catalog.entries if e.series == series and e.state == READY)
+def series_files(catalog, series: str, only=None) -> tuple:
+    """The series' ready files as they are now (name, size, mtime), or those of them named in ``only``: a probe of
+    other bytes is not theirs."""
+    return tuple((e.name, e.size, e.mtime_ns) for e in catalog.entries
+                 if e.series == series and e.state == READY and (only is None or e.name in only))
+
+
+def probe_root() -> Path:
+    """The temporary folder this session's probe runs (the button's, the auto probe's, Live's) are written under."""
+    root = st.session_state.get(PROBE_ROOT) or tempfile.mkdtemp(prefix="lora_spectrum_probe_")
+    st.session_state[PROBE_ROOT] = root
+    return Path(root)
+
+
+def chosen_probe_set(settings, choice, catalog, series: str, name: str | None):
+    """The probe set ``name`` (the picker's choice) with the series' trigger words, as every probe run takes it."""
+    entries = [e for e in catalog.entries if e.series == series]
+    return find_probe_set(name, settings, demo=choice.is_demo,
+                          trigger_words=[w for e in entries for w in e.trigger_words])
+
+
+def adopt_probe(series: str, folder: str | Path, set_name: str, files: tuple) -> None:
+    """Make ``folder``, a finished probe run of ``files`` (``series_files``) made elsewhere (Live's judgement),
+    this session's probe of ``series``: Insight measures, decides and draws it as it does its own runs."""
+    st.session_state.setdefault(PROBE, {})[series] = {"folder": str(folder), "set": set_name, "files": files,
+                                                      "status": "done", "failed": 0}
 
 
 def _choices(settings, choice) -> list[str]:
@@ -51,13 +74,10 @@ def _choices(settings, choice) -> list[str]:
 def _run(settings, choice, catalog, series: str, name: str, batch: int) -> None:
     """Render the probe with a progress bar; finished images go to the render cache as they come, so a cancelled
     run (a click elsewhere stops this script at its next progress update) loses nothing."""
-    entries = [e for e in catalog.entries if e.series == series]
-    probe_set = find_probe_set(name, settings, demo=choice.is_demo,
-                               trigger_words=[w for e in entries for w in e.trigger_words])
-    root = st.session_state.get(PROBE_ROOT) or tempfile.mkdtemp(prefix="lora_spectrum_probe_")
-    st.session_state[PROBE_ROOT] = root
-    folder = Path(root) / f"{series}-{probe_set.name}"
-    record = {"folder": str(folder), "set": probe_set.name, "files": _files(catalog, series), "status": "running"}
+    probe_set = chosen_probe_set(settings, choice, catalog, series, name)
+    folder = probe_root() / f"{series}-{probe_set.name}"
+    record = {"folder": str(folder), "set": probe_set.name, "files": series_files(catalog, series),
+              "status": "running"}
     st.session_state.setdefault(PROBE, {})[series] = record
     bar = st.progress(0.0, text=_("Waiting for the engine..."))
 
@@ -90,9 +110,10 @@ def _starts_by_itself(settings, record: dict, files: tuple) -> bool:
     return settings.auto_probe and (record.get("files") != files or record.get("status") == "busy")
 
 
-def probe_controls(settings, choice, catalog, series: str, batch: int) -> None:
-    """The probe set picker and the Run probe / Cancel buttons; with ``auto_probe`` the probe of a series not
-    probed yet starts by itself, through the same run as the button (progress, Cancel, the render cache)."""
+def probe_controls(settings, choice, catalog, series: str, batch: int, auto: bool = True) -> None:
+    """The probe set picker and the Run probe / Cancel buttons; with ``auto_probe`` (and ``auto``: not while Live
+    judges each new file) the probe of a series not probed yet starts by itself, through the same run as the
+    button (progress, Cancel, the render cache)."""
     names = _choices(settings, choice)
     if not names:
         st.caption(_("No probe sets: add one under configs/probes/ or `probes:` in the config."))
@@ -109,7 +130,7 @@ def probe_controls(settings, choice, catalog, series: str, batch: int) -> None:
         if _record(series).get("status") == "running":
             _record(series)["status"] = "cancelled"
     record = _record(series)
-    auto = not go and _starts_by_itself(settings, record, _files(catalog, series))
+    auto = auto and not go and _starts_by_itself(settings, record, series_files(catalog, series))
     if go or auto:
         note = st.empty()
         if auto:

@@ -42,7 +42,8 @@ def test_grid_writes_cells_grid_and_manifest(setup, capsys):
     grid_png = Image.open(out / "grid.png")
     one = Image.open(out / cells[0]["image"])
     assert grid_png.width > 6 * one.width and grid_png.height > 2 * one.height
-    assert "insight" in manifest and manifest["insight"].get("suggested_epoch") is not None
+    verdict = manifest["insight"]["verdict"]
+    assert verdict["state"] == "needs probe" and verdict["epoch"] is None, "a grid alone never names a pick"
     err = capsys.readouterr().err
     assert "[12/12]" in err
 

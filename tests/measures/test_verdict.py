@@ -77,7 +77,7 @@ def test_no_style_means_no_pick():
 def test_noise_widens_the_tie_and_lowers_the_confidence():
     style = [0, .3, .6, .8, .9, .95, 1, 1, 1]
     fid = [.8, .8, .79, .78, .74, .6, .45, .35, .3]
-    quiet, noisy = verdict(style, fid, noise=0.01), verdict(style, fid, noise=0.25)
+    quiet, noisy = verdict(style, fid, noise=0.01), verdict(style, fid, noise=0.4, prompts=2, seeds=3)
     assert quiet.confidence > noisy.confidence
     assert len(noisy.tied) > len(quiet.tied)
     assert quiet.epoch in noisy.tied or noisy.epoch in quiet.tied
@@ -132,3 +132,16 @@ def test_the_verdict_reads_back_from_json():
     assert Verdict.from_json(v.to_json()) == v
     with pytest.raises(ConfigError):
         Verdict.from_json({"label": "suggestion"})
+
+
+def test_step_numbered_files_are_judged_by_file():
+    """ai-toolkit's ``name_000000250.safetensors`` carry a step, no epoch: the pick is the file."""
+    probe = probe_table([0, .3, .6, .8, .9, .95, 1, 1, 1], [.8, .8, .79, .78, .74, .6, .45, .35, .3])
+    names = {f"run_{e}.safetensors": f"my_lora_{e * 250:09d}.safetensors" for e in EPOCHS}
+    for row in probe["epochs"]:
+        row["file"], row["epoch"] = names[row["file"]], None
+    for c in probe["cells"]:
+        c["file"], c["epoch"] = names.get(c["file"]), None
+    v = decide("my_lora", [], probe)
+    assert v.judged and v.epoch is None and v.file == "my_lora_000003000.safetensors"
+    assert v.reason.startswith("my_lora_000003000.safetensors has the best balance")
