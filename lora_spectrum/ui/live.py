@@ -7,6 +7,7 @@ status line says how many files were judged and which were skipped, and why. Not
 from __future__ import annotations
 
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -18,13 +19,14 @@ from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.live_judge import ProbeJudge
 from lora_spectrum.render_cache import RenderCache
 from lora_spectrum.ui.language import _, active, error_text, translator
-from lora_spectrum.ui.probe import adopt_probe, chosen_probe_set, probe_root, series_files
+from lora_spectrum.ui.probe import adopt_probe, chosen_probe_set, probe_folder, probe_root, series_files
 from lora_spectrum.ui.text import md_escape
 from lora_spectrum.watcher import SETTLE_POLLS, Watcher
 
 LIVE = "live_watch"  # this session's Live watch by series: the watcher, the judge, the look in progress, counts
 EVERY = 3.0  # seconds between two looks at the folder while Live is on
 LIVE_SETTLE_POLLS = SETTLE_POLLS  # looks in a row a file must stay the same on before it is judged
+LIVE_FOLDER = "-live-"  # in the names of the folders Live's judgements are written to (under the probe root)
 
 
 def live_key(series: str) -> str:
@@ -101,13 +103,17 @@ def _new_state(settings, choice, catalog, series: str, set_name: str | None, pre
     # its ``generation`` keys every session's Insight measures. Its own catalog also keeps the files a judgement
     # renders the ones this watcher saw settle. The cost is reading each header once more.
     own = Catalog(catalog.folder)
-    folders = str(probe_root() / f"{series}-{probe_set.name}-live")  # one folder per judgement: -1, -2, ...
-    judge = ProbeJudge(choice.engine, own, probe_set, Path(f"{folders}-1"),
+    judge = ProbeJudge(choice.engine, own, probe_set, _next_folder(series, probe_set.name),
                        series=series, cache=RenderCache(settings.path(settings.cache_dir), settings.cache_max_mb),
                        clip_model=choice.clip_model(settings), references=choice.references, preference=preference,
                        cancel=threading.Event())
     return {"key": key, "watcher": Watcher(own, series, settle_polls=LIVE_SETTLE_POLLS), "judge": judge,
-            "folders": folders, "look": None, "judged": [], "skipped": {}, "judgements": 0, "error": None}
+            "look": None, "judged": [], "skipped": {}, "error": None}
+
+
+def _next_folder(series: str, set_name: str) -> Path:
+    """A new folder for the next judgement (the page may still read the last one while the next renders)."""
+    return Path(tempfile.mkdtemp(prefix=f"{series}-{set_name}{LIVE_FOLDER}", dir=probe_root()))
 
 
 def _state(settings, choice, catalog, series: str, preference: str) -> dict | None:
@@ -146,15 +152,14 @@ def _take(state: dict, look: _Look) -> bool:
 
 
 def _adopt(state: dict, series: str) -> None:
-    """The judgement becomes the session's probe of ``series``; the next one is written to a folder of its own
-    (the page may read this one while the next renders), and the one before is removed."""
+    """The judgement becomes the session's probe of ``series`` (the Live judgement it replaces is removed); the
+    next one is written to a folder of its own."""
     judge = state["judge"]
     files = {e["file"] for e in judge.last.get("epochs", [])}
-    previous = state.get("shown")
+    previous = probe_folder(series)
     adopt_probe(series, judge.out_dir, judge.probe_set.name, series_files(judge.catalog, series, files))
-    state["shown"], state["judgements"] = judge.out_dir, state["judgements"] + 1
-    judge.out_dir = Path(f"{state['folders']}-{state['judgements'] + 1}")
-    if previous is not None:
+    judge.out_dir = _next_folder(series, judge.probe_set.name)
+    if previous is not None and LIVE_FOLDER in Path(previous).name:
         shutil.rmtree(previous, ignore_errors=True)
 
 

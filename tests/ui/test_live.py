@@ -15,6 +15,7 @@ from lora_spectrum.ui.insight import CACHE
 from lora_spectrum.ui.live import LIVE
 from lora_spectrum.ui.probe import PROBE
 from lora_spectrum.ui.resources import CONFIG_ENV
+from lora_spectrum.ui.text import md_escape
 from tests.ui.apptest import APP
 from tests.ui.test_probe import PROBES
 
@@ -71,7 +72,7 @@ def test_live_judges_each_complete_file_and_a_new_one_joins_the_grid(tmp_path, m
     assert len(at.main.image) == 3 * 3, "the base and two epochs for each of the three prompts"
     verdict = at.session_state[CACHE][1]["verdict"]
     assert verdict["state"] == "measures" and {p["epoch"] for p in verdict["points"]} == {3, 6}
-    assert any("2 file(s) judged" in c.value for c in at.main.caption), [c.value for c in at.main.caption]
+    assert any(md_escape("2 file(s) judged") in c.value for c in at.main.caption)
     first = at.session_state[PROBE]["jimeng"]["folder"]
     # 2. A third epoch lands (a partial copy first): judged in the background, its column joins the grid.
     (tmp_path / "loras" / "jimeng_9.safetensors.part").write_bytes(b"half")
@@ -83,8 +84,9 @@ def test_live_judges_each_complete_file_and_a_new_one_joins_the_grid(tmp_path, m
     assert {p["epoch"] for p in verdict["points"]} == {3, 6, 9}
     assert any(m.value.strip("*★ ") == "epoch 9" for m in at.main.markdown), "the new column's header"
     captions = [c.value for c in at.main.caption]
-    assert any("3 file(s) judged" in c for c in captions), captions
-    assert any("jimeng_9.safetensors.part" in c and "still being written" in c for c in captions), captions
+    assert any(md_escape("3 file(s) judged (the last: jimeng_9.safetensors)") in c for c in captions), captions
+    skipped = md_escape("Skipped jimeng_9.safetensors.part: a temporary name: the file is still being written")
+    assert skipped in captions, captions
     assert at.session_state[PROBE]["jimeng"]["folder"] != first and not Path(first).exists()
     # 3. Nothing new: the next looks judge nothing and the probe stays.
     shown = at.session_state[PROBE]["jimeng"]["folder"]
