@@ -11,6 +11,8 @@ show one plain message. The tree::
     ├── LoraLoadError                 a LoRA file cannot be swapped in (``path``, ``cause``); the previous adapter
     │                                 stays active
     ├── BaseLoadError                 the base model cannot be loaded
+    │   └── NetworkError              ... because the hub cannot be reached (refused, no such name, timed out,
+    │                                 TLS failed) or answered with a server error (5xx); ``endpoint``
     ├── PlanError                     a comparison plan has a bad value; nothing was rendered
     ├── RenderError                   a render failed; the engine stays usable
     │   └── OutOfMemoryError          ... because the device ran out of memory (the caller may retry smaller)
@@ -78,6 +80,17 @@ class BaseLoadError(LoraSpectrumError):
     """The configured base model could not be loaded."""
 
     kind = N_("Cannot load the base model")
+
+
+class NetworkError(BaseLoadError):
+    """The hub cannot be reached (connection refused, name not resolved, timed out, TLS failed) or answered with
+    a server error (5xx). ``endpoint`` is the hub's address as it was called; the message names the repo too."""
+
+    kind = N_("Cannot reach the hub")
+
+    def __init__(self, message: str, endpoint: str):
+        self.endpoint = endpoint
+        super().__init__(message)
 
 
 class PlanError(LoraSpectrumError):

@@ -1,12 +1,14 @@
 """A small local HTTP server in the Hugging Face Hub's URL layout, for the download tests: huggingface_hub itself
 talks to it (``endpoint=`` or ``HF_ENDPOINT``). It serves repos from folders, the model-info and tree calls, HEAD
-and GET on ``/{repo}/resolve/{rev}/{path}`` with range requests, a gated repo, and on request cuts one transfer
-off halfway (to test the resume). Every request is logged, so a test can say what was fetched."""
+and GET on ``/{repo}/resolve/{rev}/{path}`` with range requests, a gated repo, on request cuts one transfer off
+halfway (to test the resume) or answers with a server error. Every request is logged, so a test can say what was
+fetched. ``DeadEnds`` are the loopback ports of a hub that cannot be reached: one refuses, one never answers."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,13 +25,16 @@ class Repo:
 
 class HubServer:
     """``repos``: repo id -> ``Repo``. ``cut_once``: paths whose first GET sends half the bytes, then hangs up.
-    ``slow``: seconds to wait between 64 KiB chunks (a transfer a test can cancel in the middle)."""
+    ``slow``: seconds to wait between 64 KiB chunks (a transfer a test can cancel in the middle). ``fail_with``: a
+    status (503) that every request gets once ``fail_after`` requests were answered as usual."""
 
     def __init__(self):
         self.repos: dict[str, Repo] = {}
         self.log: list[tuple[str, str, str]] = []  # (method, path, range header)
         self.cut_once: set[str] = set()
         self.slow = 0.0
+        self.fail_with: int | None = None
+        self.fail_after = 0
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -68,6 +73,8 @@ class HubServer:
         url = urlparse(h.path)
         path = unquote(url.path)
         self.log.append((h.command, path, h.headers.get("Range", "")))
+        if self.fail_with is not None and len(self.log) > self.fail_after:
+            return self._error(h, self.fail_with, "ServerError", "the hub is down")
         api = path.startswith("/api/models/")
         found = self._find(path[len("/api/models/"):] if api else path[1:])
         if found is None:
@@ -138,3 +145,22 @@ class HubServer:
             if self.slow:
                 h.wfile.flush()
                 threading.Event().wait(self.slow)
+
+
+class DeadEnds:
+    """Two loopback ports a hub client cannot get an answer from: ``refused_url`` (a port bound but not listening:
+    every connection is refused) and ``silent_url`` (a port listening that never answers: the kernel accepts the
+    connection, nobody reads the request, the client times out). Nothing runs; ``close()`` frees both."""
+
+    def __init__(self):
+        self._refusing = socket.socket()
+        self._refusing.bind(("127.0.0.1", 0))
+        self._silent = socket.socket()
+        self._silent.bind(("127.0.0.1", 0))
+        self._silent.listen(64)
+        self.refused_url = f"http://127.0.0.1:{self._refusing.getsockname()[1]}"
+        self.silent_url = f"http://127.0.0.1:{self._silent.getsockname()[1]}"
+
+    def close(self):
+        self._refusing.close()
+        self._silent.close()

@@ -1,10 +1,13 @@
 """Fetching a base from a hub: huggingface_hub against a real local HTTP server in the hub's URL layout
 (``tests/hub_server.py``) serving the tiny demo pipeline: the size first, progress in bytes and rate, only what a
 load needs, a transfer cut off and resumed with a range request, a cancel that leaves no half snapshot and resumes
-from the finished files, gated and missing repos in one sentence, and ``fetch-base`` on the command line."""
+from the finished files, gated and missing repos in one sentence, a hub that cannot be reached (refused, silent,
+503, no such name, no TLS) in one sentence naming the repo and the endpoint, and ``fetch-base`` on the command
+line."""
 
 from __future__ import annotations
 
+import gettext
 import os
 import shutil
 import subprocess
@@ -14,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from lora_spectrum.downloads import fetch_base, remote_base, wanted
+from lora_spectrum import language
+from lora_spectrum.downloads import BackgroundFetch, fetch_base, remote_base, wanted
 from lora_spectrum.engine import Engine, RenderRequest
-from lora_spectrum.errors import BaseLoadError, Cancelled
-from tests.hub_server import HubServer, Repo
+from lora_spectrum.errors import BaseLoadError, Cancelled, NetworkError
+from tests.hub_server import DeadEnds, HubServer, Repo
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO = "tiny-lab/sdxl-demo"
@@ -124,3 +128,88 @@ def test_fetch_base_on_the_command_line_follows_hf_endpoint(hub, tmp_path):
     gated = subprocess.run([sys.executable, "-m", "lora_spectrum", "fetch-base", "tiny-lab/gated"],
                            capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
     assert gated.returncode == 2 and "is gated" in gated.stderr and "Traceback" not in gated.stderr
+
+
+# ---------------------------------------------------------------- a hub that cannot be reached
+UNREACHABLE = "Tongyi-MAI/Z-Image-Turbo"
+ADVICE = "; check the network or hub_endpoint (HF_ENDPOINT)"
+
+
+@pytest.fixture(scope="module")
+def down():
+    """The ways a hub fails, on loopback or a .invalid name: case -> (endpoint, the sentence's words after the
+    repo). The 503 server holds no repo: every request gets 503."""
+    ends, failing = DeadEnds(), HubServer()
+    failing.fail_with = 503
+    tls = "https" + failing.url[len("http"):]  # https to a plain-HTTP port: the TLS handshake fails
+    yield {
+        "refused": (ends.refused_url, f"cannot reach {ends.refused_url} (connection refused){ADVICE}"),
+        "silent": (ends.silent_url, f"cannot reach {ends.silent_url} (timed out){ADVICE}"),
+        "503": (failing.url, f"{failing.url} answered HTTP 503 (a server error); try again later or check "
+                             f"hub_endpoint (HF_ENDPOINT)"),
+        "dns": ("http://nonexistent.invalid", f"cannot reach http://nonexistent.invalid (name not resolved){ADVICE}"),
+        "tls": (tls, f"cannot reach {tls} (TLS handshake failed){ADVICE}"),
+    }
+    failing.close()
+    ends.close()
+
+
+@pytest.mark.parametrize("case", ["refused", "silent", "503", "dns", "tls"])
+def test_an_unreachable_hub_is_one_sentence_naming_the_repo_and_the_endpoint(down, tmp_path, case):
+    endpoint, words = down[case]
+    with pytest.raises(NetworkError) as err:
+        fetch_base(UNREACHABLE, cache_dir=tmp_path, endpoint=endpoint, timeout=0.5)
+    assert str(err.value) == f"{UNREACHABLE}: {words}" and err.value.endpoint == endpoint
+    assert isinstance(err.value, BaseLoadError) and err.value.__cause__ is not None
+    assert not list(tmp_path.rglob("snapshots/*"))
+
+
+def test_a_hub_that_fails_after_its_file_list_is_one_sentence_and_leaves_no_half_snapshot(hub, tmp_path):
+    """The file list answers, then the hub goes down: snapshot_download wraps the 503 in a cache miss of its own,
+    and the sentence still names the 503."""
+    start = len(hub.log)
+    hub.fail_with, hub.fail_after = 503, start + 1
+    try:
+        with pytest.raises(NetworkError, match=rf"^{REPO}: {hub.url} answered HTTP 503 \(a server error\)"):
+            fetch_base(REPO, cache_dir=tmp_path, endpoint=hub.url)
+    finally:
+        hub.fail_with = None
+    assert len(hub.log) > start + 1, "the second call reached the hub and got 503"
+    assert not list(tmp_path.rglob("snapshots/*")) and not list(tmp_path.rglob("refs/main"))
+
+
+class Marked(gettext.NullTranslations):
+    """A catalog that marks every message it was asked for: text written in its language shows it."""
+
+    def gettext(self, message):
+        return f"«{message}»"
+
+
+def test_the_background_fetch_of_the_base_section_keeps_the_same_sentence_in_the_callers_language(down, tmp_path):
+    endpoint, words = down["refused"]
+    fetch = BackgroundFetch(UNREACHABLE, tmp_path, endpoint)
+    assert fetch.wait(30), "a refused connection fails at once"
+    assert fetch.path is None and isinstance(fetch.failure, NetworkError)
+    assert fetch.error == str(fetch.failure) == f"{UNREACHABLE}: {words}"
+    with language.using(language.Translator("en", Marked())):  # the Streamlit session's language (ui.active)
+        fetch = BackgroundFetch(UNREACHABLE, tmp_path, endpoint)
+    assert fetch.wait(30) and fetch.error.startswith(f"«{UNREACHABLE}: cannot reach {endpoint} («connection refused»)")
+
+
+def test_fetch_base_on_the_command_line_says_one_line_when_the_hub_cannot_be_reached(down, tmp_path):
+    """Each way down through ``python -m lora_spectrum fetch-base``: exit 2, one line naming the repo and the
+    endpoint, no traceback. The endpoint comes from --endpoint, or HF_ENDPOINT (the DNS case); the five run at
+    once, each waiting at most HF_HUB_ETAG_TIMEOUT (1 s) for an answer."""
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_ETAG_TIMEOUT": "1", "LANGUAGE": "en"}
+    runs = {}
+    for case, (endpoint, _words) in down.items():
+        command = [sys.executable, "-m", "lora_spectrum", "fetch-base", UNREACHABLE]
+        via_env = case == "dns"
+        runs[case] = subprocess.Popen(command if via_env else [*command, "--endpoint", endpoint], cwd=ROOT,
+                                      env={**env, "HF_ENDPOINT": endpoint} if via_env else env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for case, run in runs.items():
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 2, (case, err[-2000:])
+        assert err.splitlines() == [f"lora-spectrum fetch-base: {UNREACHABLE}: {down[case][1]}"], (case, err[-2000:])
+        assert out == "" and "Traceback" not in err

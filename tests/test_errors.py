@@ -6,9 +6,11 @@ import pytest
 
 from lora_spectrum.errors import (
     MAX_MESSAGE,
+    BaseLoadError,
     Cancelled,
     LoraLoadError,
     LoraSpectrumError,
+    NetworkError,
     OutOfMemoryError,
     RenderError,
     shorten,
@@ -38,3 +40,9 @@ def test_translated_turns_library_errors_into_ours_and_lets_ours_through():
 def test_out_of_memory_is_a_render_error_and_cancel_a_type_of_its_own():
     assert issubclass(OutOfMemoryError, RenderError) and issubclass(Cancelled, LoraSpectrumError)
     assert not issubclass(Cancelled, RenderError)
+
+
+def test_a_hub_that_cannot_be_reached_is_a_base_load_error_of_its_own_kind_that_keeps_the_endpoint():
+    err = NetworkError("a/b: cannot reach http://127.0.0.1:9 (connection refused)", "http://127.0.0.1:9")
+    assert isinstance(err, BaseLoadError) and err.endpoint == "http://127.0.0.1:9"
+    assert NetworkError.kind != BaseLoadError.kind and str(err).startswith("a/b: cannot reach")

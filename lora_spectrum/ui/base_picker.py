@@ -99,7 +99,8 @@ def download_panel(settings, repo_id: str) -> None:
                          help=_("ask the hub what it weighs")):
             return
         try:
-            sizes[repo_id] = remote_base(repo_id, endpoint=settings.hub_endpoint or None)
+            with active():  # a hub that cannot be reached is told in the session's language
+                sizes[repo_id] = remote_base(repo_id, endpoint=settings.hub_endpoint or None)
         except LoraSpectrumError as exc:
             st.error(md_escape(error_text(exc)))
             return
@@ -109,18 +110,20 @@ def download_panel(settings, repo_id: str) -> None:
                                                     commit=remote.commit[:10])))
     if st.button(_("Download {size}").format(size=size_text(remote.nbytes)), key="base_download_go",
                  width="stretch"):
-        fetches[repo_id] = BackgroundFetch(repo_id, settings.hf_cache or None, settings.hub_endpoint or None)
+        with active():  # the fetch's thread writes its failure in the session's language
+            fetches[repo_id] = BackgroundFetch(repo_id, settings.hf_cache or None, settings.hub_endpoint or None)
         fetch_progress(repo_id)
 
 
 @st.fragment(run_every=0.5)
 def fetch_progress(repo_id: str) -> None:
-    """The running fetch's bar (bytes and rate) and Cancel; when it ends, the page redraws with the list."""
+    """The running fetch's bar (bytes and rate) and Cancel; when it ends, the page redraws with the list (or the
+    failure's one sentence, shown as the size check shows it: ``error_text``)."""
     fetch = st.session_state[FETCHES][repo_id]
     if fetch.finished:
         del st.session_state[FETCHES][repo_id]
         st.session_state[BASE_SWITCHED] = ((True, _("{repo} downloaded: Load it").format(repo=repo_id))
-                                           if fetch.error is None else (False, fetch.error))
+                                           if fetch.failure is None else (False, error_text(fetch.failure)))
         st.rerun(scope="app")
     total = fetch.total or st.session_state[FETCH_SIZES][repo_id].nbytes
     st.progress(min(fetch.done / max(total, 1), 1.0),
