@@ -1,6 +1,6 @@
 """Every comparison rendered in the app, kept as an output folder (``grid_files.write_outputs``: manifest, cells,
-grid) under a bounded ``runs_dir``: saved, listed newest first, reopened without rendering, deleted. Nothing here
-renders or imports streamlit."""
+grid) under a bounded ``runs_dir``: saved, listed newest first, reopened without rendering, deleted, each under a lock
+shared by every process. Nothing here renders or imports streamlit."""
 
 from __future__ import annotations
 
@@ -12,16 +12,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from PIL import Image
 
 from lora_spectrum.catalog import Catalog, LoraEntry
 from lora_spectrum.errors import ConfigError, LoraSpectrumError
 from lora_spectrum.grid_files import read_manifest, write_outputs
+from lora_spectrum.language import _
 from lora_spectrum.plan import BASE_LABEL, Cell, Plan
 from lora_spectrum.sampling import Sampling
 
 _RUN_ID = re.compile(r"^\d{8}-\d{6}-\d{6}-[0-9a-f]{4}$")
 ARCHIVED = "archived"  # the state of a reopened column whose file is no longer the one rendered
+LOCK_FILE = ".history.lock"  # in runs_dir; kept there (removing a lock file another process waits on breaks it)
+LOCK_TIMEOUT_S = 60  # a save holds the lock while it writes one run's images; longer means a process is stuck
 
 
 @dataclass(frozen=True)
@@ -42,29 +46,39 @@ class RunRecord:
 
 class RunHistory:
     """The ``runs_dir`` folder: one sub-folder per run, named ``YYYYmmdd-HHMMSS-<microseconds>-<4 hex>`` (sorts
-    by time, unique)."""
+    by time, unique).
+
+    Saving, listing, reopening, pruning and deleting hold ``runs_dir/.history.lock``, a lock between processes,
+    not only threads: a team may run several app processes on one ``runs_dir`` (or the CLI beside the app), and
+    one process pruning or deleting while another writes or reads a run would leave a half-written run behind,
+    delete the run being written, or read a run half deleted."""
 
     def __init__(self, folder: str | Path, max_runs: int = 50, max_mb: float = 2048):
         self.folder = Path(folder)
         self.max_runs = max(1, int(max_runs))
         self.max_bytes = int(max_mb * 2**20)
+        # One lock object per history: re-entered by the same thread (``save`` prunes under it).
+        self._file_lock = FileLock(self.folder / LOCK_FILE, timeout=LOCK_TIMEOUT_S)
 
     def save(self, plan: Plan, cells: list[Cell], base: str, family: str) -> RunRecord:
         """Write one run (manifest, cells, grid) and drop the oldest runs beyond ``max_runs``."""
-        now = datetime.now(UTC)
-        run_id = f"{now:%Y%m%d-%H%M%S-%f}-{secrets.token_hex(2)}"  # sorts by time, to the microsecond
-        out = self.folder / run_id
-        manifest = write_outputs(out, plan, cells, base, family,
-                                 extra={"run": {"id": run_id, "made_at": now.isoformat(timespec="seconds")}})
-        self.prune()
+        with self._locked(create=True):  # no other process lists, prunes or deletes a half-written run
+            # Named under the lock: runs sort in the order they were saved, so the bound drops the oldest.
+            now = datetime.now(UTC)
+            run_id = f"{now:%Y%m%d-%H%M%S-%f}-{secrets.token_hex(2)}"  # sorts by time, to the microsecond
+            out = self.folder / run_id
+            manifest = write_outputs(out, plan, cells, base, family,
+                                     extra={"run": {"id": run_id, "made_at": now.isoformat(timespec="seconds")}})
+            self.prune()
         return self._record(out, manifest)
 
     def list(self) -> list[RunRecord]:
         """The kept runs, newest first; a folder whose manifest cannot be read is left out (and left alone)."""
         out = []
-        for path in sorted(self._folders(), reverse=True):
-            with contextlib.suppress(ConfigError, KeyError, TypeError):
-                out.append(self._record(path, read_manifest(path)[1]))
+        with self._locked():
+            for path in sorted(self._folders(), reverse=True):
+                with contextlib.suppress(ConfigError, KeyError, TypeError):
+                    out.append(self._record(path, read_manifest(path)[1]))
         return out
 
     def reopen(self, run_id: str, catalog: Catalog | None = None) -> tuple[Plan, list[Cell], dict]:
@@ -73,12 +87,13 @@ class RunHistory:
         A column whose file is still in ``catalog`` with the same sha256 is that entry (so it can be rendered again);
         otherwise it is an ``archived`` stand-in carrying the name, series and epoch the run recorded. A manifest
         that does not hold together (edited, cut short) is a ``ConfigError`` naming the run."""
-        folder, manifest = read_manifest(self._folder(run_id))
-        try:
-            return self._rebuild(folder, manifest, catalog)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"{run_id}: its manifest is incomplete ({type(exc).__name__}: {exc}); delete it") \
-                from exc
+        with self._locked():  # no other process deletes it while its images are read
+            folder, manifest = read_manifest(self._folder(run_id))
+            try:
+                return self._rebuild(folder, manifest, catalog)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ConfigError(f"{run_id}: its manifest is incomplete ({type(exc).__name__}: {exc}); delete "
+                                  f"it") from exc
 
     def _rebuild(self, folder: Path, manifest: dict, catalog: Catalog | None) -> tuple[Plan, list[Cell], dict]:
         # 1. The settings.
@@ -109,23 +124,46 @@ class RunHistory:
         return plan, cells, manifest
 
     def delete(self, run_id: str) -> None:
-        shutil.rmtree(self._folder(run_id), ignore_errors=True)
+        with self._locked():
+            shutil.rmtree(self._folder(run_id), ignore_errors=True)
 
     def prune(self) -> None:
         """Delete the oldest runs until at most ``max_runs`` are kept and they fit in ``max_mb`` (the newest run is
         always kept, however big)."""
-        runs = sorted(self._folders())
-        drop = runs[: max(0, len(runs) - self.max_runs)]
-        kept = runs[len(drop):]
-        sizes = {p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in kept}
-        total = sum(sizes.values())
-        for path in kept[:-1]:
-            if total <= self.max_bytes:
-                break
-            drop.append(path)
-            total -= sizes[path]
-        for path in drop:
-            shutil.rmtree(path, ignore_errors=True)
+        with self._locked():
+            runs = sorted(self._folders())
+            drop = runs[: max(0, len(runs) - self.max_runs)]
+            kept = runs[len(drop):]
+            sizes = {p: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in kept}
+            total = sum(sizes.values())
+            for path in kept[:-1]:
+                if total <= self.max_bytes:
+                    break
+                drop.append(path)
+                total -= sizes[path]
+            for path in drop:
+                shutil.rmtree(path, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def _locked(self, create: bool = False):
+        """Hold the history's lock (between processes); ``ConfigError`` when it cannot be had. Without ``create``,
+        a ``runs_dir`` that does not exist yet is left uncreated (there is nothing to read or delete)."""
+        if not create and not self.folder.is_dir():
+            yield
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._file_lock.acquire()
+        except Timeout as exc:
+            raise ConfigError(_("{folder}: another process has held the run history for {seconds} s; try again "
+                                "later").format(folder=self.folder, seconds=LOCK_TIMEOUT_S)) from exc
+        except OSError as exc:
+            raise ConfigError(_("{folder}: cannot lock the run history ({reason})").format(
+                folder=self.folder, reason=exc.strerror or exc)) from exc
+        try:
+            yield
+        finally:
+            self._file_lock.release()
 
     def _folders(self) -> list[Path]:
         if not self.folder.is_dir():

@@ -1,18 +1,24 @@
 """Run history: every app render kept as an output folder under a bounded runs_dir, listed newest first, reopened
-without rendering (pixels and parameters as rendered), deleted; the oldest go first at the bound."""
+without rendering (pixels and parameters as rendered), deleted; the oldest go first at the bound; several processes
+saving, listing and deleting at once lose and break nothing."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
+from lora_spectrum import run_history
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.errors import ConfigError
 from lora_spectrum.grid_files import parse_parameters
 from lora_spectrum.plan import make_plan
-from lora_spectrum.run_history import ARCHIVED, RunHistory
+from lora_spectrum.run_history import ARCHIVED, LOCK_FILE, RunHistory
 from lora_spectrum.runs import run_plan
 from tests.tiny import new_engine
 from tests.tiny import request as tiny_request
@@ -118,3 +124,93 @@ def test_the_size_bound_drops_the_oldest_and_keeps_the_newest(rendered, tmp_path
     tiny = RunHistory(tmp_path / "tiny", max_runs=10, max_mb=0.0001)
     last = [tiny.save(plan, cells, engine.base_id, engine.family.name).id for _ in range(2)][-1]
     assert [r.id for r in tiny.list()] == [last], "the newest run stays, whatever its size"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+USER = """
+import json, sys
+from PIL import Image
+from lora_spectrum.errors import ConfigError
+from lora_spectrum.grid_files import encode_png, parameters_text
+from lora_spectrum.plan import Plan, plan_cells
+from lora_spectrum.run_history import RunHistory
+from lora_spectrum.sampling import Sampling
+
+folder, k, saves, max_runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+plan = Plan(columns=[None], seeds=[1, 2, 3], strengths=[1.0], prompts=[f"process {k}"], sampling=Sampling())
+cells = plan_cells(plan)
+for c in cells:  # solid colours as rendered cells (nothing is rendered here)
+    c.image = Image.new("RGB", (64, 64), (40 * k, 30 * c.seed, 90))
+    c.png = encode_png(c.image, parameters_text(c, plan.sampling, "sdxl-base"))
+runs = RunHistory(folder, max_runs=max_runs)
+print("ready", flush=True)
+sys.stdin.readline()  # all start together
+saved, deleted = [], []
+for i in range(saves):
+    saved.append(runs.save(plan, cells, "sdxl-base", "sdxl").id)
+    runs.list()  # as the History view does on every rerun
+    if i % 3 == 2:  # and a user deletes one of their own (unless another process's save dropped it at the bound)
+        try:
+            runs.delete(saved[-2])
+            deleted.append(saved[-2])
+        except ConfigError as exc:
+            assert "no such run" in str(exc) and max_runs < 27, exc
+print(json.dumps({"saved": saved, "deleted": deleted}))
+"""
+
+
+def together(script: str, runs: list[list[str]], timeout: float = 60) -> list[subprocess.CompletedProcess]:
+    """Start one Python process per ``runs`` entry (its arguments); once every one has said ``ready``, let them
+    all go at once; their exit codes and output."""
+    procs = [subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in runs]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.close()
+        outs = [(p.stdout.read(), p.stderr.read(), p.wait(timeout)) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [subprocess.CompletedProcess(p.args, rc, out, err) for p, (out, err, rc) in zip(procs, outs, strict=True)]
+
+
+@pytest.mark.parametrize("max_runs", [100, 5])
+def test_processes_saving_listing_and_deleting_at_once_lose_and_break_nothing(tmp_path, max_runs):
+    # Several app processes on one runs_dir: one's prune or delete must not pull a run from under another's save
+    # or list, and every run kept must be whole.
+    folder = tmp_path / "runs"
+    done = together(USER, [[str(folder), str(k), "9", str(max_runs)] for k in range(3)])
+    assert [d.returncode for d in done] == [0, 0, 0], [d.stderr[-2000:] for d in done]
+    logs = [json.loads(d.stdout) for d in done]
+    saved = {i for log in logs for i in log["saved"]}
+    deleted = {i for log in logs for i in log["deleted"]}
+    assert len(saved) == 27 and deleted < saved and (len(deleted) == 9 or max_runs < 27)
+    runs = RunHistory(folder, max_runs=max_runs)
+    listed = [r.id for r in runs.list()]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([LOCK_FILE, *listed]), "no half-written run left"
+    assert set(listed) <= saved - deleted and len(listed) <= max_runs
+    # Every run neither deleted nor kept was dropped at the bound, so is older than every run kept.
+    assert all(i < min(listed) for i in saved - deleted - set(listed))
+    if max_runs >= 27:
+        assert set(listed) == saved - deleted, "nothing lost"
+    for run_id in listed:
+        _, cells, manifest = runs.reopen(run_id)
+        assert manifest["run"]["id"] == run_id and len(cells) == 3
+        assert all(c.png is not None and c.error is None for c in cells), "every image of a kept run is there"
+
+
+def test_a_history_locked_too_long_by_another_process_is_one_plain_error(rendered, tmp_path, monkeypatch):
+    engine, _, plan, cells = rendered
+    monkeypatch.setattr(run_history, "LOCK_TIMEOUT_S", 0.2)
+    runs = RunHistory(tmp_path / "runs")
+    kept = runs.save(plan, cells, engine.base_id, engine.family.name)
+    with FileLock(tmp_path / "runs" / LOCK_FILE):  # a process stuck inside a save
+        for act in (runs.list, lambda: runs.delete(kept.id),
+                    lambda: runs.save(plan, cells, engine.base_id, engine.family.name)):
+            with pytest.raises(ConfigError, match="another process has held the run history for 0.2 s"):
+                act()
+    assert [r.id for r in runs.list()] == [kept.id]

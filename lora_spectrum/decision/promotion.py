@@ -2,8 +2,9 @@
 
 The copy's tensors are the source's byte for byte; only the safetensors header is rewritten (the trainer's
 metadata kept; provenance ``lora_spectrum.*`` keys, the series' verdict as it stood, and missing ``modelspec`` keys
-added). The source is only read; nothing is ever overwritten (targets are created exclusively); a file changed
-since the scan is refused. The card's text comes from ``model_card.py``; this module owns the files.
+added). The source is only read; nothing is ever overwritten (targets are created exclusively, under a lock that
+every process shares); a file changed since the scan is refused. The card's text comes from ``model_card.py``; this
+module owns the files.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from filelock import FileLock, Timeout
 from safetensors import SafetensorError, safe_open
 
 from lora_spectrum.catalog import Catalog, LoraEntry
@@ -33,6 +35,8 @@ from lora_spectrum.lora_keys import HEADER_LIMIT, read_header
 PREFIX = "lora_spectrum."
 CHUNK = 1 << 22  # bytes per read of the data section
 BAD_NAME = re.compile(r'[\x00-\x1f<>:"/\\|?*]')  # path parts, control characters, what Windows refuses
+LOCK_FILE = ".lora_spectrum.lock"  # in the release folder; kept (removing a lock file others wait on breaks it)
+LOCK_TIMEOUT_S = 120  # another promotion into the folder holds the lock while it copies one file
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | Non
     ``NAME.md`` (and ``NAME.grid.png`` from ``grid``, a grid output folder). ``insight`` is ``series_insight``'s
     dict: its ``verdict`` goes into the metadata (``lora_spectrum.verdict``) and the card. ``ShipError`` when the
     epoch is not there, NAME is no plain file name, a target exists, or the source changed since the scan; then
-    nothing stays written."""
+    nothing stays written (but the folder's lock file, ``LOCK_FILE``)."""
     # 1. The entry, the release name and the targets; all refused before anything is written.
     series_name, entry = pick_entry(catalog, epoch, series)
     name = release_name(name if name is not None else series_name)
@@ -70,9 +74,7 @@ def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | Non
     targets = {"file": out / f"{name}.safetensors", "card": out / f"{name}.md"}
     if grid_png is not None:
         targets["grid"] = out / f"{name}.grid.png"
-    for path in targets.values():
-        if path.exists() or path.is_symlink():
-            raise ShipError(_exists(path))
+    _refuse_existing(targets.values())
 
     # 2. The source as scanned: unchanged since, its hash, its header.
     with _as_ship_error():
@@ -80,35 +82,37 @@ def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | Non
         sha = catalog.sha256(entry)
         header = read_header(entry.path, entry.size)
 
-    # 3. The copy, the grid image, the card; whatever was created is removed again if a later step fails.
-    new_dir = not out.exists()
-    created: list[Path] = []
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        promoted_at = datetime.now(UTC).isoformat(timespec="seconds")
-        metadata = release_metadata(header.metadata, entry, name, sha, note, promoted_at,
-                                    ranking_row(ranking, entry.name, entry.epoch, sha),
-                                    epoch_measures(insight, entry.name, entry.epoch), verdict_of(insight))
-        copy_with_metadata(entry, header.table, header.data_start, metadata, sha, targets["file"])
-        created.append(targets["file"])
-        if grid_png is not None:
-            _copy_exclusive(grid_png, targets["grid"])
-            created.append(targets["grid"])
-        card = model_card(name, source=entry.name, sha256=sha, epoch=entry.epoch, step=entry.step,
-                          metadata=header.metadata, trigger_words=entry.trigger_words, family=entry.family_hint,
-                          base_id=base_name(base_id) if base_id else None, note=note, ranking=ranking,
-                          insight=insight, grid=manifest, grid_image=targets["grid"].name if grid_png else None,
-                          series=series_name, loras=catalog.folder.name, promoted_at=promoted_at)
-        _write_exclusive(targets["card"], card.encode("utf-8"))
-        created.append(targets["card"])
-    except BaseException as exc:
-        for path in created:
-            path.unlink(missing_ok=True)
-        if new_dir and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        if isinstance(exc, OSError):  # a full disk, a folder we may not write to
-            raise ShipError(f"{out}: cannot write the release ({exc.strerror or exc}); nothing was promoted") from exc
-        raise
+    # 3. Under the release folder's lock, the targets checked again, then the copy, the grid image and the card;
+    #    whatever was created is removed again if a later step fails. The lock is between processes, not only
+    #    threads: several app processes, or the CLI beside the app, may ship the same name into one folder at
+    #    once; the first writes the release whole, the second then finds its targets there and is refused
+    #    before it writes anything. (The exclusive creates below still never overwrite, lock or no lock.)
+    with _release_lock(out):
+        _refuse_existing(targets.values())  # a promotion that held the lock before this one may have made them
+        created: list[Path] = []
+        try:
+            promoted_at = datetime.now(UTC).isoformat(timespec="seconds")
+            metadata = release_metadata(header.metadata, entry, name, sha, note, promoted_at,
+                                        ranking_row(ranking, entry.name, entry.epoch, sha),
+                                        epoch_measures(insight, entry.name, entry.epoch), verdict_of(insight))
+            copy_with_metadata(entry, header.table, header.data_start, metadata, sha, targets["file"])
+            created.append(targets["file"])
+            if grid_png is not None:
+                _copy_exclusive(grid_png, targets["grid"])
+                created.append(targets["grid"])
+            card = model_card(name, source=entry.name, sha256=sha, epoch=entry.epoch, step=entry.step,
+                              metadata=header.metadata, trigger_words=entry.trigger_words, family=entry.family_hint,
+                              base_id=base_name(base_id) if base_id else None, note=note, ranking=ranking,
+                              insight=insight, grid=manifest, grid_image=targets["grid"].name if grid_png else None,
+                              series=series_name, loras=catalog.folder.name, promoted_at=promoted_at)
+            _write_exclusive(targets["card"], card.encode("utf-8"))
+            created.append(targets["card"])
+        except BaseException as exc:
+            for path in created:
+                path.unlink(missing_ok=True)
+            if isinstance(exc, OSError):  # a full disk, a folder we may not write to
+                raise _cannot_write(out, exc) from exc
+            raise
     return Promotion(path=targets["file"], card=targets["card"], grid_image=targets.get("grid"), sha256=sha,
                      source=entry.name, epoch=epoch)
 
@@ -243,6 +247,35 @@ def _check_copy(path: Path, table: dict, metadata: dict[str, str]) -> None:
     if not ok:
         raise ShipError("the copy does not read back with the source's tensors and the new metadata; nothing was "
                         "promoted")
+
+
+@contextlib.contextmanager
+def _release_lock(out: Path):
+    """Make the release folder and hold its lock (``LOCK_FILE``, between processes); ``ShipError`` when the
+    folder cannot be made or locked, or another promotion into it holds the lock for ``LOCK_TIMEOUT_S``."""
+    lock = FileLock(out / LOCK_FILE, timeout=LOCK_TIMEOUT_S)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except Timeout as exc:
+        raise ShipError(_("{folder}: another promotion into this folder has run for {seconds} s; try again when it "
+                          "is done").format(folder=out, seconds=LOCK_TIMEOUT_S)) from exc
+    except OSError as exc:
+        raise _cannot_write(out, exc) from exc
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _cannot_write(out: Path, exc: OSError) -> ShipError:
+    return ShipError(f"{out}: cannot write the release ({exc.strerror or exc}); nothing was promoted")
+
+
+def _refuse_existing(paths) -> None:
+    for path in paths:
+        if path.exists() or path.is_symlink():
+            raise ShipError(_exists(path))
 
 
 def _exists(path: Path) -> str:

@@ -1,13 +1,14 @@
 """The blind-ranking votes of each series, kept as one JSON file per series under a ratings folder, and their summary.
 
-Owns the votes file (its format, atomic writes, setting an unreadable file aside) and which votes still describe
-the files as they are now (items are keyed by the file's sha256, the base by ``base``): a vote about a file that
-was replaced or removed is kept in the file but set aside from the fit. The maths is ``ranking.py``'s; the
-ratings folder is never inside the loras folder. JSON only, never a pickle.
+Owns the votes file (its format, atomic writes under a lock that every process shares, setting an unreadable
+file aside) and which votes still describe the files as they are now (items are keyed by the file's sha256, the
+base by ``base``): a vote about a file that was replaced or removed is kept in the file but set aside from the
+fit. The maths is ``ranking.py``'s; the ratings folder is never inside the loras folder. JSON only, never a pickle.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -18,6 +19,8 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from lora_spectrum.decision.ranking import RESULTS, fit
 from lora_spectrum.errors import CatalogError, RatingsError
 from lora_spectrum.language import _
@@ -27,7 +30,8 @@ BASE = "base"  # the base model's item key; epochs are keyed by their file's sha
 VERSION = 1
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 _SHA = re.compile(r"[0-9a-f]{64}")
-_WRITE_LOCK = threading.Lock()  # one writer at a time in this process (the app's sessions share the files)
+_WRITE_LOCK = threading.Lock()  # the app's sessions queue here, not by polling the file lock below
+LOCK_TIMEOUT_S = 30  # a vote holds the votes file's lock for milliseconds; longer means a process is stuck
 
 
 FIELDS = ("a", "b", "a_name", "b_name", "result", "prompt", "seed", "time")  # one vote, as in the file
@@ -67,7 +71,12 @@ class VoteBook:
     """The votes of one series in ``ratings_dir/<series>.json``, read when made; ``add`` writes atomically.
 
     An unreadable file is renamed aside (``<name>.json.unreadable-<time>``), never overwritten: the book starts
-    empty and ``notice`` says so in one line. ``loras_folder``: refuse a ratings folder inside it."""
+    empty and ``notice`` says so in one line. ``loras_folder``: refuse a ratings folder inside it.
+
+    Every read-modify-write holds ``.<name>.json.lock`` beside the file, a lock between processes, not only
+    threads: a team may run several app processes on one ratings folder, or the CLI beside the app, and two
+    processes each reading the file, adding their vote and replacing it would keep only one of the two votes.
+    The lock file stays (removing a lock file while another process waits on it would let two writers in)."""
 
     def __init__(self, ratings_dir: str | Path, series: str, loras_folder: str | Path | None = None):
         self.dir = Path(ratings_dir)
@@ -79,6 +88,8 @@ class VoteBook:
         self.series = series
         self.path = self.dir / file_name(series)
         self.notice: str | None = None
+        # One lock object per book: re-entered by the same thread (``add`` reads under it), separate per thread.
+        self._file_lock = FileLock(self.dir / f".{self.path.name}.lock", timeout=LOCK_TIMEOUT_S)
         self._votes: tuple[dict, ...] = self._load()
 
     @property
@@ -93,11 +104,12 @@ class VoteBook:
 
     def add(self, a_sha: str, a_name: str, b_sha: str, b_name: str, result: float, prompt: str,
             seed: int) -> dict:
-        """Record one vote and write the file (temp file + ``os.replace``: a crash leaves the old file whole)."""
+        """Record one vote and write the file (temp file + ``os.replace``: a crash leaves the old file whole),
+        under the votes file's lock, so that the votes other sessions and processes cast meanwhile are kept."""
         vote = checked_vote({"a": a_sha, "b": b_sha, "a_name": a_name, "b_name": b_name, "result": result,
                              "prompt": prompt, "seed": seed, "time": datetime.now(UTC).isoformat(timespec="seconds")})
-        with _WRITE_LOCK:
-            votes = (*self._load(), vote)  # what is on disk now: votes other sessions cast are kept
+        with _WRITE_LOCK, self._locked():
+            votes = (*self._load(), vote)  # what is on disk now, under the lock: no other writer can come between
             self._write(votes)
             self._votes = votes
         return dict(vote)
@@ -110,13 +122,48 @@ class VoteBook:
             (active if all(k == BASE or k in current for k in (v["a"], v["b"])) else aside).append(dict(v))
         return active, aside
 
-    def _load(self) -> tuple[dict, ...]:
+    @contextlib.contextmanager
+    def _locked(self):
+        """Hold the votes file's lock (between processes); ``RatingsError`` when it cannot be had."""
         try:
-            raw = self.path.read_bytes()
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._file_lock.acquire()
+        except Timeout as exc:
+            raise RatingsError(_("{path}: another process has held the votes file for {seconds} s; try again "
+                                 "later").format(path=self.path, seconds=LOCK_TIMEOUT_S)) from exc
+        except OSError as exc:
+            raise RatingsError(_("{path}: cannot lock the votes file ({reason})").format(
+                path=self.path, reason=exc.strerror or exc)) from exc
+        try:
+            yield
+        finally:
+            self._file_lock.release()
+
+    def _load(self) -> tuple[dict, ...]:
+        """The votes on disk. Reading needs no lock (the file is only ever replaced whole); setting an unreadable
+        file aside does: another process may be setting the same file aside, or voting into a new one, meanwhile."""
+        votes, problem = self._parse(self._read())
+        if problem is None:
+            return votes
+        with self._locked():
+            votes, problem = self._parse(self._read())  # what is there now that no other process can change it
+            if problem is not None:
+                self._set_aside(problem)
+        return votes
+
+    def _read(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
         except FileNotFoundError:
-            return ()
+            return None
         except OSError as exc:
             raise RatingsError(f"{self.path}: cannot read the votes file ({exc.strerror or exc})") from exc
+
+    def _parse(self, raw: bytes | None) -> tuple[tuple[dict, ...], Exception | None]:
+        """(votes, None); or ((), why) when ``raw`` is no votes file (it is to be set aside). A file holding
+        another series' votes is a ``RatingsError``: it is someone's votes, never moved."""
+        if raw is None:
+            return (), None
         try:
             data = json.loads(raw.decode("utf-8"))
             if not isinstance(data, dict) or data.get("version") != VERSION:
@@ -125,12 +172,11 @@ class VoteBook:
                 raise RatingsError("no list of votes")
             votes = tuple(checked_vote(v) for v in data["votes"])
         except (UnicodeDecodeError, json.JSONDecodeError, RatingsError) as exc:
-            self._set_aside(exc)
-            return ()
+            return (), exc
         if data.get("series") != self.series:
             raise RatingsError(f"{self.path}: holds the votes of series {data.get('series')!r}, not "
                                f"{self.series!r}; move it or choose another ratings_dir")
-        return votes
+        return votes, None
 
     def _set_aside(self, exc: Exception) -> None:
         """Rename the unreadable file to a free ``.unreadable-<time>`` name (its bytes kept) and say so."""

@@ -1,23 +1,30 @@
 """Promotion with real epoch files as trainers write them: the copy's tensors bit for bit, the metadata kept and
-extended, the source untouched, nothing ever overwritten, a changed file refused, the card and grid image beside."""
+extended, the source untouched, nothing ever overwritten, a changed file refused, the card and grid image beside;
+two processes shipping one name at once: one release, whole, and one refusal."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from filelock import FileLock
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lora_spectrum import demo
 from lora_spectrum.catalog import READY, Catalog, file_sha256
+from lora_spectrum.decision import promotion
 from lora_spectrum.decision.model_card import text
-from lora_spectrum.decision.promotion import Promotion, copy_with_metadata, promote
+from lora_spectrum.decision.promotion import LOCK_FILE, Promotion, copy_with_metadata, promote
 from lora_spectrum.demo.synthetic_epochs import growth, kohya_metadata, make_lora_state_dict
 from lora_spectrum.errors import ShipError
 from lora_spectrum.grid_files import encode_png, parameters_text, write_outputs
@@ -97,7 +104,8 @@ def metadata(path) -> dict[str, str]:
 
 
 def listing(folder) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    """What a folder holds, less the release folder's lock file (kept on purpose: see ``promotion.LOCK_FILE``)."""
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE) if folder.exists() else []
 
 
 @pytest.mark.parametrize("kind", ["kohya lora fp16", "lycoris loha bf16"])
@@ -244,7 +252,7 @@ def test_a_file_rewritten_after_it_was_hashed_is_refused_mid_copy(run):
     os.utime(paths[6], ns=(st.st_atime_ns, st.st_mtime_ns))
     with pytest.raises(ShipError, match="changed while it was being copied"):
         promote(catalog, 6, out)
-    assert not out.exists()  # the partial copy, its temporary file and the folder made for them are gone
+    assert listing(out) == []  # the partial copy and its temporary file are gone (the folder keeps its lock file)
 
 
 def test_an_unknown_epoch_is_refused_listing_the_epochs_there_are(run):
@@ -343,9 +351,90 @@ def test_a_target_created_during_the_copy_is_not_overwritten(run):
     assert target.read_bytes() == b"the other promotion's file" and listing(out) == ["raced.safetensors"]
 
 
+def test_a_folder_locked_too_long_by_another_promotion_is_one_plain_error(run, monkeypatch):
+    catalog, _, out = run
+    monkeypatch.setattr(promotion, "LOCK_TIMEOUT_S", 0.2)
+    out.mkdir()
+    with FileLock(out / LOCK_FILE):  # another process copying a large file into this folder
+        with pytest.raises(ShipError, match="another promotion into this folder has run for 0.2 s") as exc:
+            promote(catalog, 6, out)
+    assert "\n" not in str(exc.value) and listing(out) == []
+    assert promote(catalog, 6, out).path.is_file()  # free again
+
+
 def test_a_folder_that_cannot_be_written_is_a_ship_error(run):
     catalog, paths, out = run
     out.write_bytes(b"a file where the folder should be")
     with pytest.raises(ShipError, match="cannot write the release"):
         promote(catalog, 6, out)
     assert out.read_bytes() == b"a file where the folder should be"
+
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPER = """
+import sys
+from lora_spectrum.catalog import Catalog
+from lora_spectrum.decision.promotion import promote
+from lora_spectrum.errors import ShipError
+catalog = Catalog(sys.argv[1])
+catalog.scan()
+print("ready", flush=True)
+sys.stdin.readline()  # all start together
+try:
+    print("shipped", promote(catalog, 6, sys.argv[2], note=sys.argv[3]).path)
+except ShipError as exc:
+    print("refused", exc)
+"""
+
+
+def together(script: str, runs: list[list[str]], hold=None, timeout: float = 60) -> list[subprocess.CompletedProcess]:
+    """Start one Python process per ``runs`` entry (its arguments); once every one has said ``ready``, let them
+    all go at once (``hold()``, when given, runs before they finish); their exit codes and output."""
+    procs = [subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in runs]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.close()
+        if hold:
+            hold()
+        outs = [(p.stdout.read(), p.stderr.read(), p.wait(timeout)) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [subprocess.CompletedProcess(p.args, rc, out, err) for p, (out, err, rc) in zip(procs, outs, strict=True)]
+
+
+def test_two_processes_shipping_one_name_at_once_make_one_whole_release_and_one_refusal(run):
+    # Two app processes (or the CLI beside the app) promote the same epoch under the same name into one folder.
+    catalog, paths, out = run
+    out.mkdir()
+    lock = FileLock(out / LOCK_FILE)
+
+    def hold():  # the folder's lock held by another process: neither writes a byte until it is free
+        time.sleep(1.0)
+        assert listing(out) == [], "a promotion wrote while another held the folder's lock"
+        lock.release()
+
+    lock.acquire()
+    try:
+        done = together(SHIPPER, [[str(catalog.folder), str(out), f"process {k}"] for k in range(2)], hold=hold)
+    finally:
+        if lock.is_locked:
+            lock.release()
+    assert [d.returncode for d in done] == [0, 0], [d.stderr[-2000:] for d in done]
+    outcomes = sorted(d.stdout.strip() for d in done)
+    assert [o.split(" ", 1)[0] for o in outcomes] == ["refused", "shipped"], outcomes
+    refusal = outcomes[0].split(" ", 1)[1]
+    assert refusal == f"{out / 'inkstyle.safetensors'}: exists; never overwritten (choose another --name or folder)"
+    assert listing(out) == ["inkstyle.md", "inkstyle.safetensors"]  # no temporary file, no second card
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, "inkstyle.md", "inkstyle.safetensors"]
+    release = out / "inkstyle.safetensors"
+    assert tensor_bytes(release) == tensor_bytes(paths[6]) and data_section(release) == data_section(paths[6])
+    winner = metadata(release)["lora_spectrum.note"]
+    assert winner in ("process 0", "process 1") and metadata(release)["lora_spectrum.source_sha256"] == \
+        file_sha256(paths[6])
+    assert f"Note: {winner}" in (out / "inkstyle.md").read_text(encoding="utf-8"), "the card is the same process's"

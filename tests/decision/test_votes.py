@@ -1,19 +1,25 @@
 """The votes store on real files: it survives a restart, writes atomically, sets an unreadable file aside with its
-bytes kept (never unpickled), keeps votes about a replaced or removed epoch out of the fit, and never lives in
-the loras folder. Epoch files are the demo's kohya-style LoRAs."""
+bytes kept (never unpickled), keeps votes about a replaced or removed epoch out of the fit, never lives in the
+loras folder, and keeps every vote of several processes voting at once. Epoch files are the demo's kohya-style
+LoRAs."""
 
 from __future__ import annotations
 
 import json
 import pickle
 import shutil
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lora_spectrum.catalog import Catalog
+from lora_spectrum.decision import votes
 from lora_spectrum.decision.votes import BASE, VoteBook, current_files, file_name, format_ratings, series_ratings
 from lora_spectrum.errors import RatingsError
 from tests.tiny import Boom
@@ -68,8 +74,82 @@ def test_writes_are_atomic_and_two_books_lose_no_vote(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert sorted(p.name for p in ratings.iterdir()) == ["jimeng.json"]  # no temp file left behind
+    assert sorted(p.name for p in ratings.iterdir()) == [".jimeng.json.lock", "jimeng.json"]  # no temp file left
     assert sorted(v["seed"] for v in VoteBook(ratings, "jimeng").votes) == list(range(20))
+
+
+ROOT = Path(__file__).resolve().parents[2]
+VOTER = """
+import sys
+from lora_spectrum.decision.votes import VoteBook
+ratings, series, first, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+book = VoteBook(ratings, series)  # one app process (or the CLI): its own book, its own lock object
+print("ready", flush=True)
+sys.stdin.readline()  # all start together
+for seed in range(first, first + n):
+    book.add("a" * 64, "jimeng_20.safetensors", "b" * 64, "jimeng_50.safetensors", 1.0, "an ink fox", seed)
+"""
+
+
+def together(script: str, runs: list[list[str]], timeout: float = 60) -> list[subprocess.CompletedProcess]:
+    """Start one Python process per ``runs`` entry (its arguments); once every one has said ``ready``, let them
+    all go at once; their exit codes and output."""
+    procs = [subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in runs]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.close()
+        outs = [(p.stdout.read(), p.stderr.read(), p.wait(timeout)) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [subprocess.CompletedProcess(p.args, rc, out, err) for p, (out, err, rc) in zip(procs, outs, strict=True)]
+
+
+def test_three_processes_voting_at_once_keep_every_vote(tmp_path):
+    # Several app processes (or the CLI beside the app) on one ratings folder: a lock per process kept 128 of 180.
+    ratings = tmp_path / "ratings"
+    done = together(VOTER, [[str(ratings), "jimeng", str(k * 1000), "60"] for k in range(3)])
+    assert [d.returncode for d in done] == [0, 0, 0], [d.stderr for d in done]
+    seeds = sorted(v["seed"] for v in VoteBook(ratings, "jimeng").votes)
+    assert seeds == [k * 1000 + i for k in range(3) for i in range(60)], f"{len(seeds)} of 180 votes kept"
+    assert sorted(p.name for p in ratings.iterdir()) == [".jimeng.json.lock", "jimeng.json"]
+
+
+def test_a_vote_while_another_process_holds_the_lock_too_long_is_one_plain_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(votes, "LOCK_TIMEOUT_S", 0.2)
+    book = VoteBook(tmp_path, "jimeng")
+    with FileLock(tmp_path / ".jimeng.json.lock"):  # a process stuck inside its write
+        with pytest.raises(RatingsError, match="another process has held the votes file for 0.2 s") as exc:
+            book.add(A, "x", B, "y", 1.0, "p", 1)
+    assert "\n" not in str(exc.value) and not (tmp_path / "jimeng.json").exists()
+    book.add(A, "x", B, "y", 1.0, "p", 1)  # free again
+    assert len(VoteBook(tmp_path, "jimeng").votes) == 1
+
+
+def test_an_unreadable_file_opened_by_several_at_once_is_set_aside_once(tmp_path):
+    ratings = tmp_path / "ratings"
+    ratings.mkdir()
+    (ratings / "jimeng.json").write_bytes(b'{"version": 1, "series": "jimeng", "votes": [')
+    start, errors = threading.Barrier(4), []
+
+    def open_book():
+        start.wait()
+        try:
+            VoteBook(ratings, "jimeng")
+        except RatingsError as exc:  # the loser of an unlocked race: "unreadable, and cannot be set aside"
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_book) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(list(ratings.glob("jimeng.json.unreadable-*"))) == 1
 
 
 def test_a_bad_vote_is_refused_and_nothing_is_written(tmp_path):
