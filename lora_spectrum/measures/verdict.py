@@ -117,9 +117,12 @@ def _units(probe: dict) -> tuple[list[str], list[int | None], dict, dict, dict, 
     return files, epochs, s, d, {"style": len(s_units)}, {"fidelity": len(f_units)}
 
 
-def _terms(s_means: np.ndarray, s_base: float, f_means: np.ndarray, f_base: float) -> tuple[np.ndarray, np.ndarray]:
-    """(style gained 0..1 of the run's most, fidelity kept 0..1 of the base's) per epoch."""
-    s_means, f_means = _smooth(s_means), _smooth(f_means)
+def _terms(s_means: np.ndarray, s_base: float, f_means: np.ndarray, f_base: float,
+           errors: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(style gained 0..1 of the run's most, fidelity kept 0..1 of the base's) per epoch; with ``errors`` (the
+    standard errors of the means) each mean is first shrunk toward its neighbours as far as its noise allows."""
+    if errors is not None:
+        s_means, f_means = _smooth(s_means, errors[0]), _smooth(f_means, errors[1])
     gain = np.maximum(s_means - s_base, 0.0)
     top = gain.max()
     style = gain / top if top > MIN_STYLE else np.zeros_like(gain)
@@ -127,17 +130,20 @@ def _terms(s_means: np.ndarray, s_base: float, f_means: np.ndarray, f_base: floa
     return style, kept
 
 
-def _smooth(values: np.ndarray) -> np.ndarray:
-    """Each epoch's mean with its neighbours' at weight ``NEIGHBOURS`` (adjacent saves of one run differ little in
-    truth, their probe noise is independent)."""
+def _smooth(values: np.ndarray, errors: np.ndarray) -> np.ndarray:
+    """Each epoch's mean shrunk toward the mean of its neighbouring saves, as far as its noise allows: adjacent saves
+    of one run differ little in truth while their probe noise is independent, so a deviation the size of the noise
+    is mostly noise (shrunk by up to ``NEIGHBOURS``), one well beyond it is a real change (kept), in the manner of
+    James-Stein shrinkage."""
     if not NEIGHBOURS or len(values) < 3:
         return values
-    padded = np.concatenate([[np.nan], values, [np.nan]])
-    out = np.empty_like(values)
+    out = values.copy()
     for i in range(len(values)):
-        window = padded[i:i + 3]
-        weights = np.array([NEIGHBOURS, 1.0, NEIGHBOURS])[~np.isnan(window)]
-        out[i] = float((window[~np.isnan(window)] * weights).sum() / weights.sum())
+        near = [j for j in (i - 1, i + 1) if 0 <= j < len(values)]
+        target = float(np.mean(values[near]))
+        noise = float(errors[i] ** 2 + np.mean(errors[near] ** 2) / len(near))
+        excess = max((values[i] - target) ** 2 - noise, 0.0)
+        out[i] = values[i] + NEIGHBOURS * noise / (noise + excess) * (target - values[i]) if noise > 0 else values[i]
     return out
 
 
@@ -181,15 +187,23 @@ def _stop(style: np.ndarray, kept: np.ndarray, boot_style: np.ndarray, boot_kept
     return len(worse) >= 2 and not rising, len(worse)
 
 
+def _errors(s: dict, d: dict, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The standard error of each epoch's mean style and mean fidelity over the probe's units."""
+    def se(values: np.ndarray) -> float:
+        return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    return np.array([se(s[f]) for f in files]), np.array([se(d[f]) for f in files])
+
+
 def _bootstrap(s: dict, d: dict, files: list[str], weight: float, rng: np.random.Generator):
     """Resampled (style, kept) per epoch: the same (prompt, seed) pairs drawn for every epoch and the base."""
     n_s, n_f = len(s[None]), len(d[None])
+    errors = _errors(s, d, files)
     style_b, kept_b = [], []
     for _ in range(RESAMPLES):
         i_s, i_f = rng.integers(0, n_s, n_s), rng.integers(0, n_f, n_f)
         sm = np.array([s[f][i_s].mean() for f in files])
         fm = np.array([d[f][i_f].mean() for f in files])
-        st, kp = _terms(sm, float(s[None][i_s].mean()), fm, float(d[None][i_f].mean()))
+        st, kp = _terms(sm, float(s[None][i_s].mean()), fm, float(d[None][i_f].mean()), errors)
         style_b.append(st)
         kept_b.append(kp)
     return np.array(style_b), np.array(kept_b)
@@ -221,7 +235,7 @@ def decide(series: str | None, epochs: list[dict], probe: dict | None = None, lo
         return Verdict(state="needs probe", missing=tuple(missing), reason=verdict_reason.needs_probe(context),
                        **common)
     style, kept = _terms(np.array([s[f].mean() for f in files]), float(s[None].mean()),
-                         np.array([d[f].mean() for f in files]), float(d[None].mean()))
+                         np.array([d[f].mean() for f in files]), float(d[None].mean()), _errors(s, d, files))
     if style.max() <= 0:
         return Verdict(state="no style", missing=tuple(missing), reason=verdict_reason.no_style(probe), **common)
 
