@@ -32,7 +32,7 @@ from lora_spectrum.errors import (
     translated,
 )
 from lora_spectrum.families import Family, detect_family, get_family
-from lora_spectrum.fuse_policy import FusePolicy, resolve_fuse
+from lora_spectrum.fuse_policy import FuseChoice, FusePolicy, resolve_fuse, verdict_for
 from lora_spectrum.language import _
 from lora_spectrum.sampling import Sampling
 
@@ -42,11 +42,14 @@ Route = tuple[str | None, float, tuple[int, ...]]  # (file or None for the base,
 
 @dataclass(frozen=True)
 class RenderRequest:
-    """What to render: one image per seed of ``prompt``; the LoRA and its strength are passed to ``Engine.render``."""
+    """What to render: one image per seed of ``prompt``; the LoRA and its strength are passed to ``Engine.render``.
+    ``fuse``: under ``fuse: auto``, whether the adapter is merged and why, as chosen for the whole run before it
+    (``Engine.fuse_choice``); None: the engine chooses for this request alone, by the same rule."""
 
     prompt: str
     seeds: tuple[int, ...] = (0,)
     sampling: Sampling = Sampling()
+    fuse: FuseChoice | None = None
 
 
 @dataclass
@@ -76,13 +79,15 @@ class Engine:
         self.max_sequence_length = max_sequence_length
         self.lock = threading.Lock()
         self.admission = Admission(max_queued)
-        # Merge the active adapter into the base weights: on, off, or auto (decided from measurements).
+        # Merge the active adapter into the base weights: on, off, or auto (chosen before each run from what
+        # bench recorded for this machine, fuse_policy.py; never from the renders' own timings).
         self.fuse_mode = resolve_fuse(fuse, self.device, offload)
         # torch.compile for the denoiser: off, on, or auto (where bench --compile found it pays; compilation.py).
         self.compiled, self.compile_note, self.fuse_mode = settle(compile, self.device, family.name, self.fuse_mode,
                                                                   offload, family.denoiser(pipe))
-        self.fuse_policy = FusePolicy() if self.fuse_mode == "auto" else None
-        self.fuse_decision = ""  # why fuse: auto chose what it did for the last swap ("" until it decided)
+        self.fuse_policy = (FusePolicy(verdict_for(self.device, family.name, family.denoiser(pipe)))
+                            if self.fuse_mode == "auto" else None)
+        self.fuse_decision = ""  # why fuse: auto chose what it did for the last swap ("" until it chose)
         self.hotswap = HotSwapper(pipe, family, resident=resident_adapters, empty_cache=empty_cache_after_swap,
                                   fuse=self.fuse_mode == "on", compiled=self.compiled)
         if self.compiled:
@@ -203,7 +208,7 @@ class Engine:
             t0 = time.perf_counter()
             self._choose_fuse(request, lora_path, strength)
             try:
-                swap = self._observed(self.set_lora(lora_path, strength))
+                swap = self.set_lora(lora_path, strength)
             finally:  # after the swap took this file's read ahead (a failed swap still lets the next one read)
                 self.prefetch(ahead)
             images = self._render_locked(request, cancel, on_step)
@@ -265,7 +270,7 @@ class Engine:
         try:
             with eager(self.hotswap.denoiser) if self.compiled else contextlib.nullcontext(), \
                     self.hotswap.routed(blocks, len(routes[group[0]][2]), prepared=prepared) as swap:
-                images = self._render_locked(replace(request, seeds=seeds), cancel, on_step, measure=False)
+                images = self._render_locked(replace(request, seeds=seeds), cancel, on_step)
         except Cancelled:
             raise
         except LoraSpectrumError as exc:
@@ -291,7 +296,7 @@ class Engine:
         t0 = time.perf_counter()
         try:
             self._choose_fuse(request, path, strength)
-            swap = self._observed(self.set_lora(path, strength, prepared.get(str(path))))  # read in step 1
+            swap = self.set_lora(path, strength, prepared.get(str(path)))  # read in step 1
             images = self._render_locked(replace(request, seeds=tuple(seeds)), cancel, on_step)
         except Cancelled:
             raise
@@ -301,25 +306,31 @@ class Engine:
         out[i] = RenderResult(images, swap, time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ fuse: auto (fuse_policy.py)
-    def _shape(self, req: RenderRequest) -> tuple:
-        s = req.sampling
-        return (s.width, s.height, len(req.seeds), self._uses_cfg(s.guidance))
+    def fuse_choice(self, sampling: Sampling, images: int) -> FuseChoice:
+        """Whether renders of ``sampling`` with ``images`` per call merge their adapter: ``fuse: on/off`` as set,
+        ``auto`` by the rule on bench's recorded measurements. A pure function of its arguments and of what was
+        recorded before the engine started: timings and load never change it (docs/adapters.md)."""
+        if self.fuse_policy is None:
+            return FuseChoice(self.fuse_mode == "on", f"fuse: {self.fuse_mode}")
+        samples = images * (2 if self._uses_cfg(sampling.guidance) else 1)
+        return self.fuse_policy.choose(sampling.steps, sampling.width, sampling.height, samples)
 
     def _choose_fuse(self, req: RenderRequest, lora_path: str | None, strength: float) -> None:
-        """Before a swap to an adapter under ``fuse: auto``: fused or not, as the measurements say (logged)."""
-        if self.fuse_policy is not None and lora_path is not None and float(strength) != 0.0:
-            why = self.fuse_policy.apply(self.hotswap, self._shape(req), req.sampling.steps)
-            if why != self.fuse_decision:
-                log.info(why)
-                self.fuse_decision = why
+        """Before a swap to an adapter under ``fuse: auto``: fused or not, as the run chose (``req.fuse``) or as
+        ``fuse_choice`` says for this request alone; a new choice is logged."""
+        if self.fuse_policy is None or lora_path is None or float(strength) == 0.0:
+            return
+        choice = req.fuse or self.fuse_choice(req.sampling, len(req.seeds))
+        if choice.fused != self.hotswap.fuse:
+            if choice.fused:
+                self.hotswap.use_base()  # nothing merged twice: the swap that follows merges
+            self.hotswap.set_fuse(choice.fused)
+        if choice.why != self.fuse_decision:
+            log.info(choice.why)
+            self.fuse_decision = choice.why
 
-    def _observed(self, swap: SwapRecord) -> SwapRecord:
-        if self.fuse_policy is not None and swap.fused and self.hotswap.fuse:
-            self.fuse_policy.observe_merge(self.hotswap.fuser.last_merge_s)
-        return swap
-
-    def _render_locked(self, req: RenderRequest, cancel=None, on_step=None, measure: bool = True) -> list:
-        """Render ``req`` with the adapter as it stands. ``measure``: feed the step times to ``fuse: auto``."""
+    def _render_locked(self, req: RenderRequest, cancel=None, on_step=None) -> list:
+        """Render ``req`` with the adapter as it stands."""
         sampling = req.sampling
         # 1. Scheduler: a fresh one per render, so no state carries over between renders.
         self.pipe.scheduler = self.family.make_scheduler(sampling.sampler or self.defaults.sampling.sampler,
@@ -329,13 +340,7 @@ class Engine:
         n = len(req.seeds)
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in req.seeds]
 
-        stamps: list[float] | None = [] if measure and self.fuse_policy is not None else None
-
         def step_end(pipe, i, t, kwargs):
-            if stamps is not None:
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)  # the step's kernels done, so the interval is the step's
-                stamps.append(time.perf_counter())
             if cancel is not None and cancel.is_set():
                 raise Cancelled("cancelled")
             if on_step is not None:
@@ -361,8 +366,6 @@ class Engine:
         except OutOfMemoryError:
             pass
         else:
-            if stamps is not None:  # intervals between step ends: steps 2..n, free of the set-up before step 1
-                self.fuse_policy.observe_render(self.hotswap, self._shape(req), stamps)
             return list(out.images)
         self.free_memory()
         raise OutOfMemoryError(_("out of memory rendering {n} image(s) at {width}x{height}: use a smaller size or fewer "

@@ -1,19 +1,27 @@
-"""The ``fuse`` setting: validated into on, off or auto, and for auto the decision, made from what this engine
-measured while it rendered (seconds per denoising step with the adapter unfused and bare, seconds per fused merge).
-The engine feeds it; it switches the hot-swapper's fused mode; ``adapters/fusing.py`` does the merging."""
+"""The ``fuse`` setting: validated into on, off or auto, and for auto the choice, made before a run from its
+sampling and what ``bench`` recorded for this machine (seconds per denoiser forward with an adapter unfused and
+bare, seconds per merge), never from the renders themselves. The engine applies it; ``adapters/fusing.py`` merges.
+
+Fused and unfused renders differ by rounding, so the choice decides pixels: it must not depend on timings taken
+while the user's cells render (a busy machine would change them). As ``compile: auto`` reads the verdicts of
+``bench --compile``, ``fuse: auto`` reads the measurements ``bench`` recorded, and only a new bench run changes them.
+"""
 
 from __future__ import annotations
 
-import statistics
-from collections import deque
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from lora_spectrum.compilation import denoiser_size, machine_key
+from lora_spectrum.compilation import verdicts_path as compile_verdicts_path
 from lora_spectrum.errors import BaseLoadError
 from lora_spectrum.language import _
 
-PREFIX = "fuse auto: "  # every decision's reason starts so (the rest in the language of the render that decided)
-Shape = tuple  # (width, height, images per call, guidance on): what a step's time depends on
+PREFIX = "fuse auto: "  # every auto choice's reason starts so (the rest in the language of the render that chose)
 
 
 def resolve_fuse(fuse: bool | str, device: torch.device, offload: str = "none") -> str:
@@ -30,63 +38,81 @@ def resolve_fuse(fuse: bool | str, device: torch.device, offload: str = "none") 
     return value
 
 
+# ---------------------------------------------------------------------------------------------- recorded measures
+def verdicts_path() -> Path:
+    """Where ``bench`` records its fuse measurements: ``$LORA_SPECTRUM_FUSE_VERDICTS``, else ``fuse.json`` beside
+    the compile verdicts (``compilation.verdicts_path``)."""
+    env = os.environ.get("LORA_SPECTRUM_FUSE_VERDICTS")
+    return Path(env) if env else compile_verdicts_path().with_name("fuse.json")
+
+
+def read_verdicts(path: Path | None = None) -> dict:
+    try:
+        data = json.loads((path or verdicts_path()).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record_verdict(device: torch.device, family: str, size_m: int, bare_s: float, unfused_s: float, merge_s: float,
+                   image: int, batch: int = 1, path: Path | None = None) -> dict:
+    """Write what ``bench`` measured on this machine: one denoiser forward of ``batch`` samples at ``image`` x
+    ``image`` pixels, bare and with an adapter unfused, and one merge. Returns the verdict."""
+    path = path or verdicts_path()
+    verdict = {"bare_forward_s": bare_s, "unfused_forward_s": unfused_s, "merge_s": merge_s, "image": image,
+               "batch": batch}
+    data = read_verdicts(path)
+    data[machine_key(device, family, size_m)] = verdict
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    tmp.replace(path)
+    return verdict
+
+
+def verdict_for(device: torch.device, family: str, denoiser: torch.nn.Module, path: Path | None = None) -> dict | None:
+    """This machine's recorded measurements for this denoiser (``compilation.machine_key``), or None."""
+    verdict = read_verdicts(path).get(machine_key(device, family, denoiser_size(denoiser)))
+    keys = ("bare_forward_s", "unfused_forward_s", "merge_s", "image", "batch")
+    if not isinstance(verdict, dict) or not all(isinstance(verdict.get(k), (int, float)) for k in keys):
+        return None
+    return verdict
+
+
+# ---------------------------------------------------------------------------------------------- the choice
+@dataclass(frozen=True)
+class FuseChoice:
+    """Whether a run's adapters are merged into the base weights, and why; fixed before the run renders."""
+
+    fused: bool
+    why: str
+
+
 class FusePolicy:
-    """``fuse: auto``: merge the adapter when the steps that follow a swap, times what an unfused adapter adds to
-    each step, cost more than the merge itself (``steps x (unfused - bare) > merge``).
+    """``fuse: auto`` on one engine: merge when the steps after a swap, times what an unfused adapter adds to
+    each, cost more than the merge (``steps x (unfused - bare) > merge``), on the measurements ``bench`` recorded
+    (``verdict``; None: nothing recorded, unfused). The forward times are scaled from bench's forward to the
+    run's (pixels x samples per denoiser call). A pure function of its inputs: the same plan gets the same choice
+    on an idle and a busy machine."""
 
-    Step times are kept per shape, the last ``keep`` of each kind; a fused step counts as a bare one (a merged
-    adapter costs nothing per step). Until both step kinds are measured the adapter stays unfused; when the
-    unfused overhead is known but no merge is, one merge is tried to measure it.
-    """
+    def __init__(self, verdict: dict | None):
+        self.verdict = verdict
 
-    def __init__(self, keep: int = 20):
-        self.keep = keep
-        self._steps: dict[tuple[str, Shape], deque] = {}
-        self._merges: deque = deque(maxlen=keep)
-
-    def observe_steps(self, kind: str, shape: Shape, seconds: list[float]) -> None:
-        """Seconds of denoising steps at ``shape``: ``kind`` is ``unfused`` (peft's layers active) or ``bare``
-        (the base, or an adapter merged)."""
-        samples = self._steps.setdefault((kind, shape), deque(maxlen=self.keep))
-        samples.extend(s for s in seconds if s > 0)
-
-    def observe_render(self, hotswap, shape: Shape, step_ends: list[float]) -> None:
-        """A render's step-end clock readings, counted as unfused or bare by the hot-swapper's state."""
-        bare = hotswap.active is None or hotswap.strength == 0.0 or hotswap.is_fused()
-        self.observe_steps("bare" if bare else "unfused", shape,
-                           [b - a for a, b in zip(step_ends, step_ends[1:], strict=False)])
-
-    def apply(self, hotswap, shape: Shape, steps: int) -> str:
-        """Switch ``hotswap``'s fused mode as ``decide`` says, before a swap; returns why."""
-        want, why = self.decide(shape, steps)
-        if want is not None and want != hotswap.fuse:
-            if want:
-                hotswap.use_base()  # nothing merged twice: the swap that follows merges
-            hotswap.set_fuse(want)
-        return why
-
-    def observe_merge(self, seconds: float) -> None:
-        if seconds > 0:
-            self._merges.append(seconds)
-
-    def _median(self, kind: str, shape: Shape) -> float | None:
-        samples = self._steps.get((kind, shape))
-        return statistics.median(samples) if samples else None
-
-    def decide(self, shape: Shape, steps: int) -> tuple[bool | None, str]:
-        """Whether to fuse for a swap followed by ``steps`` steps at ``shape`` (None: keep what is set), and why."""
-        unfused, bare = self._median("unfused", shape), self._median("bare", shape)
-        merge = statistics.median(self._merges) if self._merges else None
-        if unfused is None:
-            return None, PREFIX + _("no unfused step measured yet at this size")
-        if bare is not None and unfused <= bare:
-            return False, PREFIX + _("off, an unfused adapter adds nothing per step: {unfused} ms vs {bare} ms "
-                                     "bare").format(unfused=f"{unfused * 1e3:.1f}", bare=f"{bare * 1e3:.1f}")
-        if merge is None or bare is None:
-            return True, PREFIX + _("on for one swap, to measure a merge and a merged step")
-        gain = steps * (unfused - bare)
+    def choose(self, steps: int, width: int, height: int, samples: int) -> FuseChoice:
+        """For renders of ``steps`` steps at ``width`` x ``height`` with ``samples`` per denoiser call (images,
+        doubled under classifier-free guidance)."""
+        v = self.verdict
+        if v is None:
+            return FuseChoice(False, PREFIX + _("off, bench has recorded no fuse measurements for this machine"))
+        scale = width * height * samples / (v["image"] ** 2 * max(1, v["batch"]))
+        unfused, bare = v["unfused_forward_s"] * scale, v["bare_forward_s"] * scale
+        if unfused <= bare:
+            return FuseChoice(False, PREFIX + _("off, an unfused adapter adds nothing per step: {unfused} ms vs "
+                                                "{bare} ms bare").format(unfused=f"{unfused * 1e3:.1f}",
+                                                                         bare=f"{bare * 1e3:.1f}"))
+        gain, merge = steps * (unfused - bare), v["merge_s"]
         why = (_("on, {steps} steps x {overhead} ms unfused overhead = {gain} ms > {merge} ms per merge")
                if gain > merge else
                _("off, {steps} steps x {overhead} ms unfused overhead = {gain} ms <= {merge} ms per merge"))
-        return gain > merge, PREFIX + why.format(steps=steps, overhead=f"{(unfused - bare) * 1e3:.1f}",
-                                                 gain=f"{gain * 1e3:.0f}", merge=f"{merge * 1e3:.0f}")
+        return FuseChoice(gain > merge, PREFIX + why.format(steps=steps, overhead=f"{(unfused - bare) * 1e3:.1f}",
+                                                            gain=f"{gain * 1e3:.0f}", merge=f"{merge * 1e3:.0f}"))

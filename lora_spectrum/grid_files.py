@@ -46,9 +46,15 @@ def _quote(value: str) -> str:
     return json.dumps(value, ensure_ascii=False) if ("," in value or ":" in value or '"' in value) else value
 
 
-def parameters_text(cell: Cell, sampling: Sampling, model: str, model_hash: str | None = None) -> str:
+# How a cell was rendered beyond its plan (``render_cache.PixelSettings.record()``), as PNG ``parameters`` keys.
+RENDER_KEYS = (("dtype", "Dtype"), ("device", "Device"), ("threads", "Threads"), ("compiled", "Compiled"),
+               ("fused", "Fused"), ("batch", "Batch size"), ("routed", "Routed"))
+
+
+def parameters_text(cell: Cell, sampling: Sampling, model: str, model_hash: str | None = None,
+                    how: dict | None = None) -> str:
     """A1111's ``parameters`` text: prompt, ``Negative prompt:`` line, then ``Key: value`` pairs. ``model`` is
-    the base's name (``base_name``), never a local path."""
+    the base's name (``base_name``), never a local path; ``how``: how the cell was rendered (``RENDER_KEYS``)."""
     prompt = cell.prompt
     pairs = [("Steps", str(sampling.steps)), ("Sampler", sampling.sampler), ("CFG scale", f"{sampling.guidance:g}"),
              ("Seed", str(cell.seed)), ("Size", f"{sampling.width}x{sampling.height}"),
@@ -59,6 +65,10 @@ def parameters_text(cell: Cell, sampling: Sampling, model: str, model_hash: str 
         pairs += [("Lora hashes", f"{name}: {(cell.sha256 or '')[:12]}"), ("Lora", name),
                   ("Lora epoch", "" if cell.epoch is None else str(cell.epoch)),
                   ("Lora strength", f"{cell.strength:g}")]
+    for field, key in RENDER_KEYS if how else ():
+        value = how.get(field)
+        if value is not None:
+            pairs.append((key, ("yes" if value else "no") if isinstance(value, bool) else str(value)))
     lines = [prompt]
     if sampling.negative_prompt:
         lines.append(f"Negative prompt: {sampling.negative_prompt}")
@@ -87,6 +97,27 @@ def parse_parameters(text: str) -> dict:
         if value.startswith('"'):
             value = json.loads(value)
         out[key] = value
+    return out
+
+
+def render_settings(png: bytes | None) -> dict | None:
+    """How a cell was rendered, read back from its PNG's ``parameters`` (``RENDER_KEYS``); None when it has none."""
+    if png is None:
+        return None
+    try:
+        text = Image.open(io.BytesIO(png)).info.get("parameters")
+    except (OSError, ValueError):
+        return None
+    params = parse_parameters(text) if isinstance(text, str) else {}
+    out: dict = {}
+    for field, key in RENDER_KEYS:
+        value = params.get(key)
+        if value is None:
+            continue
+        out[field] = value == "yes" if value in ("yes", "no") else int(value) if value.isdigit() else value
+    if not out:
+        return None
+    out.setdefault("threads", None)
     return out
 
 
@@ -176,7 +207,10 @@ def write_outputs(out_dir: str | Path, plan: Plan, cells: list[Cell], base: str,
             (out / "cells" / name).write_bytes(c.png)
             c.image_path = f"cells/{name}"
     compose_grid(plan, cells).save(out / "grid.png")
-    manifest = {"settings": plan.settings(base, family), "cells": [c.record() for c in cells], **(extra or {})}
+    # Each cell as rendered: where, with what, and how (``render``: dtype, device, threads, compiled, fused, batch
+    # size and routing, as its PNG says: a cached cell keeps the settings it was rendered with).
+    records = [{**c.record(), "render": render_settings(c.png)} for c in cells]
+    manifest = {"settings": plan.settings(base, family), "cells": records, **(extra or {})}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
     return manifest
 

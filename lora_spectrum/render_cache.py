@@ -1,4 +1,5 @@
-"""Rendered cells kept on disk, keyed by everything that decides their pixels, bounded in size.
+"""Rendered cells kept on disk, keyed by everything that decides their pixels (``PixelSettings`` included),
+bounded in size.
 
 The cache only saves time: a failure to write it never costs a render. Nothing here renders.
 """
@@ -10,10 +11,38 @@ import hashlib
 import json
 import os
 import threading
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import torch
 
 from lora_spectrum.plan import Cell
 from lora_spectrum.sampling import Sampling
+
+
+@dataclass(frozen=True)
+class PixelSettings:
+    """How a cell is rendered beyond its plan (base, file, prompt, seed, strength, sampling): each of these can move
+    its pixels by rounding, so each is in the cell's record (PNG parameters, manifest) and in its cache key."""
+
+    dtype: str  # the weights' dtype: "float32", "bfloat16", "float16"
+    device: str  # "cpu", "cuda", "mps"
+    threads: int | None  # CPU threads (torch.get_num_threads(): reductions split by them); None off the CPU
+    compiled: bool  # the denoiser ran through torch.compile (routed calls run eagerly)
+    fused: bool  # the adapter merged into the base weights (fuse: on, or fuse: auto's choice for the run)
+    batch: int  # images in the denoiser call
+    routed: int = 0  # adapters (routes) sharing the call (``run_plan``'s ``mix``); 0: a call of its own
+
+    @classmethod
+    def of(cls, engine, *, fused: bool, batch: int, routed: int = 0) -> PixelSettings:
+        """For a cell rendered on ``engine`` (an ``Engine``, or a Ray pool's ``RemoteEngine``), now."""
+        device = engine.device.type
+        return cls(str(engine.dtype).removeprefix("torch."), device,
+                   torch.get_num_threads() if device == "cpu" else None,
+                   bool(getattr(engine, "compiled", False)) and routed == 0, fused, batch, routed)
+
+    def record(self) -> dict:
+        return asdict(self)
 
 
 class RenderCache:
@@ -25,16 +54,14 @@ class RenderCache:
         self._lock = threading.Lock()
 
     @staticmethod
-    def key(engine, sampling: Sampling, cell: Cell) -> str:
-        """Everything that decides a cell's pixels: the base as loaded, the file's bytes, the sampling."""
-        fields = {"base": engine.base_id, "family": engine.family.name, "dtype": str(engine.dtype),
-                  "device": engine.device.type, "fuse": engine.fuse_mode, "lora_sha256": cell.sha256,
+    def key(engine, sampling: Sampling, cell: Cell, how: PixelSettings) -> str:
+        """Everything that decides a cell's pixels: the base as loaded, the file's bytes, the sampling, and how it
+        is rendered (``how``: dtype, device, CPU threads, compiled, fused, batch, routing)."""
+        fields = {"base": engine.base_id, "family": engine.family.name, "lora_sha256": cell.sha256,
                   "strength": cell.strength if cell.file else None, "prompt": cell.prompt,
                   "negative": sampling.negative_prompt, "seed": cell.seed, "steps": sampling.steps,
                   "guidance": sampling.guidance, "width": sampling.width, "height": sampling.height,
-                  "sampler": sampling.sampler}
-        if getattr(engine, "compiled", False):  # compiled kernels round differently (keys of eager renders unchanged)
-            fields["compiled"] = True
+                  "sampler": sampling.sampler, **how.record()}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
     def _path(self, key: str) -> Path:

@@ -1,10 +1,16 @@
-"""The render cache on its own: writers of one key from several sessions never collide."""
+"""The render cache on its own: writers of one key from several sessions never collide; the key holds every
+setting that moves pixels (``PixelSettings``)."""
 
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
-from lora_spectrum.render_cache import RenderCache
+import torch
+
+from lora_spectrum.plan import make_plan, plan_cells
+from lora_spectrum.render_cache import PixelSettings, RenderCache
+from tests.tiny import new_engine, request
 
 
 def test_cache_writers_of_one_key_do_not_collide(tmp_path):
@@ -27,3 +33,35 @@ def test_cache_writers_of_one_key_do_not_collide(tmp_path):
         t.join()
     assert not errors, errors
     assert not list((tmp_path / "cache").glob("*/*.tmp")), "temporary files left behind"
+
+
+def test_the_key_changes_with_every_setting_that_moves_pixels():
+    """Fused or not, compiled or not, CPU threads, batch, routing, dtype and device each round differently."""
+    engine = new_engine("sdxl")
+    req = request("sdxl")
+    plan = make_plan(engine.defaults, [None], [1], prompts=[req.prompt], sampling=req.sampling)
+    cell = plan_cells(plan)[0]
+    how = PixelSettings.of(engine, fused=False, batch=1)
+    assert how == PixelSettings("float32", "cpu", torch.get_num_threads(), False, False, 1, 0)
+    key = RenderCache.key(engine, plan.sampling, cell, how)
+    assert RenderCache.key(engine, plan.sampling, cell, PixelSettings.of(engine, fused=False, batch=1)) == key
+    changed = [replace(how, fused=True), replace(how, compiled=True), replace(how, threads=how.threads + 1),
+               replace(how, batch=2), replace(how, routed=2), replace(how, dtype="bfloat16"),
+               replace(how, device="cuda", threads=None)]
+    keys = {RenderCache.key(engine, plan.sampling, cell, h) for h in changed}
+    assert key not in keys and len(keys) == len(changed)
+
+
+def test_the_thread_count_is_read_when_the_cell_is_keyed():
+    engine = new_engine("sdxl")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(before + 1)
+        assert PixelSettings.of(engine, fused=False, batch=1).threads == before + 1
+    finally:
+        torch.set_num_threads(before)
+    assert PixelSettings.of(engine, fused=False, batch=1).threads == before
+    # A routed call runs the denoiser eagerly: never "compiled", whatever the engine is.
+    engine.compiled = True
+    assert PixelSettings.of(engine, fused=False, batch=1).compiled
+    assert not PixelSettings.of(engine, fused=False, batch=2, routed=2).compiled

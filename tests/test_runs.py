@@ -1,5 +1,5 @@
-"""Executing plans (``run_plan``) end to end: bad files met by a run, faults during work, cancel, the cache, and
-concurrent runs.
+"""Executing plans (``run_plan``) end to end: bad files met by a run, faults during work, cancel, the cache,
+concurrent runs, and pixels that never depend on timing or load.
 
 Every case goes through ``run_plan`` on a tiny real engine with a real catalog, the way the app and the ``grid``
 command run, and is compared pixel for pixel with clean renders. What tests/test_catalog.py (each bad file's state
@@ -10,11 +10,14 @@ vanished or were replaced before their swap, which is when a run meets them in p
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
 import shutil
 import struct
+import subprocess
+import sys
 import threading
 import time
 import weakref
@@ -28,11 +31,13 @@ from safetensors.torch import load_file, save_file
 
 from lora_spectrum import demo
 from lora_spectrum.catalog import Catalog
+from lora_spectrum.compilation import denoiser_size
 from lora_spectrum.errors import BusyError, Cancelled, PlanError, RenderError
-from lora_spectrum.grid_files import write_outputs
+from lora_spectrum.fuse_policy import record_verdict
+from lora_spectrum.grid_files import render_settings, write_outputs
 from lora_spectrum.lora_keys import HEADER_LIMIT
 from lora_spectrum.plan import make_plan
-from lora_spectrum.render_cache import RenderCache
+from lora_spectrum.render_cache import PixelSettings, RenderCache
 from lora_spectrum.runs import run_plan
 from tests.adapters.helpers import assert_same_tensors, base_weights
 from tests.tiny import Boom, new_engine, pixels
@@ -454,3 +459,110 @@ def test_the_busy_limit_turns_a_third_run_away_at_once(demo_loras, ref):
         assert np.array_equal(column_pixels(results[e], by_epoch[e].name), ref(family, by_epoch[e].path))
     after = run_plan(engine, plan_for(engine, [by_epoch[150]]), cat)
     assert np.array_equal(column_pixels(after, by_epoch[150].name), ref(family, by_epoch[150].path))
+
+
+# ---------------------------------------------------------------------------------------------- timing and load
+@contextlib.contextmanager
+def busy_cores():
+    """A machine under load: a busy loop spinning on every core, killed after."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        time.sleep(0.5)  # every spinner running before the first render
+        yield
+    finally:
+        for p in spinners:
+            p.kill()
+        for p in spinners:
+            p.wait()
+
+
+def measured(path: Path, monkeypatch, fusing_pays: bool) -> None:
+    """fuse: auto reads ``path``: with ``fusing_pays``, bench's measurements for the tiny SDXL engine on this CPU
+    where merging pays (fuse: auto fuses); else nothing recorded (unfused)."""
+    monkeypatch.setenv("LORA_SPECTRUM_FUSE_VERDICTS", str(path))
+    if fusing_pays:
+        size = denoiser_size(new_engine("sdxl").hotswap.denoiser)
+        record_verdict(torch.device("cpu"), "sdxl", size, bare_s=0.01, unfused_s=1.0, merge_s=1e-6, image=64,
+                       path=path)
+
+
+@pytest.fixture
+def fusing_pays(tmp_path, monkeypatch):
+    measured(tmp_path / "fuse.json", monkeypatch, fusing_pays=True)
+
+
+def how(cell) -> dict:
+    """How ``cell`` was rendered, as its PNG parameters say."""
+    assert cell.png is not None, (cell.file, cell.error)
+    return render_settings(cell.png)
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["fusing-pays", "nothing-recorded"])
+def test_a_grid_renders_the_same_on_an_idle_and_a_busy_machine(recorded, tmp_path, monkeypatch, demo_loras):
+    """The same grid on one resident engine, idle then with every core busy: the same pixels, cell for cell, and
+    the same record of how each was rendered (fuse: auto chooses from what bench recorded, never from timings)."""
+    family = "sdxl"
+    measured(tmp_path / "fuse.json", monkeypatch, fusing_pays=recorded)
+    engine = new_engine(family, fuse="auto")
+    cat, by_epoch = demo_catalog(demo_loras, family)
+    plan = plan_for(engine, [None, by_epoch[20], by_epoch[150], by_epoch[300]], seeds=(1, 2), strengths=(0.5, 1.0))
+    t0 = time.perf_counter()
+    idle = run_plan(engine, plan, cat)
+    idle_s = time.perf_counter() - t0
+    with busy_cores():
+        t0 = time.perf_counter()
+        busy = run_plan(engine, plan, cat)
+        busy_s = time.perf_counter() - t0
+    print(f"idle {idle_s:.2f} s, busy {busy_s:.2f} s")  # the load is real: the busy run is slower
+    assert len(idle) == len(busy) == 2 + 3 * 2 * 2
+    for a, b in zip(idle, busy, strict=True):
+        assert (a.file, a.seed, a.strength) == (b.file, b.seed, b.strength)
+        assert np.array_equal(pixels([a.image]), pixels([b.image])), (a.file, a.seed, a.strength)
+        assert how(a) == how(b) == {"dtype": "float32", "device": "cpu", "threads": torch.get_num_threads(),
+                                    "compiled": False, "fused": recorded and a.file is not None, "batch": 2,
+                                    "routed": 0}
+    # The manifest carries each cell's record.
+    manifest = write_outputs(tmp_path / "out", plan, busy, engine.base_id, family)
+    assert [c["render"] for c in manifest["cells"]] == [how(c) for c in busy]
+
+
+def test_a_cell_renders_the_same_in_a_grid_and_alone_with_fuse_auto(fusing_pays, tmp_path, demo_loras):
+    family = "sdxl"
+    engine = new_engine(family, fuse="auto")
+    cat, by_epoch = demo_catalog(demo_loras, family)
+    cache = RenderCache(tmp_path / "cache")
+    grid = run_plan(engine, plan_for(engine, [by_epoch[20], by_epoch[150], by_epoch[300]]), cat, cache)
+    [in_grid] = column(grid, by_epoch[150].name)
+    assert how(in_grid)["fused"], "fusing pays here: the grid's adapters are merged"
+    # Alone, on a fresh engine: the same pixels, rendered the same way.
+    alone_plan = plan_for(engine, [by_epoch[150]])
+    [alone] = run_plan(new_engine(family, fuse="auto"), alone_plan, cat)
+    assert np.array_equal(pixels([alone.image]), pixels([in_grid.image]))
+    assert how(alone) == how(in_grid)
+    # Alone through the grid's cache: the same key, so the grid's own PNG.
+    [again] = run_plan(engine, alone_plan, cat, cache)
+    assert again.cached and again.png == in_grid.png
+    # Routed with its neighbours (another batch, unfused arithmetic) it is another cell: its own key and record.
+    routed = run_plan(engine, plan_for(engine, [by_epoch[20], by_epoch[150], by_epoch[300]]), cat, cache, mix=3)
+    [in_routed] = column(routed, by_epoch[150].name)
+    assert not in_routed.cached and in_routed.routed
+    assert how(in_routed) | {"fused": True, "batch": 1, "routed": 0} == how(in_grid)
+    assert (how(in_routed)["fused"], how(in_routed)["batch"], how(in_routed)["routed"]) == (False, 3, 3)
+
+
+def test_a_batch_comes_from_the_cache_whole_or_renders_whole(tmp_path, demo_loras, ref):
+    """A cell is cached under the batch it rendered in; when one cell of a batch is missing, the batch renders
+    whole again, so that no cell renders in a batch other than the one its key names."""
+    family = "sdxl"
+    engine = new_engine(family)
+    cat, by_epoch = demo_catalog(demo_loras, family)
+    cache = RenderCache(tmp_path / "cache")
+    plan = plan_for(engine, [by_epoch[20], by_epoch[150]], seeds=(1, 2))
+    first = run_plan(engine, plan, cat, cache)
+    lost = column(first, by_epoch[150].name)[1]
+    key = RenderCache.key(engine, plan.sampling, lost, PixelSettings.of(engine, fused=False, batch=2))
+    cache._path(key).unlink()
+    again = run_plan(engine, plan, cat, cache)
+    assert [c.cached for c in again] == [True, True, False, False]
+    assert [c.png for c in again] == [c.png for c in first]
+    assert all(how(c)["batch"] == 2 for c in again)
