@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from lora_spectrum import fuse_policy
 from lora_spectrum.bench.compiled import measure_compiled
 from lora_spectrum.bench.grid import measure_grid
 from lora_spectrum.bench.models import MODELS, build_model, check_memory, forward_inputs, write_epochs
@@ -31,6 +32,7 @@ from lora_spectrum.bench.swaps import (
 )
 from lora_spectrum.bench.timing import MB, median, quiet, ratio, total_ram_gb
 from lora_spectrum.bench.vram import measure_group_offload, measure_vram
+from lora_spectrum.compilation import denoiser_size
 from lora_spectrum.errors import ConfigError
 
 
@@ -92,6 +94,7 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         pipe, family_name = build_model(model, dev, dtype)
         family = get_family(family_name)
         denoiser = family.denoiser(pipe)
+        size_m = denoiser_size(denoiser)
         result["build_s"] = time.perf_counter() - t0
         result["denoiser_params_m"] = sum(p.numel() for p in denoiser.parameters()) / 1e6
         say(f"writing {epochs} rank-{rank} epoch files ...")
@@ -159,6 +162,8 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
     base_s, active_s, fused_s = median(base_times + ours["base_again"]), median(ours["active"]), median(ours["fused"])
     swap_fused_s = median(ours["fused_swaps"])
     merge_s = median(ours["fused_merges"])
+    # What fuse: auto decides from before a run (never by timing a cell someone will see): recorded for this machine.
+    fuse_verdict = fuse_policy.record_verdict(dev, family.name, size_m, base_s, active_s, merge_s, image=latent * 8)
     fused_split = {"read_s": median([t - m for t, m in zip(ours["fused_swaps"], ours["fused_merges"], strict=True)]),
                    "merge_s": merge_s, "restore_s": median(ours["fused_restores"])}
     growth = ours["after"]["rss_mb"] - ours["before"]["rss_mb"]
@@ -183,7 +188,8 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         "floor_s": floor_s, "read_only_s": median(read_only), "swap_cold_s": cold_s, "swap_warm_s": warm_s, "swap_mixed_s": median(ours["mixed"]),
         "swap_first_s": ours["first_s"],
         "diffusers_hotswap_s": hotswap_s, "diffusers_reload_s": reload_s, "pipeline_reload_s": pipeline_s,
-        "forward_latent": f"{latent}x{latent}", "forward_image": f"{latent * 8}x{latent * 8}",
+        "fuse_verdict": fuse_verdict, "forward_latent": f"{latent}x{latent}",
+        "forward_image": f"{latent * 8}x{latent * 8}",
         "forward_base_s": base_s, "forward_active_s": {"unfused": active_s, "fused": fused_s},
         "swap_fused_s": swap_fused_s, "swap_fused_split": fused_split, "swap_fused_warm_s": median(ours["fused_warm"]),
         "fused_extra_mb": ours["fused_extra_mb"],

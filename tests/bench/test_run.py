@@ -74,3 +74,12 @@ def test_cli_refuses_bad_values_in_one_line(capsys):
     assert main(["bench", "--model", "tiny", "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert "--epochs >= 2" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_fuse_measurements_are_recorded_for_fuse_auto(result):
+    """fuse: auto decides before a run from what bench recorded on this machine, never by timing a visible cell."""
+    from lora_spectrum import fuse_policy
+
+    verdict = result["fuse_verdict"]
+    assert all(positive(verdict[k]) for k in ("bare_forward_s", "unfused_forward_s", "merge_s")), verdict
+    assert verdict in fuse_policy.read_verdicts().values()
