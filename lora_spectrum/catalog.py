@@ -97,8 +97,10 @@ class LoraEntry:
         return epoch_names.label(self.name, self.epoch, self.step)
 
     def problem(self, family: str | None = None) -> tuple[str, str] | None:
-        """(state, reason) when this file cannot be rendered on a base of ``family``; None when it can. Files
-        made for another family (by metadata or key names) are *incompatible*."""
+        """(state, reason) when this file cannot be rendered on a base of ``family``; None when it can. Without a
+        family (``inspect``): on the family it was made for, or on any when it names none. Files made for another
+        family (by metadata or key names) are *incompatible*; files a swap would refuse are *unsupported* with the
+        swap's reason, or *incompatible* when a base of the other family takes them."""
         if self.state != READY:
             return self.state, self.reason
         if self.unsupported:
@@ -106,7 +108,28 @@ class LoraEntry:
         if family and self.family_hint and self.family_hint != family:
             return INCOMPATIBLE, _("made for {hint} (its metadata or key names); the base is {family}").format(
                 hint=self.family_hint, family=family)
-        return None
+        return self._refused(family)
+
+    def _refused(self, family: str | None) -> tuple[str, str] | None:
+        # One decision of *ready*: ``swap_refusal`` runs the swap's own preparation (adapters/reading.py: diffusers'
+        # converter, then the checks on the converted names) on this file's header, so what is listed ready is
+        # what a swap takes; only what needs the base's weights or the file's values (a layer's shape, NaN) is
+        # left to the swap. Cached per (size, mtime) there: the app asks on every rerun.
+        from lora_spectrum.adapters.reading import swap_refusal
+        from lora_spectrum.families import FAMILY_NAMES
+
+        wanted = [family] if family else [self.family_hint] if self.family_hint in FAMILY_NAMES else FAMILY_NAMES
+        reasons = []
+        for f in wanted:  # ready on the first family that takes it
+            reasons.append(swap_refusal(self.path, f))
+            if not reasons[-1]:
+                return None
+        fits = [f for f in FAMILY_NAMES if f not in wanted and not swap_refusal(self.path, f)]
+        reason = reasons[0] if len(wanted) == 1 else \
+            "; ".join(f"{f}: {r}" for f, r in zip(wanted, reasons, strict=True))
+        if fits:
+            return INCOMPATIBLE, f"{reason} (it fits a {fits[0]} base)"
+        return UNSUPPORTED, reason
 
     def to_json(self) -> dict:
         out = asdict(self)

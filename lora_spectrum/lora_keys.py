@@ -28,6 +28,8 @@ ROLE_RE = re.compile(
     r"^(?P<module>.+?)\.(?:(?P<role>lora_down|lora_up|lora_A|lora_B|lora\.down|lora\.up)(?:\.[\w-]+)?\.weight"
     r"|(?P<alpha>alpha))$"
 )
+# peft's own factor names: ``<module>.lora_A.weight``, or with peft's adapter name, ``<module>.lora_A.default.weight``.
+PEFT_FACTOR_RE = re.compile(r"^(?P<module>.+?)\.(?P<role>lora_[AB])(?:\.[\w-]+)?\.weight$")
 DOWN_ROLES = ("lora_down", "lora_A", "lora.down")
 DOWN_SUFFIXES = (".lora_down.weight", ".lora_A.weight", ".lora.down.weight")
 
@@ -40,6 +42,13 @@ UNSUPPORTED_MARKS = {".diff": "full weight differences", ".diff_b": "full weight
                      ".oft_blocks": "OFT", ".oft_diag": "OFT", ".boft_R": "BOFT", ".on_input": "IA3",
                      ".a1.weight": "GLoRA", ".hada_w1": "LoHa without factors"}  # fmt: skip
 SUPPORTED_ALGORITHMS = ("lora", "locon", "loha", "lokr", "dora")
+# The top-level modules of each family's denoiser that hold Linear/Conv2d layers (diffusers' UNet2DConditionModel;
+# ZImageTransformer2DModel, siglip_* only in its omni variant); tests/adapters/test_readiness.py checks them.
+DENOISER_ROOTS = {
+    "sdxl": ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block", "up_blocks", "conv_out"),
+    "z-image": ("all_x_embedder", "cap_embedder", "t_embedder", "noise_refiner", "context_refiner", "layers",
+                "all_final_layer", "siglip_embedder", "siglip_refiner"),
+}
 # Rank-carrying factors: (suffix, which dimension is the rank).
 RANK_FACTORS = ((".lora_down.weight", 0), (".lora_A.weight", 0), (".lora.down.weight", 0),
                 (".lora_A.default.weight", 0), (".hada_w1_b", 0), (".lokr_w1_b", 0), (".lokr_w2_b", 0))  # fmt: skip
@@ -64,6 +73,23 @@ def is_denoiser_key(key: str) -> bool:
         return False
     return key.startswith(DENOISER_PREFIXES) or bool(ROLE_RE.match(key)) or key.endswith(LOHA_MARKS + LOKR_MARKS) \
         or is_dora_key(key)
+
+
+def peft_without_prefix(keys) -> bool:
+    """Every key is a peft LoRA factor named after the denoiser's own modules, with no prefix saying which model:
+    what ``peft.get_peft_model_state_dict`` writes for a bare UNet or transformer
+    (``down_blocks.1.attentions.0...to_q.lora_A.weight``) and what DiffSynth-Studio saves, peft's adapter name kept
+    (``layers.0.attention.to_q.lora_A.default.weight``). No alpha keys: peft's files carry none."""
+    keys = list(keys)
+    return bool(keys) and all(PEFT_FACTOR_RE.match(k) for k in keys) \
+        and not any(k.startswith((*DENOISER_PREFIXES, *TE_PREFIXES, "base_model.")) for k in keys)
+
+
+def with_model_prefix(key: str, prefix: str) -> str:
+    """A key of a ``peft_without_prefix`` file as diffusers names it: ``<prefix>.<module>.lora_A.weight`` (the
+    adapter name dropped). diffusers' model-level ``load_lora_adapter(sd, prefix=None)`` takes these files so."""
+    m = PEFT_FACTOR_RE.match(key)
+    return f"{prefix}.{m['module']}.{m['role']}.weight"
 
 
 def rank_of(key: str, shape: list[int]) -> int | None:

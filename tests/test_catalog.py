@@ -249,12 +249,20 @@ def test_inspect_json_order_states_and_exit_codes(tmp_path):
 def test_a_file_for_another_family_is_incompatible_and_left_out_of_the_series(tmp_path):
     write_lora(tmp_path / "xl_10.safetensors", metadata={"ss_base_model_version": "sdxl_base_v1-0"})
     write_lora(tmp_path / "xl_20.safetensors", metadata={"ss_base_model_version": "sdxl_base_v1-0"})
-    write_lora(tmp_path / "zi_10.safetensors", metadata={"modelspec.architecture": "Z-Image-Turbo/lora"})
+    stem = "diffusion_model.layers.0.attention.to_q"  # musubi's Z-Image names
+    save_file({f"{stem}.lora_down.weight": torch.randn(4, 32), f"{stem}.lora_up.weight": torch.randn(32, 4),
+               f"{stem}.alpha": torch.tensor(4.0)}, str(tmp_path / "zi_10.safetensors"),
+              metadata={"modelspec.architecture": "Z-Image-Turbo/lora"})
     catalog = Catalog(tmp_path)
     entries = {e.name: e for e in catalog.scan()}
     state, reason = entries["zi_10.safetensors"].problem("sdxl")
     assert state == "incompatible" and "made for z-image" in reason and "the base is sdxl" in reason
     assert entries["xl_10.safetensors"].problem("sdxl") is None and entries["zi_10.safetensors"].problem() is None
+    # Without a family (inspect), a file is judged on the family it names: SDXL keys labelled Z-Image fit no
+    # Z-Image base, and the reason says which base they fit.
+    write_lora(tmp_path / "liar_10.safetensors", metadata={"modelspec.architecture": "Z-Image-Turbo/lora"})
+    state, reason = {e.name: e for e in catalog.scan()}["liar_10.safetensors"].problem()
+    assert state == "incompatible" and "fits a sdxl base" in reason, reason
     with pytest.raises(CatalogError, match="no series 'zi'"):
         catalog.choose_series("zi", ready_only=True, family="sdxl")
     assert [e.name for e in catalog.choose_series("xl", ready_only=True, family="sdxl")[1]] == \

@@ -3,11 +3,15 @@ trainers' documented key layouts, not copied): kohya sd-scripts with ``network_m
 (``lora_unet_<module with _>.<factor>`` + ``.alpha``, fp16/bf16, ``ss_*`` metadata), ai-toolkit
 (``diffusion_model.<module>.<factor>``; its LoKr writes full ``lokr_w1``/``lokr_w2`` with alpha 1e10), and peft
 DoRA in diffusers' layout (``unet.<module>.lora_A.weight``, ``lora_magnitude_vector``). Each builder also returns
-the delta of every layer computed by hand, for the test to merge into a fresh base."""
+the delta of every layer computed by hand, for the test to merge into a fresh base. ``write_peft`` saves with peft
+itself (no prefix, as ``get_peft_model_state_dict`` writes a bare UNet or transformer); ``sgm_names`` renames a
+kohya SDXL file to the original (SGM) UNet names sd-scripts writes."""
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 
 import torch
 from safetensors.torch import save_file
@@ -86,3 +90,43 @@ def merged_by_hand(denoiser, deltas: dict[str, torch.Tensor], strength: float = 
         for name, delta in deltas.items():
             w = denoiser.get_submodule(name).weight
             w.copy_(w.float() + strength * delta)
+
+
+def write_peft(path, denoiser, *, adapter_name: bool = False, rank: int = 4, seed: int = 0,
+               scale: float = 0.2) -> dict[str, torch.Tensor]:
+    """A LoRA on the attention projections saved by peft: ``get_peft_model_state_dict`` of the bare denoiser
+    (``down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight``: no prefix, no alpha keys, alpha
+    = rank), or with ``adapter_name`` the parameters as the wrapped model's ``state_dict()`` names them
+    (``...to_q.lora_A.default.weight``, as DiffSynth-Studio saves). ``denoiser`` is left as it was (a copy is
+    wrapped). Returns the tensors saved."""
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    model = copy.deepcopy(denoiser)
+    targets = [name for name, _layer in attention_targets(denoiser)]
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets), model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # lora_B starts at zero: give both factors values, so the file changes the image
+        for name, param in model.named_parameters():
+            if ".lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * scale)
+    sd = {k: v for k, v in model.state_dict().items() if ".lora_" in k} if adapter_name \
+        else get_peft_model_state_dict(model)
+    sd = {k: v.detach().contiguous() for k, v in sd.items()}
+    save_file(sd, str(path))
+    return sd
+
+
+def sgm_names(sd: dict[str, torch.Tensor], layers_per_block: int = 2) -> dict[str, torch.Tensor]:
+    """A kohya SDXL state dict with diffusers' block names (``lora_unet_down_blocks_1_attentions_0_...``) renamed to
+    the original UNet's, as sd-scripts saves SDXL LoRAs: ``input_blocks_<1 + 3b + j>_1_``, ``middle_block_1_``,
+    ``output_blocks_<3b + j>_1_`` (with ``layers_per_block`` 2: two resnets and a sampler per block)."""
+    per = layers_per_block + 1
+
+    def rename(key: str) -> str:
+        key = re.sub(r"^lora_unet_down_blocks_(\d+)_attentions_(\d+)_",
+                     lambda m: f"lora_unet_input_blocks_{1 + per * int(m[1]) + int(m[2])}_1_", key)
+        key = re.sub(r"^lora_unet_up_blocks_(\d+)_attentions_(\d+)_",
+                     lambda m: f"lora_unet_output_blocks_{per * int(m[1]) + int(m[2])}_1_", key)
+        return key.replace("lora_unet_mid_block_attentions_0_", "lora_unet_middle_block_1_")
+
+    return {rename(k): v for k, v in sd.items()}

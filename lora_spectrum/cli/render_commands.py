@@ -110,17 +110,20 @@ def _cmd_inspect(args) -> int:
         print(_("lora-spectrum: {folder}: loras folder does not exist").format(folder=folder), file=sys.stderr)
         return 2
     entries = Catalog(folder).scan()
+    # The state a base would see (``problem()``: the swap's own checks), so no file is listed ready that cannot render.
+    listed = {e.name: e.problem() or (e.state, "") for e in entries}
     if args.json:
-        print(json.dumps([e.to_json() for e in entries], indent=2, ensure_ascii=False))
+        print(json.dumps([{**e.to_json(), "state": listed[e.name][0], "reason": listed[e.name][1]} for e in entries],
+                         indent=2, ensure_ascii=False))
         return 0
     rows = [(*(_(h) for h in (N_("file"), N_("series"), N_("epoch"), N_("step"), N_("state"), N_("format"),
                               N_("algorithm"))), pgettext("LoRA", "rank"),
              *(_(h) for h in (N_("alpha"), N_("unet/dit"), N_("te"), N_("reason"))))]
     for e in entries:
         rows.append((e.name, e.series, "" if e.epoch is None else str(e.epoch), "" if e.step is None else str(e.step),
-                     _(e.state), e.format, e.algorithm, "" if e.rank is None else str(e.rank),
+                     _(listed[e.name][0]), e.format, e.algorithm, "" if e.rank is None else str(e.rank),
                      "" if e.alpha is None else f"{e.alpha:g}", str(e.denoiser_keys), str(e.text_encoder_keys),
-                     e.reason or e.unsupported))
+                     listed[e.name][1]))
     widths = [max(width(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(pad(c, w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
