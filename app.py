@@ -8,10 +8,11 @@ from lora_spectrum.language import N_
 from lora_spectrum.ui.base_picker import base_section
 from lora_spectrum.ui.compare import compare_view
 from lora_spectrum.ui.controls import render_controls
-from lora_spectrum.ui.history import history_view
+from lora_spectrum.ui.history import history_view, tell_if_deleted
 from lora_spectrum.ui.insight import insight_view
 from lora_spectrum.ui.inspector import inspector_view
 from lora_spectrum.ui.language import _, error_text, language_picker
+from lora_spectrum.ui.operator import operator_box
 from lora_spectrum.ui.rank import rank_view
 from lora_spectrum.ui.resources import config_path, get_workbench
 from lora_spectrum.ui.text import md_escape
@@ -25,7 +26,8 @@ except LoraSpectrumError as exc:  # a bad config file, an unusable demo: one pla
     st.error(md_escape(error_text(exc)))
     st.stop()
 language_picker(settings.language)
-base_section(settings, choice)  # may switch the shared base (and rerun)
+operator_box(settings)  # who may switch the base, download, ship and delete (docs/SECURITY.md); views ask it again
+base_section(settings, choice)  # may switch the shared base (and rerun); operator only
 engine, catalog = choice.engine, choice.catalog()
 
 st.title("LoRA Spectrum")
@@ -45,6 +47,7 @@ if pool is not None:
     for problem in pool.problems:
         st.warning(md_escape(problem))
 
+tell_if_deleted(settings)  # the run this session opened was deleted from History (another session)
 controls = render_controls(catalog, engine.defaults, choice.prompt, settings.batch_epochs, engine.family.name)
 st.session_state.setdefault("view", "Compare")
 names = {v: _(v) for v in VIEWS}  # taken now: AppTest (and Streamlit) may call a format_func outside the run

@@ -76,6 +76,10 @@ class Settings:
     workers: int = 0  # ray: how many workers (0: one per GPU of the cluster); CPU workers where there is no GPU
     ray_address: str = ""  # ray: an existing cluster ("auto", "ray://host:10001", "host:6379"); "": a local one
     language: str = "auto"  # auto | en | zh_CN: the UI's words (auto: the browser's language; language.py)
+    operators: list = field(default_factory=list)  # e-mail addresses that are the operator once logged in with
+    #                       Streamlit's login (.streamlit/secrets.toml [auth]); access.py, docs/SECURITY.md
+    operator_token_file: str = ""  # a file whose first line is the operator token ($LORA_SPECTRUM_OPERATOR_TOKEN
+    #                       wins); typed once per session in the sidebar to switch bases, download, ship, delete
     root: Path = field(default=PROJECT_ROOT, compare=False)
 
     def path(self, value: str) -> Path:
@@ -149,6 +153,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
         raise ConfigError(f"{path}: runs_max must be at least 1")
     if not isinstance(settings.bases, list) or not all(isinstance(b, str) and b.strip() for b in settings.bases):
         raise ConfigError(f"{path}: bases must be a list of repo ids, folders or files, not {settings.bases!r}")
+    if not isinstance(settings.operators, list) or not all(isinstance(e, str) and "@" in e for e in settings.operators):
+        raise ConfigError(f"{path}: operators must be a list of e-mail addresses, not {settings.operators!r}")
     if not isinstance(settings.probes, dict):
         raise ConfigError(f"{path}: probes must be a mapping of set names to probe sets, not {settings.probes!r}")
     return settings

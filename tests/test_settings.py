@@ -38,6 +38,9 @@ def test_defaults_load_and_name_the_z_image_base():
     ("probes:\n", "probes must be a mapping"),
     ("probe_set: 3\n", "probe_set must be text"),
     ("auto_probe: sometimes\n", "auto_probe must be true or false"),
+    ("operators: alice@example.com\n", "operators must be a list of e-mail addresses"),
+    ("operators: [alice]\n", "operators must be a list of e-mail addresses"),
+    ("operator_token_file: 3\n", "operator_token_file must be text"),
 ])
 def test_bad_values_are_named(tmp_path, text, words):
     with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
@@ -60,3 +63,10 @@ def test_auto_probe_is_on_by_default_and_can_be_turned_off(tmp_path):
     """Insight probes a series by itself unless the config says auto_probe: false."""
     assert load_settings().auto_probe is True
     assert load_settings(write(tmp_path, "auto_probe: false\n")).auto_probe is False
+
+
+def test_operator_keys_default_to_none_configured_and_read_a_list(tmp_path):
+    """No operators and no token file by default: on 127.0.0.1 everyone is the operator (access.py)."""
+    assert (load_settings().operators, load_settings().operator_token_file) == ([], "")
+    s = load_settings(write(tmp_path, "operators: [alice@example.com]\noperator_token_file: secrets/op.txt\n"))
+    assert (s.operators, s.operator_token_file) == (["alice@example.com"], "secrets/op.txt")

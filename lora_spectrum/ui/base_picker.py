@@ -1,6 +1,7 @@
 """The sidebar's Base section: the bases the app knows (``base_list``), each with its family, size and presence;
 **Load** switches the shared engine (``workbench.switch_base``) with a progress bar; other sessions are told the
-base changed. Widgets in, plain values out; the rules live in the core."""
+base changed. Load and Download are the operator's (``ui/operator.py``). Widgets in, plain values out; the rules
+live in the core."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from lora_spectrum.base_list import BaseOption, list_bases, size_text
 from lora_spectrum.downloads import BackgroundFetch, remote_base
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.ui.language import _, active, error_text
+from lora_spectrum.ui.operator import operator_button, refused
 from lora_spectrum.ui.state import BASE_SEEN, BASE_SWITCHED, FETCH_SIZES, FETCHES
 from lora_spectrum.ui.text import md_escape
 from lora_spectrum.workbench import switch_base
@@ -48,8 +50,11 @@ def base_section(settings, choice) -> None:
             download_panel(settings, option.source)
         # 3. Load: the previous base is freed first; a failure brings it back and says why.
         ready = option.present and not option.problem and picked != current
-        if st.button(_("Load"), key="base_load", disabled=not ready, width="stretch",
-                     help=_("free the current base and load this one for every tab (renders must be finished)")):
+        viewer, why = operator_button(settings, _("free the current base and load this one for every tab (renders "
+                                                  "must be finished)"))
+        if st.button(_("Load"), key="base_load", disabled=not ready or viewer, width="stretch", help=why):
+            if refused(settings):
+                return
             bar = st.progress(0.0, text=_("switching to {base} ...").format(base=picked))
             try:
                 with active():  # its progress lines in the session's language
@@ -94,9 +99,11 @@ def download_panel(settings, repo_id: str) -> None:
         fetch_progress(repo_id)
         return
     sizes = st.session_state.setdefault(FETCH_SIZES, {})
+    viewer, why = operator_button(settings, _("ask the hub what it weighs"))
     if repo_id not in sizes:
-        if not st.button(_("Download ..."), key="base_download", width="stretch",
-                         help=_("ask the hub what it weighs")):
+        if not st.button(_("Download ..."), key="base_download", width="stretch", disabled=viewer, help=why):
+            return
+        if refused(settings):
             return
         try:
             with active():  # a hub that cannot be reached is told in the session's language
@@ -109,7 +116,9 @@ def download_panel(settings, repo_id: str) -> None:
                            "fetched again").format(n=len(remote.files), size=size_text(remote.nbytes),
                                                     commit=remote.commit[:10])))
     if st.button(_("Download {size}").format(size=size_text(remote.nbytes)), key="base_download_go",
-                 width="stretch"):
+                 width="stretch", disabled=viewer, help=None if not viewer else why):
+        if refused(settings):
+            return
         with active():  # the fetch's thread writes its failure in the session's language
             fetches[repo_id] = BackgroundFetch(repo_id, settings.hf_cache or None, settings.hub_endpoint or None)
         fetch_progress(repo_id)

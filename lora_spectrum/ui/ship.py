@@ -1,7 +1,7 @@
 """Ship this epoch: pick the epoch (the series' verdict's pick; none before there is one, never simply the
 most-trained), a release name and a note, and promote it (``decision/promotion.promote``) into the configured ``shipped_dir`` with its model card; the card is
-shown and offered for download. Also the evidence that goes with a grid: Compare's HTML report with the series'
-ranking and measures. This file only draws and calls the core."""
+shown and offered for download; shipping is the operator's (``ui/operator.py``). Also the evidence that goes with
+a grid: Compare's HTML report with the series' ranking and measures. This file only draws and calls the core."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from lora_spectrum.language import Translator, using
 from lora_spectrum.measures import series_insight
 from lora_spectrum.ui.history import history
 from lora_spectrum.ui.language import _, active, column_name, error_text
+from lora_spectrum.ui.operator import operator_button, refused
 from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
 
@@ -101,10 +102,11 @@ def ship_panel(settings, choice, catalog, series: str, verdict: dict | None, ran
     elif epoch is not None and epoch != pick:
         st.caption(_("Not the verdict's pick ({name}).").format(name=names[pick]))
     target = settings.path(settings.shipped_dir)
-    if st.button(_("Ship this epoch"), type="primary", key="ship_go", disabled=epoch is None,
-                 help=_("writes {name}.safetensors (same tensors, provenance in its metadata) and {name}.md to "
-                        "{folder}; never overwrites, never touches the loras folder").format(name=name,
-                                                                                            folder=target)):
+    viewer, why = operator_button(settings, _("writes {name}.safetensors (same tensors, provenance in its metadata) "
+                                              "and {name}.md to {folder}; never overwrites, never touches the loras "
+                                              "folder").format(name=name, folder=target))
+    go = st.button(_("Ship this epoch"), type="primary", key="ship_go", disabled=epoch is None or viewer, help=why)
+    if go and not refused(settings):
         grid = _last_grid(settings, series, catalog)
         try:
             with active():  # the model card in the session's language
