@@ -17,7 +17,7 @@ def test_a_render_is_kept_reopened_without_rendering_and_deleted(app_config, tmp
     # History lists it.
     at.segmented_control(key="view").set_value("History").run()
     assert not at.exception, at.exception
-    runs = list((tmp_path / "runs").iterdir())
+    runs = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]  # beside the runs: History's lock file
     assert len(runs) == 1 and (runs[0] / "manifest.json").is_file() and len(list((runs[0] / "cells").iterdir())) == 3
     text = (" ".join(m.value for m in at.main.markdown) + " ".join(c.value for c in at.main.caption)).replace("\\", "")
     assert "UTC** · 3 cell(s)" in text and "jimeng_20.safetensors" in text
@@ -48,7 +48,7 @@ def test_the_oldest_run_goes_first_at_the_bound(app_config, tmp_path):
         at.button(key="render").click().run()
         assert not at.exception, at.exception
     at.segmented_control(key="view").set_value("History").run()
-    kept = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    kept = sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir())
     assert len(kept) == 2
     assert {at.button(key=f"hist_open_{k}").label for k in kept} == {"Open"}
     text = " ".join(c.value for c in at.main.caption).replace("\\", "")

@@ -19,7 +19,8 @@ from tests.ui.apptest import start
 EPOCHS = ["jimeng_20.safetensors", "jimeng_150.safetensors", "jimeng_300.safetensors"]
 LABELS = ("epoch 20", "epoch 150", "epoch 300", "base")
 # A probe small enough for the random demo (14 renders of two steps): Insight runs it by itself on the way.
-PROBES = """probe_set: tiny
+PROBES = """auto_probe: true
+probe_set: tiny
 probes:
   tiny:
     seeds: [11]
@@ -36,7 +37,8 @@ def _vote_panel_text(at) -> str:
 
 def test_blind_votes_go_to_the_votes_file_and_reveal_ranks_them(app_config, tmp_path):
     config, loras = app_config
-    config.write_text(config.read_text(encoding="utf-8") + PROBES, encoding="utf-8")
+    config.write_text(config.read_text(encoding="utf-8").replace("auto_probe: false\n", "") + PROBES,
+                      encoding="utf-8")
     at = start()
     at.sidebar.multiselect(key="epochs").set_value(EPOCHS)
     at.segmented_control(key="view").set_value("Rank").run()
