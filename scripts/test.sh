@@ -14,4 +14,4 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 python -m ruff check lora_spectrum tests app.py
-python -m pytest -q "$@"
+python -m pytest -q --durations=15 "$@"  # the slowest tests are printed at the end

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from lora_spectrum import demo
 from lora_spectrum.settings import load_settings
 from lora_spectrum.workbench import open_engine
 
@@ -45,4 +46,6 @@ def test_the_log_folder_is_the_first_that_exists_of_given_configured_demo_and_lo
     choice.logs_dir = tmp_path / "demo-logs"
     choice.logs_dir.mkdir()
     settings.logs = ""
-    assert choice.logs_folder(settings) == choice.logs_dir, "the demo's log before <loras>/logs"
+    assert choice.logs_folder(settings) == loras / "logs", "the demo's log belongs to the demo's own epochs only"
+    choice.loras_dir = demo.ASSETS_DIR / demo.LORAS_DIRNAME
+    assert choice.logs_folder(settings) == choice.logs_dir, "the demo's epochs read the demo's log"

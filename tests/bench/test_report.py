@@ -28,7 +28,7 @@ def test_json_names_every_figure(result):
         "base_bit_exact_after_fused_swaps", "base_bit_exact_after_swaps", "build_s", "command", "compile",
         "denoiser_params_m",
         "device", "diffusers_hotswap_s", "diffusers_reload_s", "dtype", "epochs", "fast_path", "floor_s",
-        "forward_active_s", "forward_base_s", "forward_image", "forward_latent", "fused_extra_mb", "fused_merged",
+        "forward_active_s", "forward_base_s", "forward_image", "fuse_verdict", "forward_latent", "fused_extra_mb", "fused_merged",
         "fused_vs_unfused_max_abs", "gpu", "grid", "grid_routed", "load_average", "machine", "memory", "memory_growth_mb",
         "methods", "model", "notes", "pipeline_reload_s", "rank", "ratios", "read_only_s", "repeats", "swap_cold_s",
         "swap_first_s", "swap_fused_s", "swap_fused_split", "swap_fused_warm_s", "swap_kinds_seen", "swap_mixed_s", "swap_warm_s", "swaps", "targets",
