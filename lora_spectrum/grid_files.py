@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from lora_spectrum.errors import ConfigError
+from lora_spectrum.hashes import short_hash
 from lora_spectrum.plan import Cell, Plan, cell_at, column_label, index_cells
 from lora_spectrum.sampling import Sampling
 
@@ -52,9 +53,11 @@ RENDER_KEYS = (("dtype", "Dtype"), ("device", "Device"), ("threads", "Threads"),
 
 
 def parameters_text(cell: Cell, sampling: Sampling, model: str, model_hash: str | None = None,
-                    how: dict | None = None) -> str:
+                    how: dict | None = None, lora_hash: str | None = None) -> str:
     """A1111's ``parameters`` text: prompt, ``Negative prompt:`` line, then ``Key: value`` pairs. ``model`` is
-    the base's name (``base_name``), never a local path; ``how``: how the cell was rendered (``RENDER_KEYS``)."""
+    the base's name (``base_name``), never a local path; ``how``: how the cell was rendered (``RENDER_KEYS``);
+    ``lora_hash``: the LoRA's addnet hash (``hashes.addnet_hash``), written as A1111 does in ``Lora hashes`` (its
+    first 12 digits; left out when not known: a hash of another kind would name no file A1111 or Civitai know)."""
     prompt = cell.prompt
     pairs = [("Steps", str(sampling.steps)), ("Sampler", sampling.sampler), ("CFG scale", f"{sampling.guidance:g}"),
              ("Seed", str(cell.seed)), ("Size", f"{sampling.width}x{sampling.height}"),
@@ -62,7 +65,7 @@ def parameters_text(cell: Cell, sampling: Sampling, model: str, model_hash: str 
     if cell.file is not None:
         name = Path(cell.file).name.removesuffix(".safetensors")
         prompt = f"{prompt} <lora:{name}:{cell.strength:g}>"
-        pairs += [("Lora hashes", f"{name}: {(cell.sha256 or '')[:12]}"), ("Lora", name),
+        pairs += [("Lora hashes", f"{name}: {short_hash(lora_hash)}" if lora_hash else ""), ("Lora", name),
                   ("Lora epoch", "" if cell.epoch is None else str(cell.epoch)),
                   ("Lora strength", f"{cell.strength:g}")]
     for field, key in RENDER_KEYS if how else ():

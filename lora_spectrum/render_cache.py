@@ -19,6 +19,8 @@ import torch
 from lora_spectrum.plan import Cell
 from lora_spectrum.sampling import Sampling
 
+PNG_VERSION = 2  # what a cached PNG's parameters hold; 2: ``Lora hashes`` is the addnet hash (older PNGs: re-rendered)
+
 
 @dataclass(frozen=True)
 class PixelSettings:
@@ -57,7 +59,7 @@ class RenderCache:
     def key(engine, sampling: Sampling, cell: Cell, how: PixelSettings) -> str:
         """Everything that decides a cell's pixels: the base as loaded, the file's bytes, the sampling, and how it
         is rendered (``how``: dtype, device, CPU threads, compiled, fused, batch, routing)."""
-        fields = {"base": engine.base_id, "family": engine.family.name, "lora_sha256": cell.sha256,
+        fields = {"png": PNG_VERSION, "base": engine.base_id, "family": engine.family.name, "lora_sha256": cell.sha256,
                   "strength": cell.strength if cell.file else None, "prompt": cell.prompt,
                   "negative": sampling.negative_prompt, "seed": cell.seed, "steps": sampling.steps,
                   "guidance": sampling.guidance, "width": sampling.width, "height": sampling.height,

@@ -16,6 +16,7 @@ from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.execution import Batch, Outcome, executor_for, files_ahead
 from lora_spectrum.fuse_policy import FuseChoice
 from lora_spectrum.grid_files import base_hash, base_name, encode_png, parameters_text
+from lora_spectrum.hashes import addnet_hash
 from lora_spectrum.plan import Cell, GroupKey, Plan, calls, column_label, groups, jobs, plan_cells
 from lora_spectrum.render_cache import PixelSettings, RenderCache
 
@@ -88,7 +89,8 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
                         c.image, c.seconds, c.swap_seconds = as_image(o.images[i]), per_image, o.swap_seconds
                         c.routed = o.swap_kind.startswith("routed")
                         c.png = encode_png(c.image, parameters_text(c, plan.sampling, base_name(engine.base_id),
-                                                                    base_hash(engine.base_id), how.record()))
+                                                                    base_hash(engine.base_id), how.record(),
+                                                                    _lora_hash(plan.columns[c.column])))
                         if cache:
                             cache.put(RenderCache.key(engine, plan.sampling, c, how), c.png, prune=False)
                     report(c)
@@ -101,6 +103,17 @@ def run_plan(engine, plan: Plan, catalog: Catalog | None = None, cache: RenderCa
         if id(c) not in reported:
             report(c)
     return cells
+
+
+def _lora_hash(entry) -> str | None:
+    """The addnet hash of a column's file for its PNG parameters (cached per size and mtime); None for the base
+    column, or a file gone since it was rendered (its PNG then names no hash)."""
+    if entry is None:
+        return None
+    try:
+        return addnet_hash(entry.path)
+    except (OSError, ValueError):
+        return None
 
 
 def _run_fuse(engine, plan: Plan) -> FuseChoice:

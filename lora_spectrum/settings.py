@@ -68,6 +68,7 @@ class Settings:
     runs_max: int = 50  # at most this many runs are kept; the oldest go first
     runs_max_mb: int = 2048  # ... and at most this much disk (the newest run is always kept)
     shipped_dir: str = "shipped"  # where "Ship this epoch" writes the promoted file and its model card
+    license: str = ""  # the model card's license (a hub license id, e.g. openrail++) when promote has no --license
     bases: list = field(default_factory=list)  # more bases for the sidebar's Base picker: repo ids, folders, files
     models_dir: str = "models"  # every diffusers folder or SDXL .safetensors file here is offered as a base too
     hf_cache: str = ""  # the Hugging Face cache bases are loaded from and fetched into ("": HF_HUB_CACHE / HF_HOME)

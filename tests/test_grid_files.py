@@ -25,10 +25,13 @@ def test_parse_parameters_reads_a1111_text():
 
 def test_a_single_file_base_is_named_and_hashed_as_a1111_does():
     cell = Cell(0, 20, "jimeng_20.safetensors", "ab" * 32, 3, 1.0, "a fox")
-    text = parameters_text(cell, Sampling("", 30, 7.0, 1024, 1024, "Euler"), "juggernautXL", "0123456789")
+    text = parameters_text(cell, Sampling("", 30, 7.0, 1024, 1024, "Euler"), "juggernautXL", "0123456789",
+                           lora_hash="cd" * 32)
     back = parse_parameters(text)
     assert back["Model"] == "juggernautXL" and back["Model hash"] == "0123456789"
-    assert back["Lora hashes"] == "jimeng_20: abababababab" and back["prompt"] == "a fox <lora:jimeng_20:1>"
+    assert back["Lora hashes"] == "jimeng_20: cdcdcdcdcdcd" and back["prompt"] == "a fox <lora:jimeng_20:1>"
+    unknown = parse_parameters(parameters_text(cell, Sampling("", 30, 7.0, 1024, 1024, "Euler"), "m"))
+    assert "Lora hashes" not in unknown and unknown["Lora"] == "jimeng_20", "never the whole file's hash instead"
 
 
 def test_a_base_is_named_by_its_name_never_its_path_and_a_single_file_is_hashed(tmp_path):

@@ -47,6 +47,12 @@ def add_parsers(sub) -> None:
     s.add_argument("--note", default="", help="why this epoch; goes into the metadata and the card")
     s.add_argument("--grid", help="a grid output folder: its grid image, settings and image measures go into the card")
     s.add_argument("--base", help="the base model the LoRA was judged on (default: the grid's, else the metadata's)")
+    s.add_argument("--layout", choices=("hub", "flat"), default="hub",
+                   help="hub (default): the folder is a Hugging Face repository: the card is README.md, this epoch's "
+                        "renders from --grid go to images/ as its examples; flat: NAME.md beside other releases")
+    s.add_argument("--license", help="the license for the card's front matter, a hub license id such as openrail++ "
+                                     "(default: the config's license, else the file's modelspec.license; none otherwise, "
+                                     "and the card says so)")
     s.add_argument("--config", help="settings file (default configs/default.yaml)")
     s.add_argument("--ratings-dir", help="where the votes are (default: the config's ratings_dir)")
     _verdict_arguments(s)
@@ -159,7 +165,7 @@ def _cmd_promote(args) -> int:
     # 2. The copy and its card; the source is never modified, an existing target never overwritten.
     done = promote(catalog, args.epoch, args.to, series=series, name=args.name, note=args.note,
                    ranking=ranking if ranking.get("votes") else None, insight=insight, grid=args.grid,
-                   base_id=base)
+                   base_id=base, layout=args.layout, license=args.license or _settings_license(args))
     print("\n".join([
         _("promoted {source} (epoch {epoch}, sha256 {sha256}) to {path}").format(
             source=done.source, epoch=done.epoch, sha256=done.sha256[:12], path=done.path),
@@ -167,6 +173,12 @@ def _cmd_promote(args) -> int:
         *([_("grid image: {path}").format(path=done.grid_image)] if done.grid_image else []),
         *(verdict_lines(insight["verdict"]) if insight else [])]))
     return 0
+
+
+def _settings_license(args) -> str | None:
+    from lora_spectrum.settings import load_settings
+
+    return load_settings(args.config).license or None
 
 
 def _cmd_report(args) -> int:

@@ -14,8 +14,14 @@ import shlex
 from datetime import UTC, datetime
 from urllib.parse import quote
 
-import yaml
-
+from lora_spectrum.decision.card_front_matter import (
+    card_license,
+    front_matter,
+    hub_base,
+    license_line,
+    local_base_command_line,
+    local_base_line,
+)
 from lora_spectrum.epoch_names import label as epoch_label
 from lora_spectrum.errors import ConfigError, shorten
 from lora_spectrum.language import N_, _
@@ -40,13 +46,6 @@ TRAINING_KEYS = (
 )  # fmt: skip
 BASE_KEYS = ("ss_base_model_version", "ss_sd_model_name", "modelspec.architecture")
 TIMESTAMP_KEYS = ("ss_training_started_at", "ss_training_finished_at")
-KNOWN_BASES = {  # what kohya / musubi write in ss_base_model_version, as a hub id for ``base_model``
-    "sdxl_base_v1-0": "stabilityai/stable-diffusion-xl-base-1.0",
-    "z-image-turbo": "Tongyi-MAI/Z-Image-Turbo", "z_image_turbo": "Tongyi-MAI/Z-Image-Turbo",
-}
-FAMILY_TAGS = {"sdxl": "stable-diffusion-xl", "z-image": "z-image-turbo"}
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 MEASURE_KEYS = ("weight_norm", "relative_change", "relative_change_per_epoch", "cosine_to_previous",
                 "cosine_to_last", "relative_change_to_last", "style", "fidelity", "fidelity_kept", "leak",
                 "consistency")
@@ -152,14 +151,6 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
-def hub_base(base_id: str | None, metadata: dict[str, str]) -> str | None:
-    """The ``base_model`` of the front matter: a hub id named by the caller, else one the metadata implies."""
-    if base_id and HUB_ID.match(base_id):
-        return base_id
-    version = (metadata.get("ss_base_model_version") or "").strip().lower()
-    return KNOWN_BASES.get(version)
-
-
 def public_path(value: str) -> str:
     """A local path as its last part only (a shared card never tells where files live on this machine); a hub id
     or a plain name as it is."""
@@ -203,19 +194,25 @@ def model_card(name: str, *, source: str, sha256: str, epoch: int | None, metada
                step: int | None = None, trigger_words: list[str] | tuple[str, ...] = (), family: str | None = None,
                base_id: str | None = None, note: str = "", ranking: dict | None = None, insight: dict | None = None,
                grid: dict | None = None, grid_image: str | None = None, series: str | None = None,
-               loras: str = "loras", promoted_at: str = "") -> str:
+               loras: str = "loras", promoted_at: str = "", release_sha256: str | None = None,
+               addnet: str | None = None, license: str | None = None, widget: list[dict] | None = None,
+               base_local: bool = False, layout: str = "flat") -> str:
     """The model card of ``name``.safetensors, promoted from ``source``: front matter, then title, trigger words,
     base model, why this epoch, the grid image, how to reproduce the grid, training metadata, the files.
 
     ``metadata``: the source's whole ``__metadata__``; ``ranking``: a ranking summary (``ranking_row``);
     ``insight``: ``series_insight``'s dict (its ``verdict`` is quoted as it stands: the reason is this epoch's
     only when the verdict picked this epoch); ``grid``: a grid manifest (``settings``, ``cells``); ``grid_image``: the
-    image's file name next to the card; ``loras``: the loras folder as the reproduce command names it."""
+    image's file name next to the card; ``loras``: the loras folder as the reproduce command names it;
+    ``release_sha256`` / ``addnet``: the release file's sha256 and addnet hash (``hashes.py``), listed when given;
+    ``license``: the one given; ``widget``: this epoch's example images; ``base_local``: the base was a local folder
+    (no ``base_model``); ``layout``: "hub" adds the license section and reproduces from the release folder."""
     triggers = [t for t in trigger_words if str(t).strip()]
-    base = hub_base(base_id, metadata)
+    base = None if base_local else hub_base(base_id, metadata)
     place = _("epoch {epoch}").format(epoch=epoch) if epoch is not None else _("step {step}").format(step=step)
     parts = [
-        _front_matter(triggers, base, family, metadata, grid, grid_image),
+        front_matter(triggers, base, family, metadata, grid, grid_image if layout != "hub" else None, license,
+                     widget),
         f"# {text(name)}",
         _("A LoRA promoted with LoRA Spectrum from {place} of the training run {run} (file {file}). Its tensors "
           "are the source file's, bit for bit; only the metadata gained provenance keys (`lora_spectrum.*`).").format(
@@ -224,39 +221,21 @@ def model_card(name: str, *, source: str, sha256: str, epoch: int | None, metada
         _("Use {words} in the prompt.").format(words=", ".join(f"**{text(t)}**" for t in triggers)) if triggers else
         _("The file names no trigger words (no `modelspec.trigger_phrase`, no tag frequencies)."),
         "## " + _("Base model"),
-        _base_section(base_id, base, family, metadata),
+        _base_section(base_id, base, family, metadata) + ("\n\n" + local_base_line() if base_local else ""),
+        *(["## " + _("License"), license_line(card_license(license, metadata))] if layout == "hub" else []),
         "## " + _("Why this epoch"),
         _why_section(place, source, sha256, epoch, note, ranking, insight),
     ]
     if grid_image:
         parts += ["## " + _("The epochs compared"), "![" + _("The grid of epochs compared") + f"]({quote(grid_image)})"]
     if grid and isinstance(grid.get("settings"), dict):
-        parts += ["## " + _("Reproduce the grid"), _reproduce_section(grid, series, loras)]
+        parts += ["## " + _("Reproduce the grid"), _reproduce_section(
+            grid, series, loras, str(epoch if epoch is not None else step) if layout == "hub" else None)]
+        if layout == "hub" and base_local:
+            parts.append(local_base_command_line(text(public_path(str(grid["settings"].get("base", ""))))))
     parts += ["## " + _("Training metadata"), _training_section(metadata),
-              "## " + _("Files"), _files_section(name, source, sha256, promoted_at)]
+              "## " + _("Files"), _files_section(name, source, sha256, promoted_at, release_sha256, addnet)]
     return "\n\n".join(p for p in parts if p) + "\n"
-
-
-def _front_matter(triggers, base, family, metadata, grid, grid_image) -> str:
-    # 1. What the hub reads for a LoRA: base_model, tags, instance_prompt; license only when the file has one.
-    module = (metadata.get("ss_network_module") or "").lower()
-    tags = ["lora", "text-to-image", "diffusers", "template:sd-lora"]
-    tags += [t for t in (FAMILY_TAGS.get(family or ""), "lycoris" if "lycoris" in module else None) if t]
-    front: dict = {"base_model": base} if base else {}
-    front["tags"] = tags
-    if triggers:
-        front["instance_prompt"] = ", ".join(str(t) for t in triggers)
-    lic = (metadata.get("modelspec.license") or metadata.get("license") or "").strip()
-    if lic:
-        front["license"] = lic if LICENSE_ID.match(lic) else "other"
-        if not LICENSE_ID.match(lic):
-            front["license_name"] = shorten(lic, 100)
-    # 2. The grid as the widget's example image.
-    settings = (grid or {}).get("settings") or {}
-    if grid_image:
-        front["widget"] = [{"text": str(settings.get("prompt", "")), "output": {"url": grid_image}}]
-    dumped = yaml.safe_dump(front, sort_keys=False, allow_unicode=True, width=1000)
-    return f"---\n{dumped}---"
 
 
 def _base_section(base_id, base, family, metadata) -> str:
@@ -356,7 +335,7 @@ def preference_name(name: str | None) -> str:
     return words.get(name or "", str(name))
 
 
-def _reproduce_section(grid: dict, series: str | None, loras: str) -> str:
+def _reproduce_section(grid: dict, series: str | None, loras: str, here: str | None = None) -> str:
     s = grid["settings"]
     prompts = [p for p in (s.get("prompts") or [s.get("prompt", "")]) if isinstance(p, str)]
     rows = [(_("prompt") if len(prompts) == 1 else _("prompt {n}").format(n=i + 1), p) for i, p in enumerate(prompts)]
@@ -371,8 +350,15 @@ def _reproduce_section(grid: dict, series: str | None, loras: str) -> str:
     for label, value in rows:
         shown = ", ".join(str(_plain(v)) for v in value) if isinstance(value, list) else _plain(value)
         table.append(f"| {label} | {text(shown, 1000)} |")
-    commands = [grid_command(s, p, series, loras, _epochs(grid)) for p in prompts or [""]]
-    intro = _("The command line that renders it again (one per prompt), run from the folder holding the loras folder:")
+    if here is not None:  # from the release folder: this epoch's images, from the release file beside the card
+        s = {k: v for k, v in s.items() if k != "columns"}
+        commands = [grid_command(s, p, None, ".", here) for p in prompts or [""]]
+        intro = _("The command line that renders this epoch's images again (one per prompt), run in this folder: it "
+                  "reads the release file here.")
+    else:
+        commands = [grid_command(s, p, series, loras, _epochs(grid)) for p in prompts or [""]]
+        intro = _("The command line that renders it again (one per prompt), run from the folder holding the loras "
+                  "folder:")
     return "\n".join(table) + "\n\n" + intro + "\n\n" + code_block("\n".join(commands), "bash")
 
 
@@ -435,14 +421,24 @@ def _row(*cells: str) -> str:
 
 
 def _hex(value: str) -> str:
-    return f"`{value}`" if re.fullmatch(r"[0-9a-f]{64}", value) else text(value)
+    return f"`{value}`" if re.fullmatch(r"[0-9a-f]{10,64}", value) else text(value)
 
 
-def _files_section(name: str, source: str, sha256: str, promoted_at: str) -> str:
+def _files_section(name: str, source: str, sha256: str, promoted_at: str, release_sha256: str | None = None,
+                   addnet: str | None = None, license: str | None = None, widget: list[dict] | None = None,
+               base_local: bool = False, layout: str = "flat") -> str:
     promoted = (_("{file}.safetensors: promoted on {when} from {source}.") if promoted_at
                 else _("{file}.safetensors: promoted from {source}."))
-    return "\n".join([
+    lines = [
         "- " + promoted.format(file=text(name), when=text(promoted_at), source=text(source)),
         "- " + _("sha256 of the source file: {sha256} (the copy's own hash differs: its metadata gained the "
                  "`lora_spectrum.*` keys; its tensor data is byte-identical).").format(sha256=_hex(sha256)),
-    ])
+    ]
+    if release_sha256:
+        lines.append("- " + _("sha256 of {file}.safetensors: {sha256} (Civitai AutoV2: {autov2}).").format(
+            file=text(name), sha256=_hex(release_sha256), autov2=_hex(release_sha256[:10])))
+    if addnet:
+        lines.append("- " + _("addnet hash (sha256 of the tensor data after the header, the same for the source and "
+                              "the copy): {addnet}; A1111 names it {short} in `Lora hashes`, as the grid's images "
+                              "do (Civitai AutoV3).").format(addnet=_hex(addnet), short=_hex(addnet[:12])))
+    return "\n".join(lines)

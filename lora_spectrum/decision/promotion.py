@@ -25,10 +25,11 @@ from typing import BinaryIO
 from filelock import FileLock, Timeout
 from safetensors import SafetensorError, safe_open
 
-from lora_spectrum.catalog import Catalog, LoraEntry
+from lora_spectrum.catalog import Catalog, LoraEntry, file_sha256
 from lora_spectrum.decision.model_card import epoch_measures, model_card, ranking_row, verdict_of
 from lora_spectrum.errors import CatalogError, ShipError
 from lora_spectrum.grid_files import base_name, read_manifest
+from lora_spectrum.hashes import addnet_hash, kohya_hashes
 from lora_spectrum.language import _
 from lora_spectrum.lora_keys import HEADER_LIMIT, read_header
 
@@ -36,6 +37,8 @@ PREFIX = "lora_spectrum."
 CHUNK = 1 << 22  # bytes per read of the data section
 BAD_NAME = re.compile(r'[\x00-\x1f<>:"/\\|?*]')  # path parts, control characters, what Windows refuses
 LOCK_FILE = ".lora_spectrum.lock"  # in the release folder; kept (removing a lock file others wait on breaks it)
+LAYOUTS = ("hub", "flat")  # hub: README.md and images/ (the folder is a hub repository); flat: NAME.md beside others
+MAX_IMAGES = 8  # example images of the hub layout's widget
 LOCK_TIMEOUT_S = 120  # another promotion into the folder holds the lock while it copies one file
 
 
@@ -44,21 +47,27 @@ class Promotion:
     """What ``promote`` wrote: the release file, its card and grid image, and the source it came from."""
 
     path: Path  # the new NAME.safetensors
-    card: Path  # NAME.md
+    card: Path  # NAME.md, or README.md in the hub layout
     grid_image: Path | None  # NAME.grid.png, when a grid was given
     sha256: str  # of the source file, as hashed before and during the copy
     source: str  # the source's file name
     epoch: int  # the epoch (or step) asked for
+    images: tuple[Path, ...] = ()  # the hub layout's example images (images/), this epoch's own renders
 
 
 def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | None = None, name: str | None = None,
             note: str = "", ranking: dict | None = None, insight: dict | None = None,
-            grid: str | Path | None = None, base_id: str | None = None) -> Promotion:
+            grid: str | Path | None = None, base_id: str | None = None, layout: str = "flat",
+            license: str | None = None) -> Promotion:
     """Copy ``epoch`` of ``series`` out of the scanned ``catalog`` as ``out_dir/NAME.safetensors`` with
     ``NAME.md`` (and ``NAME.grid.png`` from ``grid``, a grid output folder). ``insight`` is ``series_insight``'s
     dict: its ``verdict`` goes into the metadata (``lora_spectrum.verdict``) and the card. ``ShipError`` when the
     epoch is not there, NAME is no plain file name, a target exists, or the source changed since the scan; then
-    nothing stays written (but the folder's lock file, ``LOCK_FILE``)."""
+    nothing stays written (but the folder's lock file, ``LOCK_FILE``).
+
+    ``layout="hub"`` makes the folder a hub repository: the card is ``README.md``, and this epoch's own renders from
+    ``grid`` are copied into ``images/`` as the card's ``widget`` (each with its prompt); ``license`` goes into the
+    card's front matter (else the file's ``modelspec.license``)."""
     # 1. The entry, the release name and the targets; all refused before anything is written.
     series_name, entry = pick_entry(catalog, epoch, series)
     name = release_name(name if name is not None else series_name)
@@ -71,9 +80,14 @@ def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | Non
         grid_png = grid_dir / "grid.png"
         if not grid_png.is_file():
             raise ShipError(_("{folder}: no grid.png in this grid folder").format(folder=grid_dir))
-    targets = {"file": out / f"{name}.safetensors", "card": out / f"{name}.md"}
+    if layout not in LAYOUTS:
+        raise ShipError(_("{layout}: not a layout (one of {layouts})").format(layout=layout, layouts=", ".join(LAYOUTS)))
+    targets = {"file": out / f"{name}.safetensors", "card": out / ("README.md" if layout == "hub" else f"{name}.md")}
     if grid_png is not None:
         targets["grid"] = out / f"{name}.grid.png"
+    renders = release_renders(grid_dir, manifest, entry.name) if grid and layout == "hub" else []
+    images = {f"images/{src.name}": (src, prompt) for src, prompt in renders}
+    targets.update({rel: out / rel for rel in images})
     _refuse_existing(targets.values())
 
     # 2. The source as scanned: unchanged since, its hash, its header.
@@ -95,29 +109,57 @@ def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | Non
             metadata = release_metadata(header.metadata, entry, name, sha, note, promoted_at,
                                         ranking_row(ranking, entry.name, entry.epoch, sha),
                                         epoch_measures(insight, entry.name, entry.epoch), verdict_of(insight))
+            metadata = with_kohya_hashes(metadata, Path(entry.path))
             copy_with_metadata(entry, header.table, header.data_start, metadata, sha, targets["file"])
             created.append(targets["file"])
             if grid_png is not None:
                 _copy_exclusive(grid_png, targets["grid"])
                 created.append(targets["grid"])
+            for rel, (src, _prompt) in images.items():
+                targets[rel].parent.mkdir(exist_ok=True)
+                _copy_exclusive(src, targets[rel])
+                created.append(targets[rel])
             card = model_card(name, source=entry.name, sha256=sha, epoch=entry.epoch, step=entry.step,
                               metadata=header.metadata, trigger_words=entry.trigger_words, family=entry.family_hint,
                               base_id=base_name(base_id) if base_id else None, note=note, ranking=ranking,
                               insight=insight, grid=manifest, grid_image=targets["grid"].name if grid_png else None,
-                              series=series_name, loras=catalog.folder.name, promoted_at=promoted_at)
+                              series=series_name, loras=catalog.folder.name, promoted_at=promoted_at,
+                              release_sha256=file_sha256(targets["file"]), addnet=addnet_hash(targets["file"]),
+                              license=license, base_local=local_base(base_id), layout=layout,
+                              widget=[{"text": p, "output": {"url": rel}} for rel, (_s, p) in images.items()])
             _write_exclusive(targets["card"], card.encode("utf-8"))
             created.append(targets["card"])
         except BaseException as exc:
             for path in created:
                 path.unlink(missing_ok=True)
+            if images:
+                with contextlib.suppress(OSError):  # only when empty: never another release's images
+                    (out / "images").rmdir()
             if isinstance(exc, OSError):  # a full disk, a folder we may not write to
                 raise _cannot_write(out, exc) from exc
             raise
     return Promotion(path=targets["file"], card=targets["card"], grid_image=targets.get("grid"), sha256=sha,
-                     source=entry.name, epoch=epoch)
+                     source=entry.name, epoch=epoch, images=tuple(targets[rel] for rel in images))
 
 
 # ---------------------------------------------------------------------------------------------- choosing
+def release_renders(grid_dir: Path, manifest: dict, source: str, limit: int = MAX_IMAGES) -> list[tuple[Path, str]]:
+    """This epoch's own renders in a grid (never the whole grid): (image file, its prompt), at the strength
+    nearest 1 the grid used, at most ``limit``; cells that failed or whose image is gone are left out."""
+    cells = [c for c in manifest.get("cells") or [] if isinstance(c, dict) and c.get("file") == source
+             and not c.get("error") and isinstance(c.get("image"), str)]
+    cells = [(c, grid_dir / c["image"]) for c in cells]
+    cells = [(c, p) for c, p in cells if p.resolve().is_relative_to(grid_dir.resolve()) and p.is_file()]
+    strengths = [float(c.get("strength") or 0) for c, _p in cells]
+    best = min(strengths, key=lambda x: abs(x - 1.0), default=None)
+    return [(p, str(c.get("prompt", ""))) for c, p in cells if float(c.get("strength") or 0) == best][:limit]
+
+
+def local_base(base_id: str | None) -> bool:
+    """Whether the base was loaded from this machine (a folder, a file, the demo) rather than a hub repo id."""
+    return bool(base_id) and (base_id == "demo" or Path(base_id).expanduser().exists())
+
+
 def pick_entry(catalog: Catalog, epoch: int, series: str | None = None) -> tuple[str, LoraEntry]:
     """(series, the entry of ``epoch``): matched by epoch, else by step (step-numbered files); ``ShipError``
     listing what the series has when none or several match."""
@@ -156,8 +198,9 @@ def release_name(name: str) -> str:
 def release_metadata(trainer: dict, entry: LoraEntry, name: str, sha: str, note: str, promoted_at: str,
                      ranking: dict | None, measures: dict, verdict: dict | None = None) -> dict[str, str]:
     """The copy's ``__metadata__``: every key the trainer wrote, the ``lora_spectrum.*`` provenance keys (the
-    verdict as JSON that ``Verdict.from_json`` reads back), and ``modelspec.title`` / ``modelspec.trigger_phrase``
-    where the trainer left them out. All values strings."""
+    verdict as JSON that ``Verdict.from_json`` reads back), ``modelspec.trigger_phrase`` where the trainer left it
+    out, and the release ``name`` as ``modelspec.title`` and ``ss_output_name`` (the trainer's values kept as
+    ``lora_spectrum.source_<key>``). All values strings. kohya's ``sshs_*`` hashes are ``with_kohya_hashes``'."""
     meta = {str(k): str(v) for k, v in trainer.items()}
     meta.update({
         f"{PREFIX}source_file": entry.name,
@@ -174,10 +217,27 @@ def release_metadata(trainer: dict, entry: LoraEntry, name: str, sha: str, note:
         meta[f"{PREFIX}measures"] = json.dumps(measures)
     if verdict:
         meta[f"{PREFIX}verdict"] = json.dumps(verdict)
-    meta.setdefault("modelspec.title", name)
+    # The release's name as its title (and kohya's output name, when the trainer wrote one); the old ones kept.
+    for key in ("modelspec.title", "ss_output_name"):
+        if key in meta:
+            meta[f"{PREFIX}source_{key}"] = meta[key]
+    meta["modelspec.title"] = name
+    if "ss_output_name" in meta:
+        meta["ss_output_name"] = name
     if not (meta.get("modelspec.trigger_phrase") or "").strip() and entry.trigger_words:
         meta["modelspec.trigger_phrase"] = ", ".join(entry.trigger_words)
     return meta
+
+
+def with_kohya_hashes(metadata: dict[str, str], source: Path) -> dict[str, str]:
+    """``metadata`` with ``sshs_model_hash`` and ``sshs_legacy_hash`` as kohya computes them for the release: the
+    source's tensors (the copy's, byte for byte) with the release's ``ss_*`` keys (``hashes.kohya_hashes``)."""
+    try:
+        model_hash, legacy = kohya_hashes(source, metadata)
+    except (OSError, SafetensorError) as exc:
+        raise ShipError(_("{file}: cannot be read to hash its tensors ({error}); nothing was promoted").format(
+            file=source.name, error=exc)) from exc
+    return {**metadata, "sshs_model_hash": model_hash, "sshs_legacy_hash": legacy}
 
 
 def encode_header(table: dict, metadata: dict[str, str]) -> bytes:

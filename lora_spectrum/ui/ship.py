@@ -6,10 +6,12 @@ a grid: Compare's HTML report with the series' ranking and measures. This file o
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import streamlit as st
 
+from lora_spectrum.decision.card_front_matter import split_front_matter
 from lora_spectrum.decision.html_report import build_report
 from lora_spectrum.decision.promotion import promote
 from lora_spectrum.decision.votes import series_ratings
@@ -22,6 +24,7 @@ from lora_spectrum.ui.operator import operator_button, refused
 from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
 
+IMAGE_LINK = re.compile(r"(?<!\\)!\[([^\]]*)\]\([^)]*\)")  # ![alt](file) in the card (file text is escaped)
 SHIPPED = "ship_done"  # the last promotion of this session: paths and card text
 SHIP_PICK = "ship_pick"  # (series, the verdict's pick) the Epoch box was last set to
 
@@ -116,7 +119,7 @@ def ship_panel(settings, choice, catalog, series: str, verdict: dict | None, ran
                 evidence = {**(insight or {}), "verdict": verdict} if verdict else insight
                 done = promote(catalog, epoch, target, series=series, name=name.strip() or None, note=note,
                                ranking=ranking if ranking and ranking.get("votes") else None, insight=evidence,
-                               grid=grid, base_id=choice.engine.base_id)
+                               grid=grid, base_id=choice.engine.base_id, license=settings.license or None)
         except LoraSpectrumError as exc:
             st.error(md_escape(error_text(exc)))
         else:
@@ -129,4 +132,9 @@ def ship_panel(settings, choice, catalog, series: str, verdict: dict | None, ran
         st.download_button(_("Model card"), shipped["text"], Path(shipped["card"]).name, "text/markdown",
                            key="ship_card_dl")
         with st.expander(_("The model card"), expanded=False):
-            st.code(shipped["text"], language="markdown")
+            front, body = split_front_matter(shipped["text"])
+            if front:  # what the hub reads, as written
+                st.code(front, language="yaml")
+            # The card as the hub shows it: values from files are escaped in it; its images are files beside the
+            # card, not served here, so each shows as its alt text.
+            st.markdown(IMAGE_LINK.sub(r"\1", body))

@@ -4,12 +4,15 @@ one verdict that ``series_insight`` gives for the same votes and probe."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
 from html.parser import HTMLParser
 
 import pytest
+from huggingface_hub import ModelCard
+from PIL import Image
 from safetensors import safe_open
 
 from lora_spectrum import demo
@@ -17,6 +20,7 @@ from lora_spectrum.catalog import Catalog
 from lora_spectrum.cli import main
 from lora_spectrum.decision.model_card import text
 from lora_spectrum.decision.votes import BASE, VoteBook, series_ratings
+from lora_spectrum.grid_files import parse_parameters
 from lora_spectrum.measures.insight import series_insight
 from lora_spectrum.measures.report import verdict_lines
 from tests.measures.test_probe_measures import write_probe
@@ -118,7 +122,8 @@ def test_from_a_folder_of_epochs_to_a_shipped_file_its_card_and_a_report(voted, 
     # 2. Promote the epoch the votes put first.
     ship = tmp_path / "ship"
     args = ["promote", "--loras", str(loras), "--epoch", "150", "--to", str(ship), "--name", "jimeng-v1",
-            "--note", "ink is in, colours still hold", "--grid", str(out), "--ratings-dir", str(ratings)]
+            "--note", "ink is in, colours still hold", "--grid", str(out), "--ratings-dir", str(ratings),
+            "--license", "openrail++"]
     source = (loras / "jimeng_150.safetensors").read_bytes()
     assert main(args) == 0, capsys.readouterr().err
     assert "promoted jimeng_150.safetensors (epoch 150" in capsys.readouterr().out
@@ -128,13 +133,32 @@ def test_from_a_folder_of_epochs_to_a_shipped_file_its_card_and_a_report(voted, 
         for k in a.keys():
             assert a.get_tensor(k).numpy().tobytes() == b.get_tensor(k).numpy().tobytes()
         meta, trainer = b.metadata(), a.metadata() or {}
-    assert all(meta[k] == v for k, v in trainer.items()), "every key the trainer wrote is kept"
+    renamed = {"modelspec.title", "ss_output_name", "sshs_model_hash", "sshs_legacy_hash"}
+    assert all(meta[k] == v for k, v in trainer.items() if k not in renamed), "every key the trainer wrote is kept"
+    assert meta["modelspec.title"] == "jimeng-v1" and meta["lora_spectrum.source_modelspec.title"] == \
+        trainer["modelspec.title"]
+    # One hash names the epoch everywhere: the grid's PNGs (A1111 ``Lora hashes``), the release's sshs_model_hash
+    # and its card; computed here over the bytes after the header (the tensors are the same bytes).
+    data = copy.read_bytes()
+    addnet = hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):]).hexdigest()
+    manifest_cells = json.loads((out / "manifest.json").read_text())["cells"]
+    cell = next(c for c in manifest_cells if c["epoch"] == 150)
+    assert parse_parameters(Image.open(out / cell["image"]).text["parameters"])["Lora hashes"] == \
+        f"jimeng_150: {addnet[:12]}"
+    assert meta["sshs_model_hash"] == addnet
     assert meta["lora_spectrum.source_file"] == "jimeng_150.safetensors"
     assert meta["lora_spectrum.note"] == "ink is in, colours still hold"
     assert json.loads(meta["lora_spectrum.ranking"])["rank"] == 1
     assert (loras / "jimeng_150.safetensors").read_bytes() == source, "the source is never modified"
-    card = (ship / "jimeng-v1.md").read_text(encoding="utf-8")
+    card = (ship / "README.md").read_text(encoding="utf-8")  # the hub layout: the folder is a hub repository
     assert "ink is in, colours still hold" in card and f"#1 of {len(like)}" in card and "jimeng-v1.grid.png" in card
+    assert f"`{addnet}`; A1111 names it `{addnet[:12]}`" in card
+    # The hub layout (the default): README.md the hub validates, this epoch's renders as its widget.
+    data = ModelCard(card, ignore_metadata_errors=False).data.to_dict()
+    assert data["license"] == "openrail++" and "base_model" not in data, "the demo base has no repository id"
+    assert [w["output"]["url"] for w in data["widget"]] == \
+        [f"images/{c['image'].split('/')[-1]}" for c in manifest_cells if c["epoch"] == 150]
+    assert all((ship / w["output"]["url"]).is_file() for w in data["widget"]) and str(tmp_path) not in card
     # No probe given: the verdict recorded is the one before a probe, and the card says no probe judged it.
     verdict = expected_verdict(loras, ratings)
     assert json.loads(meta["lora_spectrum.verdict"]) == verdict and verdict["state"] == "needs probe"
@@ -162,7 +186,7 @@ def test_from_a_folder_of_epochs_to_a_shipped_file_its_card_and_a_report(voted, 
 
 
 def test_promote_with_a_probe_records_the_verdict_series_insight_gives(probed, voted, tmp_path, capsys):
-    _, loras, _, ratings, _ = voted
+    config, loras, _, ratings, _ = voted
     verdict = expected_verdict(loras, ratings, probed)
     pick = verdict["epoch"]
     assert pick in (80, 150)
@@ -173,15 +197,20 @@ def test_promote_with_a_probe_records_the_verdict_series_insight_gives(probed, v
     assert out.rstrip("\n").endswith("\n".join(verdict_lines(verdict)))
     with safe_open(str(tmp_path / "a" / "jimeng.safetensors"), "pt") as f:
         assert json.loads(f.metadata()["lora_spectrum.verdict"]) == verdict
-    card = (tmp_path / "a" / "jimeng.md").read_text(encoding="utf-8")
+    card = (tmp_path / "a" / "README.md").read_text(encoding="utf-8")
     assert "- Verdict when shipped (this epoch): " + text(verdict["reason"], 1000) in card
-    # Another epoch shipped: the same verdict recorded, and the card says the verdict picks another epoch.
-    assert main([*common, "--epoch", "300", "--to", str(tmp_path / "b")]) == 0, capsys.readouterr().err
+    assert "license" not in ModelCard(card).data.to_dict() and "No license was given" in card
+    # Another epoch shipped: the same verdict recorded, and the card says the verdict picks another epoch. (A
+    # config's license: goes into the card's front matter when --license is not given.)
+    config.write_text(config.read_text(encoding="utf-8") + "license: apache-2.0\n", encoding="utf-8")
+    assert main([*common, "--config", str(config), "--epoch", "300", "--to", str(tmp_path / "b")]) == 0, \
+        capsys.readouterr().err
     capsys.readouterr()
     with safe_open(str(tmp_path / "b" / "jimeng.safetensors"), "pt") as f:
         assert json.loads(f.metadata()["lora_spectrum.verdict"]) == verdict
-    card = (tmp_path / "b" / "jimeng.md").read_text(encoding="utf-8")
+    card = (tmp_path / "b" / "README.md").read_text(encoding="utf-8")
     assert f"- Shipped epoch 300 by choice; the verdict picks epoch {pick}: " + text(verdict["reason"], 1000) in card
+    assert ModelCard(card, ignore_metadata_errors=False).data.to_dict()["license"] == "apache-2.0"
     assert "(this epoch)" not in card and "uggest" not in card
     # A probe folder that is not one is refused before anything is written.
     assert main([*common[:-1], str(tmp_path), "--epoch", "300", "--to", str(tmp_path / "c")]) == 2

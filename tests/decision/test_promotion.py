@@ -4,8 +4,11 @@ two processes shipping one name at once: one release, whole, and one refusal."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shlex
+import struct
 import subprocess
 import sys
 import time
@@ -18,7 +21,7 @@ import yaml
 from filelock import FileLock
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from lora_spectrum import demo
 from lora_spectrum.catalog import READY, Catalog, file_sha256
@@ -27,7 +30,8 @@ from lora_spectrum.decision.model_card import text
 from lora_spectrum.decision.promotion import LOCK_FILE, Promotion, copy_with_metadata, promote
 from lora_spectrum.demo.synthetic_epochs import growth, kohya_metadata, make_lora_state_dict
 from lora_spectrum.errors import ShipError
-from lora_spectrum.grid_files import encode_png, parameters_text, write_outputs
+from lora_spectrum.grid_files import encode_png, parameters_text, parse_parameters, write_outputs
+from lora_spectrum.hashes import addnet_hash
 from lora_spectrum.lora_keys import read_header
 from lora_spectrum.measures.insight import series_insight
 from lora_spectrum.measures.verdict import Verdict, decide
@@ -80,7 +84,9 @@ def write_grid(folder, catalog: Catalog):
     cells = plan_cells(plan, catalog)
     for c in cells:
         c.image = Image.new("RGB", (64, 64), (c.column * 60, c.seed * 40, int(c.strength * 100)))
-        c.png = encode_png(c.image, parameters_text(c, plan.sampling, "sdxl-base"))
+        entry = plan.columns[c.column]  # the hash as ``runs.run_plan`` writes it
+        c.png = encode_png(c.image, parameters_text(c, plan.sampling, "sdxl-base",
+                                                    lora_hash=addnet_hash(entry.path) if entry else None))
     write_outputs(folder, plan, cells, "stabilityai/stable-diffusion-xl-base-1.0", "sdxl")
     return folder
 
@@ -141,8 +147,12 @@ def test_the_metadata_keeps_every_trainer_key_and_adds_provenance(run):
     insight = {"epochs": rows, "verdict": decide(SERIES, rows).to_json()}
     done = promote(catalog, 6, out, note="clean lines", ranking=ranking, insight=insight)
     meta = metadata(done.path)
-    assert {k: meta[k] for k in trainer} == trainer  # every key the trainer wrote, unchanged
-    assert meta["modelspec.title"] == "inkstyle epoch 6"  # the trainer's title is not clobbered
+    renamed = ("modelspec.title", "ss_output_name", "sshs_model_hash", "sshs_legacy_hash")
+    assert {k: meta[k] for k in trainer if k not in renamed} == {k: v for k, v in trainer.items() if k not in renamed}
+    # The release's name is its title and kohya's output name; the trainer's values are kept beside them.
+    assert meta["modelspec.title"] == meta["ss_output_name"] == "inkstyle"
+    assert meta["lora_spectrum.source_modelspec.title"] == trainer["modelspec.title"] == "inkstyle epoch 6"
+    assert meta["lora_spectrum.source_ss_output_name"] == trainer["ss_output_name"] == "inkstyle"
     assert meta["lora_spectrum.source_file"] == paths[6].name and meta["lora_spectrum.source_epoch"] == "6"
     assert meta["lora_spectrum.source_sha256"] == file_sha256(paths[6]) and meta["lora_spectrum.note"] == "clean lines"
     assert datetime.fromisoformat(meta["lora_spectrum.promoted_at"]).utcoffset().total_seconds() == 0
@@ -187,10 +197,43 @@ def test_missing_modelspec_keys_are_added_from_the_name_and_the_trigger_words(tm
     done = promote(catalog, 6, tmp_path / "shipped", name="Ink Style v1")
     meta = metadata(done.path)
     assert done.path.name == "Ink Style v1.safetensors" and done.card.name == "Ink Style v1.md"
-    assert meta["modelspec.title"] == "Ink Style v1"
+    assert meta["modelspec.title"] == meta["ss_output_name"] == "Ink Style v1"
+    assert "lora_spectrum.source_modelspec.title" not in meta, "no title to keep: the trainer wrote none"
+    assert meta["lora_spectrum.source_ss_output_name"] == "inkstyle"
     assert meta["modelspec.trigger_phrase"] == "jimeng style, ink, stripes"  # the top tags, as the catalog reads
     assert "lora_spectrum.ranking" not in meta and "lora_spectrum.measures" not in meta
     assert "lora_spectrum.verdict" not in meta
+
+
+def _after_header(data: bytes) -> bytes:
+    return data[8 + struct.unpack("<Q", data[:8])[0]:]
+
+
+def test_the_release_carries_the_hashes_a1111_civitai_and_kohya_compute(run, tmp_path):
+    catalog, paths, out = run
+    grid = write_grid(tmp_path / "grid", catalog)
+    done = promote(catalog, 6, out, name="Ink v1", grid=grid)
+    release, source = done.path.read_bytes(), paths[6].read_bytes()
+    # The addnet hash, computed here from the bytes after the header: the same for the source and the release.
+    addnet = hashlib.sha256(_after_header(release)).hexdigest()
+    assert addnet == hashlib.sha256(_after_header(source)).hexdigest()
+    # kohya's sshs_* keys, recomputed as sd-scripts does: the tensors saved again with only the ss_* keys.
+    meta = metadata(done.path)
+    with safe_open(str(done.path), framework="pt") as f:
+        ss_only = save({k: f.get_tensor(k) for k in f.keys()}, {k: v for k, v in meta.items() if k.startswith("ss_")})
+    assert meta["sshs_model_hash"] == hashlib.sha256(_after_header(ss_only)).hexdigest() == addnet
+    assert meta["sshs_model_hash"] != KOHYA["sshs_model_hash"], "the trainer's stale hash is replaced"
+    assert meta["sshs_legacy_hash"] == hashlib.sha256(ss_only[0x100000:0x110000]).hexdigest()[:8]
+    # The card: the release's own sha256 with its AutoV2, and the addnet hash with A1111's short form.
+    card = done.card.read_text(encoding="utf-8")
+    whole = hashlib.sha256(release).hexdigest()
+    assert f"`{whole}` (Civitai AutoV2: `{whole[:10]}`)" in card
+    assert f"`{addnet}`; A1111 names it `{addnet[:12]}` in `Lora hashes`" in card
+    # The grid's cells of that epoch name the same hash in their PNG parameters, as A1111 writes them.
+    cells = json.loads((grid / "manifest.json").read_text())["cells"]
+    cell = next(c for c in cells if c["file"] == paths[6].name)
+    params = parse_parameters(Image.open(grid / cell["image"]).text["parameters"])
+    assert params["Lora hashes"] == f"{paths[6].stem}: {addnet[:12]}"
 
 
 def test_the_source_is_left_as_it_was(run):
@@ -438,3 +481,78 @@ def test_two_processes_shipping_one_name_at_once_make_one_whole_release_and_one_
     assert winner in ("process 0", "process 1") and metadata(release)["lora_spectrum.source_sha256"] == \
         file_sha256(paths[6])
     assert f"Note: {winner}" in (out / "inkstyle.md").read_text(encoding="utf-8"), "the card is the same process's"
+
+
+def _hub_card(path):
+    """The card as the hub parses it (``huggingface_hub.ModelCard``): its validated front matter and its text."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(path.read_text(encoding="utf-8"), ignore_metadata_errors=False)
+    return card.data.to_dict(), card.text
+
+
+def test_the_hub_layout_makes_the_folder_a_hub_repository(run, tmp_path):
+    catalog, paths, out = run
+    grid = write_grid(tmp_path / "grid", catalog)
+    done = promote(catalog, 6, out, name="Ink v1", grid=grid, layout="hub", license="openrail++",
+                   base_id="stabilityai/stable-diffusion-xl-base-1.0")
+    # 1. README.md is the card; the grid image stays beside it as evidence; this epoch's renders go to images/.
+    assert done.card == out / "README.md"
+    cells = [c for c in json.loads((grid / "manifest.json").read_text())["cells"] if c["file"] == paths[6].name
+             and c["strength"] == 1.0]
+    assert listing(out) == ["Ink v1.grid.png", "Ink v1.safetensors", "README.md", "images"]
+    assert sorted(p.name for p in done.images) == sorted(Path(c["image"]).name for c in cells) and len(cells) == 2
+    for c in cells:
+        assert (out / "images" / Path(c["image"]).name).read_bytes() == (grid / c["image"]).read_bytes()
+    # 2. The front matter as the hub validates it: license, base_model, tags, instance_prompt, a widget of this
+    #    epoch's own renders with their prompts (never the comparison grid).
+    front, body = _hub_card(done.card)
+    assert front["license"] == "openrail++" and front["base_model"] == "stabilityai/stable-diffusion-xl-base-1.0"
+    assert front["instance_prompt"] == "jimeng style" and "lora" in front["tags"]
+    assert [w["output"]["url"] for w in front["widget"]] == [f"images/{Path(c['image']).name}" for c in cells]
+    assert {w["text"] for w in front["widget"]} == {"an ink fox, inkstyle style"}
+    assert all((out / w["output"]["url"]).is_file() for w in front["widget"])
+    assert "![The grid of epochs compared](Ink%20v1.grid.png)" in body and "License: openrail++." in body
+    # 3. No local path anywhere in the card or the metadata.
+    header = json.dumps(metadata(done.path))
+    for text_ in (done.card.read_text(encoding="utf-8"), header):
+        assert str(tmp_path) not in text_ and str(Path.home()) not in text_
+    # 4. The reproduce command runs as written from the release folder: it parses, and the folder's own catalog
+    #    has the epoch it names (the release file).
+    from lora_spectrum.cli import build_parser
+
+    command = body.split("```bash\n")[1].split("\n```")[0]
+    args = build_parser().parse_args(shlex.split(command)[3:])
+    assert args.loras == "." and args.base == "stabilityai/stable-diffusion-xl-base-1.0" and args.epochs == "6"
+    here = Catalog(out)
+    assert [(e.name, e.epoch) for e in here.scan()] == [("Ink v1.safetensors", 6)]
+    # 5. A second release into the same folder is refused (one README.md per repository), nothing half written.
+    with pytest.raises(ShipError, match="README.md: exists"):
+        promote(catalog, 4, out, name="other", grid=grid, layout="hub")
+    assert listing(out) == ["Ink v1.grid.png", "Ink v1.safetensors", "README.md", "images"]
+
+
+def test_the_hub_card_says_when_no_license_was_given_and_why_a_local_base_is_not_named(run, tmp_path, unet):
+    catalog, _paths, out = run
+    local = tmp_path / "my-sdxl"
+    local.mkdir()
+    done = promote(catalog, 6, out, layout="hub", base_id=str(local))
+    front, body = _hub_card(done.card)
+    assert "license" not in front and "base_model" not in front
+    assert "No license was given" in body and "no repository id to name" in body
+    assert str(tmp_path) not in done.card.read_text(encoding="utf-8")
+    # The file's modelspec.license is the license when none is given.
+    loras = tmp_path / "loras2"
+    loras.mkdir()
+    write_epoch(loras, unet, 6, **{"modelspec.license": "apache-2.0"})
+    other = Catalog(loras)
+    other.scan()
+    front, body = _hub_card(promote(other, 6, tmp_path / "shipped2", layout="hub").card)
+    assert front["license"] == "apache-2.0" and "License: apache-2.0." in body
+
+
+def test_the_flat_layout_keeps_the_card_beside_the_file_and_an_unknown_layout_is_refused(run):
+    catalog, _paths, out = run
+    assert promote(catalog, 6, out, layout="flat").card == out / "inkstyle.md"
+    with pytest.raises(ShipError, match="not a layout"):
+        promote(catalog, 4, out, name="x", layout="tree")
