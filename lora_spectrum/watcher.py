@@ -68,15 +68,20 @@ class Watcher:
         files = self.complete()
         result = judge(files)
         rows = {r["file"]: r for r in result.get("epochs", [])}
+        summary = verdict_summary(result.get("verdict") or {})
+        last = None
         for e in entries:
             if e.name in new:
                 self._judged[e.name] = (e.size, e.mtime_ns)
+                last = e
+                # One line per new file: its measures and the verdict as it stands with it.
                 events.append({"event": "judged", "file": e.name, "epoch": e.epoch, "step": e.step,
                                "measures": {k: (rows.get(e.name) or {}).get(k) for k in
                                             ("style", "style_se", "fidelity", "fidelity_se", "fidelity_kept",
-                                             "leak", "consistency")}})
-        verdict = result.get("verdict") or {}
-        events.append({"event": "verdict", "files": len(files), "verdict": verdict_summary(verdict)})
+                                             "leak", "consistency")},
+                               "verdict": summary})
+        events.append({"event": "verdict", "file": last.name if last else None, "epoch": last.epoch if last else None,
+                       "step": last.step if last else None, "files": len(files), "verdict": summary})
         return events
 
     def _entries(self):

@@ -110,8 +110,10 @@ def test_watch_once_prints_json_lines_and_writes_tensorboard_scalars(tmp_path):
     assert {e["event"] for e in lines} == {"skipped", "judged", "verdict"}
     judged = [e for e in lines if e["event"] == "judged"]
     assert [e["epoch"] for e in judged] == [3, 6, 9] and all(e["file"] and "measures" in e for e in judged)
+    assert all({"epoch", "stop"} <= set(e["verdict"]) for e in judged), "each file's line carries the verdict"
     verdict = lines[-1]["verdict"]
     assert lines[-1]["event"] == "verdict" and verdict["epoch"] in (3, 6, 9) and verdict["stop"] is False
+    assert lines[-1]["file"] == "jimeng_9.safetensors" and lines[-1]["epoch"] == 9
     tags = set(SummaryReader(str(board)).scalars["tag"])
     assert {"lora_spectrum/style", "lora_spectrum/fidelity_kept", "lora_spectrum/leak", "lora_spectrum/pick"} <= tags
 
