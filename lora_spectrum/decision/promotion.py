@@ -17,6 +17,7 @@ import re
 import secrets
 import shutil
 import struct
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ from lora_spectrum.lora_keys import HEADER_LIMIT, read_header
 PREFIX = "lora_spectrum."
 CHUNK = 1 << 22  # bytes per read of the data section
 BAD_NAME = re.compile(r'[\x00-\x1f<>:"/\\|?*]')  # path parts, control characters, what Windows refuses
-LOCK_FILE = ".lora_spectrum.lock"  # in the release folder; kept (removing a lock file others wait on breaks it)
+LOCK_DIR = "lora_spectrum-locks"  # under the system's temporary folder: a release folder holds only what is published
 LAYOUTS = ("hub", "flat")  # hub: README.md and images/ (the folder is a hub repository); flat: NAME.md beside others
 MAX_IMAGES = 8  # example images of the hub layout's widget
 LOCK_TIMEOUT_S = 120  # another promotion into the folder holds the lock while it copies one file
@@ -63,7 +64,7 @@ def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | Non
     ``NAME.md`` (and ``NAME.grid.png`` from ``grid``, a grid output folder). ``insight`` is ``series_insight``'s
     dict: its ``verdict`` goes into the metadata (``lora_spectrum.verdict``) and the card. ``ShipError`` when the
     epoch is not there, NAME is no plain file name, a target exists, or the source changed since the scan; then
-    nothing stays written (but the folder's lock file, ``LOCK_FILE``).
+    nothing stays written.
 
     ``layout="hub"`` makes the folder a hub repository: the card is ``README.md``, and this epoch's own renders from
     ``grid`` are copied into ``images/`` as the card's ``widget`` (each with its prompt); ``license`` goes into the
@@ -309,11 +310,20 @@ def _check_copy(path: Path, table: dict, metadata: dict[str, str]) -> None:
                         "promoted")
 
 
+def release_lock(out: Path) -> Path:
+    """The lock file of a release folder: outside it (a folder pushed to a hub as it is must not carry a lock
+    file), named by the folder's absolute path, in the temporary folder every process of this machine shares. It
+    is kept: removing a lock file others wait on would let two writers in."""
+    folder = Path(tempfile.gettempdir()) / LOCK_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / (hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:32] + ".lock")
+
+
 @contextlib.contextmanager
 def _release_lock(out: Path):
-    """Make the release folder and hold its lock (``LOCK_FILE``, between processes); ``ShipError`` when the
+    """Make the release folder and hold its lock (``release_lock``, between processes); ``ShipError`` when the
     folder cannot be made or locked, or another promotion into it holds the lock for ``LOCK_TIMEOUT_S``."""
-    lock = FileLock(out / LOCK_FILE, timeout=LOCK_TIMEOUT_S)
+    lock = FileLock(release_lock(out), timeout=LOCK_TIMEOUT_S)
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock.acquire()

@@ -27,7 +27,7 @@ from lora_spectrum import demo
 from lora_spectrum.catalog import READY, Catalog, file_sha256
 from lora_spectrum.decision import promotion
 from lora_spectrum.decision.model_card import text
-from lora_spectrum.decision.promotion import LOCK_FILE, Promotion, copy_with_metadata, promote
+from lora_spectrum.decision.promotion import Promotion, copy_with_metadata, promote, release_lock
 from lora_spectrum.demo.synthetic_epochs import growth, kohya_metadata, make_lora_state_dict
 from lora_spectrum.errors import ShipError
 from lora_spectrum.grid_files import encode_png, parameters_text, parse_parameters, write_outputs
@@ -110,8 +110,8 @@ def metadata(path) -> dict[str, str]:
 
 
 def listing(folder) -> list[str]:
-    """What a folder holds, less the release folder's lock file (kept on purpose: see ``promotion.LOCK_FILE``)."""
-    return sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE) if folder.exists() else []
+    """What a folder holds (its lock file lives outside it: ``promotion.release_lock``)."""
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
 @pytest.mark.parametrize("kind", ["kohya lora fp16", "lycoris loha bf16"])
@@ -398,7 +398,7 @@ def test_a_folder_locked_too_long_by_another_promotion_is_one_plain_error(run, m
     catalog, _, out = run
     monkeypatch.setattr(promotion, "LOCK_TIMEOUT_S", 0.2)
     out.mkdir()
-    with FileLock(out / LOCK_FILE):  # another process copying a large file into this folder
+    with FileLock(release_lock(out)):  # another process copying a large file into this folder
         with pytest.raises(ShipError, match="another promotion into this folder has run for 0.2 s") as exc:
             promote(catalog, 6, out)
     assert "\n" not in str(exc.value) and listing(out) == []
@@ -455,7 +455,7 @@ def test_two_processes_shipping_one_name_at_once_make_one_whole_release_and_one_
     # Two app processes (or the CLI beside the app) promote the same epoch under the same name into one folder.
     catalog, paths, out = run
     out.mkdir()
-    lock = FileLock(out / LOCK_FILE)
+    lock = FileLock(release_lock(out))
 
     def hold():  # the folder's lock held by another process: neither writes a byte until it is free
         time.sleep(1.0)
@@ -474,7 +474,7 @@ def test_two_processes_shipping_one_name_at_once_make_one_whole_release_and_one_
     refusal = outcomes[0].split(" ", 1)[1]
     assert refusal == f"{out / 'inkstyle.safetensors'}: exists; never overwritten (choose another --name or folder)"
     assert listing(out) == ["inkstyle.md", "inkstyle.safetensors"]  # no temporary file, no second card
-    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE, "inkstyle.md", "inkstyle.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["inkstyle.md", "inkstyle.safetensors"], "no lock file to publish"
     release = out / "inkstyle.safetensors"
     assert tensor_bytes(release) == tensor_bytes(paths[6]) and data_section(release) == data_section(paths[6])
     winner = metadata(release)["lora_spectrum.note"]
