@@ -53,13 +53,22 @@ def record_verdict(device: torch.device, family: str, size_m: int, eager_s: floa
     path = path or verdicts_path()
     verdict = {"eager_forward_s": eager_s, "compiled_forward_s": compiled_s, "compile_s": compile_s,
                "pays": pays(eager_s, compiled_s, compile_s)}
-    data = read_verdicts(path)
-    data[machine_key(device, family, size_m)] = verdict
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    tmp.replace(path)
+    write_verdict(path, machine_key(device, family, size_m), verdict)
     return verdict
+
+
+def write_verdict(path: Path, key: str, verdict: dict) -> None:
+    """Put one machine's verdict into a verdicts file (compile's, fuse's): read, change and replace under a lock
+    between processes (two bench runs at once must not lose one), written whole through a temporary file."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(f".{path.name}.lock")):
+        data = read_verdicts(path)
+        data[key] = verdict
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        tmp.replace(path)
 
 
 def read_verdicts(path: Path | None = None) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lora_spectrum.compilation import denoiser_size, machine_key
+from lora_spectrum.compilation import denoiser_size, machine_key, write_verdict
 from lora_spectrum.compilation import verdicts_path as compile_verdicts_path
 from lora_spectrum.errors import BaseLoadError
 from lora_spectrum.language import _
@@ -61,12 +61,7 @@ def record_verdict(device: torch.device, family: str, size_m: int, bare_s: float
     path = path or verdicts_path()
     verdict = {"bare_forward_s": bare_s, "unfused_forward_s": unfused_s, "merge_s": merge_s, "image": image,
                "batch": batch}
-    data = read_verdicts(path)
-    data[machine_key(device, family, size_m)] = verdict
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    tmp.replace(path)
+    write_verdict(path, machine_key(device, family, size_m), verdict)
     return verdict
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from lora_spectrum.grid_files import parse_parameters
 from lora_spectrum.plan import make_plan
 from lora_spectrum.run_history import ARCHIVED, LOCK_FILE, RunHistory
 from lora_spectrum.runs import run_plan
+from tests.processes import together
 from tests.tiny import new_engine
 from tests.tiny import request as tiny_request
 
@@ -159,23 +158,6 @@ print(json.dumps({"saved": saved, "deleted": deleted}))
 """
 
 
-def together(script: str, runs: list[list[str]], timeout: float = 60) -> list[subprocess.CompletedProcess]:
-    """Start one Python process per ``runs`` entry (its arguments); once every one has said ``ready``, let them
-    all go at once; their exit codes and output."""
-    procs = [subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in runs]
-    try:
-        for p in procs:
-            assert p.stdout.readline().strip() == "ready", p.stderr.read()
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.close()
-        outs = [(p.stdout.read(), p.stderr.read(), p.wait(timeout)) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    return [subprocess.CompletedProcess(p.args, rc, out, err) for p, (out, err, rc) in zip(procs, outs, strict=True)]
 
 
 @pytest.mark.parametrize("max_runs", [100, 5])

@@ -9,8 +9,6 @@ import json
 import os
 import shlex
 import struct
-import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +37,7 @@ from lora_spectrum.plan import Plan, plan_cells
 from lora_spectrum.sampling import Sampling
 from tests import trainer_files
 from tests.measures.test_probe_measures import write_probe
+from tests.processes import together
 
 SERIES = "inkstyle"
 KOHYA = {  # what sd-scripts adds to the demo writer's keys in a real SDXL run
@@ -430,25 +429,6 @@ except ShipError as exc:
 """
 
 
-def together(script: str, runs: list[list[str]], hold=None, timeout: float = 60) -> list[subprocess.CompletedProcess]:
-    """Start one Python process per ``runs`` entry (its arguments); once every one has said ``ready``, let them
-    all go at once (``hold()``, when given, runs before they finish); their exit codes and output."""
-    procs = [subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in runs]
-    try:
-        for p in procs:
-            assert p.stdout.readline().strip() == "ready", p.stderr.read()
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.close()
-        if hold:
-            hold()
-        outs = [(p.stdout.read(), p.stderr.read(), p.wait(timeout)) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    return [subprocess.CompletedProcess(p.args, rc, out, err) for p, (out, err, rc) in zip(procs, outs, strict=True)]
 
 
 def test_two_processes_shipping_one_name_at_once_make_one_whole_release_and_one_refusal(run):

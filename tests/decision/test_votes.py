@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from lora_spectrum.catalog import Catalog
 from lora_spectrum.decision import votes
 from lora_spectrum.decision.votes import BASE, VoteBook, current_files, file_name, format_ratings, series_ratings
 from lora_spectrum.errors import RatingsError
+from tests.processes import together
 from tests.tiny import Boom
 
 A, B, C = "a" * 64, "b" * 64, "c" * 64
@@ -91,23 +90,6 @@ for seed in range(first, first + n):
 """
 
 
-def together(script: str, runs: list[list[str]], timeout: float = 60) -> list[subprocess.CompletedProcess]:
-    """Start one Python process per ``runs`` entry (its arguments); once every one has said ``ready``, let them
-    all go at once; their exit codes and output."""
-    procs = [subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in runs]
-    try:
-        for p in procs:
-            assert p.stdout.readline().strip() == "ready", p.stderr.read()
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.close()
-        outs = [(p.stdout.read(), p.stderr.read(), p.wait(timeout)) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    return [subprocess.CompletedProcess(p.args, rc, out, err) for p, (out, err, rc) in zip(procs, outs, strict=True)]
 
 
 def test_three_processes_voting_at_once_keep_every_vote(tmp_path):
