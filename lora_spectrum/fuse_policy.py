@@ -9,7 +9,6 @@ while the user's cells render (a busy machine would change them). As ``compile: 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from lora_spectrum.compilation import denoiser_size, machine_key, write_verdict
+from lora_spectrum.compilation import read_verdicts as read_compile_style_verdicts
 from lora_spectrum.compilation import verdicts_path as compile_verdicts_path
 from lora_spectrum.errors import BaseLoadError
 from lora_spectrum.language import _
@@ -47,11 +47,8 @@ def verdicts_path() -> Path:
 
 
 def read_verdicts(path: Path | None = None) -> dict:
-    try:
-        data = json.loads((path or verdicts_path()).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    """The recorded fuse measurements by machine key ({} when none are readable)."""
+    return read_compile_style_verdicts(path or verdicts_path())
 
 
 def record_verdict(device: torch.device, family: str, size_m: int, bare_s: float, unfused_s: float, merge_s: float,
