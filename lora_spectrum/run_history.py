@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 from PIL import Image
 
 from lora_spectrum.catalog import Catalog, LoraEntry
 from lora_spectrum.errors import ConfigError, LoraSpectrumError
+from lora_spectrum.file_locks import held
 from lora_spectrum.grid_files import read_manifest, write_outputs
 from lora_spectrum.language import _
 from lora_spectrum.plan import BASE_LABEL, Cell, Plan
@@ -151,19 +152,12 @@ class RunHistory:
         if not create and not self.folder.is_dir():
             yield
             return
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._file_lock.acquire()
-        except Timeout as exc:
-            raise ConfigError(_("{folder}: another process has held the run history for {seconds} s; try again "
-                                "later").format(folder=self.folder, seconds=LOCK_TIMEOUT_S)) from exc
-        except OSError as exc:
-            raise ConfigError(_("{folder}: cannot lock the run history ({reason})").format(
-                folder=self.folder, reason=exc.strerror or exc)) from exc
-        try:
+        with held(self._file_lock, self.folder,
+                  lambda: ConfigError(_("{folder}: another process has held the run history for {seconds} s; try "
+                                        "again later").format(folder=self.folder, seconds=LOCK_TIMEOUT_S)),
+                  lambda exc: ConfigError(_("{folder}: cannot lock the run history ({reason})").format(
+                      folder=self.folder, reason=exc.strerror or exc))):
             yield
-        finally:
-            self._file_lock.release()
 
     def _folders(self) -> list[Path]:
         if not self.folder.is_dir():

@@ -23,12 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 from safetensors import SafetensorError, safe_open
 
 from lora_spectrum.catalog import Catalog, LoraEntry, file_sha256
 from lora_spectrum.decision.model_card import epoch_measures, model_card, ranking_row, verdict_of
 from lora_spectrum.errors import CatalogError, ShipError
+from lora_spectrum.file_locks import held
 from lora_spectrum.grid_files import base_name, read_manifest
 from lora_spectrum.hashes import addnet_hash, kohya_hashes
 from lora_spectrum.language import _
@@ -323,19 +324,11 @@ def release_lock(out: Path) -> Path:
 def _release_lock(out: Path):
     """Make the release folder and hold its lock (``release_lock``, between processes); ``ShipError`` when the
     folder cannot be made or locked, or another promotion into it holds the lock for ``LOCK_TIMEOUT_S``."""
-    lock = FileLock(release_lock(out), timeout=LOCK_TIMEOUT_S)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
-    except Timeout as exc:
-        raise ShipError(_("{folder}: another promotion into this folder has run for {seconds} s; try again when it "
-                          "is done").format(folder=out, seconds=LOCK_TIMEOUT_S)) from exc
-    except OSError as exc:
-        raise _cannot_write(out, exc) from exc
-    try:
+    with held(FileLock(release_lock(out), timeout=LOCK_TIMEOUT_S), out,
+              lambda: ShipError(_("{folder}: another promotion into this folder has run for {seconds} s; try again "
+                                  "when it is done").format(folder=out, seconds=LOCK_TIMEOUT_S)),
+              lambda exc: _cannot_write(out, exc)):
         yield
-    finally:
-        lock.release()
 
 
 def _cannot_write(out: Path, exc: OSError) -> ShipError:

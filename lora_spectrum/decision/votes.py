@@ -8,7 +8,6 @@ fit. The maths is ``ranking.py``'s; the ratings folder is never inside the loras
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -19,10 +18,11 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from lora_spectrum.decision.ranking import RESULTS, fit
 from lora_spectrum.errors import CatalogError, RatingsError
+from lora_spectrum.file_locks import held
 from lora_spectrum.language import _
 from lora_spectrum.plan import column_label
 
@@ -122,22 +122,13 @@ class VoteBook:
             (active if all(k == BASE or k in current for k in (v["a"], v["b"])) else aside).append(dict(v))
         return active, aside
 
-    @contextlib.contextmanager
     def _locked(self):
         """Hold the votes file's lock (between processes); ``RatingsError`` when it cannot be had."""
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._file_lock.acquire()
-        except Timeout as exc:
-            raise RatingsError(_("{path}: another process has held the votes file for {seconds} s; try again "
-                                 "later").format(path=self.path, seconds=LOCK_TIMEOUT_S)) from exc
-        except OSError as exc:
-            raise RatingsError(_("{path}: cannot lock the votes file ({reason})").format(
-                path=self.path, reason=exc.strerror or exc)) from exc
-        try:
-            yield
-        finally:
-            self._file_lock.release()
+        return held(self._file_lock, self.dir,
+                    lambda: RatingsError(_("{path}: another process has held the votes file for {seconds} s; try "
+                                           "again later").format(path=self.path, seconds=LOCK_TIMEOUT_S)),
+                    lambda exc: RatingsError(_("{path}: cannot lock the votes file ({reason})").format(
+                        path=self.path, reason=exc.strerror or exc)))
 
     def _load(self) -> tuple[dict, ...]:
         """The votes on disk. Reading needs no lock (the file is only ever replaced whole); setting an unreadable

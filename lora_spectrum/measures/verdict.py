@@ -95,7 +95,7 @@ def _context(epochs: list[dict], loss: dict | None) -> dict:
     return out
 
 
-def _units(probe: dict) -> tuple[list[str], list[int | None], dict, dict, dict, dict]:
+def _units(probe: dict) -> tuple[list[str], list[int | None], dict, dict]:
     """The probe's cells as arrays over (prompt, seed) units: style and fidelity per epoch file and for the base."""
     kinds = set(probe.get("fidelity_kinds") or ("style", "new_context"))
     files = [e["file"] for e in probe.get("epochs", [])]
@@ -114,7 +114,7 @@ def _units(probe: dict) -> tuple[list[str], list[int | None], dict, dict, dict, 
     f_units = sorted(set.intersection(*(set(v) for v in fid.values())), key=str) if fid else []
     s = {f: np.array([style[f][u] for u in s_units]) for f in style}
     d = {f: np.array([fid[f][u] for u in f_units]) for f in fid}
-    return files, epochs, s, d, {"style": len(s_units)}, {"fidelity": len(f_units)}
+    return files, epochs, s, d
 
 
 def _terms(s_means: np.ndarray, s_base: float, f_means: np.ndarray, f_base: float,
@@ -228,7 +228,7 @@ def decide(series: str | None, epochs: list[dict], probe: dict | None = None, lo
                        **common)
 
     # 2. The probe's measures as (prompt, seed) units; the terms of the trade-off per epoch.
-    files, epochs_of, s, d, _, _ = _units(probe)
+    files, epochs_of, s, d = _units(probe)
     # An epoch's number where the file has one, else its name (step-numbered files carry no epoch).
     numbers = [e if e is not None else f for e, f in zip(epochs_of, files, strict=True)]
     if not len(s[None]) or not len(d[None]) or not len(files):
