@@ -8,10 +8,11 @@ from PIL import Image, ImageChops
 
 from lora_spectrum.errors import BusyError, LoraSpectrumError
 from lora_spectrum.grid_files import cell_filename, output_files
-from lora_spectrum.plan import cell_at, index_cells, make_plan
+from lora_spectrum.plan import make_plan
 from lora_spectrum.render_cache import RenderCache
 from lora_spectrum.runs import run_plan
 from lora_spectrum.ui.controls import Controls, caption_for
+from lora_spectrum.ui.grid import draw_grid
 from lora_spectrum.ui.history import history
 from lora_spectrum.ui.language import _, active, column_name, error_text, translator
 from lora_spectrum.ui.ship import report_html
@@ -66,38 +67,6 @@ def run_render(engine, catalog, settings, controls: Controls) -> None:
     run = history(settings).save(plan, cells, engine.base_id, engine.family.name)  # kept for History
     state["out_dir"], state["run_id"] = str(run.folder), run.id
     state["downloads"] = output_files(run.folder)
-
-
-def draw_grid(state: dict) -> None:
-    plan, cells = state["plan"], state["cells"]
-    if state.get("reopened"):
-        st.info(md_escape(_("Reopened from History: {when}; nothing was rendered again.").format(
-            when=state["reopened"])))
-    if state.get("status") == "running":
-        st.info(_("The last render was interrupted; showing the cells it finished."))
-    elif state.get("status") == "cancelled":
-        st.info(_("Cancelled; showing the cells that finished."))
-    index = index_cells(cells)
-    # Header: one column per epoch, with the time its swap took.
-    cols = st.columns(len(plan.columns))
-    for ci, entry in enumerate(plan.columns):
-        swaps = [c.swap_seconds for c in cells if c.column == ci and c.swap_seconds is not None]
-        cols[ci].markdown(f"**{md_escape(column_name(entry))}**")
-        if swaps:
-            cols[ci].caption(_("swap {ms} ms").format(ms=f"{min(swaps) * 1000:.1f}"))
-    for prompt, seed, strength in plan.rows:
-        cols = st.columns(len(plan.columns))
-        for ci, entry in enumerate(plan.columns):
-            c = cell_at(index, ci, entry, prompt, seed, strength)
-            with cols[ci]:
-                if c is not None and c.png is not None:
-                    st.image(c.png, caption=caption_for(column_name(entry), None if entry is None else strength,
-                                                        seed), width="stretch")
-                elif c is not None and c.error:
-                    st.error(md_escape(_("{label}, seed {seed}: {error}").format(label=column_name(entry), seed=seed,
-                                                                                  error=c.error)))
-                else:
-                    st.caption(_("not rendered"))
 
 
 def downloads(state: dict, settings, catalog) -> None:
