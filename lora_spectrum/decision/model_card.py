@@ -22,13 +22,14 @@ from lora_spectrum.decision.card_front_matter import (
     local_base_command_line,
     local_base_line,
 )
-from lora_spectrum.epoch_names import label as epoch_label
-from lora_spectrum.errors import ConfigError, shorten
+from lora_spectrum.decision.card_text import code_block, number, text
+from lora_spectrum.decision.card_verdict import preference_name, verdict_lines
+from lora_spectrum.decision.local_paths import last_part
+from lora_spectrum.decision.strengths import strength_advice, strength_lines
+from lora_spectrum.errors import ConfigError
 from lora_spectrum.language import N_, _
-from lora_spectrum.measures.numbers import percent
-from lora_spectrum.measures.verdict import Verdict
+from lora_spectrum.measures.verdict import DEFAULT_PREFERENCE, Verdict
 
-VALUE_LIMIT = 200  # characters of one metadata value shown in the card
 TOP_TAGS = 8
 TRAINING_KEYS = (
     ("ss_network_module", N_("network module")), ("ss_network_dim", N_("rank (network dim)")),
@@ -50,29 +51,6 @@ MEASURE_KEYS = ("weight_norm", "relative_change", "relative_change_per_epoch", "
                 "cosine_to_last", "relative_change_to_last", "style", "fidelity", "fidelity_kept", "leak",
                 "consistency")
 IMAGE_KEYS = ("distance_from_base", "seed_spread", "change_from_previous", "clip_score")
-_MARKUP = re.compile(r"([\\`*_\[\]#!|~])")  # with [ ] escaped, ( ) and { } open nothing
-
-
-# ---------------------------------------------------------------------------------------------- plain text
-def text(value, limit: int | None = VALUE_LIMIT) -> str:
-    """``value`` as inline plain text: one line, cut to ``limit``, Markdown punctuation backslash-escaped and
-    ``& < >`` as HTML entities (so no tag, link, image or emphasis can come from a file)."""
-    line = shorten(str(value), limit) if limit else " ".join(str(value).split())
-    line = line.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _MARKUP.sub(r"\\\1", line)
-
-
-def code_block(body: str, lang: str = "") -> str:
-    """A fenced code block holding ``body`` literally: the fence is longer than any backtick run inside."""
-    runs = [len(m) for m in re.findall(r"`+", body)]
-    fence = "`" * max(3, max(runs, default=0) + 1)
-    return f"{fence}{lang}\n{body}\n{fence}"
-
-
-def number(value) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return text(value)
-    return str(value) if isinstance(value, int) else f"{value:.4g}"
 
 
 def _json(raw: str):
@@ -156,7 +134,7 @@ def public_path(value: str) -> str:
     or a plain name as it is."""
     v = str(value)
     if v.startswith(("/", "~", ".", "\\")) or re.match(r"^[A-Za-z]:[\\/]", v):
-        return re.split(r"[\\/]", v.rstrip("/\\"))[-1] or v
+        return last_part(v)
     return v
 
 
@@ -226,6 +204,11 @@ def model_card(name: str, *, source: str, sha256: str, epoch: int | None, metada
         "## " + _("Why this epoch"),
         _why_section(place, source, sha256, epoch, note, ranking, insight),
     ]
+    verdict = verdict_of(insight)
+    strengths = strength_lines(strength_advice((insight or {}).get("image"), source, (verdict or {}).get("preference")),
+                               name, preference_name((verdict or {}).get("preference") or DEFAULT_PREFERENCE))
+    if strengths:
+        parts += ["## " + _("Recommended strength"), *strengths]
     if grid_image:
         parts += ["## " + _("The epochs compared"), "![" + _("The grid of epochs compared") + f"]({quote(grid_image)})"]
     if grid and isinstance(grid.get("settings"), dict):
@@ -269,70 +252,12 @@ def _why_section(place, source, sha256, epoch, note, ranking, insight) -> str:
         lines.append("- " + _("Blind A/B ranking: #{rank} of {of} ({score}{votes}{total}; Bradley-Terry "
                               "log-strength ± standard error).").format(rank=row["rank"], of=row["of"], score=score,
                                                                         votes=votes, total=total))
-    lines += _verdict_lines(verdict_of(insight), place, source, epoch)
+    lines += verdict_lines(verdict_of(insight), place, source, epoch)
     measures = epoch_measures(insight, source, epoch)
     if measures:
         lines += ["", _row(_("measure"), _("value")), "|---|---|"]
         lines += [f"| {text(k)} | {number(v)} |" for k, v in measures.items()]
     return "\n".join(lines)
-
-
-def _verdict_lines(verdict: dict | None, place: str, source: str, epoch: int | None) -> list[str]:
-    """The verdict as it stood when shipping: its reason (said to be another epoch's when it picked another), the
-    preference, the front, the epochs the measures cannot tell apart, this epoch's probe numbers."""
-    if verdict is None:
-        return []
-    reason = text(verdict["reason"], 1000)
-    if verdict.get("file") is None and verdict.get("epoch") is None:
-        said = (_("Verdict when shipped: no probe judged these epochs, so none was picked. {reason}")
-                if verdict["state"] == "needs probe" else _("Verdict when shipped: no pick. {reason}"))
-        return ["- " + said.format(reason=reason), *_missing_line(verdict)]
-    # 1. The verdict's own sentence, as this epoch's only when it picked this epoch.
-    this = verdict["file"] == source if verdict.get("file") else verdict.get("epoch") == epoch
-    said = (_("Verdict when shipped (this epoch): {reason}") if this else
-            _("Shipped {place} by choice; the verdict picks {pick}: {reason}"))
-    lines = ["- " + said.format(place=place, pick=_epoch_name(verdict.get("file"), verdict.get("epoch")),
-                                reason=reason)]
-    # 2. Where it stood: the preference, the front, the epochs the measures cannot tell apart.
-    tied = verdict.get("tied") or []
-    lines.append("- " + _("Preference: {preference}. Front (no other epoch has more style and more prompt fidelity): "
-                          "{front}.").format(preference=text(preference_name(verdict.get("preference"))),
-                                             front=_epoch_names(verdict.get("front")) or _("none"))
-                 + " " + (_("The measures cannot tell apart: {epochs}.").format(epochs=_epoch_names(tied))
-                          if len(tied) > 1 else _("The measures tell their pick apart from every other epoch.")))
-    # 3. This epoch's own numbers on the probe, and how it stands against the measures' pick.
-    point = next((p for p in verdict.get("points") or [] if p.get("file") == source), None)
-    if point:
-        where = _("on the front") if point.get("front") else _("not on the front")
-        measures_pick = (verdict.get("picks") or {}).get(verdict.get("preference"))
-        if not this and point.get("epoch") == measures_pick:
-            where += _("; the measures alone pick this epoch")
-        elif not this and point.get("epoch") in tied:
-            where += _("; the measures cannot tell it apart from {name}").format(name=_epoch_name(None, measures_pick))
-        lines.append("- " + _("This epoch on the probe: {style} ± {style_se} of the run's most style, {kept} ± "
-                              "{kept_se} of the base's prompt fidelity kept; {where}.").format(
-            style=percent(point.get("style")), style_se=percent(point.get("style_se")),
-            kept=percent(point.get("fidelity")), kept_se=percent(point.get("fidelity_se")), where=where))
-    return lines + _missing_line(verdict)
-
-
-def _missing_line(verdict: dict) -> list[str]:
-    missing = [text(m) for m in verdict.get("missing") or []]
-    return ["- " + _("Evidence missing when shipped: {what}.").format(what=", ".join(missing))] if missing else []
-
-
-def _epoch_name(file: str | None, epoch: int | None) -> str:
-    return text(epoch_label(file or "", epoch, None, translate=_))
-
-
-def _epoch_names(epochs) -> str:
-    return ", ".join(_epoch_name(None, e) for e in epochs or [])
-
-
-def preference_name(name: str | None) -> str:
-    """The verdict's preference in words, in the active language."""
-    words = {"balanced": _("balanced"), "fidelity": _("fidelity first"), "style": _("style first")}
-    return words.get(name or "", str(name))
 
 
 def _reproduce_section(grid: dict, series: str | None, loras: str, here: str | None = None) -> str:

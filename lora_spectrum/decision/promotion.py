@@ -27,7 +27,9 @@ from filelock import FileLock
 from safetensors import SafetensorError, safe_open
 
 from lora_spectrum.catalog import Catalog, LoraEntry, file_sha256
+from lora_spectrum.decision.local_paths import without_local_paths
 from lora_spectrum.decision.model_card import epoch_measures, model_card, ranking_row, verdict_of
+from lora_spectrum.decision.strengths import strength_advice
 from lora_spectrum.errors import CatalogError, ShipError
 from lora_spectrum.file_locks import held
 from lora_spectrum.grid_files import base_name, read_manifest
@@ -87,7 +89,9 @@ def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | Non
     targets = {"file": out / f"{name}.safetensors", "card": out / ("README.md" if layout == "hub" else f"{name}.md")}
     if grid_png is not None:
         targets["grid"] = out / f"{name}.grid.png"
-    renders = release_renders(grid_dir, manifest, entry.name) if grid and layout == "hub" else []
+    advice = strength_advice((insight or {}).get("image"), entry.name, (verdict_of(insight) or {}).get("preference"))
+    recommended = advice["recommended"] if advice else None
+    renders = release_renders(grid_dir, manifest, entry.name, strength=recommended) if grid and layout == "hub" else []
     images = {f"images/{src.name}": (src, prompt) for src, prompt in renders}
     targets.update({rel: out / rel for rel in images})
     _refuse_existing(targets.values())
@@ -97,6 +101,7 @@ def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | Non
         catalog.verify(entry)
         sha = catalog.sha256(entry)
         header = read_header(entry.path, entry.size)
+    trainer, local_paths = without_local_paths(header.metadata)  # a release never tells where files lived
 
     # 3. Under the release folder's lock, the targets checked again, then the copy, the grid image and the card;
     #    whatever was created is removed again if a later step fails. The lock is between processes, not only
@@ -108,9 +113,13 @@ def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | Non
         created: list[Path] = []
         try:
             promoted_at = datetime.now(UTC).isoformat(timespec="seconds")
-            metadata = release_metadata(header.metadata, entry, name, sha, note, promoted_at,
+            metadata = release_metadata(trainer, entry, name, sha, note, promoted_at,
                                         ranking_row(ranking, entry.name, entry.epoch, sha),
                                         epoch_measures(insight, entry.name, entry.epoch), verdict_of(insight))
+            if recommended is not None:
+                metadata[f"{PREFIX}recommended_strength"] = f"{recommended:g}"
+            if local_paths:
+                metadata[f"{PREFIX}local_paths_removed"] = str(local_paths)
             metadata = with_kohya_hashes(metadata, Path(entry.path))
             copy_with_metadata(entry, header.table, header.data_start, metadata, sha, targets["file"])
             created.append(targets["file"])
@@ -122,7 +131,7 @@ def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | Non
                 _copy_exclusive(src, targets[rel])
                 created.append(targets[rel])
             card = model_card(name, source=entry.name, sha256=sha, epoch=entry.epoch, step=entry.step,
-                              metadata=header.metadata, trigger_words=entry.trigger_words, family=entry.family_hint,
+                              metadata=trainer, trigger_words=entry.trigger_words, family=entry.family_hint,
                               base_id=base_name(base_id) if base_id else None, note=note, ranking=ranking,
                               insight=insight, grid=manifest, grid_image=targets["grid"].name if grid_png else None,
                               series=series_name, loras=catalog.folder.name, promoted_at=promoted_at,
@@ -145,15 +154,17 @@ def promote(catalog: Catalog, epoch: int, out_dir: str | Path, series: str | Non
 
 
 # ---------------------------------------------------------------------------------------------- choosing
-def release_renders(grid_dir: Path, manifest: dict, source: str, limit: int = MAX_IMAGES) -> list[tuple[Path, str]]:
-    """This epoch's own renders in a grid (never the whole grid): (image file, its prompt), at the strength
-    nearest 1 the grid used, at most ``limit``; cells that failed or whose image is gone are left out."""
+def release_renders(grid_dir: Path, manifest: dict, source: str, limit: int = MAX_IMAGES,
+                    strength: float | None = None) -> list[tuple[Path, str]]:
+    """This epoch's own renders in a grid (never the whole grid): (image file, its prompt), at ``strength`` (the
+    recommended one) or else the strength nearest 1 the grid used, at most ``limit``; cells that failed or whose
+    image is gone are left out."""
     cells = [c for c in manifest.get("cells") or [] if isinstance(c, dict) and c.get("file") == source
              and not c.get("error") and isinstance(c.get("image"), str)]
     cells = [(c, grid_dir / c["image"]) for c in cells]
     cells = [(c, p) for c, p in cells if p.resolve().is_relative_to(grid_dir.resolve()) and p.is_file()]
     strengths = [float(c.get("strength") or 0) for c, _p in cells]
-    best = min(strengths, key=lambda x: abs(x - 1.0), default=None)
+    best = strength if strength in strengths else min(strengths, key=lambda x: abs(x - 1.0), default=None)
     return [(p, str(c.get("prompt", ""))) for c, p in cells if float(c.get("strength") or 0) == best][:limit]
 
 

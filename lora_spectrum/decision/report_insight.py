@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import html
 
-from lora_spectrum.decision.model_card import preference_name, verdict_of
+from lora_spectrum.decision.card_verdict import preference_name
+from lora_spectrum.decision.model_card import verdict_of
 from lora_spectrum.decision.svg_chart import line_chart
 from lora_spectrum.epoch_names import label, shown
 from lora_spectrum.language import N_, _

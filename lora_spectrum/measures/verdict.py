@@ -147,7 +147,7 @@ def _smooth(values: np.ndarray, errors: np.ndarray) -> np.ndarray:
     return out
 
 
-def _scores(style: np.ndarray, kept: np.ndarray, weight: float) -> np.ndarray:
+def trade_off(style: np.ndarray, kept: np.ndarray, weight: float) -> np.ndarray:
     """The weighted harmonic mean of style gained and fidelity kept (0 where either is 0)."""
     with np.errstate(divide="ignore"):
         out = 1.0 / (weight / style + (1 - weight) / kept)
@@ -241,16 +241,16 @@ def decide(series: str | None, epochs: list[dict], probe: dict | None = None, lo
 
     # 3. The pick at every preference (ordered: fidelity-first never later, style-first never earlier), the
     #    front, and the resamples: which epochs they pick, how often the same.
-    picks = {name: _argmax(_scores(style, kept, w)) for name, w in PREFERENCES.items()}
+    picks = {name: _argmax(trade_off(style, kept, w)) for name, w in PREFERENCES.items()}
     picks["fidelity"] = min(picks["fidelity"], picks["balanced"])
     picks["style"] = max(picks["style"], picks["balanced"])
     pick = picks[preference]
     rng = np.random.default_rng(0)  # fixed: the same probe always gives the same verdict
     boot_style, boot_kept = _bootstrap(s, d, files, PREFERENCES[preference], rng)
-    chosen = np.array([_argmax(_scores(bs, bk, PREFERENCES[preference])) for bs, bk in zip(boot_style, boot_kept,
+    chosen = np.array([_argmax(trade_off(bs, bk, PREFERENCES[preference])) for bs, bk in zip(boot_style, boot_kept,
                                                                                            strict=True)])
     share = np.bincount(chosen, minlength=len(files)) / RESAMPLES
-    score = _scores(style, kept, PREFERENCES[preference])
+    score = trade_off(style, kept, PREFERENCES[preference])
     equal = np.flatnonzero(np.isclose(score, score[pick], rtol=0, atol=1e-12)).tolist()  # the same score: a tie
     tied = sorted({pick, *equal, *np.flatnonzero(share >= TIE_SHARE).tolist()})
     front = _front(style, kept)

@@ -24,7 +24,7 @@ from safetensors.torch import save, save_file
 from lora_spectrum import demo
 from lora_spectrum.catalog import READY, Catalog, file_sha256
 from lora_spectrum.decision import promotion
-from lora_spectrum.decision.model_card import text
+from lora_spectrum.decision.card_text import text
 from lora_spectrum.decision.promotion import Promotion, copy_with_metadata, promote, release_lock
 from lora_spectrum.demo.synthetic_epochs import growth, kohya_metadata, make_lora_state_dict
 from lora_spectrum.errors import ShipError
@@ -536,3 +536,39 @@ def test_the_flat_layout_keeps_the_card_beside_the_file_and_an_unknown_layout_is
     assert promote(catalog, 6, out, layout="flat").card == out / "inkstyle.md"
     with pytest.raises(ShipError, match="not a layout"):
         promote(catalog, 4, out, name="x", layout="tree")
+
+
+def test_a_sweep_gives_the_release_a_recommended_strength_and_its_examples_at_that_strength(tmp_path, unet):
+    from lora_spectrum.decision.strengths import strength_advice
+
+    # The source as a trainer wrote it on its own machine: local paths in the metadata, whole and inside JSON.
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    secret = "/home/alice/private-datasets"
+    datasets = [{"subsets": [{"image_dir": f"{secret}/10_inkstyle", "num_repeats": 10}]}]
+    paths = {e: write_epoch(loras, unet, e, ss_datasets=json.dumps(datasets),
+                            ss_vae_name=f"{secret}/../vae/sdxl_vae.safetensors",
+                            ss_training_comment=f"captions in {secret}/captions") for e in (4, 6)}
+    catalog = Catalog(loras)
+    catalog.scan()
+    grid = write_grid(tmp_path / "grid", catalog)  # strengths 0.8 and 1.0 with a base column
+    insight = series_insight(catalog, grid=grid, clip_model=str(demo.assets.demo_clip_dir()))
+    advice = strength_advice(insight["image"], paths[6].name, "balanced")
+    assert advice is not None and advice["recommended"] in (0.8, 1.0) and advice["measure"] == "clip"
+    done = promote(catalog, 6, tmp_path / "out", name="Ink v1", grid=grid, layout="hub", insight=insight,
+                   base_id="stabilityai/stable-diffusion-xl-base-1.0")
+    # 1. The recommendation in the metadata and the card (with the A1111 syntax), its examples at that strength.
+    meta = metadata(done.path)
+    assert float(meta["lora_spectrum.recommended_strength"]) == advice["recommended"]
+    body = done.card.read_text(encoding="utf-8")
+    assert "## Recommended strength" in body and f"<lora:Ink v1:{advice['recommended']:g}>" in body
+    cells = json.loads((grid / "manifest.json").read_text())["cells"]
+    wanted = sorted(Path(c["image"]).name for c in cells if c["file"] == paths[6].name
+                    and c["strength"] == advice["recommended"])
+    assert sorted(p.name for p in done.images) == wanted and len(wanted) == 2
+    # 2. No local path of the trainer's in the release: header and card alike; the count is recorded.
+    for shown in (json.dumps(meta), body):
+        assert secret not in shown and "/home/alice" not in shown and str(tmp_path) not in shown
+    assert json.loads(meta["ss_datasets"])[0]["subsets"][0]["image_dir"] == "10_inkstyle"
+    assert meta["ss_vae_name"] == "sdxl_vae.safetensors" and meta["lora_spectrum.local_paths_removed"] == "3"
+    assert tensor_bytes(done.path) == tensor_bytes(paths[6])  # the tensors stay bit for bit
