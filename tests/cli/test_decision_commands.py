@@ -8,6 +8,8 @@ import hashlib
 import json
 import math
 import random
+import shlex
+import shutil
 from html.parser import HTMLParser
 
 import pytest
@@ -113,7 +115,8 @@ def test_ratings_with_a_probe_print_the_verdict_series_insight_gives(probed, vot
     assert "probe.json" in capsys.readouterr().err
 
 
-def test_from_a_folder_of_epochs_to_a_shipped_file_its_card_and_a_report(voted, tmp_path, capsys):
+def test_from_a_folder_of_epochs_to_a_shipped_file_its_card_and_a_report(voted, tmp_path, capsys, demo_dir,
+                                                                          monkeypatch):
     config, loras, out, ratings, like = voted
     # 1. A grid to show (and to put into the card and the report).
     assert main(["grid", "--config", str(config), "--loras", str(loras), "--out", str(out), "--steps", "2",
@@ -165,6 +168,22 @@ def test_from_a_folder_of_epochs_to_a_shipped_file_its_card_and_a_report(voted, 
     assert "- Verdict when shipped: no probe judged these epochs, so none was picked. " + text(
         verdict["reason"], 1000) in card and "uggest" not in card
     assert (ship / "jimeng-v1.grid.png").read_bytes() == (out / "grid.png").read_bytes()
+    # The card's reproduce command, run as written in the release folder (its --base given the path of the local
+    # base, as the card asks), renders this epoch's grid cells again pixel for pixel, from the release file.
+    command = card.split("run in this folder")[1].split("```bash\n")[1].split("\n```")[0]
+    argv = shlex.split(command)
+    assert argv[:4] == ["python", "-m", "lora_spectrum", "grid"] and "give --base the path of your copy" in card
+    argv[argv.index("--base") + 1] = str(demo_dir / "base-sdxl")
+    monkeypatch.chdir(ship)
+    assert main(argv[3:]) == 0, capsys.readouterr().err
+    assert "cached" not in capsys.readouterr().out, "rendered again, not read from a cache"
+    again = json.loads((ship / "grid-epochs" / "manifest.json").read_text())["cells"]
+    assert {c["file"] for c in again} == {"jimeng-v1.safetensors"} and len(again) == 2
+    for c in again:
+        shown = next(o for o in manifest_cells if o["epoch"] == 150 and o["seed"] == c["seed"])
+        assert Image.open(ship / "grid-epochs" / c["image"]).tobytes() == Image.open(out / shown["image"]).tobytes()
+    shutil.rmtree(ship / "grid-epochs")
+    monkeypatch.chdir(tmp_path)
     # 3. Never overwritten: the same command again is one line and exit 2; the first copy is untouched.
     before = copy.read_bytes()
     assert main(args) == 2
