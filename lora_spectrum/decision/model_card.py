@@ -28,6 +28,7 @@ from lora_spectrum.decision.local_paths import last_part
 from lora_spectrum.decision.strengths import strength_advice, strength_lines
 from lora_spectrum.errors import ConfigError
 from lora_spectrum.language import N_, _
+from lora_spectrum.measures.columns import MEASURES
 from lora_spectrum.measures.verdict import DEFAULT_PREFERENCE, Verdict
 
 TOP_TAGS = 8
@@ -47,11 +48,6 @@ TRAINING_KEYS = (
 )  # fmt: skip
 BASE_KEYS = ("ss_base_model_version", "ss_sd_model_name", "modelspec.architecture")
 TIMESTAMP_KEYS = ("ss_training_started_at", "ss_training_finished_at")
-MEASURE_KEYS = ("weight_norm", "relative_change", "relative_change_per_epoch", "cosine_to_previous",
-                "cosine_to_last", "relative_change_to_last", "style", "fidelity", "fidelity_kept", "leak",
-                "consistency")
-IMAGE_KEYS = ("distance_from_base", "seed_spread", "change_from_previous", "clip_score")
-
 
 def _json(raw: str):
     try:
@@ -105,9 +101,8 @@ def epoch_measures(insight: dict | None, file: str, epoch: int | None) -> dict:
     rows = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
     row = next((r for r in rows if r.get("file") == file), None)
     row = row or next((r for r in rows if epoch is not None and r.get("epoch") == epoch), None) or {}
-    out = {k: row[k] for k in MEASURE_KEYS if _is_number(row.get(k))}
+    out = {m.flat: m.of(row) for m in MEASURES if m.key != "score" and m.of(row) is not None}
     image = row.get("image") if isinstance(row.get("image"), dict) else {}
-    out.update({f"image_{k}": image[k] for k in IMAGE_KEYS if _is_number(image.get(k))})
     if image.get("measure") and any(k.startswith("image_") for k in out):
         out["image_measure"] = str(image["measure"])
     loss = row.get("epoch_loss") if isinstance(row.get("epoch_loss"), dict) else {}

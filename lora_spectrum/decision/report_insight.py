@@ -13,7 +13,10 @@ from lora_spectrum.decision.model_card import verdict_of
 from lora_spectrum.decision.svg_chart import line_chart
 from lora_spectrum.epoch_names import label, shown
 from lora_spectrum.language import N_, _
-from lora_spectrum.measures.numbers import percent
+from lora_spectrum.measures.columns import CHARTS, MEASURES
+from lora_spectrum.measures.numbers import number, percent
+
+CHART_HEADERS = tuple((chart, tuple(m.label for m in MEASURES if m.chart == chart)) for chart in CHARTS)
 
 e = html.escape
 
@@ -25,27 +28,6 @@ def fmt(v, spec: str = ".4g") -> str:
     return format(v, spec)
 
 
-def number(v) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v else None
-
-
-MEASURES = (  # (insight key, the header shown; the headers are also CHARTS' names)
-    ("weight_norm", N_("weight norm")), ("relative_change", N_("change")),
-    ("relative_change_per_epoch", N_("change per epoch")), ("cosine_to_previous", N_("cos prev")),
-    ("cosine_to_last", N_("cos last")), ("relative_change_to_last", N_("to last")),
-    ("image.distance_from_base", N_("img from base")), ("image.seed_spread", N_("seed spread")),
-    ("image.change_from_previous", N_("img change")), ("image.clip_score", N_("clip score")),
-    ("style", N_("style")), ("fidelity", N_("fidelity")), ("fidelity_kept", N_("fidelity kept")),
-    ("leak", N_("leak")), ("consistency", N_("consistency")), ("score", N_("probe score")))
-CHARTS = (  # (title, the MEASURES headers it draws)
-    (N_("Update norm"), ("weight norm",)), (N_("Change between epochs"), ("change", "to last")),
-    (N_("Cosine similarity"), ("cos prev", "cos last")),
-    (N_("Images against the base"), ("img from base", "img change", "seed spread")),
-    (N_("CLIP score"), ("clip score",)), (N_("Style (probe)"), ("style",)),
-    (N_("Prompt fidelity (probe)"), ("fidelity",)), (N_("Leak (probe)"), ("leak",)),
-    (N_("Consistency (probe)"), ("consistency",)), (N_("Probe score"), ("probe score",)))
-
-
 def _epoch_measures(insight: dict, verdict: dict | None) -> list[dict]:
     """Per epoch row: ``{"name", "file", "x", "values": {header: number}}`` from the insight's epochs (the probe
     score from the verdict's points)."""
@@ -54,12 +36,7 @@ def _epoch_measures(insight: dict, verdict: dict | None) -> list[dict]:
     for row in insight.get("epochs") or []:
         if not isinstance(row, dict):
             continue
-        values = {}
-        for key, header in MEASURES:
-            v = scores.get(row.get("file")) if key == "score" else row
-            for part in ([] if key == "score" else key.split(".")):
-                v = v.get(part) if isinstance(v, dict) else None
-            values[header] = number(v)
+        values = {m.label: m.of(row, scores) for m in MEASURES}
         for tag, v in (row.get("epoch_loss") or {}).items():
             values[str(tag)] = number(v)
         for group, g in (row.get("groups") or {}).items():
@@ -155,7 +132,8 @@ def insight_section(insight) -> str:
         charts = [line_chart([(_(h), [(x, r["values"].get(h)) for x, r in zip(xs, rows, strict=True)])
                               for h in names if h in headers], title=_(name), x_label=x_label, marker=marker,
                              marker_label=_("the verdict's pick"))
-                  for name, names in (*CHARTS, (N_("Norm per layer group"), groups), (N_("Loss per epoch"), losses))]
+                  for name, names in (*CHART_HEADERS, (N_("Norm per layer group"), groups),
+                                      (N_("Loss per epoch"), losses))]
         parts.append(f'<div class="charts">{"".join(charts)}</div>')
     loss = insight.get("loss")
     if isinstance(loss, dict) and loss.get("series"):

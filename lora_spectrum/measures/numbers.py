@@ -17,3 +17,9 @@ def rounded(x: float | None, digits: int = 6) -> float | None:
 
 def percent(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def number(v) -> float | None:
+    """``v`` as a float when it is a finite number (never a bool), else None."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+    return float(v) if ok else None

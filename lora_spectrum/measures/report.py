@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lora_spectrum.language import N_, _, pad, width
+from lora_spectrum.measures.columns import MEASURES
 from lora_spectrum.measures.numbers import percent
 
 
@@ -24,29 +25,16 @@ def format_insight(result: dict) -> str:
         series=result["series"], folder=result["folder"], n=len(result["epochs"])), ""]
     image = result.get("image")
 
-    # 1. One row per epoch: weights, then images when a grid was given.
-    head = [N_("epoch"), N_("file"), N_("norm"), N_("change"), N_("per epoch"), N_("cos prev"), N_("cos last"),
-            N_("to last")]
+    # 1. One row per epoch: the weight measures, then the image measures when a grid was given (MEASURES' order).
     loss_tags = list(dict.fromkeys(t for e in result["epochs"] for t in (e.get("epoch_loss") or {})))
     clip_scores = bool(image) and not image["text_alignment"]["skipped"]
-    if image:
-        head += [N_("img from base"), N_("seed spread"), N_("img change")] + ([N_("clip score")] if clip_scores
-                                                                               else [])
-    head += loss_tags
-    rows = [head]
+    shown = [m for m in MEASURES if m.group == "weights" or (image and m.group == "images" and
+                                                             (clip_scores or m.key != "image.clip_score"))]
+    rows = [[N_("epoch"), N_("file"), *(m.label for m in shown), *loss_tags]]
     for e in result["epochs"]:
-        row = [str(e["epoch"]) if e["epoch"] is not None else e["label"], e["file"], _fmt(e["weight_norm"]),
-               percent(e["relative_change"]) if e["relative_change"] is not None else "-",
-               percent(e.get("relative_change_per_epoch")) if e.get("relative_change_per_epoch") is not None else "-",
-               _fmt(e["cosine_to_previous"], ".3f"), _fmt(e["cosine_to_last"], ".3f"),
-               percent(e["relative_change_to_last"])]
-        if image:
-            im = e.get("image") or {}
-            row += [_fmt(im.get("distance_from_base"), ".3g"), _fmt(im.get("seed_spread"), ".2g"),
-                    _fmt(im.get("change_from_previous"), ".3g")]
-            row += [_fmt(im.get("clip_score"), ".1f")] if clip_scores else []
-        row += [_fmt((e.get("epoch_loss") or {}).get(t)) for t in loss_tags]
-        rows.append(row)
+        rows.append([str(e["epoch"]) if e["epoch"] is not None else e["label"], e["file"],
+                     *(m.format(m.of(e)) for m in shown), *(_fmt((e.get("epoch_loss") or {}).get(t))
+                                                             for t in loss_tags)])
     lines += _table(rows)
 
     # 2. Norm per layer group.
