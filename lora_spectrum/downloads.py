@@ -5,7 +5,8 @@ fp16 variants or root-level single-file copies). Nothing here loads a model or k
 
 The hub's errors become one sentence each in ``_hub_errors``, the one mapping at this boundary: gated, missing or
 private repos (``BaseLoadError``); a hub that cannot be reached or answers 5xx (``NetworkError``, naming the repo
-and the endpoint)."""
+and the endpoint: ``network_error``, which ``decision/hub_push`` shares for a push, as it shares ``hub_endpoint``
+and ``hub_timeout``)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def remote_base(repo_id: str, endpoint: str | None = None, token: str | bool | N
 
     with _hub_errors(repo_id, endpoint):
         info = HfApi(endpoint=endpoint, token=token).model_info(repo_id, files_metadata=True,
-                                                               timeout=timeout or _hub_timeout())
+                                                               timeout=timeout or hub_timeout())
     files = [s for s in info.siblings or [] if wanted(s.rfilename)]
     if not any(s.rfilename == "model_index.json" for s in files):
         raise BaseLoadError(f"{repo_id} is not a diffusers pipeline (it has no model_index.json)")
@@ -92,7 +93,7 @@ def fetch_base(repo_id: str, cache_dir: str | Path | None = None, endpoint: str 
             # The branch, not the commit: then huggingface_hub also writes refs/main, by which loads find it.
             path = snapshot_download(repo_id, cache_dir=str(root), endpoint=endpoint,
                                      allow_patterns=list(remote.files), tqdm_class=meter, token=token,
-                                     etag_timeout=timeout or _hub_timeout())
+                                     etag_timeout=timeout or hub_timeout())
     except (Cancelled, BaseLoadError):
         # 3. No half snapshot: its links go (the blobs stay, for the next try); the ref too, if it was ours.
         if not had_snapshot:
@@ -154,7 +155,7 @@ def hub_endpoint(endpoint: str | None = None) -> str:
     return (endpoint or constants.ENDPOINT).rstrip("/")
 
 
-def _hub_timeout() -> float:
+def hub_timeout() -> float:
     """Seconds to wait for the hub's answer: huggingface_hub's ``HF_HUB_ETAG_TIMEOUT`` (10 s unless set). Its
     file-list call would otherwise wait forever on a hub that accepts and never answers."""
     from huggingface_hub import constants
@@ -179,7 +180,7 @@ _CLIENTS = {"httpx2": ("TransportError", "TimeoutException"), "httpx": ("Transpo
             "requests": ("ConnectionError", "Timeout")}
 
 
-def _client_errors(index: int) -> tuple[type[BaseException], ...]:
+def client_errors(index: int) -> tuple[type[BaseException], ...]:
     """The loaded HTTP clients' transport errors (``index`` 0) or timeouts (1)."""
     found = (getattr(sys.modules.get(module), names[index], None) for module, names in _CLIENTS.items())
     return tuple(t for t in found if isinstance(t, type))
@@ -194,14 +195,14 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         exc = exc.__cause__ or exc.__context__
 
 
-def _network_error(repo_id: str, endpoint: str | None, exc: BaseException) -> NetworkError | None:
+def network_error(repo_id: str, endpoint: str | None, exc: BaseException) -> NetworkError | None:
     """``exc`` as one sentence naming the repo and the endpoint when the hub could not be reached or answered 5xx;
     None for any other failure (a full disk, a 4xx)."""
     from huggingface_hub.errors import HfHubHTTPError
 
     causes = list(_causes(exc))
     where = hub_endpoint(endpoint)
-    rules = (*_UNREACHABLE, (N_("timed out"), _client_errors(1)), (N_("connection failed"), _client_errors(0)))
+    rules = (*_UNREACHABLE, (N_("timed out"), client_errors(1)), (N_("connection failed"), client_errors(0)))
     for why, types in rules:
         if types and any(isinstance(c, types) for c in causes):
             return NetworkError(_("{repo}: cannot reach {endpoint} ({why}); check the network or hub_endpoint "
@@ -231,8 +232,8 @@ def _hub_errors(repo_id: str, endpoint: str | None = None) -> Iterator[None]:
     except RepositoryNotFoundError as exc:
         raise BaseLoadError(f"{r} was not found on the hub (if it is private, log in with `hf auth login` "
                             f"or set HF_TOKEN)") from exc
-    except (HfHubHTTPError, OSError, *_client_errors(0)) as exc:
-        raise (_network_error(r, endpoint, exc) or BaseLoadError(
+    except (HfHubHTTPError, OSError, *client_errors(0)) as exc:
+        raise (network_error(r, endpoint, exc) or BaseLoadError(
             f"cannot fetch {r} ({reason(exc)}); check the network, then fetch again: files already fetched are "
             f"kept")) from exc
 

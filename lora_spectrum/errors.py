@@ -12,7 +12,8 @@ show one plain message. The tree::
     │                                 stays active
     ├── BaseLoadError                 the base model cannot be loaded
     │   └── NetworkError              ... because the hub cannot be reached (refused, no such name, timed out,
-    │                                 TLS failed) or answered with a server error (5xx); ``endpoint``
+    │                                 TLS failed) or answered with a server error (5xx); ``endpoint``. A push
+    │                                 that cannot reach the hub raises it too (one mapping, ``downloads``)
     ├── PlanError                     a comparison plan has a bad value; nothing was rendered
     ├── RenderError                   a render failed; the engine stays usable
     │   └── OutOfMemoryError          ... because the device ran out of memory (the caller may retry smaller)
@@ -21,7 +22,9 @@ show one plain message. The tree::
     ├── ClusterError                  Ray is missing, its cluster cannot be reached, or no worker can render
     ├── ClipUnavailable               no CLIP model can be loaded (image measures fall back to pixels)
     ├── RatingsError                  a votes file cannot be read or written (it is set aside, never lost)
-    └── ShipError                     an epoch cannot be promoted: its target exists, or the file changed
+    ├── ShipError                     an epoch cannot be promoted: its target exists, or the file changed
+    └── PushError                     a release cannot be pushed to the hub: no token, the token refused (401),
+                                      a repo it may not write (403), a bad repo id, any other refusal
 """
 
 from __future__ import annotations
@@ -146,6 +149,14 @@ class ShipError(LoraSpectrumError):
     """An epoch cannot be promoted: the target exists (never overwritten), or the source changed since the scan."""
 
     kind = N_("Cannot ship this epoch")
+
+
+class PushError(LoraSpectrumError):
+    """A release cannot be pushed to a hub repository: no token, a token the hub refuses (401), a repo the token may
+    not write (403: someone else's, gated), a repo id the hub would refuse, or another refusal. A hub that cannot
+    be reached or fails (5xx) is a ``NetworkError`` instead. The release on disk is never touched."""
+
+    kind = N_("Cannot push to the hub")
 
 
 def shorten(text: str, limit: int = MAX_MESSAGE) -> str:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from lora_spectrum.language import _, current
 
+MB = 1024 * 1024
+
 PROBE_HELP = ("a probe folder already rendered by 'insight --probe' (it holds probe.json): its measures judge the "
               "epochs (default: none; the verdict then says no probe has judged them). Its CLIP: the config's "
               "clip_model, else the demo's own CLIP when the loras are the demo's or the probe was rendered on the "
@@ -55,6 +57,14 @@ def add_parsers(sub) -> None:
                                      "and the card says so)")
     s.add_argument("--config", help="settings file (default configs/default.yaml)")
     s.add_argument("--ratings-dir", help="where the votes are (default: the config's ratings_dir)")
+    s.add_argument("--push", metavar="REPO_ID",
+                   help="then upload the release to this Hugging Face Hub model repository (namespace/name; created "
+                        "when missing, else updated in one commit): exactly the files promote wrote, the card as "
+                        "README.md. The token is huggingface_hub's: HF_TOKEN, else `hf auth login`")
+    s.add_argument("--private", action="store_true", help="with --push: create the repository private (an existing "
+                                                           "public one is refused, never changed)")
+    s.add_argument("--endpoint", help="with --push: the hub to push to (default: the config's hub_endpoint, else "
+                                      "HF_ENDPOINT, else https://huggingface.co)")
     _verdict_arguments(s)
 
     s = sub.add_parser("report", help="one self-contained HTML file of a grid: cells, parameters, times, measures")
@@ -147,7 +157,9 @@ def _cmd_promote(args) -> int:
     from lora_spectrum.measures.report import verdict_lines
 
     # 1. The folder as it is now, and what is known about the series: the votes, the grid, the measures and the
-    #    verdict they give now (recorded as it stood when shipping).
+    #    verdict they give now (recorded as it stood when shipping). A push that could not start (no token, a bad
+    #    repo id) is refused before anything is written.
+    _check_push(args)
     catalog = _catalog(args.loras)
     series, _entries = catalog.choose_series(args.series)
     ranking = series_ratings(catalog, series, _ratings_dir(args))
@@ -171,8 +183,40 @@ def _cmd_promote(args) -> int:
             source=done.source, epoch=done.epoch, sha256=done.sha256[:12], path=done.path),
         _("model card: {path}").format(path=done.card),
         *([_("grid image: {path}").format(path=done.grid_image)] if done.grid_image else []),
-        *(verdict_lines(insight["verdict"]) if insight else [])]))
+        *(verdict_lines(insight["verdict"]) if insight else [])]), flush=True)
+    # 3. The release onto the hub, when asked: what was written stays, whatever the hub answers.
+    if args.push:
+        _push(done, args)
     return 0
+
+
+def _check_push(args) -> None:
+    """--private and --endpoint go with --push; a push needs a token and a repo id the hub takes."""
+    from lora_spectrum.decision.hub_push import check_repo_id, hub_token
+    from lora_spectrum.errors import ConfigError
+
+    if not args.push:
+        if args.private or args.endpoint:
+            raise ConfigError(_("--private and --endpoint go with --push REPO_ID"))
+        return
+    check_repo_id(args.push)
+    hub_token()
+
+
+def _push(done, args) -> None:
+    """Upload the promotion's files (``hub_push``), progress on stderr, the repo's address last on stdout."""
+    from lora_spectrum.decision.hub_push import commit_message, published_files, push_release
+    from lora_spectrum.settings import load_settings
+
+    def progress(files: int, total: int, done_bytes: int, nbytes: int) -> None:
+        print(_("[push] {files} / {total} files, {done} / {all} MB").format(
+            files=files, total=total, done=f"{done_bytes / MB:.1f}", all=f"{nbytes / MB:.1f}"), file=sys.stderr,
+            flush=True)
+
+    endpoint = args.endpoint or load_settings(args.config).hub_endpoint or None
+    pushed = push_release(published_files(done), args.push, private=args.private, endpoint=endpoint,
+                          message=commit_message(done), progress=progress)
+    print(_("pushed to {url}").format(url=pushed.url))
 
 
 def _settings_license(args) -> str | None:

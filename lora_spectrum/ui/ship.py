@@ -1,7 +1,9 @@
 """Ship this epoch: pick the epoch (the series' verdict's pick; none before there is one, never simply the
 most-trained), a release name and a note, and promote it (``decision/promotion.promote``) into the configured ``shipped_dir`` with its model card; the card is
 shown and offered for download; shipping is the operator's (``ui/operator.py``). Also the evidence that goes with
-a grid: Compare's HTML report with the series' ranking and measures. This file only draws and calls the core."""
+a grid: Compare's HTML report with the series' ranking and measures. Once shipped, Push to hub uploads exactly that
+release (``decision/hub_push``) to a Hugging Face Hub model repository with this machine's token, the operator's
+too. This file only draws and calls the core."""
 
 from __future__ import annotations
 
@@ -13,8 +15,10 @@ import streamlit as st
 
 from lora_spectrum.decision.card_front_matter import split_front_matter
 from lora_spectrum.decision.html_report import build_report
+from lora_spectrum.decision.hub_push import commit_message, published_files, push_release
 from lora_spectrum.decision.promotion import promote
 from lora_spectrum.decision.votes import series_ratings
+from lora_spectrum.downloads import hub_endpoint
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.language import Translator, using
 from lora_spectrum.measures import series_insight
@@ -27,6 +31,8 @@ from lora_spectrum.ui.text import md_escape
 IMAGE_LINK = re.compile(r"(?<!\\)!\[([^\]]*)\]\([^)]*\)")  # ![alt](file) in the card (file text is escaped)
 SHIPPED = "ship_done"  # the last promotion of this session: paths and card text
 SHIP_PICK = "ship_pick"  # (series, the verdict's pick) the Epoch box was last set to
+PUSHED = "ship_pushed"  # the last push of this session: the card of the release pushed, the repo's address
+MB = 1024 * 1024
 
 
 def session_insight(catalog, series: str) -> dict | None:
@@ -124,7 +130,9 @@ def ship_panel(settings, choice, catalog, series: str, verdict: dict | None, ran
             st.error(md_escape(error_text(exc)))
         else:
             st.session_state[SHIPPED] = {"path": str(done.path), "card": str(done.card),
-                                         "text": Path(done.card).read_text(encoding="utf-8")}
+                                         "text": Path(done.card).read_text(encoding="utf-8"),
+                                         "files": {k: str(v) for k, v in published_files(done).items()},
+                                         "message": commit_message(done)}
     shipped = st.session_state.get(SHIPPED)
     if shipped:
         st.success(md_escape(_("Shipped {path} with its model card {card}").format(path=shipped["path"],
@@ -138,3 +146,43 @@ def ship_panel(settings, choice, catalog, series: str, verdict: dict | None, ran
             # The card as the hub shows it: values from files are escaped in it; its images are files beside the
             # card, not served here, so each shows as its alt text.
             st.markdown(IMAGE_LINK.sub(r"\1", body))
+        push_panel(settings, shipped)
+
+
+def push_panel(settings, shipped: dict) -> None:
+    """Push to hub: the shipped release's files (``hub_push.published_files``: the card as README.md) into a hub
+    model repository, created when missing, else updated in one commit; progress in files and MB; the repo's
+    address once done, or the one sentence why not (the release on disk stays as it is)."""
+    files = {rel: Path(path) for rel, path in (shipped.get("files") or {}).items()}
+    if not files:
+        return
+    cols = st.columns([3, 1])
+    repo = cols[0].text_input(_("Hub repository"), key="ship_repo", placeholder=_("namespace/name, e.g. you/my-lora"))
+    private = cols[1].checkbox(_("Private"), key="ship_private",
+                               help=_("a new repository is created private; an existing public one is refused"))
+    endpoint = settings.hub_endpoint or None
+    viewer, why = operator_button(settings, _("uploads {files} to {endpoint} with this machine's Hugging Face token "
+                                              "(HF_TOKEN or `hf auth login`)").format(
+        files=", ".join(files), endpoint=hub_endpoint(endpoint)))
+    go = st.button(_("Push to hub"), key="ship_push", disabled=viewer or not repo.strip(), help=why)
+    if go and not refused(settings):
+        bar = st.progress(0.0, text=_("Pushing to the hub"))
+
+        def progress(done: int, total: int, done_bytes: int, nbytes: int) -> None:
+            bar.progress(done_bytes / nbytes if nbytes else 1.0, text=_("{files} / {total} files, {done} / {all} MB")
+                         .format(files=done, total=total, done=f"{done_bytes / MB:.1f}", all=f"{nbytes / MB:.1f}"))
+
+        try:
+            with active():  # its sentences in the session's language
+                pushed = push_release(files, repo.strip(), private=private, endpoint=endpoint,
+                                      message=shipped["message"], progress=progress)
+        except LoraSpectrumError as exc:
+            st.error(md_escape(error_text(exc)))
+        else:
+            st.session_state[PUSHED] = {"card": shipped["card"], "url": pushed.url}
+        finally:
+            bar.empty()
+    pushed = st.session_state.get(PUSHED)
+    if pushed and pushed["card"] == shipped["card"]:
+        st.success(md_escape(_("Pushed to {url}").format(url=pushed["url"])))
+        st.link_button(_("Open on the hub"), pushed["url"])
