@@ -67,6 +67,17 @@ def add_parsers(sub) -> None:
                                       "HF_ENDPOINT, else https://huggingface.co)")
     _verdict_arguments(s)
 
+    s = sub.add_parser("push", help="upload a release folder that promote wrote to a Hugging Face Hub model "
+                                    "repository (again, after a push that failed): exactly its release files")
+    s.add_argument("folder", help="the folder promote wrote the release to (--to)")
+    s.add_argument("repo_id", metavar="REPO_ID", help="namespace/name; created when missing, else updated")
+    s.add_argument("--name", help="the release's name, when the folder holds several (flat layout)")
+    s.add_argument("--private", action="store_true", help="create the repository private (an existing public one "
+                                                           "is refused, never changed)")
+    s.add_argument("--endpoint", help="the hub to push to (default: the config's hub_endpoint, else HF_ENDPOINT, "
+                                      "else https://huggingface.co)")
+    s.add_argument("--config", help="settings file (default configs/default.yaml)")
+
     s = sub.add_parser("report", help="one self-contained HTML file of a grid: cells, parameters, times, measures")
     s.add_argument("--grid", required=True, help="a grid output folder (manifest.json, cells/, grid.png)")
     s.add_argument("--out", required=True, help="the .html file to write")
@@ -219,6 +230,17 @@ def _push(done, args) -> None:
     print(_("pushed to {url}").format(url=pushed.url))
 
 
+def _cmd_push(args) -> int:
+    from lora_spectrum.decision.hub_push import check_repo_id, hub_token, release_in
+
+    check_repo_id(args.repo_id)
+    hub_token()
+    done = release_in(args.folder, args.name)
+    args.push = args.repo_id
+    _push(done, args)
+    return 0
+
+
 def _settings_license(args) -> str | None:
     from lora_spectrum.settings import load_settings
 
@@ -243,4 +265,4 @@ def _cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"ratings": _cmd_ratings, "promote": _cmd_promote, "report": _cmd_report}
+COMMANDS = {"ratings": _cmd_ratings, "promote": _cmd_promote, "push": _cmd_push, "report": _cmd_report}

@@ -45,6 +45,49 @@ def published_files(promotion) -> dict[str, Path]:
     return files
 
 
+def release_in(folder: str | Path, name: str | None = None):
+    """The release a promotion left in ``folder`` (to push it again after a failed push), as a ``Promotion``: the
+    ``.safetensors`` file that carries our provenance keys (``name`` picks one when the folder holds several), its
+    card (``NAME.md`` beside it, else the folder's ``README.md``), ``NAME.grid.png`` when there, and the example
+    images the card's widget names inside the folder. ``PushError`` saying why when there is none to push."""
+    from huggingface_hub import ModelCard
+    from safetensors import SafetensorError, safe_open
+
+    from lora_spectrum.decision.promotion import PREFIX, Promotion
+
+    # 1. The release files: ours by their provenance keys, never anything else in the folder.
+    root = Path(folder)
+    found = {}
+    for path in sorted(root.glob("*.safetensors")) if root.is_dir() else []:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except (OSError, SafetensorError):
+            continue
+        if meta.get(f"{PREFIX}source_sha256"):
+            found[path.stem] = (path, meta)
+    if name is not None:
+        found = {k: v for k, v in found.items() if k == name}
+    if len(found) != 1:
+        raise PushError(_("{folder}: {why}").format(folder=root, why=(
+            _("no release of LoRA Spectrum here (promote one first)") if not found else
+            _("several releases ({names}): choose one with --name").format(names=", ".join(sorted(found))))))
+    stem, (path, meta) = next(iter(found.items()))
+    # 2. Its card, grid image and the card's own example images.
+    card = root / f"{stem}.md" if (root / f"{stem}.md").is_file() else root / CARD
+    if not card.is_file():
+        raise PushError(_("{folder}: no model card for {name} ({name}.md or README.md)").format(folder=root,
+                                                                                            name=stem))
+    grid = root / f"{stem}.grid.png"
+    widget = ModelCard(card.read_text(encoding="utf-8")).data.to_dict().get("widget") or []
+    images = [root / str(w.get("output", {}).get("url", "")) for w in widget if isinstance(w, dict)]
+    images = tuple(p for p in images if p.is_file() and p.resolve().is_relative_to(root.resolve()))
+    epoch = meta.get(f"{PREFIX}source_epoch") or meta.get(f"{PREFIX}source_step") or ""
+    return Promotion(path=path, card=card, grid_image=grid if grid.is_file() else None,
+                     sha256=meta[f"{PREFIX}source_sha256"], source=meta.get(f"{PREFIX}source_file", path.name),
+                     epoch=int(epoch) if epoch.isdigit() else None, images=images)
+
+
 def commit_message(promotion) -> str:
     """The commit's summary: the release, the file and epoch it came from (a record on the hub, in English)."""
     return f"Release {Path(promotion.path).stem}: {promotion.source} (epoch {promotion.epoch}), via LoRA Spectrum"

@@ -232,4 +232,24 @@ def test_promote_push_refuses_in_one_line_before_writing_or_after_it_keeping_the
     assert err.splitlines() == [f"lora-spectrum promote: tiny-lab/cli: cannot reach {down['refused']} (connection "
                                 f"refused){ADVICE}"]
     assert f"to {ship / 'jimeng.safetensors'}" in out and (ship / "README.md").is_file()
+    # 3. `push FOLDER REPO_ID` pushes the release promote left there, once the hub is back: exactly its files.
+    (ship / "notes.txt").write_text("mine", encoding="utf-8")
+    assert main(["push", str(ship), "tiny-lab/cli", "--endpoint", logged_in.url, "--config", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"pushed to {logged_in.url}/tiny-lab/cli"
+    local = {p.relative_to(ship).as_posix(): p.read_bytes() for p in ship.rglob("*") if p.is_file()}
+    del local["notes.txt"]
+    assert logged_in.repos["tiny-lab/cli"].files == local and set(local) == {"README.md", "jimeng.safetensors"}
+    assert main(["push", str(tmp_path), "tiny-lab/cli", "--endpoint", logged_in.url]) == 2
+    assert capsys.readouterr().err.strip() == f"lora-spectrum push: {tmp_path}: no release of LoRA Spectrum here " \
+        "(promote one first)"
     shutil.rmtree(ship)
+
+
+def test_the_release_a_folder_holds_is_the_one_promote_wrote(release, tmp_path):
+    from lora_spectrum.decision.hub_push import release_in
+
+    again = release_in(Path(release.card).parent)
+    assert published_files(again) == published_files(release) and again.images  # card, grid, file, examples
+    assert (again.source, again.epoch, again.sha256) == (release.source, release.epoch, release.sha256)
+    with pytest.raises(PushError, match="no release of LoRA Spectrum here"):
+        release_in(Path(release.card).parent, name="another")
