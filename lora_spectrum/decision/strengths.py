@@ -57,10 +57,10 @@ def strength_lines(advice: dict | None, name: str, preference: str) -> list[str]
         head = _("This epoch was rendered at strengths {strengths}; no strength is recommended: {why}.").format(
             strengths=shown, why=advice.get("why_none", ""))
     else:
-        head = _("Recommended strength: **{strength:g}** (in A1111: `<lora:{name}:{strength:g}>`). Of the strengths "
+        head = _("Recommended strength: **{strength}** (in A1111: `<lora:{name}:{strength}>`). Of the strengths "
                  "this epoch was rendered at ({strengths}), it best weighs the change from the base (the style's "
                  "effect) against the prompt's CLIP score kept from the base, as the {preference} preference "
-                 "weighs them.").format(strength=advice["recommended"], name=name, strengths=shown,
+                 "weighs them.").format(strength=f"{advice['recommended']:g}", name=name, strengths=shown,
                                         preference=preference)
     return [head, "\n".join(rows)]
 
