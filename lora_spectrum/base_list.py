@@ -1,5 +1,5 @@
 """The bases the app can switch to: the configured one, the config's ``bases:`` list, every diffusers folder or
-SDXL single file under ``models_dir``, and the diffusers pipelines of either family already in the local Hugging
+single file under ``models_dir``, and the diffusers pipelines of any supported family already in the local Hugging
 Face cache; each with its family, size on disk and whether it is present. Reads files only: no network, no model.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lora_spectrum.downloads import hub_cache, repo_folder, wanted
 from lora_spectrum.errors import LoraSpectrumError
-from lora_spectrum.families import detect_family, pipeline_families
+from lora_spectrum.families import DEMO_FAMILY, detect_family, pipeline_families
 from lora_spectrum.language import current
 
 DEMO = "demo"
@@ -64,7 +64,7 @@ def list_bases(settings, cache_dir: str | Path | None = None) -> list[BaseOption
         if key not in seen:
             seen.add(key)
             out.append(describe(source, origin, cache_dir))
-    return out + [BaseOption(DEMO, DEMO, DEMO, "sdxl", None, True)]
+    return out + [BaseOption(DEMO, DEMO, DEMO, DEMO_FAMILY, None, True)]
 
 
 def describe(source: str, origin: str = "bases", cache_dir: str | Path | None = None) -> BaseOption:

@@ -1,5 +1,5 @@
-"""Loading a base pipeline with diffusers: a Hugging Face repo id, a local diffusers folder or a single-file SDXL
-checkpoint, from safetensors weights only, then placed on its device or offloaded. Nothing here swaps adapters,
+"""Loading a base pipeline with diffusers: a Hugging Face repo id, a local diffusers folder or a single-file
+checkpoint (of a family that loads them), from safetensors weights only, then placed on its device or offloaded. Nothing here swaps adapters,
 renders or knows about Streamlit; ``Engine.load`` resolves the family, device and dtype first."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from lora_spectrum.errors import BaseLoadError, shorten, translated
-from lora_spectrum.families import Family
+from lora_spectrum.families import REGISTRY, Family
 
 
 def load_pipeline(base: str, fam: Family, torch_dtype: torch.dtype, local_files_only: bool, cache_dir=None):
@@ -17,8 +17,10 @@ def load_pipeline(base: str, fam: Family, torch_dtype: torch.dtype, local_files_
     are refused rather than handed to torch.load, whose restricted unpickler has had bypasses (CVE-2025-32434)."""
     path = Path(base).expanduser()
     if path.is_file():
-        if fam.name != "sdxl":
-            raise BaseLoadError(f"{base}: single-file checkpoints are supported for SDXL only")
+        if not fam.single_file:
+            which = ", ".join(f.title for f in REGISTRY if f.single_file)
+            raise BaseLoadError(f"{base}: single-file checkpoints are supported for {which} only; give a "
+                                f"diffusers folder or repo id for {fam.title}")
         if path.suffix.lower() != ".safetensors":
             raise BaseLoadError(f"{base}: only .safetensors checkpoints are loaded ({path.suffix or 'this'} "
                                 f"files are pickles, which can run code); convert it to safetensors")

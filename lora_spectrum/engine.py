@@ -114,7 +114,7 @@ class Engine:
     def load(cls, base: str, family: str = "auto", device: str = "auto", dtype: str = "auto",
              offload: str = "none", local_files_only: bool = True, reserve_vram_gb: float = 0.0,
              fuse: bool | str = "auto", compile: bool | str = "off", cache_dir=None, **kwargs) -> Engine:  # noqa: A002
-        """Load a base: a Hugging Face repo id, a local diffusers folder, or a single-file SDXL checkpoint.
+        """Load a base: a Hugging Face repo id, a local diffusers folder, or a single-file checkpoint.
 
         Raises ``BaseLoadError`` with the reason; with ``local_files_only`` a base missing from the local cache
         fails in seconds instead of waiting on the network.
@@ -125,8 +125,10 @@ class Engine:
         torch_dtype = resolve_dtype(dtype, dev, fam.defaults.dtype_cuda)
         fused = resolve_fuse(fuse, dev, offload)  # checked before the (slow) load
         resolve_compile(compile, dev, fam.name, fused, offload)
-        # 2. Load with diffusers (safetensors weights only), then place it on the device or offload it.
+        # 2. Load with diffusers (safetensors weights only), then place it on the device or offload it; the
+        #    family's variant (Z-Image base or Turbo, FLUX.1 dev or schnell) picks the render defaults.
         pipe = load_pipeline(base, fam, torch_dtype, local_files_only, cache_dir)  # cache_dir: the hub cache
+        fam = fam.for_base(base, pipe)
         place(pipe, dev, offload)
         reserve_vram(dev, reserve_vram_gb)
         return cls(pipe, fam, base, device=dev, offload=offload, fuse=fused, compile=compile, **kwargs)
@@ -156,13 +158,8 @@ class Engine:
             return self._embeds[key]
         self.prompt_encodings += 1
         with torch.no_grad():
-            if self.family.name == "sdxl":
-                out = self.pipe.encode_prompt(prompt, device=self._exec_device, num_images_per_prompt=1,
-                                              do_classifier_free_guidance=cfg, negative_prompt=negative_prompt or None)
-            else:
-                out = self.pipe.encode_prompt(prompt, device=self._exec_device, do_classifier_free_guidance=cfg,
-                                              negative_prompt=negative_prompt or None,
-                                              max_sequence_length=self.max_sequence_length)
+            out = self.family.encode_prompt(self.pipe, prompt, negative_prompt, cfg, self._exec_device,
+                                            self.max_sequence_length)
         self._embeds[key] = out
         while len(self._embeds) > 16:
             self._embeds.popitem(last=False)
@@ -177,9 +174,7 @@ class Engine:
         return getattr(self.pipe, "_execution_device", self.device)
 
     def _uses_cfg(self, guidance: float) -> bool:
-        if self.family.name == "sdxl":
-            return guidance > 1.0 and self.pipe.unet.config.time_cond_proj_dim is None
-        return guidance > 0.0
+        return self.family.uses_cfg(self.pipe, guidance)
 
     # ------------------------------------------------------------------ render
     def prefetch(self, lora_path: str | None) -> None:
@@ -355,14 +350,7 @@ class Engine:
         #    render's tensors (latents, activations), and freeing memory while they are alive frees nothing.
         try:
             with torch.no_grad(), translated(_render_error):
-                if self.family.name == "sdxl":
-                    pe, npe, ppe, nppe = embeds
-                    out = self.pipe(prompt_embeds=pe, negative_prompt_embeds=npe, pooled_prompt_embeds=ppe,
-                                    negative_pooled_prompt_embeds=nppe, **common)
-                else:
-                    pe, npe = embeds
-                    out = self.pipe(prompt_embeds=list(pe), negative_prompt_embeds=list(npe) if npe else None,
-                                    max_sequence_length=self.max_sequence_length, **common)
+                out = self.pipe(**{**common, **self.family.call_kwargs(embeds, n, self.max_sequence_length)})
         except OutOfMemoryError:
             pass
         else:

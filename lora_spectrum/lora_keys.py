@@ -42,13 +42,6 @@ UNSUPPORTED_MARKS = {".diff": "full weight differences", ".diff_b": "full weight
                      ".oft_blocks": "OFT", ".oft_diag": "OFT", ".boft_R": "BOFT", ".on_input": "IA3",
                      ".a1.weight": "GLoRA", ".hada_w1": "LoHa without factors"}  # fmt: skip
 SUPPORTED_ALGORITHMS = ("lora", "locon", "loha", "lokr", "dora")
-# The top-level modules of each family's denoiser that hold Linear/Conv2d layers (diffusers' UNet2DConditionModel;
-# ZImageTransformer2DModel, siglip_* only in its omni variant); tests/adapters/test_readiness.py checks them.
-DENOISER_ROOTS = {
-    "sdxl": ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block", "up_blocks", "conv_out"),
-    "z-image": ("all_x_embedder", "cap_embedder", "t_embedder", "noise_refiner", "context_refiner", "layers",
-                "all_final_layer", "siglip_embedder", "siglip_refiner"),
-}
 # Rank-carrying factors: (suffix, which dimension is the rank).
 RANK_FACTORS = ((".lora_down.weight", 0), (".lora_A.weight", 0), (".lora.down.weight", 0),
                 (".lora_A.default.weight", 0), (".hada_w1_b", 0), (".lokr_w1_b", 0), (".lokr_w2_b", 0))  # fmt: skip
@@ -135,20 +128,11 @@ def key_format(keys: list[str]) -> str:
 
 
 def family_hint(keys: list[str], meta: dict[str, str]) -> str | None:
-    """The model family a file was made for, from its metadata or, failing that, its key names; None if unknown."""
-    version = (meta.get("ss_base_model_version") or meta.get("modelspec.architecture") or "").lower()
-    if "xl" in version:
-        return "sdxl"
-    if "z-image" in version or "zimage" in version or "z_image" in version:
-        return "z-image"
-    if version.startswith(("sd_v1", "sd_v2", "stable-diffusion-v1")):
-        return "sd1/2"
-    joined = " ".join(keys[:2000])
-    if "lora_te2_" in joined or "text_encoder_2" in joined or "add_embedding" in joined:
-        return "sdxl"
-    if "context_refiner" in joined or "noise_refiner" in joined or "adaLN_modulation" in joined:
-        return "z-image"
-    return None
+    """The model family a file was made for, from its metadata or, failing that, its key names; None if unknown.
+    Each family's marks are its own (``families/``); this asks the registry."""
+    from lora_spectrum.families import registry
+
+    return registry.family_hint(keys, meta)
 
 
 def looks_like_pickle(head: bytes) -> bool:

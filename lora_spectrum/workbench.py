@@ -16,6 +16,7 @@ from lora_spectrum.catalog import READY, Catalog
 from lora_spectrum.devices import free_memory
 from lora_spectrum.engine import Engine
 from lora_spectrum.errors import BaseLoadError, ConfigError, LoraSpectrumError
+from lora_spectrum.families import DEMO_FAMILY
 from lora_spectrum.language import N_, _
 
 DEMO_PROMPT = "a red circle on a white background"
@@ -92,7 +93,7 @@ def demo_engine(settings, reason: str = "") -> EngineChoice:
     # The demo is tiny: it runs anywhere, so a configured device that is missing (the reason the base failed,
     # perhaps) does not stop it.
     device = settings.device if settings.device == "cpu" or torch.cuda.is_available() else "auto"
-    common = dict(family="sdxl", device=device, dtype="auto", local_files_only=True,
+    common = dict(family=DEMO_FAMILY, device=device, dtype="auto", local_files_only=True,
                   resident_adapters=settings.resident_adapters, max_queued=settings.max_queued_renders,
                   fuse=settings.fuse, prefetch=settings.prefetch, compile=settings.compile,
                   compile_backend=settings.compile_backend)
@@ -106,7 +107,7 @@ def demo_engine(settings, reason: str = "") -> EngineChoice:
         choice = EngineChoice(engine, demo.ASSETS_DIR / demo.LORAS_DIRNAME, True, reason, rec["prompts"][0],
                               demo.ASSETS_DIR / demo.LOGS_DIRNAME)
     else:
-        base, loras = demo.ensure_demo(settings.path(settings.demo_dir), "sdxl")
+        base, loras = demo.ensure_demo(settings.path(settings.demo_dir), DEMO_FAMILY)
         engine = Engine.load(str(base), defaults=TINY_DEFAULTS, **common)
         note = N_("Demo mode: a tiny base with random weights and synthetic demo epochs (not a real model).")
         choice = EngineChoice(engine, loras, True, reason, DEMO_PROMPT)

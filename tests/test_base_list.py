@@ -1,5 +1,5 @@
 """The bases the Base section offers (``base_list``): the configured one, ``bases:``, ``models_dir`` (folders and
-SDXL single files), the Hugging Face cache's pipelines (a snapshot still being fetched is not present), each once,
+single files), the Hugging Face cache's pipelines (a snapshot still being fetched is not present), each once,
 with family, size and why one cannot be used. Real folders and a real cache filled by huggingface_hub."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ def cache(tmp_path_factory, demo_dir):
     root = tmp_path_factory.mktemp("hf")
     other = tmp_path_factory.mktemp("other")
     (other / "config.json").write_text("{}", encoding="utf-8")
-    (other / "model_index.json").write_text('{"_class_name": "FluxPipeline"}', encoding="utf-8")
+    (other / "model_index.json").write_text('{"_class_name": "StableDiffusion3Pipeline"}', encoding="utf-8")
     server = HubServer()
     server.repos["tiny-lab/sdxl-demo"] = Repo(demo_dir / "base-sdxl")
-    server.repos["tiny-lab/flux"] = Repo(other)
+    server.repos["tiny-lab/sd3"] = Repo(other)
     for repo in server.repos:
         fetch_base(repo, cache_dir=root, endpoint=server.url)
     server.close()
@@ -51,7 +51,7 @@ def test_every_source_once_with_family_size_and_the_demo_last(tmp_path, demo_dir
 
 
 def test_the_cache_offers_supported_pipelines_only_and_no_half_snapshot(cache, tmp_path):
-    assert cached_pipelines(cache) == ["tiny-lab/sdxl-demo"], "FluxPipeline is not a supported family"
+    assert cached_pipelines(cache) == ["tiny-lab/sdxl-demo"], "StableDiffusion3Pipeline is not a supported family"
     half = tmp_path / "hf"
     shutil.copytree(cache, half, symlinks=True)
     snap = cached_snapshot("tiny-lab/sdxl-demo", half)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -41,28 +42,38 @@ def test_threads_rendering_different_epochs_match_serial_renders(family, demo_lo
         assert np.array_equal(results[p], serial[p]), p
 
 
-def test_prompt_is_encoded_once_per_plan(demo_loras):
-    engine = new_engine("sdxl")
-    for p in demo_loras["sdxl"][:5]:
-        engine.render(request("sdxl", seeds=(1, 2)), str(p))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prompt_is_encoded_once_per_plan(family, demo_loras):
+    engine = new_engine(family)
+    for p in demo_loras[family][:5]:
+        engine.render(request(family, seeds=(1, 2)), str(p))
     assert engine.prompt_encodings == 1
     forwards = engine.text_encoder_forwards
-    engine.render(request("sdxl", prompt="a blue square"), None)
+    engine.render(request(family, prompt="a blue square"), None)
     assert engine.prompt_encodings == 2 and engine.text_encoder_forwards > forwards
 
 
-def test_a_z_image_base_loads_from_a_diffusers_folder_and_swaps(demo_loras, tmp_path):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_base_loads_from_a_diffusers_folder_and_swaps(family, demo_loras, tmp_path):
     """The family is read from model_index.json; the folder renders what the in-memory pipeline renders."""
-    from lora_spectrum.engine import Engine
-    from lora_spectrum.families import detect_family
-
-    demo.build_tiny("z-image", seed=0).save_pretrained(tmp_path / "base")
-    assert detect_family(str(tmp_path / "base")) == "z-image"
+    demo.build_tiny(family, seed=0, workdir=tmp_path / "tok").save_pretrained(tmp_path / "base")
     engine = Engine.load(str(tmp_path / "base"), family="auto", device="cpu", max_sequence_length=32)
-    assert engine.family.name == "z-image"
-    epoch = str(demo_loras["z-image"][-1])
-    got = pixels(engine.render(request("z-image"), epoch, 1.0).images)
-    assert np.array_equal(got, pixels(new_engine("z-image").render(request("z-image"), epoch, 1.0).images))
+    assert engine.family.name == family
+    epoch = str(demo_loras[family][-1])
+    got = pixels(engine.render(request(family), epoch, 1.0).images)
+    assert np.array_equal(got, pixels(new_engine(family).render(request(family), epoch, 1.0).images))
+
+
+def test_the_z_image_base_model_loads_with_its_own_defaults_and_renders_with_guidance(demo_loras, tmp_path):
+    """A folder named like Tongyi-MAI/Z-Image (not Turbo) gets the base model's defaults: CFG and more steps."""
+    demo.build_tiny("z-image", seed=0, workdir=tmp_path / "tok").save_pretrained(tmp_path / "Z-Image")
+    engine = Engine.load(str(tmp_path / "Z-Image"), family="auto", device="cpu", max_sequence_length=32)
+    assert (engine.family.variant, engine.defaults.sampling.steps, engine.defaults.sampling.guidance) == \
+        ("base", 28, 4.0)
+    req = request("z-image")
+    req = replace(req, sampling=replace(engine.defaults.sampling, steps=2, width=32, height=32))
+    assert engine._uses_cfg(req.sampling.guidance), "classifier-free guidance: two samples per image"
+    assert len(engine.render(req, str(demo_loras["z-image"][-1])).images) == len(req.seeds)
 
 
 def test_a_base_is_loaded_from_safetensors_only(tmp_path):

@@ -61,6 +61,8 @@ def test_pickles_are_told_by_their_opcodes_not_by_chance_bytes():
     (["lora_unet_a.lora_down.weight", "lora_te1_b.lora_up.weight"], "kohya"),
     (["diffusion_model.layers.0.attention.to_q.lora_A.weight"], "musubi/ai-toolkit"),
     (["unet.down_blocks.0.attn.to_q.lora_A.weight"], "diffusers/peft"),
+    (["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight"], "kohya"),  # sd-scripts' FLUX.1
+    (["transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight"], "diffusers/peft"),  # ai-toolkit's FLUX.1
     (["lora_unet_a.lora_down.weight", "lora_unet_a.dora_scale"], "kohya DoRA"),
     (["something.else"], "unknown"),
 ])
@@ -74,4 +76,6 @@ def test_family_hint_reads_metadata_first_then_key_names():
     assert family_hint([], {"ss_base_model_version": "sd_v1"}) == "sd1/2"
     assert family_hint(["lora_te2_text_model_x.lora_down.weight"], {}) == "sdxl"
     assert family_hint(["diffusion_model.noise_refiner.0.attention.to_q.lora_A.weight"], {}) == "z-image"
+    assert family_hint([], {"ss_base_model_version": "flux1"}) == "flux"
+    assert family_hint(["lora_unet_single_blocks_0_linear1.lora_down.weight"], {}) == "flux"
     assert family_hint(["lora_unet_x.lora_down.weight"], {}) is None

@@ -1,4 +1,4 @@
-"""Helpers for tests: tiny real pipelines of both families (random, seeded weights; nothing downloaded)."""
+"""Helpers for tests: tiny real pipelines of every registered family (random, seeded weights; nothing downloaded)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import numpy as np
 
 from lora_spectrum import demo
 from lora_spectrum.engine import Engine, RenderRequest
-from lora_spectrum.families import get_family
+from lora_spectrum.families import FAMILY_NAMES, REGISTRY, get_family
 from lora_spectrum.sampling import Sampling
 
-FAMILIES = ("sdxl", "z-image")
-SIZE = {"sdxl": 64, "z-image": 32}
-GUIDANCE = {"sdxl": 5.0, "z-image": 0.0}
+FAMILIES = FAMILY_NAMES  # every test parametrized over these runs for each family of the registry
+SIZE = {f.name: f.tiny_sampling["width"] for f in REGISTRY}
+GUIDANCE = {f.name: f.tiny_sampling["guidance"] for f in REGISTRY}
+SAMPLER = {f.name: f.tiny_sampling["sampler"] for f in REGISTRY}
 
 
 def new_engine(family: str, resident: int = 4, **kwargs) -> Engine:
@@ -25,8 +26,7 @@ def new_engine(family: str, resident: int = 4, **kwargs) -> Engine:
 
 
 def request(family: str, seeds=(1, 2), prompt="a red circle", steps=2) -> RenderRequest:
-    sampler = "Euler" if family == "sdxl" else "Euler (flow)"
-    sampling = Sampling("", steps, GUIDANCE[family], SIZE[family], SIZE[family], sampler)
+    sampling = Sampling("", steps, GUIDANCE[family], SIZE[family], SIZE[family], SAMPLER[family])
     return RenderRequest(prompt, tuple(seeds), sampling)
 
 

@@ -22,7 +22,6 @@ from lora_spectrum.adapters.weight_deltas import NameMap, group_factors, layer_d
 from lora_spectrum.errors import HeaderError, LoraLoadError, translated
 from lora_spectrum.lora_keys import (
     CONVERTED_TE_PREFIXES,
-    DENOISER_ROOTS,
     is_alpha_key,
     peft_without_prefix,
     read_header,
@@ -238,7 +237,7 @@ _META_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16
 
 
 def swap_refusal(path: str | Path, family: str) -> str:
-    """Why a swap into a base of ``family`` (``sdxl``, ``z-image``) would refuse this file, or ``""`` when it takes
+    """Why a swap into a base of ``family`` (a registry name) would refuse this file, or ``""`` when it takes
     it. Reads the header only; decided once per file (size, mtime) and once per tensor layout (every epoch of a
     run shares one)."""
     path = str(path)
@@ -280,20 +279,10 @@ def _layout_refusal(layout: tuple, family: str) -> str:
     return ""
 
 
-# The LoRA loader each pipeline inherits ``lora_state_dict`` from (the very function: test_readiness.py checks it).
-# Importing the loader, not the pipeline and its text encoders' classes, keeps ``inspect`` light.
-_LORA_LOADERS = {"StableDiffusionXLPipeline": "StableDiffusionXLLoraLoaderMixin",
-                 "ZImagePipeline": "ZImageLoraLoaderMixin"}
-
-
 def lora_loader(family):
-    """The class whose ``lora_state_dict`` converts ``family``'s files: its pipeline's LoRA loader mixin."""
-    name = _LORA_LOADERS.get(family.pipeline_class)
-    if name is None:
-        return family.pipeline_cls()
-    import diffusers.loaders
-
-    return getattr(diffusers.loaders, name)
+    """The class whose ``lora_state_dict`` converts ``family``'s files: its pipeline's LoRA loader mixin (the very
+    function the pipeline inherits: test_readiness.py checks it)."""
+    return family.loader_cls()
 
 
 class _FamilyCheck:
@@ -312,7 +301,7 @@ class _FamilyCheck:
         self.convert = functools.partial(self.family.convert_lora, pipe=pipe)
         self.names = NameMap(lambda path, sd: convert_keys(path, self.family, self.convert, sd)[0],
                              self.family.lora_prefix)
-        self.roots = DENOISER_ROOTS[name]
+        self.roots = self.family.denoiser_roots
 
     @staticmethod
     @functools.cache

@@ -22,6 +22,9 @@ _FACTOR_RE = re.compile(
     r"|lora_magnitude_vector(?:\.default)?(?:\.weight)?|lora_(?:down|up)\.weight|lora_[AB](?:\.default)?\.weight)$"
 )
 _PEFT_PREFIXES = ("base_model.model.",)
+# The rows of a stand-in up factor: divisible by every split a converter makes of a fused layer (FLUX.1's kohya
+# converter splits qkv in three and a single block's linear1 into 3 x 3072 + 12288 rows).
+_STAND_IN_ROWS = 21504
 NO_SCALE_ALPHA = 1e9  # ai-toolkit writes alpha 1e10 on LoKr files to mean "no scale"
 
 
@@ -163,7 +166,7 @@ class NameMap:
                 name = f"{self.prefix}.{name}"  # DiffSynth saves module paths without any prefix
             down, up = ("lora_down.weight", "lora_up.weight") if kohya else ("lora_A.weight", "lora_B.weight")
             stand_in[f"{name}.{down}"] = torch.full((1, 1), float(i + 1))
-            stand_in[f"{name}.{up}"] = torch.ones(1, 1)
+            stand_in[f"{name}.{up}"] = torch.ones(_STAND_IN_ROWS, 1)
             if kohya:
                 stand_in[f"{name}.alpha"] = torch.tensor(1.0)
         converted = self.convert(path, stand_in)  # peft layout without prefix, as the reader converts files

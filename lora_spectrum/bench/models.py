@@ -1,6 +1,6 @@
-"""What the benchmark runs on: the tiny demo pipeline, or the real SDXL UNet and Z-Image-Turbo transformer
-architectures with seeded random weights (hard-coded configs, never downloaded); their forward inputs; the epoch
-files. Nothing here times anything."""
+"""What the benchmark runs on: the tiny demo pipeline, or a family's real denoiser architecture (its
+``bench_config``, hard-coded, never downloaded) with seeded random weights; their forward inputs; the epoch files.
+Nothing here times anything."""
 
 from __future__ import annotations
 
@@ -13,34 +13,12 @@ import torch
 
 from lora_spectrum.bench.timing import quiet
 from lora_spectrum.errors import BaseLoadError
+from lora_spectrum.families import REGISTRY, Family, get_family
+from lora_spectrum.families.sdxl import SDXL
 
-MODELS = ("tiny", "sdxl-size", "z-image-size")
-
-# stabilityai/stable-diffusion-xl-base-1.0, unet/config.json (hard-coded: the benchmark never downloads).
-SDXL_UNET_CONFIG = {
-    "act_fn": "silu", "addition_embed_type": "text_time", "addition_embed_type_num_heads": 64,
-    "addition_time_embed_dim": 256, "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280],
-    "center_input_sample": False, "class_embed_type": None, "class_embeddings_concat": False, "conv_in_kernel": 3,
-    "conv_out_kernel": 3, "cross_attention_dim": 2048, "cross_attention_norm": None,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], "downsample_padding": 1,
-    "dual_cross_attention": False, "encoder_hid_dim": None, "encoder_hid_dim_type": None, "flip_sin_to_cos": True,
-    "freq_shift": 0, "in_channels": 4, "layers_per_block": 2, "mid_block_only_cross_attention": None,
-    "mid_block_scale_factor": 1, "mid_block_type": "UNetMidBlock2DCrossAttn", "norm_eps": 1e-05,
-    "norm_num_groups": 32, "num_attention_heads": None, "num_class_embeds": None, "only_cross_attention": False,
-    "out_channels": 4, "projection_class_embeddings_input_dim": 2816, "resnet_out_scale_factor": 1.0,
-    "resnet_skip_time_act": False, "resnet_time_scale_shift": "default", "sample_size": 128,
-    "time_cond_proj_dim": None, "time_embedding_act_fn": None, "time_embedding_dim": None,
-    "time_embedding_type": "positional", "timestep_post_act": None, "transformer_layers_per_block": [1, 2, 10],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], "upcast_attention": None,
-    "use_linear_projection": True,
-}  # fmt: skip
-
-# Tongyi-MAI/Z-Image-Turbo, transformer/config.json.
-ZIMAGE_TRANSFORMER_CONFIG = {
-    "all_f_patch_size": [1], "all_patch_size": [2], "axes_dims": [32, 48, 48], "axes_lens": [1536, 512, 512],
-    "cap_feat_dim": 2560, "dim": 3840, "in_channels": 16, "n_heads": 30, "n_kv_heads": 30, "n_layers": 30,
-    "n_refiner_layers": 2, "norm_eps": 1e-05, "qk_norm": True, "rope_theta": 256.0, "t_scale": 1000.0,
-}  # fmt: skip
+# The tiny demo pipeline, and each family's size model (``Family.bench_model``: its real denoiser's config).
+MODELS = ("tiny", *(f.bench_model for f in REGISTRY if f.bench_model))
+SDXL_UNET_CONFIG = SDXL.bench_config  # the end-to-end grid's UNet (``build_full_pipeline``)
 
 
 # stabilityai/stable-diffusion-xl-base-1.0: text_encoder (CLIP ViT-L), text_encoder_2 (OpenCLIP bigG) and vae
@@ -96,23 +74,25 @@ def _materialise(cls, config: dict, device: torch.device, dtype: torch.dtype, se
     return model.eval().requires_grad_(False)
 
 
+def size_family(model: str) -> type[Family]:
+    """The family whose bench size model is ``model``."""
+    found = [f for f in REGISTRY if f.bench_model == model]
+    if not found:
+        raise BaseLoadError(f"unknown benchmark model {model!r}; choose one of {', '.join(MODELS)}")
+    return found[0]
+
+
 def build_model(model: str, device: torch.device, dtype: torch.dtype):
     """(pipeline, family name). The size models get a pipeline holding only the denoiser: enough for diffusers'
     LoRA loaders and for the swapper, which never touch the other components."""
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel, ZImagePipeline, ZImageTransformer2DModel
-
     from lora_spectrum import demo
 
     if model == "tiny":
         pipe = demo.build_tiny_sdxl(seed=0).to(device=device, dtype=dtype)
-        return pipe, "sdxl"
-    if model == "sdxl-size":
-        unet = _materialise(UNet2DConditionModel, SDXL_UNET_CONFIG, device, dtype, seed=0)
-        return StableDiffusionXLPipeline(vae=None, text_encoder=None, text_encoder_2=None, tokenizer=None,
-                                         tokenizer_2=None, unet=unet, scheduler=None), "sdxl"
-    transformer = _materialise(ZImageTransformer2DModel, ZIMAGE_TRANSFORMER_CONFIG, device, dtype, seed=0)
-    return ZImagePipeline(scheduler=None, vae=None, text_encoder=None, tokenizer=None,
-                          transformer=transformer), "z-image"
+        return pipe, SDXL.name
+    family = get_family(size_family(model).name)
+    denoiser = _materialise(family.denoiser_cls(), family.bench_config, device, dtype, seed=0)
+    return family.bench_pipeline(denoiser), family.name
 
 
 def build_full_pipeline(model: str, device: torch.device, dtype: torch.dtype, workdir: Path):
@@ -147,30 +127,35 @@ def build_full_pipeline(model: str, device: torch.device, dtype: torch.dtype, wo
     return pipe
 
 
-def _zimage_params() -> int:
-    from diffusers import ZImageTransformer2DModel
-
+def _params(family: Family) -> int:
     with quiet(), torch.device("meta"):
-        return sum(p.numel() for p in ZImageTransformer2DModel(**ZIMAGE_TRANSFORMER_CONFIG).parameters())
+        return sum(p.numel() for p in family.denoiser_cls()(**family.bench_config).parameters())
 
 
 def check_memory(model: str, device: torch.device, dtype: torch.dtype) -> None:
-    """Refuse, with the reason, a size model that does not fit (the Z-Image transformer is ~12 GB in bf16)."""
-    if model != "z-image-size":
+    """Refuse, with the reason, a size model that does not fit: a GPU-only one on a CPU (the FLUX.1 transformer
+    is 12 B parameters), or one larger than the free memory (the Z-Image transformer is ~12 GB in bf16)."""
+    if model == "tiny":
         return
     import psutil
 
-    need = _zimage_params() * torch.tensor([], dtype=dtype).element_size()
+    family = get_family(size_family(model).name)
+    if family.bench_gpu_only and device.type != "cuda":
+        raise BaseLoadError(f"{model} runs on a GPU only (the {family.title} denoiser does not fit this machine's "
+                            f"memory); use --model sdxl-size here, or run it on a CUDA machine")
+    if model == SDXL.bench_model:
+        return
+    need = _params(family) * torch.tensor([], dtype=dtype).element_size()
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if free < need * 1.2:
-            raise BaseLoadError(f"z-image-size needs about {need * 1.2 / 2**30:.1f} GiB of free GPU memory; "
+            raise BaseLoadError(f"{model} needs about {need * 1.2 / 2**30:.1f} GiB of free GPU memory; "
                                 f"{free / 2**30:.1f} GiB is free. Use --model sdxl-size, or a larger GPU")
         need = 2 * 2**30  # the CPU side only holds the files' buffers
     available = psutil.virtual_memory().available
     if available < need * 1.25 + 2 * 2**30:
-        raise BaseLoadError(f"z-image-size needs about {(need * 1.25 + 2 * 2**30) / 2**30:.1f} GiB of free RAM "
-                            f"(the transformer alone is {need / 2**30:.1f} GiB in {str(dtype).removeprefix('torch.')})"
+        raise BaseLoadError(f"{model} needs about {(need * 1.25 + 2 * 2**30) / 2**30:.1f} GiB of free RAM "
+                            f"(the denoiser alone is {need / 2**30:.1f} GiB in {str(dtype).removeprefix('torch.')})"
                             f"; {available / 2**30:.1f} GiB is available. Skipped: use --model sdxl-size, or a "
                             f"machine with more memory")
 
@@ -185,27 +170,7 @@ def forward_inputs(family: str, denoiser, device: torch.device, dtype: torch.dty
         one = torch.randn(1, *shape[1:], generator=gen).to(device=device, dtype=dtype)
         return one.expand(shape[0], *shape[1:]).contiguous()
 
-    if family == "sdxl":
-        cfg = denoiser.config
-        sample = rand(batch, cfg.in_channels, latent, latent)
-        hidden = rand(batch, 77, cfg.cross_attention_dim)
-        embeds_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        size = float(latent * 8)
-        added = {"text_embeds": rand(batch, embeds_dim),
-                 "time_ids": torch.tensor([[size, size, 0.0, 0.0, size, size]] * batch, device=device, dtype=dtype)}
-        timestep = torch.tensor([500.0] * batch, device=device)
-
-        def run():
-            return denoiser(sample, timestep, hidden, added_cond_kwargs=added).sample
-    else:
-        cfg = denoiser.config
-        x = [rand(1, cfg.in_channels, 1, latent, latent)[0]] * batch
-        caption = [rand(1, 32, cfg.cap_feat_dim)[0]] * batch
-        timestep = torch.tensor([0.5] * batch, device=device, dtype=dtype)
-
-        def run():
-            out = denoiser(x, timestep, caption, return_dict=False)[0]
-            return out[0] if batch == 1 else torch.stack(out)
+    run = get_family(family).bench_forward(denoiser, device, dtype, latent, batch, rand)
 
     def forward():
         with torch.no_grad():
@@ -214,7 +179,7 @@ def forward_inputs(family: str, denoiser, device: torch.device, dtype: torch.dty
     return forward
 
 def write_epochs(denoiser, family: str, rank: int, epochs: int, folder: Path, dtype: torch.dtype) -> list[Path]:
-    """``epochs`` kohya (SDXL) / musubi (Z-Image) files on the attention projections, one layout, different values:
+    """``epochs`` files on the attention projections in the family's trainer format, one layout, different values:
     one random LoRA drawn once, its up-projections scaled per epoch as a growing training run would."""
     from safetensors.torch import save_file
 
@@ -224,7 +189,7 @@ def write_epochs(denoiser, family: str, rank: int, epochs: int, folder: Path, dt
     paths = []
     for e in range(1, epochs + 1):
         scale = demo.growth(e, scale=epochs / 2)
-        sd = {k: (v * scale).contiguous() if ".lora_up." in k else v for k, v in base.items()}
+        sd = {k: (v * scale).contiguous() if ".lora_up." in k or ".lora_B." in k else v for k, v in base.items()}
         meta = demo.kohya_metadata("bench", e, 100, rank, float(rank), family, epochs)
         path = folder / f"bench-{e:06d}.safetensors"
         save_file(sd, str(path), metadata=meta)

@@ -17,7 +17,7 @@ import torch
 from lora_spectrum import fuse_policy
 from lora_spectrum.bench.compiled import measure_compiled
 from lora_spectrum.bench.grid import measure_grid
-from lora_spectrum.bench.models import MODELS, build_model, check_memory, forward_inputs, write_epochs
+from lora_spectrum.bench.models import MODELS, build_model, check_memory, forward_inputs, size_family, write_epochs
 from lora_spectrum.bench.report import command_line
 from lora_spectrum.bench.routed import measure_routed
 from lora_spectrum.bench.swaps import (
@@ -65,7 +65,7 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
             raise ConfigError(f"unknown benchmark dtype {dtype!r}; use auto, float32, bfloat16 or float16")
         dtype = getattr(torch, dtype)
     elif dev.type == "cuda":
-        dtype = torch.bfloat16 if model == "z-image-size" else torch.float16
+        dtype = getattr(torch, get_family(size_family(model).name).defaults.dtype_cuda) if size_model else torch.float16
     else:
         dtype = torch.bfloat16 if size_model else torch.float32
     file_dtype = torch.bfloat16 if size_model else torch.float32
@@ -73,7 +73,7 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
     big = size_model or dev.type == "cuda"
     # Forward sizes: 1024x1024 on a GPU; on a CPU small enough to finish in seconds (tiny: a smoke test).
     latent = 128 if (dev.type == "cuda" and size_model) else (32 if model == "sdxl-size" else 16)
-    fwd_repeats = 10 if dev.type == "cuda" else {"tiny": 2, "sdxl-size": 3, "z-image-size": 1}[model]
+    fwd_repeats = 10 if dev.type == "cuda" else {"tiny": 2, "sdxl-size": 3}.get(model, 1)
     repeats = 5 if big or model == "tiny" else 10
     notes: list[str] = []
     result: dict = {
@@ -145,12 +145,12 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
         te = count_text_encoder_forwards(family_name, folder)
         # 9. The end-to-end grid on a whole pipeline (text encoders, VAE): run_plan against its pipeline calls.
         grid = None
-        if model != "z-image-size":
+        if model in ("tiny", "sdxl-size"):
             grid = measure_grid(model, dev, dtype, paths, folder, say)
             gc.collect()
         else:
-            notes.append("grid (end-to-end) skipped for z-image-size: its Qwen3-4B text encoder beside the 6B "
-                         "transformer needs a whole pipeline of about 20 GB; measured on sdxl-size")
+            notes.append(f"grid (end-to-end) skipped for {model}: its text encoders beside the denoiser need a whole "
+                         f"pipeline of 20 GB or more; measured on sdxl-size")
         # 10. On a GPU: offload: group, on a copy built on the CPU.
         if vram is not None and size_model:
             vram["group_offload"] = _gpu_extra(functools.partial(measure_group_offload, model, paths, dev, dtype,

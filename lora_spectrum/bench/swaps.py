@@ -205,7 +205,7 @@ def count_text_encoder_forwards(family: str, folder: Path) -> dict:
     pipe = demo.build_tiny(family, seed=0, workdir=folder / "tok")
     engine = Engine(pipe, fam, f"tiny-{family}", max_sequence_length=32)
     loras = demo.write_demo_loras(fam.denoiser(pipe), folder / "demo-loras", family, epochs=demo.DEMO_EPOCHS[:5])
-    sampler = "Euler" if family == "sdxl" else "Euler (flow)"
+    sampler = fam.tiny_sampling["sampler"]
     prompt = f"{demo.DEMO_TRIGGER}, a red circle"
     for path in loras:
         for seed in (1, 2):  # 32x32 and one step: only the count matters here

@@ -15,6 +15,7 @@ from lora_spectrum.cli.arguments import (
     quiet_libraries,
 )
 from lora_spectrum.errors import ConfigError, LoraSpectrumError
+from lora_spectrum.families import DEMO_FAMILY, FAMILY_NAMES, REGISTRY
 from lora_spectrum.language import N_, _, current, pad, pgettext, width
 
 
@@ -25,7 +26,7 @@ def add_parsers(sub) -> None:
 
     s = sub.add_parser("demo", help="write the offline demo base and its epoch LoRAs")
     s.add_argument("--out", required=True)
-    s.add_argument("--family", choices=["sdxl", "z-image"], default="sdxl")
+    s.add_argument("--family", choices=FAMILY_NAMES, default=DEMO_FAMILY)
     s.add_argument("--random", action="store_true", help="the random-weight demo instead of the trained one")
 
     s = sub.add_parser("grid", help="render epochs x seeds x strengths side by side into a labelled grid")
@@ -33,7 +34,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--loras", help="the loras folder (default: the config's, or the demo's with --base demo)")
     s.add_argument("--out", required=True)
     s.add_argument("--config", help="settings file (default configs/default.yaml)")
-    s.add_argument("--family", choices=["sdxl", "z-image", "auto"])
+    s.add_argument("--family", choices=[*FAMILY_NAMES, "auto"])
     s.add_argument("--series")
     s.add_argument("--epochs", default="all", help="all, or comma-separated epoch numbers")
     s.add_argument("--include-base", action="store_true")
@@ -59,7 +60,8 @@ def add_parsers(sub) -> None:
     add_executor_arguments(s)
 
     s = sub.add_parser("bench", help="measure swap speed and memory against diffusers' ways, side by side")
-    s.add_argument("--model", choices=["tiny", "sdxl-size", "z-image-size"], default="tiny")
+    s.add_argument("--model", choices=["tiny", *(f.bench_model for f in REGISTRY if f.bench_model)], default="tiny",
+                   help="tiny, or a family's real denoiser size (GPU-only ones refuse a CPU with the reason)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     s.add_argument("--rank", type=int, default=32)
     s.add_argument("--epochs", type=int, default=10)
@@ -135,7 +137,7 @@ def _cmd_inspect(args) -> int:
 def _cmd_demo(args) -> int:
     from lora_spectrum.demo import copy_trained_demo, write_demo
 
-    if args.random or args.family != "sdxl":
+    if args.random or args.family != DEMO_FAMILY:  # the trained demo is of the demo family only
         base, loras = write_demo(args.out, args.family)
         print(f"demo base: {base}\ndemo loras: {loras}")
     else:

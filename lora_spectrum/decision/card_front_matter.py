@@ -8,13 +8,12 @@ import re
 import yaml
 
 from lora_spectrum.errors import shorten
+from lora_spectrum.families import REGISTRY
 from lora_spectrum.language import _
 
-KNOWN_BASES = {  # what kohya / musubi write in ss_base_model_version, as a hub id for ``base_model``
-    "sdxl_base_v1-0": "stabilityai/stable-diffusion-xl-base-1.0",
-    "z-image-turbo": "Tongyi-MAI/Z-Image-Turbo", "z_image_turbo": "Tongyi-MAI/Z-Image-Turbo",
-}
-FAMILY_TAGS = {"sdxl": "stable-diffusion-xl", "z-image": "z-image-turbo"}
+# What kohya / musubi write in ss_base_model_version, as a hub id for ``base_model``; each family's hub tag.
+KNOWN_BASES = {version: hub_id for family in REGISTRY for version, hub_id in family.known_bases.items()}
+FAMILY_TAGS = {family.name: family.hub_tag for family in REGISTRY if family.hub_tag}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lora_spectrum.demo.tiny_pipelines import build_tiny
+from lora_spectrum.families import DEMO_FAMILY, get_family
 
 DEMO_EPOCHS = (20, 50, 80, 150, 220, 300)
 DEMO_SERIES = "jimeng"
@@ -40,14 +40,15 @@ def growth(epoch: int, scale: float = 100.0) -> float:
 def make_lora_state_dict(denoiser, family: str, rank: int = 4, magnitude: float = 1.0, seed: int = 0,
                          noise: float = 0.0, noise_seed: int = 0, alpha: float | None = None,
                          dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """A LoRA on the attention projections of ``denoiser``, in the file format trainers write for ``family``:
-    kohya (``lora_unet_*`` with ``.alpha``) for SDXL, musubi (``diffusion_model.*`` with ``.alpha``) for Z-Image.
+    """A LoRA on the attention projections of ``denoiser``, in the file format trainers write for ``family``
+    (``Family.demo_lora_names``: kohya's ``lora_unet_*`` with ``.alpha``, musubi's ``diffusion_model.*``, ...).
 
     ``seed`` fixes the direction; ``magnitude`` scales it; ``noise`` adds a per-``noise_seed`` perturbation.
     """
     gen = torch.Generator().manual_seed(seed)
     ngen = torch.Generator().manual_seed(10_000 + noise_seed)
     alpha = float(rank if alpha is None else alpha)
+    fam = get_family(family)
     sd: dict[str, torch.Tensor] = {}
     for name, module in attention_targets(denoiser):
         down = torch.randn(rank, module.in_features, generator=gen) / math.sqrt(module.in_features)
@@ -55,13 +56,13 @@ def make_lora_state_dict(denoiser, family: str, rank: int = 4, magnitude: float 
         if noise:
             up = up + noise * torch.randn(module.out_features, rank, generator=ngen) / math.sqrt(rank)
         up = up * magnitude
-        if family == "sdxl":
-            key = "lora_unet_" + name.replace(".", "_")
-        else:
-            key = "diffusion_model." + name
-        sd[f"{key}.lora_down.weight"] = down.to(dtype).contiguous()
-        sd[f"{key}.lora_up.weight"] = up.to(dtype).contiguous()
-        sd[f"{key}.alpha"] = torch.tensor(alpha)
+        down_key, up_key, alpha_key = fam.demo_lora_names(name)
+        if alpha_key is None:  # a format without alphas (peft's): alpha = rank, so the scale goes into up
+            up = up * (alpha / rank)
+        sd[down_key] = down.to(dtype).contiguous()
+        sd[up_key] = up.to(dtype).contiguous()
+        if alpha_key is not None:
+            sd[alpha_key] = torch.tensor(alpha)
     return sd
 
 
@@ -75,9 +76,9 @@ def kohya_metadata(series: str, epoch: int, steps_per_epoch: int, rank: int, alp
         "ss_num_epochs": str(num_epochs),
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(alpha),
-        "ss_network_module": "networks.lora",
+        "ss_network_module": get_family(family).network_module,
         "ss_learning_rate": "0.0001",
-        "ss_base_model_version": "sdxl_base_v1-0" if family == "sdxl" else "z-image-turbo",
+        "ss_base_model_version": get_family(family).base_model_version,
         "ss_tag_frequency": json.dumps({"10_jimeng": {"jimeng style": 40, "ink": 22, "stripes": 17}}),
         "modelspec.trigger_phrase": DEMO_TRIGGER,
         "modelspec.title": f"{series} epoch {epoch}",
@@ -100,14 +101,14 @@ def write_demo_loras(denoiser, folder: str | Path, family: str, epochs=DEMO_EPOC
     return paths
 
 
-def write_demo(out: str | Path, family: str = "sdxl", seed: int = 0) -> tuple[Path, Path]:
+def write_demo(out: str | Path, family: str = DEMO_FAMILY, seed: int = 0) -> tuple[Path, Path]:
     """Write a demo base (a diffusers folder) and its epoch LoRAs under ``out``. Returns (base_dir, loras_dir)."""
     out = Path(out)
     base_dir, loras_dir = out / f"base-{family}", out / "loras"
-    pipe = build_tiny(family, seed, out / "tokenizer-src")
+    fam = get_family(family)
+    pipe = fam.build_tiny(seed, out / "tokenizer-src")
     pipe.save_pretrained(str(base_dir), safe_serialization=True)
-    denoiser = pipe.unet if family == "sdxl" else pipe.transformer
-    write_demo_loras(denoiser, loras_dir, family)
+    write_demo_loras(fam.denoiser(pipe), loras_dir, family)
     (out / "README.md").write_text(
         f"LoRA Spectrum demo ({family}): a tiny base with random weights and epochs "
         f"{', '.join(map(str, DEMO_EPOCHS))} whose effect grows with the epoch. Not a real model.\n",
@@ -116,7 +117,7 @@ def write_demo(out: str | Path, family: str = "sdxl", seed: int = 0) -> tuple[Pa
     return base_dir, loras_dir
 
 
-def ensure_demo(demo_dir: str | Path, family: str = "sdxl") -> tuple[Path, Path]:
+def ensure_demo(demo_dir: str | Path, family: str = DEMO_FAMILY) -> tuple[Path, Path]:
     """The random demo's base folder and loras folder, written on first use (seconds, no download)."""
     demo_dir = Path(demo_dir)
     base, loras = demo_dir / f"base-{family}", demo_dir / "loras"

@@ -11,7 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lora_spectrum import demo
+from lora_spectrum.families import get_family
 from tests.tiny import garbage, new_engine, pixels
+
+DOWN, UP = (".lora_down.weight", ".lora_A.weight"), (".lora_up.weight", ".lora_B.weight")
 
 
 def base_weights(denoiser) -> dict[str, torch.Tensor]:
@@ -36,8 +39,7 @@ def weights_now(denoiser) -> dict[str, torch.Tensor]:
 
 
 def fresh_base_weights(family) -> dict[str, torch.Tensor]:
-    return base_weights(demo.build_tiny(family, seed=0).unet if family == "sdxl"
-                        else demo.build_tiny(family, seed=0).transformer)
+    return base_weights(get_family(family).denoiser(demo.build_tiny(family, seed=0)))
 
 
 def bad_files(family, denoiser, good, tmp_path):
@@ -49,28 +51,23 @@ def bad_files(family, denoiser, good, tmp_path):
     (tmp_path / "garbage.safetensors").write_bytes(garbage(2048))
     bad["garbage.safetensors"] = "not a valid safetensors"
     sd = load_file(str(good))
-    nan = {k: (v.clone().fill_(float("nan")) if "up" in k else v) for k, v in sd.items()}
+    nan = {k: (v.clone().fill_(float("nan")) if k.endswith(UP) else v) for k, v in sd.items()}
     save_file(nan, str(tmp_path / "nan.safetensors"))
     bad["nan.safetensors"] = "NaN or Inf"
-    if family == "sdxl":
-        # An SD1.5-style file: kohya names of layers this UNet does not have.
-        wrong = {"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight": torch.randn(4, 320),
-                 "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_up.weight": torch.randn(320, 4)}
-        words = "does not have"
-    else:
-        # An SDXL LoRA on Z-Image.
-        wrong = demo.make_lora_state_dict(demo.build_tiny("sdxl").unet, "sdxl")
-        words = "does not have"
+    # A file of another architecture in this family's own layout: the denoiser has none of its layers (an
+    # SD1.5-style file on SDXL, whose UNet has no attention in down_blocks.0).
+    down, up, _alpha = get_family(family).demo_lora_names("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")
+    wrong = {down: torch.randn(4, 320), up: torch.randn(320, 4)}
     save_file(wrong, str(tmp_path / "wrongarch.safetensors"))
-    bad["wrongarch.safetensors"] = words
-    shape = {k: (torch.randn(v.shape[0], v.shape[1] + 3) if k.endswith("lora_down.weight") else v) for k, v in sd.items()}
+    bad["wrongarch.safetensors"] = "does not have"
+    shape = {k: (torch.randn(v.shape[0], v.shape[1] + 3) if k.endswith(DOWN) else v) for k, v in sd.items()}
     save_file(shape, str(tmp_path / "shape.safetensors"))
     bad["shape.safetensors"] = "mismatch"
-    # A kohya DoRA file whose magnitudes fit neither the layers' outputs nor their inputs.
+    # A DoRA file whose magnitudes fit neither the layers' outputs nor their inputs.
     dora = dict(sd)
     for k, v in sd.items():
-        if k.endswith(".lora_up.weight"):
-            dora[k.replace(".lora_up.weight", ".dora_scale")] = torch.ones(v.shape[0] + 1, 1)
+        if k.endswith(UP):
+            dora[k.rsplit(".", 2)[0] + ".dora_scale"] = torch.ones(v.shape[0] + 1, 1)
     save_file(dora, str(tmp_path / "dora.safetensors"))
     bad["dora.safetensors"] = "DoRA magnitudes"
     return bad
@@ -102,7 +99,6 @@ def other_rank(family, tmp_path) -> str:
 def new_reader(family: str):
     """A ``Reader`` for a fresh tiny pipeline of ``family``, and that pipeline's denoiser."""
     from lora_spectrum.adapters.reading import Reader, layer_table
-    from lora_spectrum.families import get_family
 
     fam = get_family(family)
     pipe = demo.build_tiny(family, seed=0)

@@ -233,8 +233,8 @@ def test_bf16_weights_on_the_cpu_are_merged_in_float32_and_rounded_once(family, 
         assert ((got.float() - want.bfloat16().float()).abs() <= ulp).all(), name
     assert len(fuser._scratch) == len(shapes), "one float32 scratch per shape, shared"
     hotswap.use_base()
-    assert_same_tensors(base_weights(hotswap.denoiser), base_weights(demo.build_tiny(family, seed=0).to(
-        torch.bfloat16).unet if family == "sdxl" else demo.build_tiny(family, seed=0).to(torch.bfloat16).transformer))
+    assert_same_tensors(base_weights(hotswap.denoiser),
+                        base_weights(get_family(family).denoiser(demo.build_tiny(family, seed=0).to(torch.bfloat16))))
 
 
 def test_channels_last_convolutions_are_merged_into_contiguous_buffers():

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from lora_spectrum import demo
 from lora_spectrum.errors import LoraLoadError
-from tests.adapters.helpers import assert_same_tensors, bad_files, base_weights
+from tests.adapters.helpers import assert_same_tensors, bad_files, base_weights, fresh_base_weights
 from tests.tiny import FAMILIES, new_engine, pixels, request
 
 
@@ -43,8 +43,7 @@ def test_strength_zero_and_use_base_render_the_base_exactly(family, demo_loras):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_base_weights_bit_identical_after_200_random_swaps(family, demo_loras, tmp_path):
     engine = new_engine(family, resident=3)
-    fresh = base_weights(demo.build_tiny(family, seed=0).unet if family == "sdxl"
-                         else demo.build_tiny(family, seed=0).transformer)
+    fresh = fresh_base_weights(family)
     # A different-rank file in the mix forces the slot to be rebuilt now and then.
     other = tmp_path / "rank8_1.safetensors"
     save_file(demo.make_lora_state_dict(engine.hotswap.denoiser, family, rank=8, seed=5), str(other))

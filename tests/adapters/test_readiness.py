@@ -1,12 +1,11 @@
-"""One decision of *ready*: for every trainer's file format and both families, the catalog lists a file as usable
+"""One decision of *ready*: for every trainer's file format and every family, the catalog lists a file as usable
 exactly when a real render of it succeeds (and says why when not); ``inspect`` lists nothing ready that no base can
-render; peft files without a prefix render on both families like their prefixed twins."""
+render; peft files without a prefix render on every family like their prefixed twins."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,15 +19,8 @@ from lora_spectrum.catalog import Catalog
 from lora_spectrum.cli.render_commands import _cmd_inspect
 from lora_spectrum.errors import LoraLoadError
 from lora_spectrum.families import get_family
-from lora_spectrum.lora_keys import DENOISER_ROOTS
 from tests import trainer_files
 from tests.tiny import FAMILIES, new_engine, pixels, request
-
-PREFIX = {"sdxl": "unet", "z-image": "transformer"}
-
-
-def _kohya_meta(family: str) -> dict[str, str]:
-    return demo.kohya_metadata("run", 1, 10, 4, 4.0, family, 1)
 
 
 def _write_formats(folder, denoisers) -> dict[str, str | None]:
@@ -41,28 +33,16 @@ def _write_formats(folder, denoisers) -> dict[str, str | None]:
 
     for family in FAMILIES:
         denoiser = denoisers[family]
-        plain = demo.make_lora_state_dict(denoiser, family)  # lora_unet_* (SDXL) / diffusion_model.* (Z-Image)
-        if family == "sdxl":
-            save("kohya-diffusers-names-sdxl", plain, family, _kohya_meta(family))  # ai-toolkit's SDXL names
-            save("kohya-sgm-sdxl", trainer_files.sgm_names(plain), family, _kohya_meta(family))  # sd-scripts
-        else:
-            save("musubi-dm-zimage", plain, family, _kohya_meta(family))
-            kohya = {"lora_unet_" + m["module"].replace(".", "_") + "." + m["leaf"]: v for k, v in plain.items()
-                     if (m := re.match(r"diffusion_model\.(?P<module>.+?)\.(?P<leaf>lora_\w+\.weight|alpha)$", k))}
-            save("musubi-zimage", kohya, family, _kohya_meta(family))  # lora_unet_layers_0_attention_to_q
-            a_b = {k.replace(".lora_down.", ".lora_A.").replace(".lora_up.", ".lora_B."): v
-                   for k, v in plain.items() if not k.endswith(".alpha")}  # alpha = rank: no alpha keys needed
-            save("ai-toolkit-zimage", a_b, family)
-            diffsynth = {k.removeprefix("diffusion_model.").replace(".weight", ".default.weight"): v
-                         for k, v in a_b.items()}
-            save("diffsynth-zimage", diffsynth, family, {"format": "pt"})
+        for name, (sd, metadata) in trainer_files.trainer_formats(family, denoiser).items():
+            save(name, sd, family, metadata)
         tag = family.replace("-", "")
         peft = trainer_files.write_peft(folder / f"peft-bare-{tag}.safetensors", denoiser)
         made[f"peft-bare-{tag}.safetensors"] = family
         trainer_files.write_peft(folder / f"peft-default-{tag}.safetensors", denoiser, adapter_name=True)
         made[f"peft-default-{tag}.safetensors"] = family
-        save(f"peft-prefixed-{tag}", {f"{PREFIX[family]}.{k}": v for k, v in peft.items()}, family)
-        for algo, style in (("loha", "kohya"), ("lokr", "kohya"), ("dora", "kohya"), ("peft-dora", "peft")):
+        save(f"peft-prefixed-{tag}", {f"{get_family(family).lora_prefix}.{k}": v for k, v in peft.items()}, family)
+        lycoris = trainer_files.LYCORIS_STYLE.get(family, "kohya")
+        for algo, style in (("loha", lycoris), ("lokr", lycoris), ("dora", lycoris), ("peft-dora", "peft")):
             trainer_files.write(folder / f"{algo}-{tag}.safetensors", family, denoiser, algo, style=style)
             made[f"{algo}-{tag}.safetensors"] = family
     trainer_files.write(folder / "lokr-full-zimage.safetensors", "z-image", denoisers["z-image"], "lokr-full",
@@ -154,12 +134,12 @@ def test_the_decision_is_cached_per_file_version(tmp_path):
 
 def test_the_family_facts_the_check_stands_on_are_those_of_the_models(formats):
     """The check converts with the LoRA loader each pipeline inherits ``lora_state_dict`` from (the very function),
-    and ``lora_keys.DENOISER_ROOTS`` names the top-level modules with Linear/Conv2d layers of each family's denoiser
+    and ``Family.denoiser_roots`` names the top-level modules with Linear/Conv2d layers of each family's denoiser
     (Z-Image's omni variant adds its siglip modules)."""
     _folder, _made, denoisers = formats
     for family, denoiser in denoisers.items():
         fam = get_family(family)
         assert lora_loader(fam).lora_state_dict.__func__ is fam.pipeline_cls().lora_state_dict.__func__
         roots = {name.split(".")[0] for name in layer_table(denoiser)}
-        assert roots <= set(DENOISER_ROOTS[family])
-        assert set(DENOISER_ROOTS[family]) - roots <= {"siglip_embedder", "siglip_refiner"}
+        assert roots <= set(fam.denoiser_roots)
+        assert set(fam.denoiser_roots) - roots <= {"siglip_embedder", "siglip_refiner"}

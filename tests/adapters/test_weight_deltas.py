@@ -1,4 +1,4 @@
-"""LyCORIS LoHa and LoKr (decomposed and full) and DoRA (kohya and peft layouts) on both tiny families: each renders
+"""LyCORIS LoHa and LoKr (decomposed and full) and DoRA (kohya and peft layouts) on every tiny family: each renders
 like the base with its delta merged by hand, with the guarantees of plain LoRA (atomic, no residue, text encoders
 untouched, strength applies, short errors naming the file), and each is listed with its algorithm and rank."""
 
@@ -18,8 +18,11 @@ from tests.adapters.helpers import assert_same_tensors, base_weights, te_state
 from tests.tiny import FAMILIES, new_engine, pixels, request
 
 CASES = [(family, algo, style) for family in FAMILIES
-         for algo, style in (("loha", "kohya"), ("lokr", "kohya"), ("dora", "kohya"), ("peft-dora", "peft"))]
+         for algo, style in (("loha", trainer_files.LYCORIS_STYLE.get(family, "kohya")),
+                             ("lokr", trainer_files.LYCORIS_STYLE.get(family, "kohya")),
+                             ("dora", trainer_files.LYCORIS_STYLE.get(family, "kohya")), ("peft-dora", "peft"))]
 CASES.append(("z-image", "lokr-full", "ai-toolkit"))  # ai-toolkit's Z-Image LoKr: full factors, alpha 1e10
+CASES.append(("flux", "lokr-full", "ai-toolkit"))  # and its FLUX.1 LoKr, under transformer.
 
 
 def by_hand(family, deltas, strength=1.0) -> np.ndarray:
@@ -160,3 +163,21 @@ def test_a_tucker_loha_on_convolutions_renders_like_its_delta_merged_by_hand(tmp
     assert np.abs(got.astype(int) - by_hand(family, deltas)).max() <= 1
     assert np.abs(got.astype(int) - pixels(new_engine(family).render(request(family), None).images)).mean() > 0.1
     assert Catalog(tmp_path).scan()[0].algorithm == "loha"
+
+
+def test_a_lycoris_module_on_a_fused_flux_layer_is_refused_with_the_reason(tmp_path):
+    """sd-scripts names FLUX.1's fused layers (``img_attn_qkv``, ``linear1``), which diffusers splits into several
+    layers: a LoHa delta there has no one layer to merge into, so the file is refused, saying so."""
+    engine = new_engine("flux")
+    for module, parts in (("double_blocks_0_img_attn_qkv", 3), ("single_blocks_0_linear1", 4)):
+        key = f"lora_unet_{module}"
+        sd = {f"{key}.hada_w1_a": torch.randn(96, 4), f"{key}.hada_w1_b": torch.randn(4, 32),
+              f"{key}.hada_w2_a": torch.randn(96, 4), f"{key}.hada_w2_b": torch.randn(4, 32),
+              f"{key}.alpha": torch.tensor(4.0)}
+        path = tmp_path / f"{module}.safetensors"
+        save_file(sd, str(path))
+        with pytest.raises(LoraLoadError, match=f"split into {parts} layers"), engine.lock:
+            engine.hotswap.activate(str(path), 1.0)
+        entry = next(e for e in Catalog(tmp_path).scan() if e.name == path.name)
+        assert f"split into {parts} layers" in entry.problem("flux")[1], "and the catalog lists it so"
+    assert engine.hotswap.get_active_adapter() == (None, 0.0)

@@ -76,6 +76,16 @@ def test_cli_refuses_bad_values_in_one_line(capsys):
     assert "--epochs >= 2" in err and len(err.strip().splitlines()) == 1
 
 
+def test_flux_size_is_offered_and_refuses_a_cpu_with_the_reason(capsys):
+    """FLUX.1's 12 B transformer does not fit this machine: refused before anything is built, in one line."""
+    from lora_spectrum.bench.models import MODELS
+
+    assert "flux-size" in MODELS
+    assert main(["bench", "--model", "flux-size", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "flux-size runs on a GPU only" in err and len(err.strip().splitlines()) == 1
+
+
 def test_the_fuse_measurements_are_recorded_for_fuse_auto(result):
     """fuse: auto decides before a run from what bench recorded on this machine, never by timing a visible cell."""
     from lora_spectrum import fuse_policy
