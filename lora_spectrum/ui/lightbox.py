@@ -48,12 +48,13 @@ def viewer_html(layout: Layout, cells: list[Cell], grid_order: Sequence[Spot] = 
     order = ",".join(str(position(layout, s)) for s in grid_order)
     hint = _("Click any image to see it full size. In the viewer: ↑ ↓ the previous or next epoch, ← → the previous "
              "or next seed, strength or prompt, Esc closes.")
+    opener, viewer = escape(_("Open viewer")), escape(_("Viewer"))
     return (f"<div class=\"lsv-root\" data-grid=\"st-key-{escape(grid_key)}\" data-order=\"{order}\" "
             f"data-first=\"{first}\">{_STYLE}"
-            f"<div class=\"lsv-bar\"><button type=\"button\" class=\"lsv-open\">{escape(_('Open viewer'))}</button> "
+            f"<div class=\"lsv-bar\"><button type=\"button\" class=\"lsv-open\">{opener}</button> "
             f"<span class=\"lsv-hint\">{escape(hint)}</span></div>"
             f"<div class=\"lsv-overlay\" hidden tabindex=\"-1\" role=\"dialog\" aria-modal=\"true\" "
-            f"aria-label=\"{escape(_('Viewer'))}\">{''.join(slides)}</div>{_SCRIPT}</div>")
+            f"aria-label=\"{viewer}\">{''.join(slides)}</div>{_SCRIPT}</div>")
 
 
 def _slide(layout: Layout, spot: Spot, cell: Cell | None, uris: dict) -> str:
@@ -68,7 +69,8 @@ def _slide(layout: Layout, spot: Spot, cell: Cell | None, uris: dict) -> str:
         name = layout.column_name(there.column) if direction in ("up", "down") else layout.step_name(there.line)
         buttons.append(f"<button type=\"button\" data-key=\"{key}\" data-go=\"{position(layout, there)}\" "
                        f"title=\"{escape(layout.label(there))}\">{arrow} {escape(name)}</button>")
-    buttons.append(f"<button type=\"button\" class=\"lsv-close\">✕ {escape(_('Close'))} (Esc)</button>")
+    close = escape(_("Close"))
+    buttons.append(f"<button type=\"button\" class=\"lsv-close\">✕ {close} (Esc)</button>")
     # 2. The image and what it is, or why there is none.
     size, params = "", None
     if cell is not None and cell.png is not None:
@@ -80,7 +82,8 @@ def _slide(layout: Layout, spot: Spot, cell: Cell | None, uris: dict) -> str:
     elif cell is not None and cell.error:
         stage = f"<p class=\"lsv-missing\">{escape(cell.error)}</p>"
     else:
-        stage = f"<p class=\"lsv-missing\">{escape(_('not rendered'))}</p>"
+        missing = escape(_("not rendered"))
+        stage = f"<p class=\"lsv-missing\">{missing}</p>"
     text = escape(params) if params is not None else escape(_("no parameters in this PNG"))
     return (f"<figure class=\"lsv-slide\" data-pos=\"{position(layout, spot)}\" data-label=\"{escape(label)}\" hidden>"
             f"<div class=\"lsv-stage\">{stage}</div><figcaption class=\"lsv-panel\">"
