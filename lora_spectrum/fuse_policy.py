@@ -1,6 +1,7 @@
 """The ``fuse`` setting: validated into on, off or auto, and for auto the choice, made before a run from its
 sampling and what ``bench`` recorded for this machine (seconds per denoiser forward with an adapter unfused and
-bare, seconds per merge), never from the renders themselves. The engine applies it; ``adapters/fusing.py`` merges.
+bare, seconds per merge), never from the renders themselves. ``FuseAuto``, the engine's render hook, applies it
+before each swap (switching the swapper's fused mode); ``adapters/fusing.py`` merges.
 
 Fused and unfused renders differ by rounding, so the choice decides pixels: it must not depend on timings taken
 while the user's cells render (a busy machine would change them). As ``compile: auto`` reads the verdicts of
@@ -9,7 +10,9 @@ while the user's cells render (a busy machine would change them). As ``compile: 
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from lora_spectrum.compilation import verdicts_path as compile_verdicts_path
 from lora_spectrum.errors import BaseLoadError
 from lora_spectrum.language import _
 
+log = logging.getLogger(__name__)
 PREFIX = "fuse auto: "  # every auto choice's reason starts so (the rest in the language of the render that chose)
 
 
@@ -99,12 +103,43 @@ class FusePolicy:
         scale = width * height * samples / (v["image"] ** 2 * max(1, v["batch"]))
         unfused, bare = v["unfused_forward_s"] * scale, v["bare_forward_s"] * scale
         if unfused <= bare:
-            return FuseChoice(False, PREFIX + _("off, an unfused adapter adds nothing per step: {unfused} ms vs "
-                                                "{bare} ms bare").format(unfused=f"{unfused * 1e3:.1f}",
-                                                                         bare=f"{bare * 1e3:.1f}"))
+            return FuseChoice(False, PREFIX + _("off, bench measured a step with the adapter unfused no slower "
+                                                "than a bare step ({unfused} ms <= {bare} ms), so an unfused "
+                                                "adapter adds nothing per step and a merge cannot pay for itself")
+                              .format(unfused=f"{unfused * 1e3:.1f}", bare=f"{bare * 1e3:.1f}"))
         gain, merge = steps * (unfused - bare), v["merge_s"]
         why = (_("on, {steps} steps x {overhead} ms unfused overhead = {gain} ms > {merge} ms per merge")
                if gain > merge else
                _("off, {steps} steps x {overhead} ms unfused overhead = {gain} ms <= {merge} ms per merge"))
         return FuseChoice(gain > merge, PREFIX + why.format(steps=steps, overhead=f"{(unfused - bare) * 1e3:.1f}",
                                                             gain=f"{gain * 1e3:.0f}", merge=f"{merge * 1e3:.0f}"))
+
+
+# ---------------------------------------------------------------------------------------------- the render hook
+class FuseAuto:
+    """``fuse: auto`` on one engine, as its render hook: before each swap to an adapter, the swapper merges or not
+    as the run chose (``RenderRequest.fuse``) or, for a request alone, as ``choose`` says for the route's seeds; a
+    new choice is logged and kept in ``decision``. ``uses_cfg``: whether a guidance doubles each image's samples."""
+
+    def __init__(self, policy: FusePolicy, uses_cfg: Callable[[float], bool]):
+        self.policy = policy
+        self.uses_cfg = uses_cfg
+        self.decision = ""  # why it chose what it did for the last swap ("" until it chose)
+
+    def choose(self, sampling, images: int) -> FuseChoice:
+        """The choice for renders of ``sampling`` with ``images`` per denoiser call."""
+        samples = images * (2 if self.uses_cfg(sampling.guidance) else 1)
+        return self.policy.choose(sampling.steps, sampling.width, sampling.height, samples)
+
+    def before_swap(self, swapper, request, route) -> None:
+        """Before ``route`` (file, strength, seeds) is swapped in for ``request``: the swapper's fused mode set."""
+        if not route.adapter:
+            return
+        choice = request.fuse or self.choose(request.sampling, len(route.seeds))
+        if choice.fused != swapper.fuse:
+            if choice.fused:
+                swapper.use_base()  # nothing merged twice: the swap that follows merges
+            swapper.set_fuse(choice.fused)
+        if choice.why != self.decision:
+            log.info(choice.why)
+            self.decision = choice.why

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 from PIL import Image
 
@@ -15,7 +16,6 @@ from lora_spectrum.language import N_, _
 from lora_spectrum.sampling import Sampling
 
 BASE_LABEL = N_("base")  # also a value: the base column's name in manifests and run records
-GroupKey = tuple[int, float, str]  # (column, strength, prompt): one swap, one batched render of its seeds
 
 
 @dataclass
@@ -175,11 +175,26 @@ def cell_at(index: dict[tuple, Cell], ci: int, entry: LoraEntry | None, prompt: 
 
 
 # ---------------------------------------------------------------------------------------------- batching
+class GroupKey(NamedTuple):
+    """A column at a strength for a prompt: one swap, one batched render of its seeds."""
+
+    column: int
+    strength: float
+    prompt: str
+
+
+class Group(NamedTuple):
+    """A group's cells (one per seed, in order) under its key; after the cache, only those still to render."""
+
+    key: GroupKey
+    cells: list[Cell]
+
+
 def groups(cells: list[Cell]) -> dict[GroupKey, list[Cell]]:
     """Cells by (column, strength, prompt), in execution order: one swap and one batched render each."""
     out: dict[GroupKey, list[Cell]] = {}
     for c in cells:
-        out.setdefault((c.column, c.strength, c.prompt), []).append(c)
+        out.setdefault(GroupKey(c.column, c.strength, c.prompt), []).append(c)
     return out
 
 
@@ -191,16 +206,16 @@ def jobs(keys: list[GroupKey], mix: int = 1) -> list[list[GroupKey]]:
     if mix <= 1:
         return [[key] for key in keys]
     out = []
-    for prompt in dict.fromkeys(key[2] for key in keys):
-        mine = [key for key in keys if key[2] == prompt]
+    for prompt in dict.fromkeys(key.prompt for key in keys):
+        mine = [key for key in keys if key.prompt == prompt]
         out += [mine[i:i + mix] for i in range(0, len(mine), mix)]
     return out
 
 
-def calls(todos: list[tuple[GroupKey, list[Cell]]]) -> list[list[tuple[GroupKey, list[Cell]]]]:
+def calls(todos: list[Group]) -> list[list[Group]]:
     """A job's groups still to render (cached cells taken out), split into batched calls: groups with the same
     number of seeds left share one call (so that routing can stack them), in the order they first appear."""
-    by_count: dict[int, list] = {}
+    by_count: dict[int, list[Group]] = {}
     for key, todo in todos:
-        by_count.setdefault(len(todo), []).append((key, todo))
+        by_count.setdefault(len(todo), []).append(Group(key, todo))
     return list(by_count.values())

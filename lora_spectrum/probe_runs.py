@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_spectrum.catalog import READY, Catalog
+from lora_spectrum.engine import StepReport
 from lora_spectrum.errors import ConfigError
 from lora_spectrum.grid_files import write_outputs
 from lora_spectrum.plan import Cell, make_plan
@@ -54,7 +55,7 @@ def _parts(resolved: list[ResolvedProbe]) -> list[tuple[tuple, list[ResolvedProb
 
 def run_probe(engine, catalog: Catalog, probe_set: ProbeSet, out_dir: str | Path, *, series: str | None = None,
               cache=None, on_progress: Progress | None = None, cancel: threading.Event | None = None,
-              on_step=None, mix: int = 1, files: list[str] | None = None) -> ProbeRun:
+              on_step: StepReport | None = None, mix: int = 1, files: list[str] | None = None) -> ProbeRun:
     """Render the base and every ready epoch of ``series`` over ``probe_set`` into ``out_dir``.
 
     Cached cells are taken from ``cache``, so a re-run renders nothing new. On cancel, what finished is written

@@ -8,27 +8,33 @@ from __future__ import annotations
 import gc
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from lora_spectrum import demo
 from lora_spectrum.catalog import READY, Catalog
 from lora_spectrum.devices import free_memory
-from lora_spectrum.engine import Engine
+from lora_spectrum.engine import Engine, EngineConfig
 from lora_spectrum.errors import BaseLoadError, ConfigError, LoraSpectrumError
 from lora_spectrum.families import DEMO_FAMILY
 from lora_spectrum.language import N_, _
 
+if TYPE_CHECKING:
+    from lora_spectrum import execution
+
 DEMO_PROMPT = "a red circle on a white background"
 # The tiny random demo renders small and fast on a CPU; the family YAML's 1024x1024 x 30 steps is for real bases.
 TINY_DEFAULTS = {"width": 64, "height": 64, "steps": 8, "guidance": 5.0, "sampler": "Euler"}
+# What the demo takes from the config: how it swaps and renders, not how the configured base loads.
+DEMO_KEEPS = ("resident_adapters", "max_queued", "fuse", "prefetch", "compile", "compile_backend")
 
 
 @dataclass
 class EngineChoice:
     """What ``open_engine`` decided: the engine, its loras folder, whether it is the demo, and why."""
 
-    engine: object
+    engine: execution.Engine  # this process's, or a Ray pool's (``RemoteEngine``)
     loras_dir: Path
     is_demo: bool
     reason: str = ""
@@ -93,14 +99,11 @@ def demo_engine(settings, reason: str = "") -> EngineChoice:
     # The demo is tiny: it runs anywhere, so a configured device that is missing (the reason the base failed,
     # perhaps) does not stop it.
     device = settings.device if settings.device == "cpu" or torch.cuda.is_available() else "auto"
-    common = dict(family=DEMO_FAMILY, device=device, dtype="auto", local_files_only=True,
-                  resident_adapters=settings.resident_adapters, max_queued=settings.max_queued_renders,
-                  fuse=settings.fuse, prefetch=settings.prefetch, compile=settings.compile,
-                  compile_backend=settings.compile_backend)
+    config = EngineConfig.from_settings(settings).keeping(*DEMO_KEEPS, family=DEMO_FAMILY, device=device)
     if settings.demo == "trained" and demo.assets_available():
         rec = demo.RECOMMENDED
         defaults = {k: rec[k] for k in ("steps", "guidance", "sampler", "width", "height")}
-        engine = Engine.load(str(demo.ASSETS_DIR / demo.BASE_DIRNAME), defaults=defaults, **common)
+        engine = Engine.load(str(demo.ASSETS_DIR / demo.BASE_DIRNAME), config, defaults=defaults)
         note = N_("Demo mode: a tiny base trained to draw coloured shapes, and the epochs of an ink-style LoRA "
                 "trained on it (overtrained on purpose: its late epochs repaint the shapes), with their training "
                 "log. Not a real model.")
@@ -108,7 +111,7 @@ def demo_engine(settings, reason: str = "") -> EngineChoice:
                               demo.ASSETS_DIR / demo.LOGS_DIRNAME)
     else:
         base, loras = demo.ensure_demo(settings.path(settings.demo_dir), DEMO_FAMILY)
-        engine = Engine.load(str(base), defaults=TINY_DEFAULTS, **common)
+        engine = Engine.load(str(base), config, defaults=TINY_DEFAULTS)
         note = N_("Demo mode: a tiny base with random weights and synthetic demo epochs (not a real model).")
         choice = EngineChoice(engine, loras, True, reason, DEMO_PROMPT)
     engine.note = note  # in English; the UI shows it translated, with ``choice.reason`` (why not the base)
@@ -152,7 +155,7 @@ def switch_base(choice: EngineChoice, settings, source: str, progress=None) -> E
     ``BaseLoadError`` says why. ``BusyError`` while runs are rendering on the current engine."""
     say = progress or (lambda fraction, text: None)
     old = choice.engine
-    if getattr(old, "executor", None) is not None:
+    if old.executor is not None:
         raise ConfigError("the base of a Ray pool is switched by restarting with another base: in the config")
     previous = choice.source or old.base_id
     with old.admission.exclusive("renders are running (here or in another tab): switch when they finish"):

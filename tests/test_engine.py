@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from lora_spectrum import demo
-from lora_spectrum.engine import Engine
+from lora_spectrum.engine import Engine, EngineConfig
 from lora_spectrum.errors import BaseLoadError
 from lora_spectrum.families import get_family as engine_family
+from lora_spectrum.settings import Settings
 from tests.tiny import FAMILIES, Boom, new_engine, pixels, request
 
 
@@ -122,3 +123,24 @@ def test_swaps_under_diffusers_group_offload_hooks_render_as_without(demo_loras)
         got = pixels(engine.render(request(family), path).images)
         assert np.array_equal(got, pixels(plain.render(request(family), path).images)), path
     assert {"rebuild", "cold", "warm", "base"} <= {r.kind for r in engine.hotswap.history}
+
+
+def test_one_config_builds_the_engine_from_the_settings_or_by_name():
+    """Every knob is an ``EngineConfig`` field: taken from the settings in one place, and given to ``Engine`` as a
+    config or field by field, with the same engine either way."""
+    settings = replace(Settings(), resident_adapters=3, max_queued_renders=5, fuse="off", compile="off",
+                       prefetch=False, hf_cache="/somewhere", empty_cache_after_swap=True)
+    config = EngineConfig.from_settings(settings)
+    assert (config.resident_adapters, config.max_queued, config.fuse, config.prefetch, config.cache_dir,
+            config.empty_cache_after_swap, config.compile) == (3, 5, "off", False, "/somewhere", True, "off")
+    kept = config.keeping("resident_adapters", "prefetch", family="x")
+    assert (kept.resident_adapters, kept.prefetch, kept.family, kept.max_queued) == (3, False, "x", 2)
+    family = "sdxl"
+    by_config = Engine(demo.build_tiny(family, seed=0), engine_family(family), "tiny",
+                       replace(config, max_sequence_length=32))
+    by_name = new_engine(family, resident=3, max_queued=5, prefetch=False, empty_cache_after_swap=True)
+    for engine in (by_config, by_name):
+        assert (engine.hotswap.store.resident, engine.admission.limit, engine.prefetch_enabled,
+                engine.hotswap.empty_cache, engine.fuse_mode, engine.max_sequence_length) == (3, 5, False, True,
+                                                                                         "off", 32)
+

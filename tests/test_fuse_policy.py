@@ -82,7 +82,7 @@ def test_the_engine_reads_the_verdict_once_and_applies_the_choice(demo_loras, ve
     record_for(family, verdicts, unfused_forward_s=10.0, merge_s=1e-6)
     engine = new_engine(family, fuse="auto")
     unfused_pixels = pixels(new_engine(family, fuse="off").render(req, path, 0.9).images).astype(int)
-    with caplog.at_level(logging.INFO, logger="lora_spectrum.engine"):
+    with caplog.at_level(logging.INFO, logger="lora_spectrum.fuse_policy"):
         result = engine.render(req, path, 0.9)
     assert result.swap.fused and engine.fuse and engine.hotswap.is_fused()
     assert "fuse auto: on" in engine.fuse_decision and engine.fuse_decision in caplog.text

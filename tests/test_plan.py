@@ -9,7 +9,7 @@ import pytest
 from lora_spectrum import language
 from lora_spectrum.catalog import Catalog
 from lora_spectrum.errors import PlanError
-from lora_spectrum.plan import calls, groups, jobs, make_plan, plan_cells
+from lora_spectrum.plan import Group, GroupKey, calls, groups, jobs, make_plan, plan_cells
 from lora_spectrum.settings import load_family_defaults
 
 
@@ -41,6 +41,8 @@ def test_groups_are_epoch_major_one_per_column_strength_and_prompt(tmp_path, dem
     d = load_family_defaults("sdxl")
     plan = make_plan(d, [None, *entries], [1, 2], [0.5, 1.0], ["p", "q"], d.sampling.override(width=64, height=64))
     grouped = groups(plan_cells(plan))
+    assert all(isinstance(k, GroupKey) for k in grouped), "named: column, strength, prompt"
+    assert [k.prompt for k in grouped][:2] == ["p", "q"] and list(grouped)[2].strength == 0.5
     assert list(grouped) == [(0, 0.0, "p"), (0, 0.0, "q"),
                              (1, 0.5, "p"), (1, 0.5, "q"), (1, 1.0, "p"), (1, 1.0, "q"),
                              (2, 0.5, "p"), (2, 0.5, "q"), (2, 1.0, "p"), (2, 1.0, "q")]
@@ -48,7 +50,8 @@ def test_groups_are_epoch_major_one_per_column_strength_and_prompt(tmp_path, dem
 
 
 def test_jobs_pack_the_groups_of_one_prompt_up_to_mix():
-    keys = [(0, 0.0, "p"), (0, 0.0, "q"), (1, 1.0, "p"), (1, 1.0, "q"), (2, 1.0, "p"), (2, 1.0, "q")]
+    keys = [GroupKey(*k) for k in [(0, 0.0, "p"), (0, 0.0, "q"), (1, 1.0, "p"), (1, 1.0, "q"), (2, 1.0, "p"),
+                                   (2, 1.0, "q")]]
     assert jobs(keys, 1) == [[k] for k in keys]
     assert jobs(keys, 2) == [[(0, 0.0, "p"), (1, 1.0, "p")], [(2, 1.0, "p")],
                              [(0, 0.0, "q"), (1, 1.0, "q")], [(2, 1.0, "q")]]
@@ -57,9 +60,10 @@ def test_jobs_pack_the_groups_of_one_prompt_up_to_mix():
 
 
 def test_calls_put_groups_with_as_many_seeds_left_together_in_first_seen_order():
-    a, b, c, d = ((i, 1.0, "p") for i in range(4))
-    todos = [(a, ["s1"]), (b, ["s1", "s2"]), (c, ["s2"]), (d, ["s1", "s2"])]
+    a, b, c, d = (GroupKey(i, 1.0, "p") for i in range(4))
+    todos = [Group(a, ["s1"]), Group(b, ["s1", "s2"]), Group(c, ["s2"]), Group(d, ["s1", "s2"])]
     assert calls(todos) == [[(a, ["s1"]), (c, ["s2"])], [(b, ["s1", "s2"]), (d, ["s1", "s2"])]]
+    assert [g.key.column for g in calls(todos)[1]] == [1, 3]
     assert calls([(a, ["s1"])]) == [[(a, ["s1"])]]
 
 

@@ -5,6 +5,7 @@ are compared with epoch-by-epoch renders."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from tests.adapters.helpers import (
     separate,
     te_state,
 )
+from tests.test_fuse_policy import record_for, verdicts  # noqa: F401 - the fixture, used by name
 from tests.tiny import FAMILIES, garbage, new_engine, pixels, request, with_guidance
 
 
@@ -191,7 +193,7 @@ def test_a_cancel_inside_a_routed_call_puts_everything_back(demo_loras):
     fresh = base_weights(engine.hotswap.denoiser)
     cancel = threading.Event()
     results = render_routed(engine, req, [(files[0], 1.0, (1, 2)), (files[-1], 1.0, (1, 2))], cancel=cancel,
-                                   on_step=lambda i, n: cancel.set())
+                                   on_step=lambda i, n, label: cancel.set())
     assert all(isinstance(r, Cancelled) for r in results)
     assert engine.hotswap.history[-1].kind == "routed", "the cancel came inside the routed call"
     assert only_the_slot(engine) and engine.hotswap.get_active_adapter() == (files[2], 0.7)
@@ -273,3 +275,49 @@ def test_a_wide_batch_that_runs_out_of_memory_renders_its_routes_one_by_one(demo
     for got, want in zip(results, expected, strict=True):
         assert np.array_equal(pixels(got.images), want)
     assert engine.hotswap.history[-3].kind == "routed", "the routed call was tried first"
+
+
+def test_each_route_renders_its_own_seeds_and_fuse_auto_chooses_for_them(demo_loras, verdicts):  # noqa: F811
+    """A routed batch's seeds are its routes' (the request's are not used), for the images and for every choice
+    made per route: under ``fuse: auto`` a route rendered alone is merged exactly as ``render`` of its own seeds
+    would be, not as a request of no seeds (which would never pay for a merge)."""
+    family = "sdxl"
+    files = [str(p) for p in demo_loras[family]]
+    record_for(family, verdicts, unfused_forward_s=10.0, merge_s=1e-6)  # a merge pays for any image at all
+    req = replace(request(family, steps=3), seeds=())  # as a plan's batches carry it: the routes hold the seeds
+    alone = (files[1], 0.9, (1, 2))
+    shared = [(files[0], 1.0, (3,)), (files[2], 0.8, (4,))]
+    engine = new_engine(family, fuse="auto")
+    [[by_itself], together] = engine.render_routed(req, [[alone], shared])
+    # 1. Alone in its call: as ``render`` of its own seeds, merged because two images make the merge pay.
+    reference = new_engine(family, fuse="auto").render(replace(req, seeds=alone[2]), alone[0], alone[1])
+    assert reference.swap.fused, "the rule merges for two images"
+    assert by_itself.swap.fused and by_itself.swap.kind != "routed"
+    assert np.array_equal(pixels(by_itself.images), pixels(reference.images))
+    # 2. Sharing a call: each route's images are its own seeds' (unfused, as routed samples always are).
+    expected = separate(new_engine(family), req, shared)
+    assert [r.swap.kind for r in together] == ["routed", "routed"]
+    for got, want in zip(together, expected, strict=True):
+        assert diff(pixels(got.images), want) < 0.05
+    assert diff(pixels(together[0].images), expected[1]) > 1.0, "seed 3 is not seed 4"
+
+
+def test_progress_reports_each_step_with_what_renders(demo_loras, tmp_path):
+    """One ``on_step(step, steps, label)`` from the engine to the caller of ``run_plan``: the label names the
+    columns of the batch that is rendering."""
+    family = "sdxl"
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    for p in demo_loras[family][:2]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    catalog = Catalog(folder)
+    entries = [e for e in catalog.scan() if e.state == "ready"]
+    engine = new_engine(family)
+    plan = make_plan(engine.defaults, [None, *entries], [1], [1.0], ["a red circle"],
+                     Sampling("", 2, 5.0, 64, 64, "Euler"))
+    seen = []
+    cells = run_plan(engine, plan, catalog, mix=3, on_step=lambda step, steps, label: seen.append((step, steps, label)))
+    assert all(c.image is not None and c.routed for c in cells)
+    label = " + ".join(c.label for c in cells)
+    assert seen == [(1, 2, label), (2, 2, label)], seen
+

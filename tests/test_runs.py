@@ -346,7 +346,7 @@ def test_cancelling_a_run_leaves_the_engine_ready(demo_loras, ref):
     stop = threading.Event()
     with pytest.raises(Cancelled):
         engine.render(request(family, SEEDS), by_epoch[300].path, cancel=stop,
-                      on_step=lambda i, n: stop.set() if i == 1 else None)
+                      on_step=lambda i, n, label: stop.set() if i == 1 else None)
     # Ready: nothing holds the lock or an admission, and the next run equals a clean one.
     assert not engine.lock.locked()
     with engine.admit(), engine.admit():

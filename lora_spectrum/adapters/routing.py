@@ -1,8 +1,8 @@
 """Routed batches: several adapters in one denoiser batch, each block of samples through its own (stacked forward
 hooks, or peft's mixed-batch forward), set up on a ``HotSwapper``'s denoiser and taken back again.
 
-Never writes a base weight; the slot itself is borrowed and given back through the swapper. See
-``docs/adapters.md`` (routed batches).
+Never writes a base weight; the slot is borrowed and given back through the swapper (``lend``, ``take_back``), and
+only its public methods are used. See ``docs/adapters.md`` (routed batches).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def unroutable(prepared, family) -> str:
 @contextmanager
 def route(swapper, blocks: list[tuple[str | None, float]], samples: int, way: str = "auto",
           prepared: dict | None = None):
-    """``HotSwapper.routed`` (the caller holds the swapper's lock): each of ``blocks`` = (file or ``None`` for
+    """``HotSwapper.routed`` (the caller holds ``Engine.lock``): each of ``blocks`` = (file or ``None`` for
     the base, strength) is ``samples`` consecutive samples of every denoiser call inside the block.
 
     Two ways, both unfused arithmetic that never writes a base weight: *stacked* (kind ``routed``) when every
@@ -104,7 +104,7 @@ def route(swapper, blocks: list[tuple[str | None, float]], samples: int, way: st
             raise LoraLoadError(path, f"cannot share a batch with other epochs: {why}")
         distinct[key] = adapter
     stacked = way == "auto" and _stackable(distinct, swapper.reader.layers)
-    installed, undo, in_flight = swapper._lend_slot(), [], False
+    installed, undo, in_flight = swapper.lend(), [], False
     try:
         # 2. Set up the chosen way; ``undo`` collects what step 4 takes back. Torch errors (out of memory while
         #    stacking, say) are translated, so the caller can fail or fall back like for any other.
@@ -116,7 +116,7 @@ def route(swapper, blocks: list[tuple[str | None, float]], samples: int, way: st
             else:
                 kind = "routed-peft"
                 _route_peft(swapper, keys, samples, distinct, undo)
-        record = swapper._record(f"{len(distinct)} adapter(s) routed", kind, t0, 1.0)
+        record = swapper.record(f"{len(distinct)} adapter(s) routed", kind, t0, 1.0)
         # 3. The caller renders.
         try:
             yield record
@@ -133,7 +133,7 @@ def route(swapper, blocks: list[tuple[str | None, float]], samples: int, way: st
                 fn()
             except Exception as exc:  # noqa: BLE001 - the other steps must still run
                 failures.append(exc)
-        failure = swapper._put_back(installed, broken=bool(failures))
+        failure = swapper.take_back(installed, broken=bool(failures))
         if failure is not None:
             failures.append(failure)
         if failures and not in_flight:
@@ -164,7 +164,8 @@ def _route_stacked(swapper, keys, samples: int, distinct, undo: list) -> None:
 
     # 1. The slot installed for this layout, so that its peft layers tell each layer's scaling.
     first = next(iter(distinct.values()))
-    slot = swapper._slot_for(first)
+    slot = swapper.slot
+    slot.fit(first)
     # 2. Every LoRA layer bypassed for the block: the hooks add the deltas instead.
     for layer in swapper.denoiser.modules():
         if isinstance(layer, LoraLayer):
@@ -192,8 +193,8 @@ def _route_peft(swapper, keys, samples: int, distinct, undo: list) -> None:
     names_for: dict[tuple[str, float], str] = {}
     for i, (key, prepared) in enumerate(distinct.items()):
         names_for[key] = f"lora_spectrum_mix{i}"
-        swapper._load_named(prepared, names_for[key])
-        undo.append(functools.partial(swapper._drop_adapter, names_for[key]))
+        swapper.slot.load(prepared, names_for[key])
+        undo.append(functools.partial(swapper.slot.drop, names_for[key]))
     names = [MIX_BASE if key is None else names_for[key] for key in keys for _ in range(samples)]
     # 2. Every LoRA layer enabled, each temporary adapter at its strength, told every sample's adapter.
     for layer in swapper.denoiser.modules():

@@ -1,6 +1,7 @@
-"""The unit an executor runs: a ``Batch`` (one job of a plan: a swap and one batched call, or routed calls) and
-the ``Outcome`` of each of its routes; ``place``: which worker gets which batches (epoch-major, routed batches
-whole). Plain data only, so that batches and outcomes cross process boundaries; nothing here renders."""
+"""The unit an executor runs: a ``Batch`` (one job of a plan: a swap and one batched call, or routed calls, with the
+ids of the cells it renders) and the ``Outcome`` of each of its routes; ``place``: which worker gets which batches
+(epoch-major, routed batches whole). Plain data only, so that batches and outcomes cross process boundaries;
+nothing here renders."""
 
 from __future__ import annotations
 
@@ -15,19 +16,28 @@ from lora_spectrum.errors import LoraLoadError
 @dataclass(frozen=True)
 class Batch:
     """One job of a plan. ``calls``: a single call of a single route (swap and render its seeds), or with
-    ``routed`` the batched calls of ``Engine.render_routed``. ``ahead``: the file to read while this renders."""
+    ``routed`` the batched calls of ``Engine.render_routed``; each ``Route`` carries its own seeds. ``cells``: per
+    route (in ``routes`` order), the ids of the cells it renders, one per seed (their places in the run's cell
+    list), so that outcomes find their cells on any worker. ``ahead``: the file to read while this renders."""
 
     index: int  # the job's place in the plan's execution order
-    request: RenderRequest  # prompt and sampling; the seeds of a single route
+    request: RenderRequest  # prompt, sampling, the run's fuse choice and the label; the seeds are the routes'
     calls: tuple[tuple[Route, ...], ...]
     routed: bool
-    label: str  # the columns it renders, for progress ("epoch 20 + epoch 30")
+    label: str  # the columns it renders, for progress ("epoch 20 + epoch 30"); the request reports it each step
     ahead: str | None = None
+    cells: tuple[tuple[int, ...], ...] = ()
+
+    def __post_init__(self):
+        # Routes given as plain (file, strength, seeds) tuples become ``Route``s; the request carries the label.
+        object.__setattr__(self, "calls", tuple(tuple(Route(*r) for r in call) for call in self.calls))
+        if self.label and self.request.label != self.label:
+            object.__setattr__(self, "request", replace(self.request, label=self.label))
 
     @property
     def files(self) -> list[str]:
         """The files this batch swaps in, in order, once each."""
-        return list(dict.fromkeys(str(path) for call in self.calls for path, _, _ in call if path is not None))
+        return list(dict.fromkeys(str(r.path) for r in self.routes if r.path is not None))
 
     @property
     def routes(self) -> list[Route]:
@@ -35,7 +45,7 @@ class Batch:
 
     @property
     def images(self) -> int:
-        return sum(len(seeds) for _, _, seeds in self.routes)
+        return sum(len(r.seeds) for r in self.routes)
 
 
 @dataclass

@@ -5,29 +5,28 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
+from lora_spectrum.engine import StepReport
 from lora_spectrum.errors import Cancelled, LoraSpectrumError, shorten
 from lora_spectrum.execution.batch import Batch, Outcome
-
-StepReport = Callable[[int, int, str], None]  # (step, steps, label)
 
 
 def execute(engine, batch: Batch, cancel: threading.Event | None = None, on_step: StepReport | None = None,
             worker: str = "local") -> list[Outcome]:
     """Render one batch on ``engine``: one outcome per route, in ``batch.routes`` order. A failure (its file's,
-    the call's) and a cancel land on the routes they stopped; nothing raises."""
-    step = (lambda i, n: on_step(i, n, batch.label)) if on_step else None
+    the call's) and a cancel land on the routes they stopped; nothing raises. ``on_step`` gets the batch's label
+    with each step (``StepReport``)."""
     t0 = time.perf_counter()
     try:
         if not batch.routed:
-            path, strength, seeds = batch.calls[0][0]
-            results = [engine.render(replace(batch.request, seeds=tuple(seeds)), path, strength, cancel=cancel,
-                                     on_step=step, ahead=batch.ahead)]
+            route = batch.calls[0][0]
+            results = [engine.render(replace(batch.request, seeds=route.seeds), route.path, route.strength,
+                                     cancel=cancel, on_step=on_step, ahead=batch.ahead)]
         else:
             routed = engine.render_routed(batch.request, [list(call) for call in batch.calls], cancel=cancel,
-                                          on_step=step, ahead=batch.ahead)
+                                          on_step=on_step, ahead=batch.ahead)
             results = [r for call in routed for r in call]
     except LoraSpectrumError as exc:  # Cancelled included: the batch's routes end as it says
         results = [exc] * len(batch.routes)

@@ -1,6 +1,6 @@
 """``RemoteEngine``: what the driver of a Ray pool knows of its workers' engines (base, family, defaults, dtype,
-device, fuse, compile), in the shape the app, the CLI and ``run_plan`` read from an ``Engine``, plus the pool
-that renders for it and its admission. It holds no model and renders nothing itself."""
+device, fuse, compile): the ``execution.Engine`` protocol, as the app, the CLI and ``run_plan`` read it, plus the
+pool that renders for it and its admission. It holds no model and renders nothing itself."""
 
 from __future__ import annotations
 
@@ -8,21 +8,22 @@ import torch
 
 from lora_spectrum.admission import Admission
 from lora_spectrum.families import get_family
+from lora_spectrum.fuse_policy import FuseChoice
 
 # What must be the same on every worker for their pixels (and cache keys) to be the same.
 SAME_ON_EVERY_WORKER = ("base_id", "family", "dtype", "device_type", "fuse_mode", "compiled", "defaults", "is_demo",
                         "loras_dir")
+# The engine's attributes that travel as they are (the others are converted to plain values and back).
+PLAIN = ("base_id", "defaults", "fuse_mode", "compiled", "compile_note", "prefetch_enabled", "note")
 
 
 def engine_facts(choice) -> dict:
     """A worker's loaded engine and its start-up choice (``workbench.EngineChoice``) as plain values."""
     e = choice.engine
-    return {"base_id": e.base_id, "family": e.family.name, "defaults": e.defaults,
+    return {**{name: getattr(e, name) for name in PLAIN}, "family": e.family.name,
             "dtype": str(e.dtype).removeprefix("torch."), "device": str(e.device), "device_type": e.device.type,
-            "fuse_mode": e.fuse_mode, "compiled": e.compiled, "compile_note": e.compile_note,
-            "prefetch_enabled": e.prefetch_enabled, "note": e.note, "is_demo": choice.is_demo,
-            "loras_dir": str(choice.loras_dir), "reason": choice.reason, "prompt": choice.prompt,
-            "logs_dir": None if choice.logs_dir is None else str(choice.logs_dir)}
+            "is_demo": choice.is_demo, "loras_dir": str(choice.loras_dir), "reason": choice.reason,
+            "prompt": choice.prompt, "logs_dir": None if choice.logs_dir is None else str(choice.logs_dir)}
 
 
 def differences(facts: dict, reference: dict) -> str:
@@ -41,18 +42,18 @@ class RemoteEngine:
 
     def __init__(self, facts: dict, executor, max_queued: int = 2):
         self.executor = executor
-        self.base_id = facts["base_id"]
+        for name in PLAIN:
+            setattr(self, name, facts[name])
         self.family = get_family(facts["family"])
-        self.defaults = facts["defaults"]
         self.dtype = getattr(torch, facts["dtype"])
         self.device = torch.device(facts["device"])
-        self.fuse_mode = facts["fuse_mode"]
-        self.compiled = facts["compiled"]
-        self.compile_note = facts["compile_note"]
-        self.prefetch_enabled = facts["prefetch_enabled"]
-        self.note = facts["note"]
         self.admission = Admission(max_queued)
 
     def admit(self):
         """Admit one run on the pool: at most ``max_queued_renders`` at once, as for one engine."""
         return self.admission.enter()
+
+    def fuse_choice(self, sampling, images: int) -> FuseChoice:
+        """A pool's driver does not know its workers' bench measurements: ``fuse: auto`` is off on every worker
+        (the choice travels in the requests), ``on`` and ``off`` are as set."""
+        return FuseChoice(self.fuse_mode == "on", "")

@@ -36,7 +36,7 @@ def test_fused_render_is_close_to_unfused_and_the_base_comes_back_bit_exact(fami
     to_unfused, to_base = np.abs(fused - unfused), np.abs(fused - base.astype(int))
     assert to_unfused.max() <= 2 and to_unfused.mean() < 0.02 * to_base.mean(), (to_unfused.max(), to_base.mean())
     # One buffer per targeted weight, no more (float32 here: no scratch).
-    targeted = {n for n in engine.hotswap._slot.layer_names}
+    targeted = {n for n in engine.hotswap.slot.layer_names}
     base_weight = engine.hotswap.fuser.base_weight
     expected = sum(base_weight(n).numel() * base_weight(n).element_size() for n in targeted)
     assert engine.hotswap.fused_extra_bytes() == expected > 0
@@ -151,7 +151,7 @@ def test_conv_layers_are_merged_like_peft_computes_them(demo_loras, tmp_path):
     engine = new_engine(family, fuse=True)
     fused = pixels(engine.render(request(family), str(locon)).images).astype(int)
     assert engine.hotswap.is_fused() and engine.hotswap.fuse_note == ""
-    assert any(isinstance(layer.get_base_layer(), torch.nn.Conv2d) for layer in engine.hotswap._slot.layers)
+    assert any(isinstance(layer.get_base_layer(), torch.nn.Conv2d) for layer in engine.hotswap.slot.layers)
     to_unfused, to_attention = np.abs(fused - unfused), np.abs(fused - attention_only.astype(int))
     assert to_unfused.max() <= 2 and to_unfused.mean() < 0.05 * to_attention.mean()
     engine.render(request(family), None)
@@ -217,10 +217,10 @@ def test_bf16_weights_on_the_cpu_are_merged_in_float32_and_rounded_once(family, 
 
     hotswap = HotSwapper(pipe, get_family(family), fuse=True)
     hotswap.activate(demo_loras[family][4], 0.8)
-    adapter, fuser = hotswap._slot.adapter_name, hotswap.fuser
+    adapter, fuser = hotswap.slot.adapter_name, hotswap.fuser
     assert not fusing.native_merge(torch.device("cpu"), torch.bfloat16) and fuser._scratch
     shapes = set()
-    for name, layer in zip(hotswap._slot.layer_names, hotswap._slot.layers, strict=True):
+    for name, layer in zip(hotswap.slot.layer_names, hotswap.slot.layers, strict=True):
         w0 = fuser.base_weight(name)
         shapes.add(tuple(w0.shape))
         up = layer.lora_B[adapter].weight.float().flatten(1)

@@ -54,3 +54,15 @@ def test_read_ahead_follows_each_queue():
     assert files_ahead([["a"], ["a"], ["b"], ["a", "c"], []]) == ["b", "b", "a", None, None]
     q = with_ahead([batch(0, "e1"), batch(1, "e1"), batch(4, "e3")])
     assert [b.ahead for b in q] == ["e3", "e3", None]
+
+
+def test_a_batch_holds_named_routes_its_cells_and_gives_its_request_its_label():
+    """Routes given as plain tuples become ``Route``s (read by name), the request reports the batch's label with
+    each step, and the cell ids travel with the batch, route by route, through ``place`` and ``with_ahead``."""
+    b = Batch(3, RenderRequest("p", ()), (((None, 0.0, (1, 2)), ("e1", 0.5, (1, 2))),), True, "base + epoch 1",
+              cells=((0, 1), (4, 5)))
+    assert [r.path for r in b.routes] == [None, "e1"] and b.routes[1].strength == 0.5
+    assert [r.seeds for r in b.routes] == [(1, 2), (1, 2)] and not b.routes[0].adapter and b.routes[1].adapter
+    assert b.request.label == "base + epoch 1" and b.images == 4 and b.files == ["e1"]
+    [[placed]] = place([b], 1)
+    assert with_ahead([placed])[0].cells == ((0, 1), (4, 5))
