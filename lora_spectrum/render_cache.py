@@ -41,7 +41,7 @@ class PixelSettings:
         device = engine.device.type
         return cls(str(engine.dtype).removeprefix("torch."), device,
                    torch.get_num_threads() if device == "cpu" else None,
-                   bool(getattr(engine, "compiled", False)) and routed == 0, fused, batch, routed)
+                   bool(engine.compiled) and routed == 0, fused, batch, routed)
 
     def record(self) -> dict:
         return asdict(self)

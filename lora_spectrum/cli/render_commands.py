@@ -208,7 +208,7 @@ def _cmd_grid(args) -> int:
             state=_state(cell)), file=sys.stderr, flush=True)
 
     # 4. Render, write, report.
-    pool = getattr(engine, "executor", None)
+    pool = engine.executor
     try:
         cells = run_plan(engine, plan, catalog, cache, progress, mix=args.mix or settings.batch_epochs)
         workers = pool.record() if pool is not None else {"executor": "local"}
@@ -332,7 +332,7 @@ def _run_probe(args):
         print(_("[probe {done}/{total}] {label} seed {seed}: {state}").format(
             done=done, total=total, label=cell.label, seed=cell.seed, state=_state(cell)), file=sys.stderr, flush=True)
 
-    pool = getattr(choice.engine, "executor", None)
+    pool = choice.engine.executor
     try:
         run = run_probe(choice.engine, catalog, probe_set, out, series=series, cache=cache, on_progress=progress,
                         mix=args.mix or settings.batch_epochs)
