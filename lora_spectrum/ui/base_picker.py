@@ -1,4 +1,5 @@
-"""The sidebar's Base section: the bases the app knows (``base_list``), each with its family, size and presence;
+"""The sidebar's Base section: the base running now, by its full name, then the bases the app knows
+(``base_list``), each with its family, size and presence (the chosen one's full name below the box, never cut);
 **Load** switches the shared engine (``workbench.switch_base``) with a progress bar; other sessions are told the
 base changed. Load and Download are the operator's (``ui/operator.py``). Widgets in, plain values out; the rules
 live in the core."""
@@ -41,10 +42,19 @@ def base_section(settings, choice) -> None:
             options.insert(0, _current(current, choice))
             by_source[current] = options[0]
         names = [o.source for o in options]
+        st.markdown(md_escape(_("Running now: {base}").format(base=by_source[current].label)),
+                    help=md_escape(current))
         with active():  # the bases' labels (size, "not downloaded") in the session's language
+            labels = {s: ("● " if s == current else "") + by_source[s].label for s in names}
+            chosen = st.session_state.get("base_pick", current)
             picked = st.selectbox(_("Base model"), names, index=names.index(current), key="base_pick",
-                                  format_func=lambda s: ("● " if s == current else "") + by_source[s].label)
+                                  format_func=labels.__getitem__,
+                                  help=md_escape(_("● marks the base running now. Chosen: {base}").format(
+                                      base=labels.get(chosen, labels[current]))))
         option = by_source[picked]
+        # The chosen base's full name, wrapped rather than cut (the box cuts long names).
+        name = _("{base} (running now)") if picked == current else _("{base} (not loaded)")
+        st.markdown("**" + md_escape(name.format(base=option.label)) + "**")
         st.caption(md_escape(_describe(option)))
         if option.kind == "repo" and (not option.present or picked in st.session_state.get(FETCHES, {})):
             download_panel(settings, option.source)

@@ -1,5 +1,6 @@
 """The History view: every comparison rendered in the app (``run_history.RunHistory`` under ``runs_dir``), newest
-first, with when it was made and with which files; Open puts one back into Compare without rendering, Delete
+first, with when it was made and with which files; Open puts one back into Compare without rendering and sets the
+sidebar to it (prompts, seeds, strengths, epochs, base column, sampling), Delete
 removes it (the operator's: ``ui/operator.py``); a session whose open run another deleted is told. This file only
 draws."""
 
@@ -11,6 +12,7 @@ from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.grid_files import output_files
 from lora_spectrum.plan import BASE_LABEL
 from lora_spectrum.run_history import RunHistory
+from lora_spectrum.ui.controls import show_in_sidebar, sidebar_values
 from lora_spectrum.ui.language import _, error_text, translator
 from lora_spectrum.ui.operator import access, operator_button, refusal
 from lora_spectrum.ui.state import RESULT
@@ -24,7 +26,9 @@ def history(settings) -> RunHistory:
 
 
 def _open(settings, catalog, run_id: str) -> None:
-    """Open's callback: the kept run becomes this session's Compare result, and Compare is shown."""
+    """Open's callback: the kept run becomes this session's Compare result, the sidebar says what it shows (a
+    column whose file has changed or is gone cannot be chosen there: the stale marker names it), and Compare is
+    shown."""
     runs = history(settings)
     gone = _("This comparison is no longer in History: it was deleted in another tab or session.")
     if not (runs.folder / run_id).is_dir():  # this list was drawn before another session deleted it
@@ -44,6 +48,7 @@ def _open(settings, catalog, run_id: str) -> None:
     state = {"plan": plan, "cells": cells, "status": "done", "out_dir": str(folder), "run_id": run_id,
              "reopened": _when(made), "downloads": downloads}
     st.session_state[RESULT] = state
+    show_in_sidebar(sidebar_values(plan))
     st.session_state["view"] = "Compare"
 
 

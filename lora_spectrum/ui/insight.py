@@ -14,12 +14,13 @@ from lora_spectrum.decision.votes import series_ratings
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.language import N_
 from lora_spectrum.measures.verdict import DEFAULT_PREFERENCE, PREFERENCES, decide
+from lora_spectrum.ui.controls import show_in_sidebar
 from lora_spectrum.ui.language import _, active, error_text, translator
 from lora_spectrum.ui.live import live_panel, live_switch
 from lora_spectrum.ui.probe import probe_controls, probe_folder, probe_results
 from lora_spectrum.ui.ship import ship_panel
 from lora_spectrum.ui.state import RESULT
-from lora_spectrum.ui.text import md_escape
+from lora_spectrum.ui.text import md_escape, no_none, titled
 
 JUDGED = ("measures", "votes")  # the verdict's states with a pick
 CACHE = "insight_cache"  # (measured inputs, series_insight's result, (preference, votes) its verdict was made with)
@@ -35,23 +36,28 @@ def _weight_cache() -> measures.WeightCache:
     return measures.WeightCache()
 
 
-def _open_in_compare() -> None:
-    st.session_state["epochs"] = [st.session_state["insight_pick"]]
+def _open_in_compare(series: str) -> None:
+    """Open in Compare's callback: the sidebar's epochs become this one (prompt, seeds and the rest stay), and
+    Compare renders what the sidebar then says."""
+    show_in_sidebar({"series": series, "epochs": [st.session_state["insight_pick"]]}, render=True)
     st.session_state["view"] = "Compare"
 
 
-def _line(df: pd.DataFrame, y: str, title: str, fmt: str = ".3g"):
-    """``y`` (a column named with ``N_``, shown translated) against epoch, titled ``title`` (translated)."""
-    return (alt.Chart(df, title=title).mark_line(point=True)
-            .encode(x=alt.X("epoch:Q", title=_("epoch")), y=alt.Y(f"{y}:Q", title=title),
-                    tooltip=[alt.Tooltip("epoch:Q", title=_("epoch")),
-                             alt.Tooltip(f"{y}:Q", format=fmt, title=_(y))])
-            .properties(height=220))
+def _line(df: pd.DataFrame, y: str, title: str, fmt: str = ".3g", by: str | None = None):
+    """``y`` (a column named with ``N_``, shown translated) against epoch; ``by``: one line per value of that
+    column (the strength), never one line zig-zagging through them. ``title`` is drawn above it (``titled``)."""
+    tooltip = [alt.Tooltip("epoch:Q", title=_("epoch")), alt.Tooltip(f"{y}:Q", format=fmt, title=_(y))]
+    encoding = {"x": alt.X("epoch:Q", title=_("epoch")), "y": alt.Y(f"{y}:Q", title=_(y))}
+    if by is not None:
+        encoding["color"] = alt.Color(f"{by}:N", title=_(by))
+        tooltip.append(alt.Tooltip(f"{by}:N", title=_(by)))
+    return (alt.Chart(df).mark_line(point=True).encode(**encoding, tooltip=tooltip)
+            .properties(height=220, description=title))
 
 
 def _loss_chart(loss: dict, axis: str, tags: list[str], title: str):
     """Lines of ``tags`` against ``axis`` (step or epoch, named with ``N_``) with a dashed rule at each epoch file;
-    None if empty."""
+    None if empty. ``title`` is drawn above it (``titled``)."""
     points = pd.DataFrame([{axis: s, "loss": v, "tag": tag} for tag in tags for s, v in loss["series"][tag]])
     if points.empty:
         return None
@@ -64,7 +70,7 @@ def _loss_chart(loss: dict, axis: str, tags: list[str], title: str):
                       .encode(x=alt.X(f"{axis}:Q", title=_(axis)),
                               tooltip=[alt.Tooltip("file", title=_("file")), alt.Tooltip("epoch", title=_("epoch")),
                                        alt.Tooltip("step", title=_("step"))]))
-    return alt.layer(*layers).properties(title=title, height=260)
+    return alt.layer(*layers).properties(description=title, height=260)
 
 
 def preference_key(series: str) -> str:
@@ -206,25 +212,29 @@ def insight_view(settings, choice, catalog, controls) -> None:
     # 3. Weight-space curves.
     if not df.empty:
         cols = st.columns(3)
-        cols[0].altair_chart(_line(df, "weight norm", _("update norm")), width="stretch")
-        cols[1].altair_chart(_line(df, "change from previous", _("change from previous epoch"), ".1%"),
-                             width="stretch")
-        cols[2].altair_chart(_line(df, "cosine to last", _("cosine to last epoch")), width="stretch")
-    # 4. Image measures of the last rendered grid.
+        titled(cols[0], _("update norm"), _line(df, "weight norm", _("update norm")))
+        titled(cols[1], _("change from previous epoch"),
+               _line(df, "change from previous", _("change from previous epoch"), ".1%"))
+        titled(cols[2], _("cosine to last epoch"), _line(df, "cosine to last", _("cosine to last epoch")))
+    # 4. Image measures of the last rendered grid: one line per strength.
     image = result.get("image")
     if image and image.get("rows"):
-        rows = pd.DataFrame([{"epoch": r["epoch"], N_("from base"): r["distance_from_base"],
-                              N_("seed spread"): r["seed_spread"], N_("change"): r["change_from_previous"]}
+        rows = pd.DataFrame([{"epoch": r["epoch"], N_("strength"): f"{r.get('strength', 1.0):g}",
+                              N_("from base"): r["distance_from_base"], N_("seed spread"): r["seed_spread"],
+                              N_("change"): r["change_from_previous"]}
                              for r in image["rows"] if r["epoch"] is not None])
-        st.caption(_("Image measures of the last grid, measure used: {measure} ({description})").format(
-            measure=image["measure"], description=image.get("measure_description", "")))
+        st.caption(md_escape(_("Image measures of the last grid, measure used: {measure} ({description})").format(
+            measure=image["measure"], description=image.get("measure_description") or "—")))
         if image.get("clip", {}).get("skipped"):
-            st.caption(_("CLIP skipped: {reason}").format(reason=image["clip"].get("reason", "")))
+            st.caption(md_escape(_("CLIP skipped: {reason}").format(
+                reason=image["clip"].get("reason") or _("no reason given"))))
         if not rows.empty:
+            by = "strength" if rows["strength"].nunique() > 1 else None
             cols = st.columns(3)
-            cols[0].altair_chart(_line(rows, "from base", _("distance from base")), width="stretch")
-            cols[1].altair_chart(_line(rows, "seed spread", _("spread across seeds")), width="stretch")
-            cols[2].altair_chart(_line(rows, "change", _("change from previous epoch")), width="stretch")
+            for col, y, title in ((cols[0], "from base", _("distance from base")),
+                                  (cols[1], "seed spread", _("spread across seeds")),
+                                  (cols[2], "change", _("change from previous epoch"))):
+                titled(col, title, _line(rows, y, title, by=by))
     else:
         st.caption(_("Render a grid with the base column in the Compare view to add image measures."))
     # 5. The training loss against step and against epoch (per-epoch tags count epochs, not steps), with a
@@ -234,20 +244,22 @@ def insight_view(settings, choice, catalog, controls) -> None:
         per_epoch = set(loss.get("per_epoch", []))
         cols = st.columns(2)
         for col, axis, tags, title in ((cols[0], N_("step"), [t for t in loss["series"] if t not in per_epoch],
-                                        _("Training loss by step ({folder})").format(folder=logs)),
+                                        _("Training loss by step")),
                                        (cols[1], N_("epoch"), [t for t in loss["series"] if t in per_epoch],
                                         _("Training loss per epoch"))):
             chart = _loss_chart(loss, axis, tags, title)
             if chart is not None:
-                col.altair_chart(chart, width="stretch")
+                titled(col, title, chart)
+        st.caption(md_escape(_("Training log: {folder}").format(folder=logs)))
     elif logs is None:
         st.caption(_("No training log: set `logs:` in the config or put TensorBoard event files in <loras>/logs."))
     # 6. The table, and a way back to the side-by-side view for any epoch.
     if not df.empty:
-        st.dataframe(df.rename(columns=_), hide_index=True, width="stretch")
+        st.dataframe(no_none(df.rename(columns=_)), hide_index=True, width="stretch")
         names = {f: _("epoch {epoch}").format(epoch=n) for f, n in zip(df["file"], df["epoch"], strict=True)}
         st.selectbox(_("Open an epoch in the side-by-side view"), df["file"].tolist(), key="insight_pick",
                      format_func=names.__getitem__)
-        st.button(_("Open in Compare"), key="insight_open", on_click=_open_in_compare)
+        st.button(_("Open in Compare"), key="insight_open", on_click=_open_in_compare, args=(series,),
+                  help=_("render this epoch in the side-by-side view with the sidebar's prompt and seeds"))
     # 7. Ship the verdict's pick (or another) with its evidence.
     ship_panel(settings, choice, catalog, series, verdict, insight=result)

@@ -1,10 +1,12 @@
 """Insight's probe section: choose a probe set and run it (progress, cancel; by itself with ``auto_probe`` for a
 series not probed yet), then the probe grid (epochs x probe prompts), style against fidelity with the verdict's
-front and pick marked, the leak per epoch, and Open in Compare with the probe prompt. Runs come from
+front and pick marked, the leak per epoch, and Open in Compare: the sidebar set to the probe grid's row (the base and
+the epoch at the probe prompt, its seeds and sampling) and rendered there (from the render cache). Runs come from
 ``probe_runs``, numbers from ``measures``; this file only draws them."""
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -14,12 +16,14 @@ import streamlit as st
 
 from lora_spectrum.catalog import READY
 from lora_spectrum.errors import BusyError, LoraSpectrumError
+from lora_spectrum.grid_files import read_manifest
 from lora_spectrum.language import N_
 from lora_spectrum.probe_runs import run_probe
 from lora_spectrum.probes import find_probe_set, probe_sets
 from lora_spectrum.render_cache import RenderCache
+from lora_spectrum.ui.controls import show_in_sidebar
 from lora_spectrum.ui.language import _, active, error_text
-from lora_spectrum.ui.text import md_escape
+from lora_spectrum.ui.text import md_escape, no_none, titled
 
 PROBE = "probe_runs"  # this session's probe runs by series: {"folder", "set", "files", "status", ...}
 PROBE_ROOT = "probe_root"  # the temporary folder this session's probe runs are written under
@@ -185,8 +189,7 @@ def _trade_off_chart(points: list[dict], pick: str | None):
     text = alt.Chart(df).mark_text(dx=8, dy=-8, align="left").encode(text="label:N", x=x, y=y)
     ring = alt.Chart(df[df["pick"]]).mark_point(size=400, shape="circle", color="#d62728",
                                                  strokeWidth=3).encode(x=x, y=y)
-    return alt.layer(path, bars_x, bars_y, dots, text, ring).properties(title=_("Style against prompt fidelity"),
-                                                                       height=320)
+    return alt.layer(path, bars_x, bars_y, dots, text, ring).properties(height=320)
 
 
 def _leak_chart(probe: dict):
@@ -196,15 +199,34 @@ def _leak_chart(probe: dict):
         return None
     tooltip = [alt.Tooltip("epoch:Q", title=_("epoch")), alt.Tooltip("leak:Q", title=_("leak")),
                alt.Tooltip("leak ratio:Q", title=_("leak ratio"))]
-    return (alt.Chart(df, title=_("Leak into prompts without the trigger")).mark_line(point=True)
+    return (alt.Chart(df).mark_line(point=True)
             .encode(x=alt.X("epoch:Q", title=_("epoch")),
                     y=alt.Y("leak:Q", title=_("leak ({measure})").format(measure=probe["measure"])),
                     tooltip=tooltip).properties(height=320))
 
 
-def _open_probe_in_compare() -> None:
-    st.session_state["epochs"] = [st.session_state["probe_pick_file"]]
-    st.session_state["prompt"] = st.session_state["probe_pick_prompt"]
+def probe_row_values(probe: dict, file: str, prompt: str) -> dict:
+    """The sidebar values of one row of the probe grid: the base and ``file`` at ``prompt``, over the seeds it was
+    probed with, at strength 1, with the sampling of the part it was rendered in (read from that part's manifest)."""
+    cells = [c for c in probe["cells"] if c["prompt"] == prompt]
+    values = {"epochs": [file], "include_base": True, "prompt": prompt, "more_prompts": "",
+              "seeds": ", ".join(str(s) for s in sorted({c["seed"] for c in cells})), "strengths": "1"}
+    if probe.get("series"):
+        values["series"] = probe["series"]
+    if cells:
+        part = Path(cells[0]["image"]).parts[0]
+        with contextlib.suppress(LoraSpectrumError, KeyError, TypeError, ValueError):  # else the sidebar's own
+            s = read_manifest(Path(probe["folder"]) / part)[1]["settings"]
+            values.update(negative=str(s["negative_prompt"]), steps=int(s["steps"]), guidance=float(s["guidance"]),
+                          width=int(s["width"]), height=int(s["height"]), sampler=str(s["sampler"]))
+    return values
+
+
+def _open_probe_in_compare(probe: dict) -> None:
+    """Open in Compare's callback: the sidebar says what the probe grid shows for this epoch and prompt, and
+    Compare renders it (served from the render cache the probe filled)."""
+    show_in_sidebar(probe_row_values(probe, st.session_state["probe_pick_file"],
+                                     st.session_state["probe_pick_prompt"]), render=True)
     st.session_state["view"] = "Compare"
 
 
@@ -226,10 +248,10 @@ def probe_results(probe: dict, verdict: dict) -> None:
     points = verdict.get("points") or []
     cols = st.columns(2)
     if points:
-        cols[0].altair_chart(_trade_off_chart(points, verdict.get("file")), width="stretch")
+        titled(cols[0], _("Style against prompt fidelity"), _trade_off_chart(points, verdict.get("file")))
     leak = _leak_chart(probe)
     if leak is not None:
-        cols[1].altair_chart(leak, width="stretch")
+        titled(cols[1], _("Leak into prompts without the trigger"), leak)
     by_file = {p["file"]: p for p in points}
     rows = []
     for e in probe["epochs"]:
@@ -237,7 +259,8 @@ def probe_results(probe: dict, verdict: dict) -> None:
         rows.append(dict(zip(TABLE, (e["epoch"], e["style"], e.get("style_se"), e["fidelity"], e.get("fidelity_se"),
                                      e["fidelity_kept"], e["leak"], e["consistency"], p.get("front"),
                                      p.get("share")), strict=True)))
-    st.dataframe(pd.DataFrame(rows, columns=list(TABLE)).rename(columns=_), hide_index=True, width="stretch")
+    st.dataframe(no_none(pd.DataFrame(rows, columns=list(TABLE)).rename(columns=_)), hide_index=True,
+                 width="stretch")
     st.caption(_("± is one standard error over the probe's prompts and seeds; style and fidelity kept in the chart "
                  "are shares of the run's most style and of the base's fidelity, their errors from resampling the "
                  "prompts and seeds."))
@@ -268,5 +291,6 @@ def _probe_grid(probe: dict, pick: str | None) -> None:
     pick = st.columns([2, 3, 1])
     pick[0].selectbox(_("Epoch"), [f for f in files if f], key="probe_pick_file", format_func=lambda f: labels[f])
     pick[1].selectbox(_("Probe prompt"), [p["prompt"] for p in probe["prompts"]], key="probe_pick_prompt")
-    pick[2].button(_("Open in Compare"), key="probe_open", on_click=_open_probe_in_compare,
-                   help=_("the side-by-side view with this epoch and this probe prompt"))
+    pick[2].button(_("Open in Compare"), key="probe_open", on_click=_open_probe_in_compare, args=(probe,),
+                   help=_("the side-by-side view of the base and this epoch at this probe prompt, over its seeds, "
+                          "rendered as the probe rendered them"))

@@ -1,10 +1,13 @@
 """The Rank view: two renders of one prompt and seed from two columns of the sidebar's selection (epochs, the
 base), sides drawn at random and no labels until the vote; votes by button or key (left, right, down = tie,
-s = skip), the next pair where the ranking is least certain, renders filled in the background, and Reveal: the
-ranking next to Insight's measures, with Ship this epoch. The maths is ``decision/``; this file only draws."""
+s = skip); after each vote the pair's labels show briefly (a toast) and the pair can be opened in Compare; the next
+pair where the ranking is least certain, renders filled in the background, and Reveal: the ranking next to
+Insight's measures, how certain it is, and Ship this epoch (the verdict's pick while the votes cannot separate the
+top epochs). The maths is ``decision/``; this file only draws."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import altair as alt
@@ -18,11 +21,12 @@ from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.language import N_
 from lora_spectrum.measures.verdict import VOTE_Z
 from lora_spectrum.render_cache import RenderCache
+from lora_spectrum.ui.controls import show_in_sidebar
 from lora_spectrum.ui.insight import insight_result, verdict_panel
 from lora_spectrum.ui.language import _, active, column_name, error_text
 from lora_spectrum.ui.ship import ship_panel
 from lora_spectrum.ui.state import RANK
-from lora_spectrum.ui.text import md_escape
+from lora_spectrum.ui.text import md_escape, no_none, titled
 
 # The ranking table's headers: English in the rows (and for the tests), translated where the table is shown.
 HEADERS = (N_("rank"), N_("column"), N_("score"), N_("won"), N_("lost"), N_("tied"), N_("style"), N_("fidelity"),
@@ -58,9 +62,37 @@ def _vote(state: dict, book: VoteBook, result: float | None, shown: int | None =
         book.add(left.key, left.file or BASE_KEY, right.key, right.file or BASE_KEY, result, pair["prompt"],
                  pair["seed"])
         state["cast"] += 1
-    # No label is said after a vote either: with few columns the same pair soon comes back.
+        # The pair's labels, said once after the vote (a toast) as the README promises: the person learns what
+        # they preferred; the next pair is drawn blind again, its sides at random.
+        state["last"] = _last_pair(state["pool"], pair)
     state["recent"] = [*state["recent"][-3:], tuple(sorted((pair["left"].key, pair["right"].key)))]
     state["pair"], state["voted"] = None, result is not None
+
+
+def _entry(pool, render):
+    return next((e for e in pool.plan.columns if (None if e is None else e.name) == render.file), None)
+
+
+def _last_pair(pool, pair: dict) -> dict:
+    """What the toast says about the pair just voted on, and the sidebar values that show it in Compare."""
+    left, right = _entry(pool, pair["left"]), _entry(pool, pair["right"])
+    s = pool.plan.sampling
+    values = {"epochs": [e.name for e in (left, right) if e is not None],
+              "include_base": left is None or right is None, "prompt": pair["prompt"], "more_prompts": "",
+              "seeds": str(pair["seed"]), "strengths": "1", "negative": s.negative_prompt, "steps": int(s.steps),
+              "guidance": float(s.guidance), "width": int(s.width), "height": int(s.height), "sampler": s.sampler}
+    series = next((e.series for e in (left, right) if e is not None and e.series), None)
+    if series:
+        values["series"] = series
+    return {"left": column_name(left), "right": column_name(right), "seed": pair["seed"], "values": values,
+            "told": False}
+
+
+def _open_last(state: dict) -> None:
+    """Open the last pair in Compare's callback: the sidebar set to its two columns, prompt and seed; rendered
+    there (from the render cache)."""
+    show_in_sidebar(state["last"]["values"], render=True)
+    st.session_state["view"] = "Compare"
 
 
 def _choose(state: dict, book: VoteBook, current: dict[str, str]) -> dict | None:
@@ -103,8 +135,14 @@ def _vote_panel(state: dict, book: VoteBook, current: dict[str, str]) -> None:
         st.info(_("Waiting for two renders of the same seed...") if not pool.finished else
                 _("Nothing to compare: fewer than two columns rendered."))
         return
-    st.caption(md_escape(_("Which is better? Prompt: {prompt} · seed {seed} · {n} vote(s) this session").format(
-        prompt=pair["prompt"], seed=pair["seed"], n=state["cast"])))
+    last = state.get("last")
+    if last and not last["told"]:  # once, for the vote just cast
+        last["told"] = True
+        st.toast(md_escape(_("That pair: left was {left}, right was {right} (seed {seed}).").format(
+            left=last["left"], right=last["right"], seed=last["seed"])), icon=":material/visibility:")
+    st.caption(md_escape(_("Which is better? Prompt: {prompt} · seed {seed}").format(prompt=pair["prompt"],
+                                                                                      seed=pair["seed"])))
+    st.space("small")  # room for the images' toolbar, which shows above an image on hover
     left, right = st.columns(2)
     left.image(pair["left"].png, caption=_("Left"), width="stretch")
     right.image(pair["right"].png, caption=_("Right"), width="stretch")
@@ -117,7 +155,13 @@ def _vote_panel(state: dict, book: VoteBook, current: dict[str, str]) -> None:
                                                        (_("Right is better"), "right", "right", 0.0)), strict=True):
         col.button(label, key=f"vote_{key}_{n}", shortcut=shortcut, on_click=_vote,
                    args=(state, book, result, n), width="stretch")
-    st.caption(_("Keys: ← left, → right, ↓ tie, S skip."))
+    foot = st.columns([3, 1])
+    foot[0].caption(_("{n} vote(s) this session · Keys: ← left, → right, ↓ tie, S skip.").format(n=state["cast"]))
+    if last:
+        foot[1].button(_("Open the last pair in Compare"), key="rank_open_last", on_click=_open_last, args=(state,),
+                       width="stretch", help=_("the sidebar is set to the pair you just voted on (its two columns, "
+                                               "prompt and seed) and Compare renders it; your votes are kept, and "
+                                               "blind ranking starts again from the sidebar when you come back"))
 
 
 def _name(catalog, series: str, file: str | None, epoch: int | None) -> str:
@@ -126,8 +170,7 @@ def _name(catalog, series: str, file: str | None, epoch: int | None) -> str:
 
 
 def _votes_and_measures(catalog, series: str, verdict: dict, summary: dict) -> None:
-    """Whether the votes agree with the measures, and how uncertain the ranking is: how far apart its top two
-    epochs are, against the separation at which the votes decide the verdict."""
+    """Whether the votes agree with the measures (how certain the ranking is: ``_certainty``, above Ship)."""
     votes, lines = verdict.get("votes") or {}, []
     if votes.get("top") is not None:
         top = _name(catalog, series, votes.get("top_file"), votes["top"])
@@ -140,14 +183,50 @@ def _votes_and_measures(catalog, series: str, verdict: dict, summary: dict) -> N
                                verdict["preference"]))))
     elif summary.get("votes") and verdict.get("state") not in ("measures", "votes"):
         lines.append(_("The votes cannot be weighed against the measures until Insight has probed the epochs."))
-    z = (summary.get("separation") or {}).get("z")
-    if z is not None:
-        lines.append(_("The ranking's top two epochs are {z} standard errors apart; the votes decide the verdict "
-                       "once they are {need} apart.").format(z=f"{z:.1f}", need=f"{VOTE_Z:g}"))
-    elif summary.get("votes"):
-        lines.append(_("Too few epochs judged to say how far apart the ranking's top two are."))
     for line in lines:
         st.caption(md_escape(line))
+
+
+def _number(catalog, series: str, file: str | None) -> int | None:
+    """The Ship box's number of ``file`` (its epoch, else its step)."""
+    entry = next((e for e in catalog.series().get(series, []) if file and e.name == file), None)
+    return None if entry is None else (entry.epoch if entry.epoch is not None else entry.step)
+
+
+def _ship_pick(number: int) -> None:
+    st.session_state["ship_epoch"] = number
+
+
+def _certainty(catalog, series: str, verdict: dict | None, summary: dict) -> None:
+    """How certain the ranking is, just above Ship: how far its top two epochs are apart (in standard errors,
+    and as the chance the first is truly better), and, while the votes cannot separate them, the verdict's pick
+    to ship instead of the ranking's top."""
+    st.markdown("**" + _("How certain the ranking is") + "**")
+    sep = summary.get("separation") or {}
+    z = sep.get("z")
+    items = {it["key"]: it["label"] for it in summary["items"]}
+    first, second = items.get(sep.get("a")), items.get(sep.get("b"))
+    if z is None or first is None or second is None:
+        st.caption(_("Too few epochs judged to say how far apart the ranking's top two are."))
+        return
+    chance = 0.5 * (1 + math.erf(z / math.sqrt(2)))  # the chance that the first is truly ahead (normal scores)
+    st.caption(md_escape(_("{first} is ahead of {second} by {z} standard errors: about {chance} likely to be truly "
+                           "better. The votes decide the verdict once the top two are {need} apart.").format(
+        first=first, second=second, z=f"{z:.1f}", chance=f"{100 * chance:.0f}%", need=f"{VOTE_Z:g}")))
+    if (verdict or {}).get("votes", {}).get("decided"):
+        st.success(md_escape(_("The votes separate {first} from {second}: Ship starts at {first}.").format(
+            first=first, second=second)))
+        return
+    pick = _number(catalog, series, (verdict or {}).get("file"))
+    if pick is None:
+        st.info(md_escape(_("The votes cannot yet separate {first} from {second}, and no verdict picks an epoch "
+                            "yet: vote more, or probe the epochs in Insight.").format(first=first, second=second)))
+        return
+    name = _name(catalog, series, verdict["file"], verdict.get("epoch"))
+    st.info(md_escape(_("The votes cannot yet separate {first} from {second}: Ship offers the verdict's pick, "
+                        "{pick}, which the measures chose.").format(first=first, second=second, pick=name)))
+    st.button(_("Ship the verdict's pick ({pick})").format(pick=name), key="rank_ship_pick", on_click=_ship_pick,
+              args=(pick,))
 
 
 def _reveal(settings, choice, catalog, series: str) -> None:
@@ -184,21 +263,23 @@ def _reveal(settings, choice, catalog, series: str) -> None:
     if not insight.get("probe"):
         st.caption(_("Open Insight to probe the epochs: the verdict and the style and fidelity columns need it."))
     df = df.drop(columns=[m for m in measures if df[m].isna().all()])  # no probe: no style, fidelity, leak
-    st.dataframe(df.rename(columns=_), hide_index=True, width="stretch")
+    st.dataframe(no_none(df.rename(columns=_)), hide_index=True, width="stretch")
     judged = [r for r in rows if r["rank"]]
     if judged:
         chart = pd.DataFrame([{"column": r["column"], "score": round(r["score"], 3), "±": round(r["±"], 3),
                                "lo": r["score"] - r["±"], "hi": r["score"] + r["±"]} for r in judged])
         x = alt.X("column:N", sort=[r["column"] for r in judged], title=None)
         tooltip = [alt.Tooltip("column:N", title=_("column")), alt.Tooltip("score:Q", title=_("score")), "±"]
-        st.altair_chart(alt.layer(
+        titled(st, _("Bradley-Terry score ± one standard error"), alt.layer(
             alt.Chart(chart).mark_rule().encode(x=x, y=alt.Y("lo:Q", title=_("score")), y2="hi:Q"),
             alt.Chart(chart).mark_point(filled=True, size=80).encode(x=x, y=alt.Y("score:Q", title=_("score")),
                                                                       tooltip=tooltip),
-        ).properties(height=240, title=_("Bradley-Terry score ± one standard error")), width="stretch")
+        ).properties(height=240))
     else:
         st.caption(_("No votes yet: the columns without a rank have not been judged."))
     # Ship starts at the verdict's pick: the measures' until the votes separate the epochs, then the votes' top.
+    if summary.get("votes"):
+        _certainty(catalog, series, verdict, summary)
     ship_panel(settings, choice, catalog, series, verdict, ranking=summary, insight=insight or None)
 
 

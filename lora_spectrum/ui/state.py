@@ -7,3 +7,5 @@ BASE_SWITCHED = "base_switched"  # (ok, message) of this session's last switch, 
 FETCHES = "base_fetches"  # repo id -> downloads.BackgroundFetch running for this session (the Base section)
 FETCH_SIZES = "base_fetch_sizes"  # repo id -> downloads.RemoteBase: the size shown before a download starts
 LANGUAGE = "language"  # the session's language choice: auto, en or zh_CN (ui/language.py)
+PENDING = "sidebar_pending"  # sidebar widget values another view asked to show, applied before the sidebar is drawn
+OPEN_RENDER = "open_render"  # Compare renders what the sidebar says on its next run, once (an Open path, Render)

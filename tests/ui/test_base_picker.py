@@ -1,4 +1,5 @@
-"""The sidebar's Base section through AppTest: the bases under models_dir listed with family and size, a switch
+"""The sidebar's Base section through AppTest: the base running now named in full, the bases under models_dir
+listed with family and size (the chosen one's full name below the box), a switch
 that frees the first base and renders on the second, another tab told, and a failed switch that keeps the base
 it had (loaded back) with one sentence on why."""
 
@@ -40,7 +41,7 @@ def render(at) -> list[str]:
     at.sidebar.multiselect(key="epochs").set_value(["jimeng_20.safetensors"])
     at.button(key="render").click().run()
     assert not at.exception, at.exception
-    return [c for im in at.main.image for c in im.captions]
+    return [c.replace("\u00a0", " ") for im in at.main.image for c in im.captions]
 
 
 def test_switching_to_a_folder_frees_the_demo_renders_and_tells_the_other_tab(app_config, demo_dir):
@@ -52,6 +53,14 @@ def test_switching_to_a_folder_frees_the_demo_renders_and_tells_the_other_tab(ap
     assert pick.options[0] == f"alt-sdxl · sdxl · {size}" and pick.options[2] == "● demo (tiny, offline)"
     assert pick.options[1].startswith("broken-sdxl · sdxl · "), "its header is read only when it loads"
     assert pick.value == "demo"
+    # The base running now, and the chosen one, by their full names (the box may cut them), marked.
+    said = [m.value.replace("\\", "") for m in at.sidebar.markdown]
+    assert "Running now: demo (tiny, offline)" in said and "**demo (tiny, offline) (running now)**" in said, said
+    assert "● marks the base running now" in pick.help
+    pick.set_value(alt).run()
+    said = [m.value.replace("\\", "") for m in at.sidebar.markdown]
+    assert f"**alt-sdxl · sdxl · {size} (not loaded)**" in said, said
+    pick = at.sidebar.selectbox(key="base_pick")
     other = AppTest.from_file(APP, default_timeout=240)
     other.run()  # a second tab on the same shared engine
     _, choice, _ = get_workbench(str(config))
@@ -64,6 +73,8 @@ def test_switching_to_a_folder_frees_the_demo_renders_and_tells_the_other_tab(ap
     gc.collect()
     assert first() is None, "the demo's pipeline was freed"
     assert "epoch 20 · strength 1 · seed 1" in render(at), "the second base renders"
+    said = [m.value.replace("\\", "") for m in at.sidebar.markdown]
+    assert f"Running now: alt-sdxl · sdxl · {size}" in said, said
     other.run()
     assert any("The base was switched to" in i.value and "alt-sdxl" in i.value.replace("\\", "") for i in other.info)
     other.run()

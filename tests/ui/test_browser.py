@@ -1,6 +1,9 @@
 """End to end in a real browser: ``streamlit run app.py`` on a free local port, driven by Playwright in Debian's
-headless Chromium; renders demo epochs side by side and checks images and captions are on the page, then ranks
-the rendered epochs blind (buttons and keys), reveals the ranking and checks the votes file."""
+headless Chromium; renders demo epochs side by side and checks images and captions are on the page, marks the grid
+stale when the sidebar changes, opens grids from a probe, Insight and History (each time the sidebar says what the
+grid shows), then ranks the rendered epochs blind (buttons and keys, the pair named after each vote), reveals the
+ranking and checks the votes file. Screenshots of every view go to ``$LORA_SPECTRUM_SCREENSHOTS`` (else the test's
+temporary folder; the path is printed): look at them."""
 
 from __future__ import annotations
 
@@ -26,10 +29,24 @@ LABEL = re.compile(r"\bepoch[ _-]?\d+|\bbase\b|\.safetensors", re.IGNORECASE)  #
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+def main_captions(page) -> list[str]:
+    """The texts of the images in the main area (their captions), as the browser lays them out."""
+    return [t for t in page.locator("[data-testid='stMain'] [data-testid='stImage']").all_inner_texts() if t.strip()]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    """Where the screenshots go: ``$LORA_SPECTRUM_SCREENSHOTS``, else the test's temporary folder."""
+    folder = Path(os.environ.get("LORA_SPECTRUM_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"screenshots: {folder}")
+    return folder
 
 
 @pytest.fixture
@@ -68,7 +85,7 @@ def server(tmp_path):
         proc.kill()
 
 
-def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
+def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path, shots):
     from playwright.sync_api import sync_playwright
 
     assert Path(CHROMIUM).exists(), "Debian's chromium is required (scripts/test.sh installs it)"
@@ -86,24 +103,29 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
         seeds.fill("1")
         seeds.press("Enter")
         page.wait_for_timeout(1500)
-        page.get_by_role("button", name="Render").click()
-        page.get_by_text("epoch 18 · strength 1 · seed 1").first.wait_for(timeout=240_000)
+        page.locator(".st-key-render button").click()  # the top one (the stale marker has its own)
+        page.get_by_text("epoch 18 · strength 1 · seed 1").filter(visible=True).first.wait_for(timeout=240_000)
         images = page.locator("[data-testid='stMain'] [data-testid='stImage'] img")
         assert images.count() >= 7  # base + six demo epochs
-        body = page.inner_text("[data-testid='stMain']")
-        for caption in ("base · seed 1", "epoch 3 · strength 1 · seed 1", "epoch 12 · strength 1 · seed 1"):
-            assert caption in body
+        # No caption wraps inside a label: "epoch 3", "strength 1", "seed 1" hold non-breaking spaces.
+        captions = main_captions(page)
+        assert captions and not any(re.search(r"\b(epoch|strength|seed) \d", c) for c in captions), captions
+        assert any("epoch\u00a03" in c for c in captions) and any("seed\u00a01" in c for c in captions), captions
         page.get_by_role("button", name="Grid PNG").wait_for(timeout=60_000)
-        shot = tmp_path / "workbench.png"
+        shot = shots / "workbench.png"
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
-        switch_to_chinese_and_back(page, tmp_path)
+        stale_marker(page, shots)
+        switch_to_chinese_and_back(page, shots)
         # The Insight view: curves, the training loss of the run that made these epochs, and the verdict once the
         # probe it starts by itself has run.
         page.locator("[data-testid='stMain']").get_by_text("Insight", exact=True).first.click()
         page.get_by_text("has the best balance of style and prompt fidelity").first.wait_for(timeout=240_000)
         page.get_by_text("Training loss").first.wait_for(timeout=60_000)
-        page.screenshot(path=str(tmp_path / "insight.png"), full_page=True)
+        page.screenshot(path=str(shots / "insight.png"), full_page=True)
+        # Open in Compare from a probe and from Insight, then History's Open back to the first grid: each time the
+        # sidebar says what the grid shows.
+        open_paths(page, shots)
         # Cancel: a long render stopped after two cells keeps those cells, says so, and the engine renders again.
         main = page.locator("[data-testid='stMain']")
         main.get_by_text("Compare", exact=True).first.click()
@@ -113,16 +135,16 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
         steps.press("Enter")
         page.wait_for_timeout(1500)
         assert steps.input_value() == "200"
-        page.get_by_role("button", name="Render").click()
+        page.locator(".st-key-render button").click()  # the top one (the stale marker has its own)
         page.get_by_text("epoch 6: step").first.wait_for(timeout=240_000)  # the base and epoch 3 are done
         page.get_by_role("button", name="Cancel").click()
         page.get_by_text("Cancelled; showing the cells that finished.").wait_for(timeout=60_000)
-        main.get_by_text("not rendered").first.wait_for(timeout=60_000)
+        main.get_by_text("not rendered").filter(visible=True).first.wait_for(timeout=60_000)
         # Streamlit removes the previous run's elements only when a run ends: count once the page holds still.
         images, counts = main.locator("[data-testid='stImage'] img:visible"), []  # not the Closer looks ones
         for _ in range(60):
             page.wait_for_timeout(1000)
-            counts.append((images.count(), main.get_by_text("not rendered").count()))
+            counts.append((images.count(), main.get_by_text("not rendered").filter(visible=True).count()))
             if len(counts) >= 3 and counts[-1] == counts[-2] == counts[-3]:
                 break
         kept, missing = counts[-1]
@@ -130,8 +152,8 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
         steps.fill("3")  # not cached: the engine must really render after the cancel
         steps.press("Enter")
         page.wait_for_timeout(1500)
-        page.get_by_role("button", name="Render").click()
-        page.get_by_text("epoch 18 · strength 1 · seed 1").first.wait_for(timeout=240_000)
+        page.locator(".st-key-render button").click()  # the top one (the stale marker has its own)
+        page.get_by_text("epoch 18 · strength 1 · seed 1").filter(visible=True).first.wait_for(timeout=240_000)
         assert main.get_by_text("Cancelled; showing").count() == 0
         for _ in range(60):  # an image counts as visible once its file has loaded
             if images.count() >= 7:
@@ -139,7 +161,8 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
             page.wait_for_timeout(1000)
         assert images.count() >= 7
         # Rank: the seven columns just rendered (served from the render cache), ten blind votes, then Reveal.
-        rank_blind(page, main, sent, tmp_path)
+        rank_blind(page, main, sent, tmp_path, shots)
+        inspector_and_base(page, main, shots)
         stale_pair_press(browser, server, tmp_path)
         browser.close()
 
@@ -147,6 +170,86 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path):
 def choose_language(page, name: str) -> None:
     page.locator("[data-testid='stSidebar'] [data-testid='stSelectbox']").filter(has_text="Language").first.click()
     page.get_by_role("option", name=name, exact=True).click()
+
+
+MARKER = ".st-key-stale_marker"  # the stale marker's container
+
+
+def _no_marker(page) -> None:
+    _poll(lambda: page.locator(MARKER).count(), lambda n: n == 0, 60, "the grid to be what the sidebar says")
+
+
+def _sidebar_value(page, label: str) -> str:
+    return page.locator("[data-testid='stSidebar']").get_by_label(label, exact=True).input_value()
+
+
+def stale_marker(page, shots: Path) -> None:
+    """The sidebar moves on: the grid stays, marked stale with what differs; Set the sidebar to this grid puts it
+    back and the marker goes."""
+    seeds = page.get_by_label("Seeds")
+    seeds.fill("1, 2")
+    seeds.press("Enter")
+    marker = page.locator(MARKER)
+    marker.wait_for(timeout=60_000)
+    _poll(marker.inner_text, lambda t: "seeds: the grid has 1, the sidebar 1, 2" in t, 30, "what differs")
+    marker.scroll_into_view_if_needed()
+    page.screenshot(path=str(shots / "stale.png"), full_page=True)
+    marker.get_by_role("button", name="Set the sidebar to this grid").click()
+    _poll(lambda: _sidebar_value(page, "Seeds"), lambda v: v == "1", 30, "the sidebar's seeds")
+    _no_marker(page)
+
+
+def _open_shows(page, shots: Path, name: str, caption: str) -> None:
+    """After an Open path: Compare shows ``caption``, nothing is marked stale; a screenshot."""
+    main = page.locator("[data-testid='stMain']")
+    main.get_by_text(caption).filter(visible=True).first.wait_for(timeout=240_000)
+    _settle(page)
+    _no_marker(page)
+    page.screenshot(path=str(shots / name), full_page=True)
+
+
+def open_paths(page, shots: Path) -> None:
+    main = page.locator("[data-testid='stMain']")
+    # 1. A probe's Open in Compare: the base and the epoch at the probe prompt over its seed, as the probe drew them.
+    page.locator(".st-key-probe_open button").first.click()
+    _open_shows(page, shots, "probe-open.png", "seed 11")
+    prompt = _sidebar_value(page, "Prompt")
+    assert prompt.endswith("jimeng style") and _sidebar_value(page, "Seeds") == "11", prompt  # the probe's
+    assert main.get_by_text(prompt, exact=True).filter(visible=True).count() >= 1, "the grid is of that prompt"
+    # 2. Insight's Open in Compare: the chosen epoch, with the sidebar's prompt and seeds.
+    main.get_by_text("Insight", exact=True).first.click()
+    page.locator(".st-key-insight_open button").first.wait_for(timeout=240_000)
+    page.locator(".st-key-insight_open button").first.click()
+    _open_shows(page, shots, "insight-open.png", "seed 11")
+    # 3. The sidebar moves on; History's Open of the first grid sets it back (six epochs, seed 1).
+    page.get_by_label("Prompt", exact=True).fill("a blue triangle")
+    page.get_by_label("Seeds").fill("3")
+    page.get_by_label("Seeds").press("Enter")
+    page.locator(MARKER).wait_for(timeout=60_000)
+    main.get_by_text("History", exact=True).first.click()
+    opens = main.get_by_role("button", name="Open", exact=True)
+    _poll(opens.count, lambda n: n >= 3, 60, "History to list the three grids")  # the first, the two opened
+    _settle(page)
+    opens.last.click()  # newest first: the last is the first grid
+    _open_shows(page, shots, "history-open.png", "epoch 18 · strength 1 · seed 1")
+    assert main.get_by_text("Reopened from History").count() == 1
+    assert _sidebar_value(page, "Seeds") == "1" and _sidebar_value(page, "Prompt") != "a blue triangle"
+
+
+def inspector_and_base(page, main, shots: Path) -> None:
+    """The Inspector's fields as a list (the algorithm, the whole sha256), and the Base section's full names."""
+    page.set_viewport_size({"width": 1500, "height": 1100})
+    main.get_by_text("Inspector", exact=True).first.click()
+    fields = page.locator(".st-key-inspector_fields")
+    fields.wait_for(timeout=60_000)
+    text = fields.inner_text()
+    assert "algorithm: lora" in text and SHA256.search(text) and "None" not in text, text
+    _settle(page)
+    page.screenshot(path=str(shots / "inspector.png"), full_page=True)
+    page.locator("[data-testid='stSidebar']").get_by_text("Base", exact=True).first.click()
+    page.get_by_text("Running now:").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1000)  # the expander's opening animation
+    page.screenshot(path=str(shots / "base.png"), full_page=True)
 
 
 def switch_to_chinese_and_back(page, tmp_path: Path) -> None:
@@ -157,14 +260,14 @@ def switch_to_chinese_and_back(page, tmp_path: Path) -> None:
     page.get_by_role("button", name=zh("Render"), exact=True).wait_for(timeout=60_000)
     caption = " · ".join([zh("epoch {epoch}").format(epoch=12), zh("strength {strength}").format(strength=1),
                           zh("seed {seed}").format(seed=1)])
-    page.get_by_text(caption, exact=True).first.wait_for(timeout=60_000)
-    body = page.inner_text("[data-testid='stMain']")
+    page.get_by_text(caption, exact=True).filter(visible=True).first.wait_for(timeout=60_000)
+    body = page.inner_text("[data-testid='stMain']").replace("\u00a0", " ")
     assert " · ".join([zh("base"), zh("seed {seed}").format(seed=1)]) in body
     assert zh("Epochs to compare") in page.inner_text("[data-testid='stSidebar']")
     page.screenshot(path=str(tmp_path / "workbench-zh.png"), full_page=True)
     choose_language(page, "English")
     page.get_by_role("button", name="Render", exact=True).wait_for(timeout=60_000)
-    page.get_by_text("epoch 12 · strength 1 · seed 1").first.wait_for(timeout=60_000)
+    page.get_by_text("epoch 12 · strength 1 · seed 1").filter(visible=True).first.wait_for(timeout=60_000)
 
 
 def _count_votes(tmp_path: Path) -> int:
@@ -198,7 +301,7 @@ def _settle(page) -> None:
     _poll(lambda: page.evaluate(SETTLED), bool, 30, "the rerun to finish")
 
 
-def rank_blind(page, main, sent: list[float], tmp_path: Path) -> None:
+def rank_blind(page, main, sent: list[float], tmp_path: Path, shots: Path) -> None:
     heading = "Rank jimeng blind"
     main.get_by_text("Rank", exact=True).first.click()
     page.get_by_role("button", name="Start blind ranking").click()
@@ -236,6 +339,17 @@ def rank_blind(page, main, sent: list[float], tmp_path: Path) -> None:
     def shown() -> list[str | None]:
         return [img.get_attribute("src") for img in main.locator("[data-testid='stImage'] img").all()]
 
+    # The images' toolbar shows above an image on hover: it must not cover the text above the pair.
+    pair.nth(1).hover()
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(shots / "rank-vote.png"), full_page=True)
+    toolbar = page.locator("[data-testid='stElementToolbar']:visible").last.bounding_box()
+    question = main.get_by_text("Which is better?").bounding_box()
+    assert toolbar is None or question["y"] + question["height"] <= toolbar["y"], (question, toolbar)
+
+    def toast() -> str:
+        return " ".join(page.locator("[data-testid='stToast']").all_inner_texts())
+
     results, count = [], 0
     for kind, name, result in actions:
         before = shown()
@@ -251,9 +365,14 @@ def rank_blind(page, main, sent: list[float], tmp_path: Path) -> None:
             count += 1
             results.append(result)
             _poll(cast, lambda n, want=count: n == want, 30, f"{name} to count vote {count}")
+            # The pair just voted on is named, briefly (a toast): which side was which column.
+            said = _poll(toast, lambda t: "That pair: left was" in t, 30, "the toast naming the pair")
+            assert len(LABEL.findall(said.split("That pair:")[-1])) >= 2, said
             _settle(page)
         # The next pair is as blind as the first, and nothing says what the vote just cast was about.
         text = panel().split("Reveal")[0]
+        for said in page.locator("[data-testid='stToast']").all_inner_texts():
+            text = text.replace(said, "")  # the toast names the pair just voted on, not the one on screen
         assert not LABEL.search(text), text
     assert count == 10
 
@@ -278,7 +397,7 @@ def rank_blind(page, main, sent: list[float], tmp_path: Path) -> None:
     page.set_viewport_size({"width": 1500, "height": 2600})  # the main area scrolls inside the page: make room
     page.get_by_text("The ranking", exact=True).scroll_into_view_if_needed()
     page.wait_for_timeout(1000)
-    shot = tmp_path / "rank.png"
+    shot = shots / "rank.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
 

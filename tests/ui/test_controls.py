@@ -1,10 +1,12 @@
-"""The sidebar through AppTest: rescans, .bak hiding, unusable files with reasons, trigger words."""
+"""The sidebar through AppTest: rescans, .bak hiding, unusable files with reasons, trigger words, values set by
+another view (``show_in_sidebar``). Several prompts as rows and the stale marker: test_compare.py."""
 
 from __future__ import annotations
 
 import os
 import shutil
 
+from lora_spectrum.ui.state import PENDING
 from tests.tiny import garbage
 from tests.ui.apptest import epoch_options, start
 
@@ -60,3 +62,23 @@ def test_trigger_words_insert_into_the_prompt(app_config):
     at.sidebar.text_area(key="prompt").set_value("a blue square")
     buttons[0].click().run()
     assert at.sidebar.text_area(key="prompt").value == "jimeng style, a blue square"
+
+
+def test_values_another_view_sets_land_in_the_sidebar_before_it_is_drawn(app_config):
+    """``show_in_sidebar``: applied at the top of the next run (no widget drawn yet, so no Streamlit error); a value
+    the widgets cannot hold (a sampler this base lacks, steps out of bounds) is left as it was."""
+    at = start()
+    steps, sampler = at.number_input(key="steps").value, at.selectbox(key="sampler").value
+    at.session_state[PENDING] = {"prompt": "a blue triangle", "more_prompts": "a red circle", "seeds": "7, 8",
+                                 "strengths": "0.5", "include_base": False, "epochs": ["jimeng_150.safetensors"],
+                                 "steps": 999, "sampler": "no such sampler", "guidance": 2.5}
+    at.run()
+    assert not at.exception, at.exception
+    assert at.sidebar.text_area(key="prompt").value == "a blue triangle"
+    assert at.sidebar.text_area(key="more_prompts").value == "a red circle"
+    assert at.sidebar.text_input(key="seeds").value == "7, 8" and at.sidebar.text_input(key="strengths").value == "0.5"
+    assert not at.sidebar.toggle(key="include_base").value
+    assert at.sidebar.multiselect(key="epochs").value == ["jimeng_150.safetensors"]
+    assert at.number_input(key="guidance").value == 2.5
+    assert at.number_input(key="steps").value == steps and at.selectbox(key="sampler").value == sampler
+    assert PENDING not in at.session_state, "applied once"

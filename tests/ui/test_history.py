@@ -1,5 +1,5 @@
 """History through AppTest: every Compare render is kept; Open puts it back into Compare without rendering (same
-images), Delete removes it; the oldest go first at runs_max."""
+images) and sets the sidebar to it (no stale marker), Delete removes it; the oldest go first at runs_max."""
 
 from __future__ import annotations
 
@@ -14,6 +14,14 @@ def test_a_render_is_kept_reopened_without_rendering_and_deleted(app_config, tmp
     at.button(key="render").click().run()
     assert not at.exception, at.exception
     assert "Report (HTML)" in {b.label for b in at.get("download_button")}  # its contents: tests/decision/
+    prompt = at.sidebar.text_area(key="prompt").value
+    # The sidebar moves on before the run is reopened.
+    at.sidebar.text_area(key="prompt").set_value("a blue triangle")
+    at.sidebar.text_input(key="seeds").set_value("4, 5")
+    at.sidebar.text_input(key="strengths").set_value("0.5")
+    at.sidebar.toggle(key="include_base").set_value(False)
+    at.sidebar.multiselect(key="epochs").set_value(["jimeng_150.safetensors"])
+    at.number_input(key="steps").set_value(5).run()
     # History lists it.
     at.segmented_control(key="view").set_value("History").run()
     assert not at.exception, at.exception
@@ -28,9 +36,15 @@ def test_a_render_is_kept_reopened_without_rendering_and_deleted(app_config, tmp
     assert not at.exception, at.exception
     assert at.segmented_control(key="view").value == "Compare"
     assert any("Reopened from History" in i.value for i in at.info)
-    captions = [c for im in at.main.image for c in im.captions]
+    captions = [c.replace("\u00a0", " ") for im in at.main.image for c in im.captions]
     assert {"base · seed 1", "epoch 20 · strength 1 · seed 1", "epoch 300 · strength 1 · seed 1"} <= set(captions)
     assert len(choice.engine.hotswap.history) == swaps, "reopening renders nothing"
+    # The sidebar says what the reopened grid shows, so nothing is marked stale.
+    assert at.sidebar.text_area(key="prompt").value == prompt
+    assert at.sidebar.text_input(key="seeds").value == "1" and at.sidebar.text_input(key="strengths").value == "1"
+    assert at.sidebar.toggle(key="include_base").value and at.number_input(key="steps").value == 2
+    assert at.sidebar.multiselect(key="epochs").value == ["jimeng_20.safetensors", "jimeng_300.safetensors"]
+    assert not any("not what the sidebar says" in w.value for w in at.main.warning)
     # Delete.
     at.segmented_control(key="view").set_value("History").run()
     at.button(key=f"hist_del_{runs[0].name}").click().run()

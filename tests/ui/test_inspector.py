@@ -1,6 +1,9 @@
-"""The Inspector through AppTest: metadata shown as plain text."""
+"""The Inspector through AppTest: the file's fields as a list (algorithm, hash, key counts; no table that scrolls
+inside itself, no raw None), metadata shown as plain text."""
 
 from __future__ import annotations
+
+import re
 
 from tests.ui.apptest import start
 
@@ -20,3 +23,10 @@ def test_inspector_shows_metadata_as_plain_text(app_config):
     values = [v for df in at.main.dataframe for v in df.value.astype(str).to_numpy().ravel()]
     assert nasty in values
     assert not any("<script>" in m.value for m in at.main.markdown)
+    # The fields: one list, each "**field:** value", escaped; the algorithm and the whole sha256 among them.
+    [fields] = [m.value for m in at.main.markdown if m.value.startswith("- **")]
+    lines = dict(line[4:].replace("\\", "").split(":** ", 1) for line in fields.split("\n"))
+    assert lines["algorithm"] == "lora" and lines["key format"] and lines["epoch"] == "21"
+    assert re.fullmatch(r"[0-9a-f]{64}", lines["sha256"]) and lines["denoiser keys"].isdigit()
+    assert lines["step"] == "not in the file" and "None" not in fields
+    assert len(at.main.dataframe) == 1, "only the metadata is a table"

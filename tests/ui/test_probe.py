@@ -1,7 +1,8 @@
 """Insight's probe section through AppTest, on the shipped trained demo: opening Insight probes the series by itself
 (``auto_probe``) once, the probe grid and the style-against-fidelity chart show the verdict's points, front and pick,
-the preference control changes the verdict, Ship starts at the pick, and Open in Compare carries the epoch and the
-probe prompt. Without ``auto_probe`` nothing is picked until Run probe."""
+the preference control changes the verdict, Ship starts at the pick, and Open in Compare sets the sidebar to the probe
+grid's row (the epoch and the base at the probe prompt, its seeds and sampling) and shows it, from the render cache.
+Without ``auto_probe`` nothing is picked until Run probe."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from lora_spectrum.settings import Settings
 from lora_spectrum.ui.insight import CACHE
 from lora_spectrum.ui.probe import PROBE, _starts_by_itself
 from lora_spectrum.ui.resources import CONFIG_ENV
+from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
 from tests.ui.apptest import APP
 
@@ -49,10 +51,11 @@ def _app(tmp_path, monkeypatch, renders, extra: str = "") -> AppTest:
 
 
 def _chart(at, title):
+    """The chart drawn under ``title`` (a Markdown heading above it, in full; the chart's description)."""
     for c in at.main.get("vega_lite_chart"):
         spec = json.loads(c.proto.spec)
-        t = spec.get("title")
-        if (t.get("text") if isinstance(t, dict) else t) == title:
+        if spec.get("description") == title:
+            assert f"**{md_escape(title)}**" in [m.value for m in at.main.markdown], title
             return spec, c
     return None, None
 
@@ -118,6 +121,12 @@ def test_insight_probes_by_itself_and_every_surface_shows_the_one_verdict(tmp_pa
     assert at.segmented_control(key="view").value == "Compare"
     assert at.sidebar.multiselect(key="epochs").value == ["jimeng_6.safetensors"]
     assert at.sidebar.text_area(key="prompt").value == "a green triangle on a white background, jimeng style"
+    assert at.sidebar.text_input(key="seeds").value == "11" and at.sidebar.toggle(key="include_base").value
+    # Compare shows that row of the probe grid, the same renders (from the cache), and nothing is marked stale.
+    cells = at.session_state[RESULT]["cells"]
+    assert {(c.file, c.seed) for c in cells} == {(None, 11), ("jimeng_6.safetensors", 11)}
+    assert all(c.cached for c in cells), "served from the render cache the probe filled"
+    assert not any("not what the sidebar says" in w.value for w in at.main.warning)
 
 
 def test_without_auto_probe_nothing_is_picked_until_run_probe(tmp_path, monkeypatch, renders):

@@ -1,7 +1,8 @@
 """Rank through AppTest: blind pairs (sides only, no labels until the vote), votes by button into the series' votes
-file (left image = "a"), skip not counted, images without their parameters text, Reveal with the ranking (unjudged
-files unranked) and the series' verdict with these votes, and Ship this epoch (at the verdict's pick) writing the
-release and its card."""
+file (left image = "a"), the pair's labels in a toast after each vote (not after a skip), skip not counted, images
+without their parameters text, the last pair opened in Compare, Reveal with the ranking (unjudged files unranked),
+the series' verdict with these votes and how certain the ranking is, and Ship this epoch (at the verdict's pick)
+writing the release and its card."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from PIL import Image
 
 from lora_spectrum.decision.votes import file_name
 from lora_spectrum.ui.insight import CACHE
-from lora_spectrum.ui.state import RANK
+from lora_spectrum.ui.state import RANK, RESULT
 from lora_spectrum.ui.text import md_escape
 from tests.ui.apptest import start
 
@@ -62,9 +63,19 @@ def test_blind_votes_go_to_the_votes_file_and_reveal_ranks_them(app_config, tmp_
         pair = at.session_state[RANK]["pair"]
         if result is not None:
             expected.append((pair["left"].key, pair["right"].key, result, pair["seed"]))
+        names = {side: pair[side].label for side in ("left", "right")}
         at.button(key=f"{key}_{at.session_state[RANK]['shown']}").click().run()
         assert not at.exception, at.exception
-        assert not any(label in _vote_panel_text(at) for label in LABELS), "no label after a vote either"
+        # The pair just voted on is named once, briefly (a toast); the next pair is as blind as the first.
+        toasts = [t.value.replace("\\", "") for t in at.toast]
+        if result is None:
+            assert not toasts, "a skip is not a vote: the pair stays unnamed"
+        else:
+            assert toasts == [f"That pair: left was {names['left']}, right was {names['right']} "
+                              f"(seed {pair['seed']})."], toasts
+        assert not any(label in _vote_panel_text(at) for label in LABELS), "the next pair is drawn blind"
+        at.run()
+        assert not at.toast, "said once"
     assert "4 vote(s) this session" in _vote_panel_text(at)
     votes = json.loads((tmp_path / "ratings" / file_name("jimeng")).read_text(encoding="utf-8"))["votes"]
     assert [(v["a"], v["b"], v["result"], v["seed"]) for v in votes] == expected
@@ -77,6 +88,7 @@ def test_blind_votes_go_to_the_votes_file_and_reveal_ranks_them(app_config, tmp_
     assert at.session_state[RANK]["cast"] == 4, "the ranking session survives a visit to Insight"
     at.toggle(key="rank_reveal").set_value(True).run()
     assert not at.exception, at.exception
+    assert all(v is not None for v in at.main.dataframe[0].value["won"]), "every column has its counts"
     table = at.main.dataframe[0].value
     # The ranking is the series' (every epoch file and the base); files nobody judged get no rank.
     judged = table[table["rank"].notna()]
@@ -94,7 +106,18 @@ def test_blind_votes_go_to_the_votes_file_and_reveal_ranks_them(app_config, tmp_
     assert "blind votes" in verdict["reason"]
     said = _vote_panel_text(at)
     assert ("The votes agree with the measures" in said) is bool(verdict["votes"]["agree"]), said
-    assert "standard errors apart" in said or "Too few epochs judged" in said, said
+    # How certain: the top two's distance in standard errors and as a chance; while the votes cannot separate
+    # them, Ship offers the verdict's pick (the measures'), with a button that puts it back in the box.
+    assert "likely to be truly better" in said or "Too few epochs judged" in said, said
+    if "likely to be truly better" in said and not verdict["votes"].get("decided"):
+        [offer] = [i.value.replace("\\", "") for i in at.info if "cannot yet separate" in i.value]
+        assert f"Ship offers the verdict's pick, epoch {verdict['epoch']}" in offer, offer
+        other = next(n for n in at.selectbox(key="ship_epoch").options if n != f"epoch {verdict['epoch']}")
+        at.selectbox(key="ship_epoch").set_value(int(other.split()[1])).run()
+        at.button(key="rank_ship_pick").click().run()
+        assert at.selectbox(key="ship_epoch").value == verdict["epoch"]
+    elif verdict["votes"].get("decided"):
+        assert any("The votes separate" in s.value for s in at.success)
     # Ship starts at the verdict's pick (the votes' top only once they are separated), not the ranking's top.
     assert at.selectbox(key="ship_epoch").value == verdict["epoch"], "Ship starts at the verdict's pick"
     top = next(lab for lab in judged.sort_values("rank")["column"] if lab != "base")
@@ -119,3 +142,25 @@ def test_rank_needs_two_columns(app_config):
     at.segmented_control(key="view").set_value("Rank").run()
     assert not at.exception, at.exception
     assert any("at least two columns" in i.value for i in at.info)
+
+
+def test_the_last_pair_opens_in_compare_as_it_was_shown(app_config):
+    at = start()
+    at.sidebar.multiselect(key="epochs").set_value(EPOCHS[:2])
+    at.segmented_control(key="view").set_value("Rank").run()
+    at.button(key="rank_start").click().run()
+    assert at.session_state[RANK]["pool"].wait(240), "the background renders finish"
+    at.run()
+    pair = at.session_state[RANK]["pair"]
+    at.button(key=f"vote_left_{at.session_state[RANK]['shown']}").click().run()
+    at.button(key="rank_open_last").click().run()
+    assert not at.exception, at.exception
+    assert at.segmented_control(key="view").value == "Compare"
+    shown = {pair["left"].file, pair["right"].file}
+    assert set(at.sidebar.multiselect(key="epochs").value) == shown - {None}
+    assert at.sidebar.toggle(key="include_base").value == (None in shown)
+    assert at.sidebar.text_input(key="seeds").value == str(pair["seed"])
+    cells = at.session_state[RESULT]["cells"]
+    assert {c.file for c in cells} == shown and {c.seed for c in cells} == {pair["seed"]}
+    assert all(c.cached for c in cells), "the pair's renders, from the render cache"
+    assert not any("not what the sidebar says" in w.value for w in at.main.warning)
