@@ -64,7 +64,8 @@ class Held:
 
 
 def captions(at) -> set[str]:
-    return {c for im in at.main.image for c in im.captions}
+    """The grid's captions as read aloud (their labels keep together with non-breaking spaces)."""
+    return {c.replace("\u00a0", " ") for im in at.main.image for c in im.captions}
 
 
 def base_caption(at) -> str:
