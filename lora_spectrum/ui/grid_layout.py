@@ -161,6 +161,16 @@ def enlarge(image: Image.Image, factor: int) -> Image.Image:
     return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
+def shown_whole(image: Image.Image, room: float, most: int = MAX_CELL) -> tuple[Image.Image, int | str]:
+    """``image`` as a view shows it in ``room`` px: enlarged by the largest whole multiple that fits (``most`` px
+    at most either way), with its width in px; a render larger than the room keeps its pixels and is fitted to the
+    room by the browser (``"stretch"``: scaled down, never up)."""
+    if image.width > room:
+        return image, "stretch"
+    big = enlarge(image, whole_factor(image.width, image.height, room, most))
+    return big, big.width
+
+
 def column_room(weights: list[float], index: int, width: int = GRID_WIDTH) -> float:
     """The px width of column ``index`` of ``st.columns(weights)`` in a grid ``width`` px wide."""
     return (width - GAP * (len(weights) - 1)) * weights[index] / sum(weights)

@@ -13,6 +13,7 @@ from pathlib import Path
 import altair as alt
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
 from lora_spectrum.catalog import READY
 from lora_spectrum.errors import BusyError, LoraSpectrumError
@@ -22,6 +23,7 @@ from lora_spectrum.probe_runs import run_probe
 from lora_spectrum.probes import find_probe_set, probe_sets
 from lora_spectrum.render_cache import RenderCache
 from lora_spectrum.ui.controls import show_in_sidebar
+from lora_spectrum.ui.grid_layout import column_room, shown_whole
 from lora_spectrum.ui.language import _, active, error_text
 from lora_spectrum.ui.text import md_escape, no_none, titled
 
@@ -275,19 +277,21 @@ def _probe_grid(probe: dict, pick: str | None) -> None:
     files = [None] + [e["file"] for e in probe["epochs"]]
     labels = {None: _("base"), **{e["file"]: _epoch_label(e["epoch"], e["file"]) for e in probe["epochs"]}}
     by_key = {(c["file"], c["prompt"], c["seed"]): c for c in probe["cells"]}
-    header = st.columns(len(files) + 1)
+    weights = [1.4] + [1.0] * len(files)  # the prompt's words, then one column per epoch
+    header = st.columns(weights)
     header[0].markdown("**" + _("probe prompt") + "**")
     for i, f in enumerate(files):
         header[i + 1].markdown(f"**{md_escape(labels[f])}**" + (" ★" if f == pick and f else ""))
     for p in probe["prompts"]:
-        row = st.columns(len(files) + 1)
+        row = st.columns(weights)
         kind = KIND_LABELS.get(p["kind"])
         kind = _(kind) if kind else p["kind"]
         row[0].caption(md_escape(_("{kind}: {prompt}").format(kind=kind, prompt=p["prompt"])))
         for i, f in enumerate(files):
             c = by_key.get((f, p["prompt"], seed))
             if c is not None:
-                row[i + 1].image(str(folder / c["image"]), width="stretch")
+                shown, width = shown_whole(Image.open(folder / c["image"]), column_room(weights, i + 1))
+                row[i + 1].image(shown, width=width, output_format="PNG")
     pick = st.columns([2, 3, 1])
     pick[0].selectbox(_("Epoch"), [f for f in files if f], key="probe_pick_file", format_func=lambda f: labels[f])
     pick[1].selectbox(_("Probe prompt"), [p["prompt"] for p in probe["prompts"]], key="probe_pick_prompt")

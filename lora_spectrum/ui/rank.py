@@ -7,12 +7,14 @@ top epochs). The maths is ``decision/``; this file only draws."""
 
 from __future__ import annotations
 
+import io
 import math
 import random
 
 import altair as alt
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
 from lora_spectrum.decision.rank_pool import BASE_KEY, RankPool
 from lora_spectrum.decision.ranking import fit, next_pair
@@ -22,11 +24,14 @@ from lora_spectrum.language import N_
 from lora_spectrum.measures.verdict import VOTE_Z
 from lora_spectrum.render_cache import RenderCache
 from lora_spectrum.ui.controls import show_in_sidebar
+from lora_spectrum.ui.grid_layout import shown_whole
 from lora_spectrum.ui.insight import insight_result, verdict_panel
 from lora_spectrum.ui.language import _, active, column_name, error_text
 from lora_spectrum.ui.ship import ship_panel
 from lora_spectrum.ui.state import RANK
 from lora_spectrum.ui.text import md_escape, no_none, titled
+
+PAIR_ROOM = 440  # px across for one side of a pair (half the page's main area)
 
 # The ranking table's headers: English in the rows (and for the tests), translated where the table is shown.
 HEADERS = (N_("rank"), N_("column"), N_("score"), N_("won"), N_("lost"), N_("tied"), N_("style"), N_("fidelity"),
@@ -144,8 +149,10 @@ def _vote_panel(state: dict, book: VoteBook, current: dict[str, str]) -> None:
                                                                                       seed=pair["seed"])))
     st.space("small")  # room for the images' toolbar, which shows above an image on hover
     left, right = st.columns(2)
-    left.image(pair["left"].png, caption=_("Left"), width="stretch")
-    right.image(pair["right"].png, caption=_("Right"), width="stretch")
+    for column, side, word in ((left, "left", _("Left")), (right, "right", _("Right"))):
+        # A small render enlarged by a whole multiple, pixel for pixel: never blurred, on both sides alike.
+        shown, width = shown_whole(Image.open(io.BytesIO(pair[side].png)), PAIR_ROOM, PAIR_ROOM)
+        column.image(shown, caption=word, width=width, output_format="PNG")
     b = st.columns(4)
     # Each pair has buttons of its own, and their callbacks carry the pair's number: a press the page sent while
     # it still showed the previous pair cannot vote on a pair nobody saw.

@@ -18,7 +18,7 @@ from lora_spectrum.catalog import Catalog
 from lora_spectrum.grid_files import parse_parameters
 from lora_spectrum.plan import cell_at, index_cells, make_plan
 from lora_spectrum.runs import run_plan
-from lora_spectrum.ui.grid_layout import NBSP, Layout, Spot, cell_label, enlarge, whole_factor
+from lora_spectrum.ui.grid_layout import NBSP, Layout, Spot, cell_label, enlarge, shown_whole, whole_factor
 from lora_spectrum.ui.lightbox import viewer_html
 from tests.tiny import new_engine, request
 
@@ -191,3 +191,12 @@ def test_labels_break_only_between_their_parts():
     assert label == f"epoch{NBSP}20 · strength{NBSP}0.6 · seed{NBSP}1"
     assert cell_label("base", None, 2) == f"base · seed{NBSP}2"
     assert cell_label("my lora v2 final", 1.0, 3) == f"my lora v2 final · strength{NBSP}1 · seed{NBSP}3"
+
+
+def test_a_view_shows_a_small_render_whole_and_a_large_one_fitted_never_enlarged_by_a_fraction():
+    small = Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3))
+    shown, width = shown_whole(small, 440, 440)
+    assert width == shown.width == 64 * 6 and shown.tobytes() == enlarge(small, 6).tobytes()  # 6 x 64 = 384 <= 440
+    large = Image.new("RGB", (1024, 1024))
+    shown, width = shown_whole(large, 440, 440)
+    assert shown is large and width == "stretch"  # scaled down by the browser, never up

@@ -51,6 +51,8 @@ def test_blind_votes_go_to_the_votes_file_and_reveal_ranks_them(app_config, tmp_
     # 1. Two images, captioned Left and Right only: nothing tells which epoch is which.
     captions = [c for im in at.main.image for c in im.captions]
     assert captions == ["Left", "Right"], captions
+    # Sent as PNG, enlarged (if at all) by a whole multiple with nearest-neighbour (``grid_layout.shown_whole``).
+    assert all(im.proto.imgs[0].url.endswith(".png") for im in at.main.image), "never a JPEG that smears pixels"
     assert not any(label in _vote_panel_text(at) for label in LABELS), _vote_panel_text(at)
     # The images shown are pixels only: the cells' own PNGs name the LoRA and its epoch in their parameters.
     pair = at.session_state[RANK]["pair"]
