@@ -37,12 +37,13 @@ class RunRecord:
     folder: Path
     made_at: str  # ISO 8601, UTC
     files: list[str]  # the columns' files ("base" for the base column)
-    prompt: str
+    prompt: str  # the first prompt
     seeds: list[int]
     strengths: list[float]
     cells: int
     failed: int
     base: str
+    prompts: tuple[str, ...] = ()  # every prompt, one row each (older manifests: the one prompt)
 
 
 class RunHistory:
@@ -176,7 +177,8 @@ class RunHistory:
             timespec="seconds")
         return RunRecord(id=folder.name, folder=folder, made_at=made, files=list(s["columns"]), prompt=s["prompt"],
                          seeds=list(s["seeds"]), strengths=list(s["strengths"]), cells=len(cells),
-                         failed=sum(1 for c in cells if c.get("error")), base=s["base"])
+                         failed=sum(1 for c in cells if c.get("error")), base=s["base"],
+                         prompts=tuple(s.get("prompts") or [s["prompt"]]))
 
 
 def _column(name: str, sha: str | None, records: list[dict], catalog: Catalog | None) -> LoraEntry:

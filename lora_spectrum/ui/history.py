@@ -109,6 +109,9 @@ def history_view(settings, catalog) -> None:
             top[1].button(_("Open"), key=f"hist_open_{run.id}", on_click=_open, args=(settings, catalog, run.id))
             top[2].button(_("Delete"), key=f"hist_del_{run.id}", on_click=_delete, args=(settings, run.id),
                           disabled=viewer, help=why)
-            line = _("Prompt: {prompt} · seeds {seeds} · strengths {strengths} · files: {files}")
-            st.caption(md_escape(line.format(prompt=run.prompt, seeds=", ".join(map(str, run.seeds)),
+            line = (_("Prompt: {prompt} · seeds {seeds} · strengths {strengths} · files: {files}")
+                    if len(run.prompts) < 2 else
+                    _("Prompts: {prompt} · seeds {seeds} · strengths {strengths} · files: {files}"))
+            st.caption(md_escape(line.format(prompt=" | ".join(run.prompts or (run.prompt,)),
+                                             seeds=", ".join(map(str, run.seeds)),
                                              strengths=", ".join(f"{s:g}" for s in run.strengths), files=files)))

@@ -67,3 +67,21 @@ def test_the_oldest_run_goes_first_at_the_bound(app_config, tmp_path):
     assert {at.button(key=f"hist_open_{k}").label for k in kept} == {"Open"}
     text = " ".join(c.value for c in at.main.caption).replace("\\", "")
     assert "seeds 3" in text and "seeds 2" in text and "seeds 1 ·" not in text
+
+
+def test_a_grid_of_several_prompts_is_listed_with_every_prompt_and_reopens_with_them(app_config, tmp_path):
+    at = start()
+    at.sidebar.multiselect(key="epochs").set_value(["jimeng_20.safetensors"])
+    at.sidebar.text_area(key="prompt").set_value("a red circle")
+    at.sidebar.text_area(key="more_prompts").set_value("a blue square\n\na blue square\n")  # repeats dropped
+    at.button(key="render").click().run()
+    assert not at.exception, at.exception
+    at.sidebar.text_area(key="more_prompts").set_value("")
+    at.segmented_control(key="view").set_value("History").run()
+    text = " ".join(c.value for c in at.main.caption).replace("\\", "")
+    assert "Prompts: a red circle | a blue square · seeds 1" in text, text
+    run = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir())
+    at.button(key=f"hist_open_{run.name}").click().run()
+    assert not at.exception, at.exception
+    assert at.sidebar.text_area(key="prompt").value == "a red circle"
+    assert at.sidebar.text_area(key="more_prompts").value.strip() == "a blue square"
