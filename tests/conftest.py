@@ -15,6 +15,9 @@ from tests.tiny import FAMILIES
 # The tiny models are dominated by per-operation overhead, where one thread is fastest and least disturbed by
 # other processes on a 2-core machine. Results do not depend on it.
 torch.set_num_threads(1)
+# The same for the processes the tests start (the CLI, the app's server, Ray's workers): two threads each on a
+# core that another process is using spin against each other's work (a render then takes 10 to 50 times longer).
+os.environ["OMP_NUM_THREADS"] = "1"
 # The CLI speaks the language of LANGUAGE / LC_ALL / LC_MESSAGES / LANG: the tests read its English whatever the
 # machine's locale is (tests/test_language.py runs it under LANG=zh_CN.UTF-8 on purpose).
 os.environ["LANGUAGE"] = "en"
@@ -57,3 +60,15 @@ def setup(tmp_path, demo_dir):
     config.write_text(f"base: demo\ndemo: random\ndemo_dir: {demo_dir}\ncache_dir: {tmp_path / 'cache'}\ndevice: cpu\n",
                       encoding="utf-8")
     return config, loras, tmp_path / "out"
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory):
+    """One ``python -m lora_spectrum.demo.trainer --quick`` run (base, its CLIP, style set, LoRA epochs, log and
+    report), shared by the tests of the trainer and of the CLIP training: (folder, torch threads before, after)."""
+    from lora_spectrum.demo import trainer
+
+    folder = tmp_path_factory.mktemp("quick-demo")
+    threads = torch.get_num_threads()
+    assert trainer.main(["--out", str(folder), "--quick"]) == 0
+    return folder, threads, torch.get_num_threads()

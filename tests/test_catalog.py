@@ -224,7 +224,10 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "lora_spectrum", *args], capture_output=True, text=True, timeout=120)
 
 
-def test_inspect_json_order_states_and_exit_codes(tmp_path):
+def test_inspect_json_order_states_and_exit_codes(tmp_path, capsys):
+    """The first call as a process of its own (``python -m lora_spectrum``), the others in this one."""
+    from lora_spectrum.cli import main
+
     for n in (100, 9, 20):
         write_lora(tmp_path / f"jimeng_{n}.safetensors", metadata={"modelspec.trigger_phrase": "jm"})
     (tmp_path / "jimeng_30.safetensors").write_bytes(b"")
@@ -240,10 +243,11 @@ def test_inspect_json_order_states_and_exit_codes(tmp_path):
     assert all(required <= set(d) for d in data)
     assert [d["state"] for d in data] == ["unreadable", "ready", "ready", "incomplete", "ready"]
     assert data[1]["trigger_words"] == ["jm"] and data[1]["rank"] == 4
-    table = run_cli("inspect", "--loras", str(tmp_path))
-    assert table.returncode == 0 and "jimeng_20.safetensors" in table.stdout and "unreadable" in table.stdout
-    missing = run_cli("inspect", "--loras", str(tmp_path / "nope"))
-    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    assert main(["inspect", "--loras", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "jimeng_20.safetensors" in table and "unreadable" in table
+    assert main(["inspect", "--loras", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
 
 
 def test_a_file_for_another_family_is_incompatible_and_left_out_of_the_series(tmp_path):

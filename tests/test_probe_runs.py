@@ -16,8 +16,9 @@ from lora_spectrum.render_cache import RenderCache
 from lora_spectrum.settings import Settings
 from lora_spectrum.workbench import open_engine
 
-SMALL = ProbeSet("small", (ProbePrompt("a blue triangle on a gray background", "new_context"),
-                           ProbePrompt("a green circle on a cream background", "leak")), (11,))
+# 4 steps, not the demo's 20: these tests follow cells through the plan, engine and cache, not their looks.
+SMALL = ProbeSet("small", (ProbePrompt("a blue triangle on a gray background", "new_context", steps=4),
+                           ProbePrompt("a green circle on a cream background", "leak", steps=4)), (11,))
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +82,8 @@ def test_a_kohya_prompt_file_with_its_own_seeds_runs_in_parts(demo_choice, tmp_p
     catalog, files = _files(demo_choice)
     prompts = tmp_path / "sample_prompts.txt"
     prompts.write_text("# kohya sample prompts\n"
-                       "a red circle on a white background, jimeng style --d 5 --s 12 --l 4\n"
-                       "a blue square on a white background --d 6 --s 12 --l 4\n", encoding="utf-8")
+                       "a red circle on a white background, jimeng style --d 5 --s 3 --l 4\n"
+                       "a blue square on a white background --d 6 --s 3 --l 4\n", encoding="utf-8")
     probe_set = load_kohya_prompts(prompts, ["jimeng style"])
     run = run_probe(demo_choice.engine, catalog, probe_set, tmp_path / "probe")
     _, record = read_probe(tmp_path / "probe")
@@ -92,4 +93,4 @@ def test_a_kohya_prompt_file_with_its_own_seeds_runs_in_parts(demo_choice, tmp_p
              for part in record["parts"]]
     steps = {json.loads((tmp_path / "probe" / part / "manifest.json").read_text())["settings"]["steps"]
              for part in record["parts"]}
-    assert seeds == [[5], [6]] and steps == {12}
+    assert seeds == [[5], [6]] and steps == {3}

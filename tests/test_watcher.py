@@ -27,6 +27,9 @@ from tests import stand_in_trainer
 REPO = Path(__file__).resolve().parent.parent
 SMALL = {"seeds": [11], "style": ["a red circle on a white background"],
          "new_context": ["a blue triangle on a gray background"], "leak": ["a green circle on a cream background"]}
+# SMALL in 4 steps, not the demo's 20, for the tests that look at which files are judged and when, not at what the
+# verdict says (the renders, hence the measures, change with the step count).
+QUICK = {k: v if k == "seeds" else [{"prompt": p, "steps": 4} for p in v] for k, v in SMALL.items()}
 FINAL = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in stand_in_trainer.epoch_files()}
 
 
@@ -36,7 +39,7 @@ def engine():
 
 
 def judge_for(engine, folder: Path, tmp: Path, calls: list) -> ProbeJudge:
-    real = ProbeJudge(engine, Catalog(folder), probe_set_from_mapping(SMALL, "small", "test"), tmp / "probe",
+    real = ProbeJudge(engine, Catalog(folder), probe_set_from_mapping(QUICK, "quick", "test"), tmp / "probe",
                       cache=RenderCache(tmp / "cache"), clip_model=str(assets.demo_clip_dir()),
                       references=assets.demo_style_dir())
 
@@ -85,9 +88,9 @@ def test_each_complete_file_is_judged_once_and_never_a_partial_one(engine, tmp_p
     assert [e["file"] for e in again if e["event"] == "judged"] == ["jimeng_9.safetensors"]
 
 
-def _watch(tmp_path, *extra, env=None):
+def _watch(tmp_path, *extra, probe=SMALL):
     small = tmp_path / "small.yaml"
-    small.write_text(json.dumps(SMALL), encoding="utf-8")
+    small.write_text(json.dumps(probe), encoding="utf-8")
     config = tmp_path / "config.yaml"
     config.write_text(f"base: demo\ndemo: trained\ndevice: cpu\ncache_dir: {tmp_path / 'cache'}\n", encoding="utf-8")
     return [sys.executable, "-m", "lora_spectrum", "watch", "--config", str(config), "--base", "demo", "--probe",
@@ -123,7 +126,7 @@ def test_ctrl_c_stops_the_watcher_cleanly_and_leaves_no_half_written_cache_entry
     loras.mkdir()
     for p in stand_in_trainer.epoch_files():
         (loras / p.name).write_bytes(p.read_bytes())
-    proc = subprocess.Popen(_watch(tmp_path, "--loras", str(loras), "--interval", "0.2"), cwd=REPO,
+    proc = subprocess.Popen(_watch(tmp_path, "--loras", str(loras), "--interval", "0.2", probe=QUICK), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = 0
     for line in proc.stderr:  # interrupt in the middle of the probe's renders

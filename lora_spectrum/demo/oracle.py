@@ -17,15 +17,15 @@ SEEDS = (101, 102, 103, 104, 105, 106, 107, 108)
 RENDER = {"num_inference_steps": 20, "guidance_scale": 4.0, "width": 64, "height": 64}
 
 
-def measure(pipe, prompts=HELD_OUT, seeds=SEEDS) -> dict:
-    """Render ``prompts`` (with the trigger) for every seed through ``pipe`` as it is now and score the images:
-    the share with the asked fill colour, with the asked shape, both, and the mean ink fraction."""
+def measure(pipe, prompts=HELD_OUT, seeds=SEEDS, steps: int = RENDER["num_inference_steps"]) -> dict:
+    """Render ``prompts`` (with the trigger) for every seed through ``pipe`` as it is now, in ``steps`` steps, and
+    score the images: the share with the asked fill colour, with the asked shape, both, and the mean ink fraction."""
     texts = [caption(c, s, b, styled=True) for c, s, b in prompts]
     colour = shape = both = 0
     ink = []
     for seed in seeds:
         gens = [torch.Generator().manual_seed(seed) for _ in texts]
-        images = pipe(prompt=texts, generator=gens, **RENDER).images
+        images = pipe(prompt=texts, generator=gens, **{**RENDER, "num_inference_steps": steps}).images
         for (c, s, _), im in zip(prompts, images, strict=True):
             ok_c, ok_s = closest_colour(im) == c, shape_of(im) == s
             colour, shape, both = colour + ok_c, shape + ok_s, both + (ok_c and ok_s)

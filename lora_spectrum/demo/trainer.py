@@ -177,13 +177,14 @@ def run(out: str | Path, budget: Budget = FULL, seed: int = 0, lora_only: bool =
     t0 = time.perf_counter()
     s_means, s_stds = encode_latents(pipe.vae, style_x)
     v_means, v_stds = encode_latents(pipe.vae, val_x)
-    # 8. The oracle scores the base and every saved epoch on held-out prompts (quick runs: two seeds).
-    seeds = oracle.SEEDS if budget is not QUICK else oracle.SEEDS[:2]
-    base_scores = oracle.measure(pipe, seeds=seeds)
+    # 8. The oracle scores the base and every saved epoch on held-out prompts (quick runs: one seed, few steps).
+    seeds = oracle.SEEDS[:budget.oracle_seeds]
+    base_scores = oracle.measure(pipe, seeds=seeds, steps=budget.oracle_steps)
     table: list[dict] = []
 
     def on_save(epoch: int, path: Path) -> None:
-        table.append({"epoch": epoch, "file": path.name, **oracle.measure(pipe, seeds=seeds)})
+        scores = oracle.measure(pipe, seeds=seeds, steps=budget.oracle_steps)
+        table.append({"epoch": epoch, "file": path.name, **scores})
         log(f"oracle epoch {epoch}: {table[-1]}")
 
     saved = train_lora(pipe, s_means, s_stds, style_captions, budget, seed, out / LORAS_DIRNAME, out / LOGS_DIRNAME,

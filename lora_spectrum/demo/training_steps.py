@@ -91,11 +91,13 @@ class Budget:
     lora_rank: int = 8
     lora_alpha: float = 8.0
     lora_lr: float = 4e-4
+    oracle_seeds: int = 8  # the oracle renders each held-out prompt with this many of ``oracle.SEEDS``
+    oracle_steps: int = 20  # in this many denoising steps
 
 
 FULL = Budget()
 QUICK = Budget(vae_steps=3, vae_batch=4, te_warmup_steps=3, vae_decoder_steps=2, base_images=54, unet_steps=3, unet_batch=4, style_images=18,
-               validation_images=6, lora_epochs=2, lora_batch=6, lora_save_every=1)
+               validation_images=6, lora_epochs=2, lora_batch=6, lora_save_every=1, oracle_seeds=1, oracle_steps=4)
 
 
 def log(msg: str) -> None:

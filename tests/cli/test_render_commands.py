@@ -228,9 +228,11 @@ def test_insight_probe_on_the_demo_gives_one_verdict_from_clip_and_the_style_ref
     from lora_spectrum.demo import assets
 
     small = tmp_path / "small.yaml"
-    small.write_text("seeds: [11, 12]\nstyle: [a red circle on a white background]\n"
-                     "new_context: [a blue triangle on a gray background, a cyan square on a cream background]\n"
-                     "leak: [a green circle on a cream background]\n", encoding="utf-8")
+    # 6 steps, not the demo's 20: the plumbing is the same at any step count (72 renders, twice).
+    small.write_text("seeds: [11, 12]\nstyle: [{prompt: a red circle on a white background, steps: 6}]\n"
+                     "new_context: [{prompt: a blue triangle on a gray background, steps: 6},\n"
+                     "              {prompt: a cyan square on a cream background, steps: 6}]\n"
+                     "leak: [{prompt: a green circle on a cream background, steps: 6}]\n", encoding="utf-8")
     args = ["insight", "--config", str(trained_config), "--base", "demo", "--probe", str(small), "--json",
             "--probe-out", str(tmp_path / "probe")]
     assert main(args) == 0

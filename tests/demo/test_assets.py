@@ -70,6 +70,7 @@ def test_style_grows_from_first_to_last_epoch(engine):
     assert last > first + 0.015, f"ink fraction: first epoch {first:.3f}, last epoch {last:.3f}"
 
 
+@pytest.mark.slow  # 48 renders of 20 steps
 def test_the_shipped_run_overfits_visibly_after_an_interior_best_epoch():
     """The training report's oracle table (held-out prompts): at least 8 saved epochs, the best one inside the run
     and at least two saved epochs after it clearly worse; re-measured here on the shipped files, the best epoch

@@ -3,24 +3,27 @@ shape and the ink style off held-out drawings, blurred and noisy as renders are.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageFilter
 
 from lora_spectrum.demo import assets, shapes
-from lora_spectrum.demo.clip_training import train_clip
+from lora_spectrum.demo.clip_training import QUICK_STEPS
 from lora_spectrum.measures.clip import clip_embeddings, image_embeddings, load_clip, text_embeddings
 
 
-def test_quick_training_writes_a_folder_the_clip_measures_load(tmp_path):
-    threads = torch.get_num_threads()
-    report = train_clip(tmp_path / assets.CLIP_DIRNAME, seed=0, quick=True)
-    assert torch.get_num_threads() == threads, "train_clip must leave the thread count as it found it"
-    assert report["steps"] == 20 and np.isfinite(report["final_loss"])
+@pytest.mark.slow  # the quick trainer run (shared: one per session)
+def test_quick_training_writes_a_folder_the_clip_measures_load(quick_demo, tmp_path):
+    """On the quick trainer run's CLIP (``train_clip(..., quick=True)`` on its base, as the trainer calls it)."""
+    demo_folder, threads_before, threads_after = quick_demo
+    assert threads_after == threads_before, "train_clip must leave the thread count as it found it"
+    report = json.loads((demo_folder / "training_report.json").read_text(encoding="utf-8"))["clip"]
+    assert report["steps"] == QUICK_STEPS == 20 and np.isfinite(report["final_loss"])
     assert set(report["held_out"]) >= {"colour", "shape", "style"}
-    folder = assets.demo_clip_dir(tmp_path)
-    assert folder == tmp_path / assets.CLIP_DIRNAME
+    folder = assets.demo_clip_dir(demo_folder)
+    assert folder == demo_folder / assets.CLIP_DIRNAME
     image = tmp_path / "one.png"
     Image.fromarray((shapes.draw("red", "circle", "white", np.random.default_rng(0)) * 255).astype(np.uint8)).save(image)
     model, processor, model_id = load_clip(str(folder))

@@ -32,12 +32,15 @@ from lora_spectrum.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["a red circle", "a blue square"]
+STEPS = 4  # of the tiny demo's 8: the grids compare cell for cell, at any step count
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One local Ray cluster for the module (8 logical CPUs, so that several pools fit at once)."""
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    """One local Ray cluster for the module (8 logical CPUs, so that several pools fit at once). No idle workers are
+    started ahead: every actor here asks for its own runtime env (``OMP_WAIT_POLICY``), which they lack."""
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
+             _system_config={"prestart_worker_first_driver": False})
     yield
     ray.shutdown()
 
@@ -69,17 +72,41 @@ def reference(local):
     return run_plan(choice.engine, grid_plan(choice, catalog), catalog)
 
 
+class SharedPool:
+    """The module's pool of 2 workers, shared by its tests (starting one costs two processes that each load the
+    base); started again only for a test that finds it no longer whole (a worker killed, or the pool closed)."""
+
+    def __init__(self, settings):
+        self.settings, self.current = settings, None
+
+    def whole(self) -> RayPool:
+        if self.current is None or len(self.current.alive) < 2:
+            self.close()
+            self.current = RayPool(replace(self.settings, executor="ray", workers=2), loras_given=True)
+            self.current.start()
+        return self.current
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.close()
+
+
 @pytest.fixture(scope="module")
-def pool(cluster, bench_settings):
-    p = RayPool(replace(bench_settings, executor="ray", workers=2), loras_given=True)
-    p.start()
-    yield p
-    p.close()
+def shared_pool(cluster, bench_settings):
+    shared = SharedPool(bench_settings)
+    yield shared
+    shared.close()
 
 
-def grid_plan(choice, catalog, steps=None, seeds=(1, 2), prompts=PROMPTS):
+@pytest.fixture
+def pool(shared_pool):
+    """The shared pool, with both its workers alive."""
+    return shared_pool.whole()
+
+
+def grid_plan(choice, catalog, steps=STEPS, seeds=(1, 2), prompts=PROMPTS):
     entries = [e for e in catalog.scan() if e.state == "ready"]
-    sampling = choice.engine.defaults.sampling.override(steps=steps) if steps else None
+    sampling = choice.engine.defaults.sampling.override(steps=steps)
     return make_plan(choice.engine.defaults, [None, *entries], list(seeds), [1.0], prompts, sampling)
 
 
@@ -94,6 +121,7 @@ def assert_same_grid(cells, reference):
         assert np.array_equal(np.asarray(c.image), np.asarray(r.image)), (c.label, c.prompt, c.seed)
 
 
+@pytest.mark.slow  # a Ray cluster and worker processes that each load the base
 def test_two_workers_render_the_local_grid_cell_for_cell_each_epoch_on_one_worker(pool, local, reference, tmp_path):
     choice, catalog = local
     plan = grid_plan(choice, catalog)
@@ -126,6 +154,7 @@ def test_two_workers_render_the_local_grid_cell_for_cell_each_epoch_on_one_worke
     assert any(c.routed for c in routed)
 
 
+@pytest.mark.slow  # a Ray cluster and worker processes that each load the base
 def test_cancel_stops_every_worker_within_a_step_and_the_next_run_is_whole(pool, local):
     choice, catalog = local
     plan = grid_plan(choice, catalog, steps=160, seeds=(3,), prompts=PROMPTS[:1])
@@ -148,34 +177,7 @@ def test_cancel_stops_every_worker_within_a_step_and_the_next_run_is_whole(pool,
     assert all(c.image is not None for c in whole), "the cancel belonged to its own run only"
 
 
-def test_a_worker_killed_mid_plan_has_its_cells_rendered_by_the_other(cluster, bench_settings, local):
-    choice, catalog = local
-    plan = grid_plan(choice, catalog, steps=16, seeds=(1,))  # long enough: worker-1 has work left when killed
-    reference = run_plan(choice.engine, plan, catalog)
-    p = RayPool(replace(bench_settings, executor="ray", workers=2), loras_given=True)
-    p.start()
-    victim = next(w for w in p.workers if w.name == "worker-1")
-    killed = []
-
-    def on_progress(done, total, cell):
-        if cell.worker == "worker-1" and not killed:
-            os.kill(victim.info["pid"], signal.SIGKILL)
-            killed.append(done)
-
-    try:
-        cells = run_plan(p.engine, plan, catalog, on_progress=on_progress)
-    finally:
-        p.close()
-    assert killed, "worker-1 rendered something before it was killed"
-    assert_same_grid(cells, reference)
-    by_victim = sum(c.worker == "worker-1" for c in cells)
-    assert 1 <= by_victim < len(cells) / 4, "what worker-1 finished is kept; the rest went to worker-0"
-    assert any("worker-1 died mid-plan" in why for why in p.problems), p.problems
-    # With no worker left (closed), a run fails its cells with the reason instead of raising.
-    after = run_plan(p.engine, grid_plan(choice, catalog, seeds=(1,), prompts=PROMPTS[:1]), catalog)
-    assert all(c.image is None and "no Ray worker left" in c.error for c in after)
-
-
+@pytest.mark.slow  # a Ray cluster and worker processes that each load the base
 def test_a_worker_refuses_a_file_changed_since_the_driver_checked_it(pool, local):
     choice, catalog = local
     entry = next(e for e in catalog.scan() if e.state == "ready")
@@ -190,6 +192,34 @@ def test_a_worker_refuses_a_file_changed_since_the_driver_checked_it(pool, local
     assert same.error is None and len(same.images) == 1 and same.worker == worker.name
 
 
+@pytest.mark.slow  # a Ray cluster and worker processes that each load the base
+def test_a_worker_killed_mid_plan_has_its_cells_rendered_by_the_other(pool, local, reference):
+    """On the shared pool, which it leaves closed (the next test that needs the pool starts a whole one)."""
+    choice, catalog = local
+    plan = grid_plan(choice, catalog)  # 14 batches of 2 seeds: worker-1 has work left when killed
+    victim = next(w for w in pool.workers if w.name == "worker-1")
+    killed = []
+
+    def on_progress(done, total, cell):
+        if cell.worker == "worker-1" and not killed:
+            os.kill(victim.info["pid"], signal.SIGKILL)
+            killed.append(done)
+
+    try:
+        cells = run_plan(pool.engine, plan, catalog, on_progress=on_progress)
+    finally:
+        pool.close()
+    assert killed, "worker-1 rendered something before it was killed"
+    assert_same_grid(cells, reference)
+    by_victim = sum(c.worker == "worker-1" for c in cells)
+    assert 1 <= by_victim < len(cells) / 4, "what worker-1 finished is kept; the rest went to worker-0"
+    assert any("worker-1 died mid-plan" in why for why in pool.problems), pool.problems
+    # With no worker left (closed), a run fails its cells with the reason instead of raising.
+    after = run_plan(pool.engine, grid_plan(choice, catalog, seeds=(1,), prompts=PROMPTS[:1]), catalog)
+    assert all(c.image is None and "no Ray worker left" in c.error for c in after)
+
+
+@pytest.mark.slow  # a Ray cluster and worker processes that each load the base
 def test_a_worker_that_cannot_load_the_base_is_named_and_the_others_render(cluster, bench_settings, local,
                                                                           tmp_path):
     choice, catalog = local
@@ -201,7 +231,7 @@ def test_a_worker_that_cannot_load_the_base_is_named_and_the_others_render(clust
         assert [w.name for w in p.alive] == ["worker-0"]
         assert len(p.problems) == 1 and p.problems[0].startswith("worker-1 could not load the base: ")
         assert "no-such-base" in p.problems[0] and len(p.problems[0]) < 400
-        plan = grid_plan(choice, catalog, prompts=PROMPTS[:1])
+        plan = grid_plan(choice, catalog, steps=2, prompts=PROMPTS[:1])
         cells = run_plan(p.engine, plan, catalog)
         assert all(c.worker == "worker-0" and c.error is None for c in cells)
     finally:
@@ -217,6 +247,7 @@ def test_without_ray_the_executor_says_how_to_install_it(bench_settings, monkeyp
         open_workbench(replace(bench_settings, executor="ray", workers=2))
 
 
+@pytest.mark.slow  # a Ray cluster and worker processes that each load the base
 def test_the_grid_command_on_two_ray_workers_writes_the_local_grid(bench_settings, local, tmp_path):
     """The README's command, in a process of its own: it starts a local cluster and stops it (even where
     RAY_ADDRESS names another, unreachable one: only --ray-address joins a cluster). It computes with
@@ -224,8 +255,8 @@ def test_the_grid_command_on_two_ray_workers_writes_the_local_grid(bench_setting
     choice, catalog = local
     config = Path(bench_settings.loras).parent / "config.yaml"
     run = subprocess.run([sys.executable, "-m", "lora_spectrum", "grid", "--config", str(config), "--include-base",
-                          "--seeds", "1,2", "--epochs", "20,80,300", "--prompt", "p", "--no-cache", "--out",
-                          str(tmp_path / "ray"), "--executor", "ray", "--workers", "2"],
+                          "--seeds", "1,2", "--epochs", "20,80,300", "--prompt", "p", "--steps", "2", "--no-cache",
+                          "--out", str(tmp_path / "ray"), "--executor", "ray", "--workers", "2"],
                          capture_output=True, text=True, timeout=240, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "127.0.0.1:1", "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     assert "starting 2 Ray worker(s)" in run.stderr
@@ -234,7 +265,8 @@ def test_the_grid_command_on_two_ray_workers_writes_the_local_grid(bench_setting
     assert [w.split(" ")[0] for w in manifest["engine"]["workers"]] == ["worker-0", "worker-1"]
     assert {c["worker"] for c in manifest["cells"]} == {"worker-0", "worker-1"}
     entries = {e.epoch: e for e in catalog.scan()}
-    plan = make_plan(choice.engine.defaults, [None, entries[20], entries[80], entries[300]], [1, 2], [1.0], ["p"])
+    plan = make_plan(choice.engine.defaults, [None, entries[20], entries[80], entries[300]], [1, 2], [1.0], ["p"],
+                     choice.engine.defaults.sampling.override(steps=2))
     reference = run_plan(choice.engine, plan, catalog)
     for r, c in zip(reference, manifest["cells"], strict=True):
         assert (r.epoch, r.seed) == (c["epoch"], c["seed"])
