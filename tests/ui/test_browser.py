@@ -56,11 +56,13 @@ def server(tmp_path):
     config.write_text(f"base: demo\ndemo: trained\ncache_dir: {tmp_path / 'cache'}\nloras: {tmp_path / 'none'}\n"
                       f"device: cpu\nruns_dir: {tmp_path / 'runs'}\nratings_dir: {tmp_path / 'ratings'}\n"
                       f"shipped_dir: {tmp_path / 'shipped'}\n"
-                      # Insight probes the series by itself: a small set keeps that to a few dozen renders.
+                      # Insight probes the series by itself: a small set at 4 steps keeps that to a few dozen
+                      # quick renders (what is checked is the page, not the verdict's numbers).
                       "probe_set: quick\nprobes:\n  quick:\n    seeds: [11]\n"
-                      "    style: [a red circle on a white background]\n"
-                      "    new_context: [a blue triangle on a gray background, a cyan square on a cream background]\n"
-                      "    leak: [a green circle on a cream background]\n", encoding="utf-8")
+                      "    style: [{prompt: a red circle on a white background, steps: 4}]\n"
+                      "    new_context: [{prompt: a blue triangle on a gray background, steps: 4},\n"
+                      "                  {prompt: a cyan square on a cream background, steps: 4}]\n"
+                      "    leak: [{prompt: a green circle on a cream background, steps: 4}]\n", encoding="utf-8")
     port = free_port()
     env = {**os.environ, "LORA_SPECTRUM_CONFIG": str(config)}
     proc = subprocess.Popen(
