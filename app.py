@@ -3,8 +3,8 @@
 import streamlit as st
 
 from lora_spectrum.errors import LoraSpectrumError
-from lora_spectrum.fuse_policy import PREFIX
 from lora_spectrum.language import N_
+from lora_spectrum.render.fuse_policy import PREFIX
 from lora_spectrum.ui.base_picker import base_section
 from lora_spectrum.ui.compare import compare_view
 from lora_spectrum.ui.controls import render_controls

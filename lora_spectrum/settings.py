@@ -10,7 +10,7 @@ import yaml
 
 from lora_spectrum.errors import ConfigError
 from lora_spectrum.language import CHOICES
-from lora_spectrum.sampling import Sampling
+from lora_spectrum.render.sampling import Sampling
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from lora_spectrum import demo
-from lora_spectrum.catalog import READY, Catalog
-from lora_spectrum.devices import free_memory
-from lora_spectrum.engine import Engine, EngineConfig
+from lora_spectrum.bases.devices import free_memory
+from lora_spectrum.bases.families import DEMO_FAMILY
 from lora_spectrum.errors import BaseLoadError, ConfigError, LoraSpectrumError
-from lora_spectrum.families import DEMO_FAMILY
 from lora_spectrum.language import N_, _
+from lora_spectrum.loras.catalog import READY, Catalog
+from lora_spectrum.render.engine import Engine, EngineConfig
 
 if TYPE_CHECKING:
     from lora_spectrum import execution

@@ -43,7 +43,7 @@ def make(name: str, work: Path) -> Path:
     folder = ASSETS if RUNS[name] is None else work / name
     if RUNS[name] is not None and not (folder / "training_report.json").is_file():
         share, lr, seed = RUNS[name]
-        _run([sys.executable, "-m", "lora_spectrum.demo.trainer", "--base-from", str(ASSETS), "--out", str(folder),
+        _run([sys.executable, "-m", "tools.demo_trainer.trainer", "--base-from", str(ASSETS), "--out", str(folder),
               "--style-share", str(share), "--lora-lr", str(lr), "--seed", str(seed)], work / f"{name}-train.log")
     if not (work / f"probe-{name}" / "probe.json").is_file():
         _run([sys.executable, "-m", "lora_spectrum", "insight", "--base", "demo", "--loras", str(folder / "loras"),

@@ -13,7 +13,7 @@ What a workbench left open for hours must keep, checked after the last swap:
    first 100 (plus 1 ms, below which timer noise on a shared machine dominates). The swap sequence repeats every
    100 swaps, so both windows do the same mix of cold, warm, strength-only and base swaps.
 
-Prints a summary and exits 1 when a check fails. ``tests/test_engine.py`` runs a short variant (no timing
+Prints a summary and exits 1 when a check fails. ``tests/render/test_engine.py`` runs a short variant (no timing
 check: timings are measured here, never asserted in tests).
 """
 
@@ -39,9 +39,9 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from lora_spectrum import demo  # noqa: E402
-from lora_spectrum.engine import Engine, RenderRequest  # noqa: E402
-from lora_spectrum.families import get_family  # noqa: E402
-from lora_spectrum.sampling import Sampling  # noqa: E402
+from lora_spectrum.bases.families import get_family  # noqa: E402
+from lora_spectrum.render.engine import Engine, RenderRequest  # noqa: E402
+from lora_spectrum.render.sampling import Sampling  # noqa: E402
 
 WINDOW = 100  # swaps per repeat of the pattern, and per timing window
 CREEP_SLACK_S = 0.001

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lora_spectrum import demo
-from lora_spectrum.families import get_family
+from lora_spectrum.bases.families import get_family
 from tests.tiny import FAMILIES
 
 # The tiny models are dominated by per-operation overhead, where one thread is fastest and least disturbed by
@@ -64,9 +64,9 @@ def setup(tmp_path, demo_dir):
 
 @pytest.fixture(scope="session")
 def quick_demo(tmp_path_factory):
-    """One ``python -m lora_spectrum.demo.trainer --quick`` run (base, its CLIP, style set, LoRA epochs, log and
+    """One ``python -m tools.demo_trainer.trainer --quick`` run (base, its CLIP, style set, LoRA epochs, log and
     report), shared by the tests of the trainer and of the CLIP training: (folder, torch threads before, after)."""
-    from lora_spectrum.demo import trainer
+    from tools.demo_trainer import trainer
 
     folder = tmp_path_factory.mktemp("quick-demo")
     threads = torch.get_num_threads()

@@ -7,6 +7,7 @@ import ast
 import importlib
 import inspect
 import pkgutil
+import re
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,31 @@ def test_setuptools_finds_every_subpackage_by_itself():
     assert "[tool.setuptools.packages.find]" in text and 'packages = ["' not in text
     for init in PACKAGE.rglob("__init__.py"):
         assert init.parent == PACKAGE or (init.parent.parent / "__init__.py").is_file(), init
+
+
+def test_the_architecture_document_names_every_module_and_the_product_never_imports_the_demo_trainer():
+    """docs/ARCHITECTURE.md is where a newcomer finds the room for a change: every module of the package is named
+    there by its path (``render/engine.py``), and no module it names is gone. The demo's trainer lives outside the
+    package (``tools/demo_trainer/``) and nothing in the package imports it."""
+    text = (PACKAGE.parent / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    paths = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
+             if p.name != "__init__.py" or p.parent.name == "execution"}
+    missing = sorted(p for p in paths if f"`{p}`" not in text)
+    assert not missing, "modules docs/ARCHITECTURE.md does not name:\n" + "\n".join(missing)
+    named = set(re.findall(r"`([a-z_]+/(?:[a-z_]+/)*[a-z_]+\.py)`", text))
+    gone = sorted(n for n in named if not (PACKAGE / n).is_file() and not (PACKAGE.parent / n).is_file()
+                  and not n.startswith(("tests/", "scripts/", "tools/")))
+    assert not gone, "docs/ARCHITECTURE.md names modules that do not exist:\n" + "\n".join(gone)
+    for name, path in modules().items():
+        assert not any(m.startswith("tools") for m in _all_imports(path)), f"{name} imports the demo trainer"
+
+
+def _all_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            out.add(node.module or "")
+    return out

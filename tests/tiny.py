@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 
 from lora_spectrum import demo
-from lora_spectrum.engine import Engine, RenderRequest
-from lora_spectrum.families import FAMILY_NAMES, REGISTRY, get_family
-from lora_spectrum.sampling import Sampling
+from lora_spectrum.bases.families import FAMILY_NAMES, REGISTRY, get_family
+from lora_spectrum.render.engine import Engine, RenderRequest
+from lora_spectrum.render.sampling import Sampling
 
 FAMILIES = FAMILY_NAMES  # every test parametrized over these runs for each family of the registry
 SIZE = {f.name: f.tiny_sampling["width"] for f in REGISTRY}

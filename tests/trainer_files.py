@@ -16,8 +16,8 @@ import re
 import torch
 from safetensors.torch import save_file
 
+from lora_spectrum.bases.families import get_family
 from lora_spectrum.demo import attention_targets
-from lora_spectrum.families import get_family
 
 # ai-toolkit saves Z-Image (and SDXL) LoRAs with ComfyUI's ``diffusion_model.`` prefix, FLUX.1 ones in peft format
 # under ``transformer.`` (toolkit/network_mixins.py: ``peft_format`` is always on for flux).

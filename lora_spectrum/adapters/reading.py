@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from lora_spectrum.adapters.fast_path import FastPath, Layout
 from lora_spectrum.adapters.weight_deltas import NameMap, group_factors, layer_delta, needs_deltas, read_deltas
 from lora_spectrum.errors import HeaderError, LoraLoadError, translated
-from lora_spectrum.lora_keys import (
+from lora_spectrum.loras.lora_keys import (
     CONVERTED_TE_PREFIXES,
     is_alpha_key,
     peft_without_prefix,
@@ -291,7 +291,7 @@ class _FamilyCheck:
     the UNet's config (2 in every SDXL UNet): a never-initialised instance of the loader carries that one value."""
 
     def __init__(self, name: str):
-        from lora_spectrum.families import get_family
+        from lora_spectrum.bases.families import get_family
 
         self.family = get_family(name)
         cls = lora_loader(self.family)

@@ -14,8 +14,8 @@ from typing import NamedTuple
 
 from lora_spectrum.adapters.hotswap import HotSwapper, SwapRecord
 from lora_spectrum.adapters.reading import PreparedAdapter
-from lora_spectrum.compilation import eager
 from lora_spectrum.errors import Cancelled, LoraSpectrumError, OutOfMemoryError, PlanError
+from lora_spectrum.render.compilation import eager
 
 
 class Route(NamedTuple):

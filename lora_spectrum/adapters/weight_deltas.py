@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from lora_spectrum.errors import LoraLoadError, translated
-from lora_spectrum.lora_keys import LOHA_MARKS, LOKR_MARKS, TE_PREFIXES, is_dora_key
+from lora_spectrum.loras.lora_keys import LOHA_MARKS, LOKR_MARKS, TE_PREFIXES, is_dora_key
 
 # ``<module>.<factor>``: every factor name the trainers save for these forms (peft may add ``.default``).
 _FACTOR_RE = re.compile(

@@ -28,9 +28,9 @@ def run_cluster_benchmark(model: str = "tiny", device: str = "auto", workers: in
                           seeds: tuple[int, ...] = SEEDS, prompts: tuple[str, ...] = PROMPTS) -> dict:
     """The grid (base and every epoch x ``seeds`` x ``prompts``) on one local engine and on ``workers`` Ray
     workers; one JSON-ready dict (seconds, ratios)."""
+    from lora_spectrum.bases.devices import resolve_device
     from lora_spectrum.bench.models import build_full_pipeline, write_epochs
     from lora_spectrum.demo import ensure_demo
-    from lora_spectrum.devices import resolve_device
     from lora_spectrum.settings import Settings
     from lora_spectrum.workbench import TINY_DEFAULTS
 
@@ -101,8 +101,8 @@ def run_cluster_benchmark(model: str = "tiny", device: str = "auto", workers: in
 def _timed_grid(settings, grid: tuple, say, label: str, with_pool: bool = False):
     """Open the engine (or pool), warm it on a one-step plan of every epoch, then time the whole grid."""
     from lora_spectrum.execution.startup import open_workbench
-    from lora_spectrum.plan import make_plan
-    from lora_spectrum.runs import run_plan
+    from lora_spectrum.render.plan import make_plan
+    from lora_spectrum.render.runs import run_plan
 
     sampling, seeds, prompts = grid
     say(f"{label}: starting ...")

@@ -17,7 +17,13 @@ def measure_compiled(pipe, family, paths, device, forward, repeats: int, eager_a
     from torch._dynamo.utils import counters
 
     from lora_spectrum.adapters import HotSwapper
-    from lora_spectrum.compilation import compile_denoiser, denoiser_size, record_verdict, uncompile, verdicts_path
+    from lora_spectrum.render.compilation import (
+        compile_denoiser,
+        denoiser_size,
+        record_verdict,
+        uncompile,
+        verdicts_path,
+    )
 
     denoiser = family.denoiser(pipe)
     size_m = denoiser_size(denoiser)

@@ -19,8 +19,8 @@ PROMPT = "bench style, a red circle on a blue square"
 
 def grid_sampling(model: str, device: torch.device):
     """1024x1024 at the family's steps on a GPU; on a CPU small and few steps, so that it ends in minutes."""
-    from lora_spectrum.families import get_family
-    from lora_spectrum.sampling import Sampling
+    from lora_spectrum.bases.families import get_family
+    from lora_spectrum.render.sampling import Sampling
 
     defaults = get_family("sdxl").defaults.sampling
     if model == "tiny":
@@ -36,12 +36,12 @@ def measure_grid(model: str, device: torch.device, dtype: torch.dtype, paths: li
     an engine that has shown the run before (its slot installed; the first grid of a run also pays
     ``slot_install_s``), against the same pipeline calls with each adapter swapped in beforehand (untimed),
     measured before and after it."""
-    from lora_spectrum.catalog import Catalog
-    from lora_spectrum.engine import Engine, RenderRequest
-    from lora_spectrum.families import get_family
-    from lora_spectrum.plan import make_plan
-    from lora_spectrum.render_cache import RenderCache
-    from lora_spectrum.runs import run_plan
+    from lora_spectrum.bases.families import get_family
+    from lora_spectrum.loras.catalog import Catalog
+    from lora_spectrum.render.engine import Engine, RenderRequest
+    from lora_spectrum.render.plan import make_plan
+    from lora_spectrum.render.render_cache import RenderCache
+    from lora_spectrum.render.runs import run_plan
 
     # 1. The whole pipeline, and the epochs in a folder of their own (hard links: no copies).
     say(f"end-to-end grid: building the whole {model} pipeline (text encoders and VAE) ...")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
+from lora_spectrum.bases.families import REGISTRY, Family, get_family
+from lora_spectrum.bases.families.sdxl import SDXL
 from lora_spectrum.bench.timing import quiet
 from lora_spectrum.errors import BaseLoadError
-from lora_spectrum.families import REGISTRY, Family, get_family
-from lora_spectrum.families.sdxl import SDXL
 
 # The tiny demo pipeline, and each family's size model (``Family.bench_model``: its real denoiser's config).
 MODELS = ("tiny", *(f.bench_model for f in REGISTRY if f.bench_model))

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from lora_spectrum import fuse_policy
 from lora_spectrum.bench.compiled import measure_compiled
 from lora_spectrum.bench.grid import measure_grid
 from lora_spectrum.bench.models import MODELS, build_model, check_memory, forward_inputs, size_family, write_epochs
@@ -32,8 +31,9 @@ from lora_spectrum.bench.swaps import (
 )
 from lora_spectrum.bench.timing import MB, median, quiet, ratio, total_ram_gb
 from lora_spectrum.bench.vram import measure_group_offload, measure_vram
-from lora_spectrum.compilation import denoiser_size
 from lora_spectrum.errors import ConfigError
+from lora_spectrum.render import fuse_policy
+from lora_spectrum.render.compilation import denoiser_size
 
 
 def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epochs: int = 10, swaps: int = 200,
@@ -43,8 +43,8 @@ def run_benchmark(model: str = "tiny", device: str = "auto", rank: int = 32, epo
     import diffusers
     import peft
 
-    from lora_spectrum.engine import resolve_device
-    from lora_spectrum.families import get_family
+    from lora_spectrum.bases.families import get_family
+    from lora_spectrum.render.engine import resolve_device
 
     t_start = time.perf_counter()
     load_start = list(os.getloadavg())  # other work on the machine slows every figure; reported with them

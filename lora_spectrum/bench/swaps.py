@@ -197,9 +197,9 @@ def count_text_encoder_forwards(family: str, folder: Path) -> dict:
     """A 5-epoch x 2-seed plan with one prompt on the tiny demo pipeline, through ``Engine.render``: the prompt is
     encoded once and reused for every epoch and seed."""
     from lora_spectrum import demo
-    from lora_spectrum.engine import Engine, RenderRequest
-    from lora_spectrum.families import get_family
-    from lora_spectrum.sampling import Sampling
+    from lora_spectrum.bases.families import get_family
+    from lora_spectrum.render.engine import Engine, RenderRequest
+    from lora_spectrum.render.sampling import Sampling
 
     fam = get_family(family)
     pipe = demo.build_tiny(family, seed=0, workdir=folder / "tok")

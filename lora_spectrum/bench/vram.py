@@ -50,7 +50,7 @@ def measure_group_offload(model: str, paths, device, dtype, latent: int, say) ->
     """The bench model built on the CPU under diffusers' group offload (one block on the GPU at a time, no side
     stream: the swapper's re-pointing must survive it) with an adapter active: the forward's peak and time."""
     from lora_spectrum.adapters import HotSwapper
-    from lora_spectrum.families import get_family
+    from lora_spectrum.bases.families import get_family
 
     say(f"offload: group: {model} built on the CPU, one block on the GPU at a time ...")
     cpu = torch.device("cpu")

@@ -23,7 +23,7 @@ def _cmd_fetch_base(args) -> int:
     """Exit 0 fetched (the snapshot folder on stdout), 2 gated, missing, or a hub that cannot be reached or fails
     (one line on stderr naming the repo and the endpoint: ``downloads._hub_errors``). An explicit command: it
     fetches whatever ``local_files_only`` says (that setting keeps the app offline)."""
-    from lora_spectrum.downloads import fetch_base, remote_base
+    from lora_spectrum.bases.downloads import fetch_base, remote_base
 
     remote = remote_base(args.repo_id, endpoint=args.endpoint)
     print(_("{repo}: {n} files, {mb} MB (commit {commit})").format(

@@ -96,8 +96,8 @@ def _ratings_dir(args) -> Path:
 
 
 def _catalog(folder: str):
-    from lora_spectrum.catalog import Catalog
     from lora_spectrum.errors import CatalogError
+    from lora_spectrum.loras.catalog import Catalog
 
     if not Path(folder).is_dir():
         raise CatalogError(f"{folder}: loras folder does not exist")
@@ -114,7 +114,7 @@ def _probe_measurers(catalog, args, settings) -> tuple[str | None, str | None]:
     """(CLIP, style references) for --probe's folder, as ``insight --probe`` picks them: the config's clip_model,
     else on the demo (its loras, or a probe rendered on its base) the demo's own CLIP and style set; else none."""
     from lora_spectrum import demo
-    from lora_spectrum.probe_runs import read_probe
+    from lora_spectrum.render.probe_runs import read_probe
 
     if not args.probe:
         return settings.clip_model or None, None
@@ -164,8 +164,8 @@ def _cmd_promote(args) -> int:
     from lora_spectrum.decision.promotion import promote
     from lora_spectrum.decision.votes import series_ratings
     from lora_spectrum.errors import LoraSpectrumError
-    from lora_spectrum.grid_files import read_manifest
     from lora_spectrum.measures.report import verdict_lines
+    from lora_spectrum.records.grid_files import read_manifest
 
     # 1. The folder as it is now, and what is known about the series: the votes, the grid, the measures and the
     #    verdict they give now (recorded as it stood when shipping). A push that could not start (no token, a bad
@@ -249,7 +249,7 @@ def _settings_license(args) -> str | None:
 
 def _cmd_report(args) -> int:
     from lora_spectrum.decision.html_report import write_report
-    from lora_spectrum.grid_files import read_manifest
+    from lora_spectrum.records.grid_files import read_manifest
 
     ranking = None
     if args.loras:  # the ranking of the series the grid shows: its files' series in the folder as it is now

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from lora_spectrum.bases.families import DEMO_FAMILY, FAMILY_NAMES, REGISTRY
 from lora_spectrum.cli.arguments import (
     add_executor_arguments,
     apply_executor_arguments,
@@ -15,7 +16,6 @@ from lora_spectrum.cli.arguments import (
     quiet_libraries,
 )
 from lora_spectrum.errors import ConfigError, LoraSpectrumError
-from lora_spectrum.families import DEMO_FAMILY, FAMILY_NAMES, REGISTRY
 from lora_spectrum.language import N_, _, current, pad, pgettext, width
 
 
@@ -105,7 +105,7 @@ def add_parsers(sub) -> None:
 
 
 def _cmd_inspect(args) -> int:
-    from lora_spectrum.catalog import Catalog
+    from lora_spectrum.loras.catalog import Catalog
 
     folder = Path(args.loras)
     if not folder.is_dir():
@@ -149,10 +149,10 @@ def _cmd_demo(args) -> int:
 def _cmd_grid(args) -> int:
     """Exit 0 all rendered, 1 some cells failed, 2 bad arguments or base."""
     from lora_spectrum.execution.startup import open_workbench
-    from lora_spectrum.grid_files import write_outputs
-    from lora_spectrum.plan import column_label, make_plan, select_columns
-    from lora_spectrum.render_cache import RenderCache
-    from lora_spectrum.runs import run_plan
+    from lora_spectrum.records.grid_files import write_outputs
+    from lora_spectrum.render.plan import column_label, make_plan, select_columns
+    from lora_spectrum.render.render_cache import RenderCache
+    from lora_spectrum.render.runs import run_plan
     from lora_spectrum.settings import load_settings
 
     def fail(msg: str) -> int:
@@ -262,7 +262,7 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_insight(args) -> int:
-    from lora_spectrum.catalog import Catalog
+    from lora_spectrum.loras.catalog import Catalog
     from lora_spectrum.measures import format_insight, series_insight
     from lora_spectrum.workbench import logs_folder
 
@@ -302,9 +302,9 @@ def _run_probe(args):
     """``insight --probe``: open the base, render the probe set over the series, return (catalog, probe folder,
     log folder, settings, the engine choice)."""
     from lora_spectrum.execution.startup import open_workbench
-    from lora_spectrum.probe_runs import run_probe
     from lora_spectrum.probes import find_probe_set
-    from lora_spectrum.render_cache import RenderCache
+    from lora_spectrum.render.probe_runs import run_probe
+    from lora_spectrum.render.render_cache import RenderCache
     from lora_spectrum.settings import load_settings
 
     quiet_libraries()

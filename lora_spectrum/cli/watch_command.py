@@ -77,12 +77,12 @@ def _num(x) -> str:
 
 def _cmd_watch(args) -> int:
     from lora_spectrum.execution.startup import open_workbench
-    from lora_spectrum.live_judge import ProbeJudge, ScalarWriter
     from lora_spectrum.measures.training_log import read_loss
     from lora_spectrum.probes import find_probe_set
-    from lora_spectrum.render_cache import RenderCache
+    from lora_spectrum.render.render_cache import RenderCache
     from lora_spectrum.settings import load_settings
-    from lora_spectrum.watcher import Watcher
+    from lora_spectrum.watch.live_judge import ProbeJudge, ScalarWriter
+    from lora_spectrum.watch.watcher import Watcher
 
     # 1. The base, once, and the folder being written.
     quiet_libraries()

@@ -7,8 +7,8 @@ import re
 
 import yaml
 
+from lora_spectrum.bases.families import REGISTRY
 from lora_spectrum.errors import shorten
-from lora_spectrum.families import REGISTRY
 from lora_spectrum.language import _
 
 # What kohya / musubi write in ss_base_model_version, as a hub id for ``base_model``; each family's hub tag.

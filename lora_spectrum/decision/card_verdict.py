@@ -5,8 +5,8 @@ the evidence that was missing. Markdown lines from a verdict block; values from 
 from __future__ import annotations
 
 from lora_spectrum.decision.card_text import text
-from lora_spectrum.epoch_names import label as epoch_label
 from lora_spectrum.language import _
+from lora_spectrum.loras.epoch_names import label as epoch_label
 from lora_spectrum.measures.numbers import percent
 
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from lora_spectrum.decision.report_insight import fmt, insight_section, number
-from lora_spectrum.epoch_names import parse_name, shown
 from lora_spectrum.errors import ConfigError
-from lora_spectrum.grid_files import base_name, read_manifest
 from lora_spectrum.language import N_, _, current
+from lora_spectrum.loras.epoch_names import parse_name, shown
+from lora_spectrum.records.grid_files import base_name, read_manifest
 
 THUMB_MAX = 256  # px: a larger cell gets a downscaled thumbnail; its full-size PNG stays in the lightbox
 MIN_SHOWN = 160  # px: smaller cells are shown enlarged (pixelated), as in the grid image

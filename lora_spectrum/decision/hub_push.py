@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_spectrum.downloads import client_errors, hub_endpoint, hub_timeout, network_error
+from lora_spectrum.bases.downloads import client_errors, hub_endpoint, hub_timeout, network_error
 from lora_spectrum.errors import PushError, reason
 from lora_spectrum.language import _
 

@@ -26,16 +26,16 @@ from typing import BinaryIO
 from filelock import FileLock
 from safetensors import SafetensorError, safe_open
 
-from lora_spectrum.catalog import Catalog, LoraEntry, file_sha256
 from lora_spectrum.decision.local_paths import without_local_paths
 from lora_spectrum.decision.model_card import epoch_measures, model_card, ranking_row, verdict_of
 from lora_spectrum.decision.strengths import strength_advice
 from lora_spectrum.errors import CatalogError, ShipError
 from lora_spectrum.file_locks import held
-from lora_spectrum.grid_files import base_name, read_manifest
-from lora_spectrum.hashes import addnet_hash, kohya_hashes
 from lora_spectrum.language import _
-from lora_spectrum.lora_keys import HEADER_LIMIT, read_header
+from lora_spectrum.loras.catalog import Catalog, LoraEntry, file_sha256
+from lora_spectrum.loras.hashes import addnet_hash, kohya_hashes
+from lora_spectrum.loras.lora_keys import HEADER_LIMIT, read_header
+from lora_spectrum.records.grid_files import base_name, read_manifest
 
 PREFIX = "lora_spectrum."
 CHUNK = 1 << 22  # bytes per read of the data section

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from lora_spectrum.errors import LoraSpectrumError
-from lora_spectrum.plan import Cell, Plan, make_plan
-from lora_spectrum.runs import run_plan
+from lora_spectrum.render.plan import Cell, Plan, make_plan
+from lora_spectrum.render.runs import run_plan
 
 BASE_KEY = "base"  # the base column's item key (epochs are keyed by their file's sha256)
 

@@ -11,8 +11,8 @@ import html
 from lora_spectrum.decision.card_verdict import preference_name
 from lora_spectrum.decision.model_card import verdict_of
 from lora_spectrum.decision.svg_chart import line_chart
-from lora_spectrum.epoch_names import label, shown
 from lora_spectrum.language import N_, _
+from lora_spectrum.loras.epoch_names import label, shown
 from lora_spectrum.measures.columns import CHARTS, MEASURES
 from lora_spectrum.measures.numbers import number, percent
 

@@ -24,7 +24,7 @@ from lora_spectrum.decision.ranking import RESULTS, fit
 from lora_spectrum.errors import CatalogError, RatingsError
 from lora_spectrum.file_locks import held
 from lora_spectrum.language import _
-from lora_spectrum.plan import column_label
+from lora_spectrum.render.plan import column_label
 
 BASE = "base"  # the base model's item key; epochs are keyed by their file's sha256
 VERSION = 1

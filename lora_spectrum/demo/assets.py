@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lora_spectrum.demo.shapes import SIZE
 from lora_spectrum.errors import BaseLoadError
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets_data"
@@ -19,6 +18,7 @@ STYLE_DIRNAME = "style"  # the ink style's reference drawings: what the probe's 
 SERIES = "jimeng"
 
 # What the app's demo should render with (see the training report / README in ASSETS_DIR).
+SIZE = 64  # the shipped demo's images, in pixels (its VAE downsamples by 4: 16x16 latents)
 RECOMMENDED = {"steps": 20, "guidance": 4.0, "sampler": "Euler", "width": SIZE, "height": SIZE,
                "strength": 1.0,
                "prompts": ("a red circle on a white background, jimeng style",
@@ -53,7 +53,7 @@ def copy_trained_demo(out: str | Path) -> tuple[Path, Path, Path]:
 
     if not assets_available():
         raise BaseLoadError(f"{ASSETS_DIR}: the trained demo is missing; rebuild it with "
-                            f"python -m lora_spectrum.demo.trainer --out {ASSETS_DIR}")
+                            f"python -m tools.demo_trainer.trainer --out {ASSETS_DIR}")
     out = Path(out)
     parts = (BASE_DIRNAME, LORAS_DIRNAME, LOGS_DIRNAME)
     for name in parts:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from lora_spectrum.families import DEMO_FAMILY, get_family
+from lora_spectrum.bases.families import DEMO_FAMILY, get_family
 
 DEMO_EPOCHS = (20, 50, 80, 150, 220, 300)
 DEMO_SERIES = "jimeng"

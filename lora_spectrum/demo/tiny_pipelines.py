@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lora_spectrum.bases.families import FAMILY_NAMES, get_family
+from lora_spectrum.bases.families.sdxl import SDXL, assemble_sdxl
+from lora_spectrum.bases.families.tokenizers import byte_vocab as _byte_vocab
+from lora_spectrum.bases.families.tokenizers import clip_tokenizer as _clip_tokenizer
+from lora_spectrum.bases.families.tokenizers import qwen_tokenizer as _qwen_tokenizer
+from lora_spectrum.bases.families.z_image import ZImage
 from lora_spectrum.errors import ConfigError
-from lora_spectrum.families import FAMILY_NAMES, get_family
-from lora_spectrum.families.sdxl import SDXL, assemble_sdxl
-from lora_spectrum.families.tokenizers import byte_vocab as _byte_vocab
-from lora_spectrum.families.tokenizers import clip_tokenizer as _clip_tokenizer
-from lora_spectrum.families.tokenizers import qwen_tokenizer as _qwen_tokenizer
-from lora_spectrum.families.z_image import ZImage
 
 __all__ = ["_byte_vocab", "_clip_tokenizer", "_qwen_tokenizer", "assemble_sdxl", "build_tiny", "build_tiny_sdxl",
            "build_tiny_zimage"]

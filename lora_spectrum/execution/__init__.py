@@ -15,11 +15,11 @@ from lora_spectrum.execution.local import LocalExecutor, execute
 if TYPE_CHECKING:
     import torch
 
-    from lora_spectrum.admission import Admission
-    from lora_spectrum.engine import StepReport
-    from lora_spectrum.families import Family
-    from lora_spectrum.fuse_policy import FuseChoice
-    from lora_spectrum.sampling import Sampling
+    from lora_spectrum.bases.families import Family
+    from lora_spectrum.render.admission import Admission
+    from lora_spectrum.render.engine import StepReport
+    from lora_spectrum.render.fuse_policy import FuseChoice
+    from lora_spectrum.render.sampling import Sampling
     from lora_spectrum.settings import FamilyDefaults
 
 EXECUTORS = ("local", "ray")
@@ -37,7 +37,7 @@ class Executor(Protocol):
 @runtime_checkable
 class Engine(Protocol):
     """What the app, the CLI and ``run_plan`` read of an engine: the resident one of this process
-    (``lora_spectrum.engine.Engine``) and a Ray pool's (``RemoteEngine``) alike. ``executor``: the pool rendering
+    (``lora_spectrum.render.engine.Engine``) and a Ray pool's (``RemoteEngine``) alike. ``executor``: the pool rendering
     for it elsewhere, None when it renders in this process; only the local engine swaps and renders itself."""
 
     base_id: str

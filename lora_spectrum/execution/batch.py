@@ -9,8 +9,8 @@ import heapq
 from dataclasses import dataclass, replace
 
 from lora_spectrum.adapters.reading import file_identity
-from lora_spectrum.engine import RenderRequest, Route
 from lora_spectrum.errors import LoraLoadError
+from lora_spectrum.render.engine import RenderRequest, Route
 
 
 @dataclass(frozen=True)

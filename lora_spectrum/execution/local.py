@@ -8,9 +8,9 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
-from lora_spectrum.engine import StepReport
 from lora_spectrum.errors import Cancelled, LoraSpectrumError, shorten
 from lora_spectrum.execution.batch import Batch, Outcome
+from lora_spectrum.render.engine import StepReport
 
 
 def execute(engine, batch: Batch, cancel: threading.Event | None = None, on_step: StepReport | None = None,

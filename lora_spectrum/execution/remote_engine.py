@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from lora_spectrum.admission import Admission
-from lora_spectrum.families import get_family
-from lora_spectrum.fuse_policy import FuseChoice
+from lora_spectrum.bases.families import get_family
+from lora_spectrum.render.admission import Admission
+from lora_spectrum.render.fuse_policy import FuseChoice
 
 # What must be the same on every worker for their pixels (and cache keys) to be the same.
 SAME_ON_EVERY_WORKER = ("base_id", "family", "dtype", "device_type", "fuse_mode", "compiled", "defaults", "is_demo",

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from lora_spectrum.errors import ClipUnavailable, ConfigError
-from lora_spectrum.grid_files import read_manifest
 from lora_spectrum.language import _
 from lora_spectrum.measures.clip import clip_embeddings, load_clip
 from lora_spectrum.measures.numbers import Progress, rounded
+from lora_spectrum.records.grid_files import read_manifest
 
 PIXEL_SIZE = 64
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lora_spectrum.catalog import READY, Catalog
 from lora_spectrum.errors import CatalogError, ConfigError
 from lora_spectrum.language import _
+from lora_spectrum.loras.catalog import READY, Catalog
 from lora_spectrum.measures.image_measures import image_measures, image_row_for
 from lora_spectrum.measures.numbers import Progress
 from lora_spectrum.measures.probe_measures import probe_measures

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from lora_spectrum.errors import ClipUnavailable, ConfigError
-from lora_spectrum.grid_files import read_manifest
 from lora_spectrum.language import _
 from lora_spectrum.measures.clip import image_embeddings, load_clip, text_embeddings
 from lora_spectrum.measures.counterfactuals import counterfactuals, set_words
 from lora_spectrum.measures.image_measures import _gray, pixel_distance
 from lora_spectrum.measures.numbers import Progress, rounded
-from lora_spectrum.probe_runs import read_probe
+from lora_spectrum.records.grid_files import read_manifest
+from lora_spectrum.render.probe_runs import read_probe
 
 TRIGGERED = ("style", "new_context")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

@@ -12,9 +12,9 @@ import os
 import statistics
 from pathlib import Path
 
-from lora_spectrum.catalog import int_or_none
 from lora_spectrum.errors import ConfigError
 from lora_spectrum.language import _
+from lora_spectrum.loras.catalog import int_or_none
 
 EVENT_PREFIX = "events.out.tfevents"
 STEP_LOSS_TAGS = ("loss/current", "loss/average")

@@ -4,8 +4,8 @@ from the numbers ``verdict.decide`` computed."""
 
 from __future__ import annotations
 
-from lora_spectrum.epoch_names import label
 from lora_spectrum.language import _
+from lora_spectrum.loras.epoch_names import label
 from lora_spectrum.measures.numbers import percent
 
 

@@ -20,9 +20,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from lora_spectrum.adapters.weight_deltas import LayerDelta, group_factors, layer_delta
-from lora_spectrum.catalog import Catalog, LoraEntry, file_sha256
 from lora_spectrum.errors import CatalogError, LoraSpectrumError
-from lora_spectrum.lora_keys import (
+from lora_spectrum.loras.catalog import Catalog, LoraEntry, file_sha256
+from lora_spectrum.loras.lora_keys import (
     DOWN_ROLES,
     LOHA_MARKS,
     LOKR_MARKS,

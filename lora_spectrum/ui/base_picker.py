@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from lora_spectrum.base_list import BaseOption, list_bases, size_text
-from lora_spectrum.downloads import BackgroundFetch, remote_base
+from lora_spectrum.bases.downloads import BackgroundFetch, remote_base
+from lora_spectrum.bases.listing import BaseOption, list_bases, size_text
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.ui.language import _, active, error_text
 from lora_spectrum.ui.operator import operator_button, refused

@@ -11,10 +11,10 @@ import streamlit as st
 from PIL import Image, ImageChops
 
 from lora_spectrum.errors import BusyError, LoraSpectrumError
-from lora_spectrum.grid_files import cell_filename, output_files
-from lora_spectrum.plan import make_plan
-from lora_spectrum.render_cache import RenderCache
-from lora_spectrum.runs import run_plan
+from lora_spectrum.records.grid_files import cell_filename, output_files
+from lora_spectrum.render.plan import make_plan
+from lora_spectrum.render.render_cache import RenderCache
+from lora_spectrum.render.runs import run_plan
 from lora_spectrum.ui.controls import Controls, caption_for, differences, plan_series, show_in_sidebar, sidebar_values
 from lora_spectrum.ui.grid import draw_grid
 from lora_spectrum.ui.history import history

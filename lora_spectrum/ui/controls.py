@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import pandas as pd
 import streamlit as st
 
-from lora_spectrum.catalog import Catalog, LoraEntry
 from lora_spectrum.errors import CatalogError
-from lora_spectrum.sampling import Sampling
+from lora_spectrum.loras.catalog import Catalog, LoraEntry
+from lora_spectrum.render.sampling import Sampling
 from lora_spectrum.ui.language import _, active, column_name, error_text
 from lora_spectrum.ui.state import OPEN_RENDER, PENDING
 from lora_spectrum.ui.text import md_escape, no_none

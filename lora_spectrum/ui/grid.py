@@ -9,7 +9,7 @@ import io
 import streamlit as st
 from PIL import Image
 
-from lora_spectrum.plan import cell_at, index_cells
+from lora_spectrum.render.plan import cell_at, index_cells
 from lora_spectrum.ui.grid_layout import (
     EPOCHS_AS,
     GAP,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from lora_spectrum.language import _
-from lora_spectrum.plan import Plan, column_label
+from lora_spectrum.render.plan import Plan, column_label
 
 EPOCHS_AS = ("columns", "rows")  # option values (English, never shown): where the epochs run
 OTHER_AXES = ("seeds", "strengths", "prompts")  # what runs the other way

@@ -9,9 +9,9 @@ from __future__ import annotations
 import streamlit as st
 
 from lora_spectrum.errors import LoraSpectrumError
-from lora_spectrum.grid_files import output_files
-from lora_spectrum.plan import BASE_LABEL
-from lora_spectrum.run_history import RunHistory
+from lora_spectrum.records.grid_files import output_files
+from lora_spectrum.records.run_history import RunHistory
+from lora_spectrum.render.plan import BASE_LABEL
 from lora_spectrum.ui.controls import show_in_sidebar, sidebar_values
 from lora_spectrum.ui.language import _, error_text, translator
 from lora_spectrum.ui.operator import access, operator_button, refusal

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from lora_spectrum.catalog import Catalog
 from lora_spectrum.errors import CatalogError
+from lora_spectrum.loras.catalog import Catalog
 from lora_spectrum.ui.language import _, error_text, pgettext
 from lora_spectrum.ui.text import md_escape, no_none
 

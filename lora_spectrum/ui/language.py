@@ -11,7 +11,7 @@ import streamlit as st
 
 from lora_spectrum import language
 from lora_spectrum.errors import LoraSpectrumError
-from lora_spectrum.plan import column_label
+from lora_spectrum.render.plan import column_label
 from lora_spectrum.ui.state import LANGUAGE
 
 

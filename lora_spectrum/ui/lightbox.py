@@ -14,7 +14,7 @@ from html import escape
 from PIL import Image
 
 from lora_spectrum.language import _
-from lora_spectrum.plan import Cell, cell_at, index_cells
+from lora_spectrum.render.plan import Cell, cell_at, index_cells
 from lora_spectrum.ui.grid_layout import Layout, Spot
 
 KEYS = {"up": ("ArrowUp", "↑"), "down": ("ArrowDown", "↓"), "left": ("ArrowLeft", "←"), "right": ("ArrowRight", "→")}

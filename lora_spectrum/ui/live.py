@@ -14,14 +14,14 @@ from pathlib import Path
 import streamlit as st
 
 from lora_spectrum import language
-from lora_spectrum.catalog import Catalog
 from lora_spectrum.errors import LoraSpectrumError
-from lora_spectrum.live_judge import ProbeJudge
-from lora_spectrum.render_cache import RenderCache
+from lora_spectrum.loras.catalog import Catalog
+from lora_spectrum.render.render_cache import RenderCache
 from lora_spectrum.ui.language import _, active, error_text, translator
 from lora_spectrum.ui.probe import adopt_probe, chosen_probe_set, probe_folder, probe_root, series_files
 from lora_spectrum.ui.text import md_escape
-from lora_spectrum.watcher import SETTLE_POLLS, Watcher
+from lora_spectrum.watch.live_judge import ProbeJudge
+from lora_spectrum.watch.watcher import SETTLE_POLLS, Watcher
 
 LIVE = "live_watch"  # this session's Live watch by series: the watcher, the judge, the look in progress, counts
 EVERY = 3.0  # seconds between two looks at the folder while Live is on

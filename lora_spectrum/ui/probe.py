@@ -15,13 +15,13 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from lora_spectrum.catalog import READY
 from lora_spectrum.errors import BusyError, LoraSpectrumError
-from lora_spectrum.grid_files import read_manifest
 from lora_spectrum.language import N_
-from lora_spectrum.probe_runs import run_probe
+from lora_spectrum.loras.catalog import READY
 from lora_spectrum.probes import find_probe_set, probe_sets
-from lora_spectrum.render_cache import RenderCache
+from lora_spectrum.records.grid_files import read_manifest
+from lora_spectrum.render.probe_runs import run_probe
+from lora_spectrum.render.render_cache import RenderCache
 from lora_spectrum.ui.controls import show_in_sidebar
 from lora_spectrum.ui.grid_layout import column_room, shown_whole
 from lora_spectrum.ui.language import _, active, error_text

@@ -22,7 +22,7 @@ from lora_spectrum.decision.votes import VoteBook, current_files, series_ratings
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.language import N_
 from lora_spectrum.measures.verdict import VOTE_Z
-from lora_spectrum.render_cache import RenderCache
+from lora_spectrum.render.render_cache import RenderCache
 from lora_spectrum.ui.controls import show_in_sidebar
 from lora_spectrum.ui.grid_layout import shown_whole
 from lora_spectrum.ui.insight import insight_result, verdict_panel

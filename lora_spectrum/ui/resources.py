@@ -7,8 +7,8 @@ import os
 
 import streamlit as st
 
-from lora_spectrum.catalog import Catalog
 from lora_spectrum.execution.startup import open_workbench
+from lora_spectrum.loras.catalog import Catalog
 from lora_spectrum.settings import Settings, load_settings
 from lora_spectrum.workbench import EngineChoice
 

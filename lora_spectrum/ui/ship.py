@@ -13,12 +13,12 @@ from pathlib import Path
 
 import streamlit as st
 
+from lora_spectrum.bases.downloads import hub_endpoint
 from lora_spectrum.decision.card_front_matter import split_front_matter
 from lora_spectrum.decision.html_report import build_report
 from lora_spectrum.decision.hub_push import commit_message, published_files, push_release
 from lora_spectrum.decision.promotion import promote
 from lora_spectrum.decision.votes import series_ratings
-from lora_spectrum.downloads import hub_endpoint
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.language import Translator, using
 from lora_spectrum.measures import series_insight

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lora_spectrum import demo
-from lora_spectrum.families import get_family
+from lora_spectrum.bases.families import get_family
 from tests.tiny import garbage, new_engine, pixels
 
 DOWN, UP = (".lora_down.weight", ".lora_A.weight"), (".lora_up.weight", ".lora_B.weight")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from lora_spectrum import demo
 from lora_spectrum.adapters import fusing
 from lora_spectrum.errors import BaseLoadError, ConfigError, LoraLoadError
-from lora_spectrum.fuse_policy import resolve_fuse
+from lora_spectrum.render.fuse_policy import resolve_fuse
 from lora_spectrum.settings import load_settings
 from tests.adapters.helpers import assert_same_tensors, bad_files, base_weights, fresh_base_weights, weights_now
 from tests.tiny import FAMILIES, new_engine, pixels, request
@@ -213,7 +213,7 @@ def test_200_fused_swaps_reuse_one_buffer_a_layer_and_never_write_the_base(famil
 def test_bf16_weights_on_the_cpu_are_merged_in_float32_and_rounded_once(family, demo_loras):
     pipe = demo.build_tiny(family, seed=0).to(torch.bfloat16)
     from lora_spectrum.adapters import HotSwapper
-    from lora_spectrum.families import get_family
+    from lora_spectrum.bases.families import get_family
 
     hotswap = HotSwapper(pipe, get_family(family), fuse=True)
     hotswap.activate(demo_loras[family][4], 0.8)

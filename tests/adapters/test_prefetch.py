@@ -16,9 +16,9 @@ from safetensors.torch import save_file
 
 from lora_spectrum import demo
 from lora_spectrum.adapters import reading
-from lora_spectrum.catalog import Catalog
-from lora_spectrum.plan import make_plan
-from lora_spectrum.runs import run_plan
+from lora_spectrum.loras.catalog import Catalog
+from lora_spectrum.render.plan import make_plan
+from lora_spectrum.render.runs import run_plan
 from tests.tiny import FAMILIES, new_engine, pixels
 from tests.tiny import request as tiny_request
 

@@ -15,10 +15,10 @@ from safetensors.torch import save_file
 
 from lora_spectrum import demo
 from lora_spectrum.adapters.reading import _file_refusal, layer_table, lora_loader, swap_refusal
-from lora_spectrum.catalog import Catalog
+from lora_spectrum.bases.families import get_family
 from lora_spectrum.cli.render_commands import _cmd_inspect
 from lora_spectrum.errors import LoraLoadError
-from lora_spectrum.families import get_family
+from lora_spectrum.loras.catalog import Catalog
 from tests import trainer_files
 from tests.tiny import FAMILIES, new_engine, pixels, request
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lora_spectrum.catalog import Catalog
 from lora_spectrum.errors import LoraLoadError
+from lora_spectrum.loras.catalog import Catalog
 from tests.adapters.helpers import assert_same_tensors, new_reader, read, te_state, weights_now
 from tests.tiny import FAMILIES, new_engine, pixels, request
 

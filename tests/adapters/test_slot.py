@@ -12,8 +12,8 @@ import torch
 
 from lora_spectrum.adapters import Slot
 from lora_spectrum.adapters.fusing import peft_scaling
+from lora_spectrum.bases.families import get_family
 from lora_spectrum.errors import LoraLoadError
-from lora_spectrum.families import get_family
 from tests.adapters.helpers import assert_same_tensors, base_weights, fresh_base_weights, new_reader, other_rank, read
 from tests.tiny import FAMILIES, new_engine, request
 

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lora_spectrum import demo
-from lora_spectrum.catalog import Catalog
+from lora_spectrum.bases.families import get_family
 from lora_spectrum.errors import LoraLoadError
-from lora_spectrum.families import get_family
+from lora_spectrum.loras.catalog import Catalog
 from tests import trainer_files
 from tests.adapters.helpers import assert_same_tensors, base_weights, te_state
 from tests.tiny import FAMILIES, new_engine, pixels, request

@@ -12,10 +12,10 @@ import json
 import torch
 
 from lora_spectrum import demo
+from lora_spectrum.bases.families import get_family
 from lora_spectrum.bench.compiled import measure_compiled
 from lora_spectrum.bench.models import forward_inputs, write_epochs
-from lora_spectrum.compilation import machine_key, resolve_compile
-from lora_spectrum.families import get_family
+from lora_spectrum.render.compilation import machine_key, resolve_compile
 from tests.bench.figures import positive
 
 

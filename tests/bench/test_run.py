@@ -88,7 +88,7 @@ def test_flux_size_is_offered_and_refuses_a_cpu_with_the_reason(capsys):
 
 def test_the_fuse_measurements_are_recorded_for_fuse_auto(result):
     """fuse: auto decides before a run from what bench recorded on this machine, never by timing a visible cell."""
-    from lora_spectrum import fuse_policy
+    from lora_spectrum.render import fuse_policy
 
     verdict = result["fuse_verdict"]
     assert all(positive(verdict[k]) for k in ("bare_forward_s", "unfused_forward_s", "merge_s")), verdict

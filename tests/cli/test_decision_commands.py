@@ -18,13 +18,13 @@ from PIL import Image
 from safetensors import safe_open
 
 from lora_spectrum import demo
-from lora_spectrum.catalog import Catalog
 from lora_spectrum.cli import main
 from lora_spectrum.decision.card_text import text
 from lora_spectrum.decision.votes import BASE, VoteBook, series_ratings
-from lora_spectrum.grid_files import parse_parameters
+from lora_spectrum.loras.catalog import Catalog
 from lora_spectrum.measures.insight import series_insight
 from lora_spectrum.measures.report import verdict_lines
+from lora_spectrum.records.grid_files import parse_parameters
 from tests.measures.test_probe_measures import write_probe
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from lora_spectrum.cli import main
-from lora_spectrum.grid_files import parse_parameters
+from lora_spectrum.records.grid_files import parse_parameters
 from tests.tiny import garbage
 
 

@@ -15,10 +15,10 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from lora_spectrum import cli, demo, language
-from lora_spectrum.catalog import Catalog
 from lora_spectrum.decision.html_report import THUMB_MAX, build_report, write_report
 from lora_spectrum.decision.svg_chart import line_chart
 from lora_spectrum.errors import ConfigError
+from lora_spectrum.loras.catalog import Catalog
 from lora_spectrum.measures.insight import series_insight
 from lora_spectrum.measures.numbers import percent
 from tests.measures.test_probe_measures import write_probe

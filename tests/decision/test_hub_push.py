@@ -15,11 +15,11 @@ import pytest
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from lora_spectrum.catalog import Catalog
 from lora_spectrum.cli import main
 from lora_spectrum.decision.hub_push import commit_message, published_files, push_release
 from lora_spectrum.decision.promotion import promote
 from lora_spectrum.errors import NetworkError, PushError
+from lora_spectrum.loras.catalog import Catalog
 from tests.decision.test_promotion import write_grid
 from tests.hub_server import DeadEnds, HubServer, Repo
 

@@ -22,19 +22,19 @@ from safetensors import safe_open
 from safetensors.torch import save, save_file
 
 from lora_spectrum import demo
-from lora_spectrum.catalog import READY, Catalog, file_sha256
 from lora_spectrum.decision import promotion
 from lora_spectrum.decision.card_text import text
 from lora_spectrum.decision.promotion import Promotion, copy_with_metadata, promote, release_lock
 from lora_spectrum.demo.synthetic_epochs import growth, kohya_metadata, make_lora_state_dict
 from lora_spectrum.errors import ShipError
-from lora_spectrum.grid_files import encode_png, parameters_text, parse_parameters, write_outputs
-from lora_spectrum.hashes import addnet_hash
-from lora_spectrum.lora_keys import read_header
+from lora_spectrum.loras.catalog import READY, Catalog, file_sha256
+from lora_spectrum.loras.hashes import addnet_hash
+from lora_spectrum.loras.lora_keys import read_header
 from lora_spectrum.measures.insight import series_insight
 from lora_spectrum.measures.verdict import Verdict, decide
-from lora_spectrum.plan import Plan, plan_cells
-from lora_spectrum.sampling import Sampling
+from lora_spectrum.records.grid_files import encode_png, parameters_text, parse_parameters, write_outputs
+from lora_spectrum.render.plan import Plan, plan_cells
+from lora_spectrum.render.sampling import Sampling
 from tests import trainer_files
 from tests.measures.test_probe_measures import write_probe
 from tests.processes import together
@@ -415,7 +415,7 @@ def test_a_folder_that_cannot_be_written_is_a_ship_error(run):
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPER = """
 import sys
-from lora_spectrum.catalog import Catalog
+from lora_spectrum.loras.catalog import Catalog
 from lora_spectrum.decision.promotion import promote
 from lora_spectrum.errors import ShipError
 catalog = Catalog(sys.argv[1])

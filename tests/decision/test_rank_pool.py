@@ -9,9 +9,9 @@ import shutil
 import pytest
 from PIL import Image
 
-from lora_spectrum.catalog import Catalog
 from lora_spectrum.decision.rank_pool import BASE_KEY, RankPool
-from lora_spectrum.render_cache import RenderCache
+from lora_spectrum.loras.catalog import Catalog
+from lora_spectrum.render.render_cache import RenderCache
 from tests.tiny import new_engine
 from tests.tiny import request as tiny_request
 

@@ -16,10 +16,10 @@ from filelock import FileLock
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from lora_spectrum.catalog import Catalog
 from lora_spectrum.decision import votes
 from lora_spectrum.decision.votes import BASE, VoteBook, current_files, file_name, format_ratings, series_ratings
 from lora_spectrum.errors import RatingsError
+from lora_spectrum.loras.catalog import Catalog
 from tests.processes import together
 from tests.tiny import Boom
 

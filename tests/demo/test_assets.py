@@ -10,10 +10,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from lora_spectrum.demo import assets, shapes
-from lora_spectrum.engine import Engine, RenderRequest
-from lora_spectrum.families import get_family
-from lora_spectrum.sampling import Sampling
+from lora_spectrum.bases.families import get_family
+from lora_spectrum.demo import assets
+from lora_spectrum.render.engine import Engine, RenderRequest
+from lora_spectrum.render.sampling import Sampling
+from tools.demo_trainer import shapes
 
 SEEDS = (1, 2)
 
@@ -77,7 +78,7 @@ def test_the_shipped_run_overfits_visibly_after_an_interior_best_epoch():
     still draws the asked colour and shape far more often than the last."""
     from diffusers import StableDiffusionXLPipeline
 
-    from lora_spectrum.demo import oracle
+    from tools.demo_trainer import oracle
 
     report = json.loads((assets.ASSETS_DIR / "training_report.json").read_text(encoding="utf-8"))["oracle"]
     table = report["epochs"]

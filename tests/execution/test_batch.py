@@ -3,8 +3,8 @@ read ahead set for each worker's own order (``with_ahead``). Plain data: no engi
 
 from __future__ import annotations
 
-from lora_spectrum.engine import RenderRequest
 from lora_spectrum.execution import Batch, files_ahead, place, with_ahead
+from lora_spectrum.render.engine import RenderRequest
 
 
 def batch(index: int, *routes, seeds=(1, 2)) -> Batch:

@@ -3,13 +3,13 @@ engine: a batch renders its routes' own seeds and reports every step with its la
 
 from __future__ import annotations
 
-from lora_spectrum.catalog import Catalog
-from lora_spectrum.engine import RenderRequest
 from lora_spectrum.execution import Batch, Engine, LocalExecutor, execute, executor_for
 from lora_spectrum.execution.remote_engine import RemoteEngine, engine_facts
-from lora_spectrum.plan import make_plan
-from lora_spectrum.runs import run_plan
-from lora_spectrum.sampling import Sampling
+from lora_spectrum.loras.catalog import Catalog
+from lora_spectrum.render.engine import RenderRequest
+from lora_spectrum.render.plan import make_plan
+from lora_spectrum.render.runs import run_plan
+from lora_spectrum.render.sampling import Sampling
 from lora_spectrum.workbench import EngineChoice
 from tests.tiny import new_engine, pixels, request
 

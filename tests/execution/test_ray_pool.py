@@ -20,14 +20,14 @@ import pytest
 import ray
 from PIL import Image
 
-from lora_spectrum.engine import RenderRequest
 from lora_spectrum.errors import ClusterError
 from lora_spectrum.execution import Batch
 from lora_spectrum.execution.ray_pool import RayPool
 from lora_spectrum.execution.startup import open_workbench
-from lora_spectrum.plan import make_plan
-from lora_spectrum.render_cache import RenderCache
-from lora_spectrum.runs import run_plan
+from lora_spectrum.render.engine import RenderRequest
+from lora_spectrum.render.plan import make_plan
+from lora_spectrum.render.render_cache import RenderCache
+from lora_spectrum.render.runs import run_plan
 from lora_spectrum.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

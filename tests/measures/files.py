@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lora_spectrum.catalog import Catalog
+from lora_spectrum.loras.catalog import Catalog
 
 
 def scanned(folder: Path) -> Catalog:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from lora_spectrum import demo
-from lora_spectrum.catalog import Catalog
 from lora_spectrum.errors import CatalogError, ConfigError
+from lora_spectrum.loras.catalog import Catalog
 from lora_spectrum.measures.insight import series_insight
 from lora_spectrum.measures.report import format_insight
 from tests.measures.files import scanned, write_grid

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_spectrum.demo import assets, shapes
+from lora_spectrum.demo import assets
 from lora_spectrum.errors import ConfigError
 from lora_spectrum.measures.probe_measures import probe_measures
+from tools.demo_trainer import shapes
 
 PROMPTS = [("style", ("blue", "triangle", "gray")), ("new_context", ("green", "square", "white")),
            ("leak", ("cyan", "circle", "cream"))]

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.tensorboard import SummaryWriter
 
-from lora_spectrum.catalog import Catalog, LoraEntry
 from lora_spectrum.errors import ConfigError
+from lora_spectrum.loras.catalog import Catalog, LoraEntry
 from lora_spectrum.measures import training_log
 
 # Values exactly representable in float32 (event files store float32), so the comparison can be exact.

@@ -13,8 +13,8 @@ import weakref
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lora_spectrum.base_list import size_text
-from lora_spectrum.downloads import wanted
+from lora_spectrum.bases.downloads import wanted
+from lora_spectrum.bases.listing import size_text
 from lora_spectrum.ui.resources import get_workbench
 from tests.hub_server import HubServer, Repo
 from tests.ui.apptest import APP, start

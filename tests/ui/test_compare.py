@@ -53,7 +53,7 @@ def test_render_a_grid_with_base_column_captions_and_downloads(app_config):
         assert _calculate_file_id(data, kind, f"{stem}_{name}") in buttons[label].url, (label, name)
     assert not marker(at), "a grid just rendered is what the sidebar says"
     assert any("swap" in c.value for c in at.main.caption)
-    # fuse: auto says what it decided from the renders it measured (the rule itself: tests/test_fuse_policy.py);
+    # fuse: auto says what it decided from the renders it measured (the rule itself: tests/render/test_fuse_policy.py);
     # the caption above the grid is drawn before the render, so the next run shows it.
     at.run()
     assert any("· fuse auto (" in c.value.replace("\\", "") for c in at.caption), [c.value for c in at.caption]

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from streamlit.testing.v1 import AppTest
 
-from lora_spectrum.plan import make_plan
-from lora_spectrum.runs import run_plan
+from lora_spectrum.render.plan import make_plan
+from lora_spectrum.render.runs import run_plan
 from lora_spectrum.ui.resources import get_workbench
 from tests.ui.apptest import start
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_spectrum.catalog import Catalog
-from lora_spectrum.grid_files import parse_parameters
-from lora_spectrum.plan import cell_at, index_cells, make_plan
-from lora_spectrum.runs import run_plan
+from lora_spectrum.loras.catalog import Catalog
+from lora_spectrum.records.grid_files import parse_parameters
+from lora_spectrum.render.plan import cell_at, index_cells, make_plan
+from lora_spectrum.render.runs import run_plan
 from lora_spectrum.ui.grid_layout import NBSP, Layout, Spot, cell_label, enlarge, shown_whole, whole_factor
 from lora_spectrum.ui.lightbox import viewer_html
 from tests.tiny import new_engine, request

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lora_spectrum.grid_files import parse_parameters
+from lora_spectrum.records.grid_files import parse_parameters
 from tests.ui.test_browser import CHROMIUM, server  # noqa: F401  (server: the fixture, one app per test)
 
 pytestmark = pytest.mark.browser

@@ -1,0 +1,1 @@
+"""Base models: the families, loading, the list of bases, downloads, devices."""

@@ -1,0 +1,1 @@
+"""A run watched while it trains: the folder watcher and the judge of each complete file."""

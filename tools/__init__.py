@@ -1,0 +1,1 @@
+"""Developer tools outside the product package."""
