@@ -13,6 +13,7 @@ from lora_spectrum import measures
 from lora_spectrum.decision.votes import series_ratings
 from lora_spectrum.errors import LoraSpectrumError
 from lora_spectrum.language import N_
+from lora_spectrum.measures.columns import MEASURES
 from lora_spectrum.measures.verdict import DEFAULT_PREFERENCE, PREFERENCES, decide
 from lora_spectrum.ui.controls import show_in_sidebar
 from lora_spectrum.ui.language import _, active, error_text, translator
@@ -205,17 +206,22 @@ def insight_view(settings, choice, catalog, controls) -> None:
         st.caption(_("Run a probe to weigh each epoch's style against how well it still follows the prompt; "
                      "weight curves and the training loss cannot pick an epoch."))
     st.subheader(_("How {series} grew").format(series=series))
-    # Columns named with N_: the table and the tooltips show them translated, the code reads them as they are.
-    df = pd.DataFrame([{N_("epoch"): e["epoch"], N_("file"): e["file"], N_("weight norm"): e["weight_norm"],
-                        N_("change from previous"): e["relative_change"], N_("cosine to last"): e["cosine_to_last"]}
+    # Columns named with N_ (MEASURES' labels): the table and the tooltips show them translated, the code reads
+    # them as they are.
+    weights = [m for m in MEASURES if m.group == "weights"]
+    df = pd.DataFrame([{N_("epoch"): e["epoch"], N_("file"): e["file"], **{m.label: m.of(e) for m in weights}}
                        for e in epochs if e["epoch"] is not None])
-    # 3. Weight-space curves.
+    # 3. Weight-space curves: one chart per MEASURES chart, one line per measure in it.
     if not df.empty:
-        cols = st.columns(3)
-        titled(cols[0], _("update norm"), _line(df, "weight norm", _("update norm")))
-        titled(cols[1], _("change from previous epoch"),
-               _line(df, "change from previous", _("change from previous epoch"), ".1%"))
-        titled(cols[2], _("cosine to last epoch"), _line(df, "cosine to last", _("cosine to last epoch")))
+        charts = list(dict.fromkeys(m.chart for m in weights))
+        cols = st.columns(len(charts))
+        for col, chart in zip(cols, charts, strict=True):
+            shown = [m for m in weights if m.chart == chart]
+            long = df.melt(id_vars=["epoch"], value_vars=[m.label for m in shown], var_name="measure")
+            long["measure"] = long["measure"].map(_)
+            fmt = ".1%" if all(m.spec == "%" for m in shown) else ".3g"
+            titled(col, _(chart), _line(long.rename(columns={"value": chart}), chart, _(chart), fmt,
+                                        by="measure" if len(shown) > 1 else None))
     # 4. Image measures of the last rendered grid: one line per strength.
     image = result.get("image")
     if image and image.get("rows"):

@@ -9,6 +9,7 @@ import json
 
 from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 
+from lora_spectrum.measures.columns import MEASURES
 from lora_spectrum.ui.insight import CACHE
 from lora_spectrum.ui.state import RESULT
 from lora_spectrum.ui.text import md_escape
@@ -57,8 +58,11 @@ def test_insight_before_a_probe_shows_no_pick_and_opens_an_epoch(app_config):
     assert any("measure used: pixel" in c.value.replace("\\", "") for c in at.main.caption)
     # Titles above the charts, in full; the image measures of a grid of two strengths: one line per strength.
     specs = charts(at)
-    assert {"update norm", "change from previous epoch", "cosine to last epoch", "distance from base",
-            "spread across seeds"} <= set(specs)
+    weight_charts = {m.chart for m in MEASURES if m.group == "weights"}  # one chart each, from the one table
+    assert weight_charts | {"distance from base", "spread across seeds"} <= set(specs), set(specs)
+    change = specs["Change between epochs"]  # several measures in one chart: one line each, named
+    assert change["encoding"]["color"]["field"] == "measure"
+    assert {r["measure"] for r in change["rows"]} == {m.label for m in MEASURES if m.chart == "Change between epochs"}
     spec = specs["distance from base"]
     assert spec["encoding"]["color"]["field"] == "strength", "one line per strength, not a zig-zag through both"
     assert {r["strength"] for r in spec["rows"]} == {"0.5", "1"}
