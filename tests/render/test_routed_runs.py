@@ -26,7 +26,7 @@ from tests.adapters.helpers import (
     separate,
     te_state,
 )
-from tests.test_fuse_policy import record_for, verdicts  # noqa: F401 - the fixture, used by name
+from tests.render.test_fuse_policy import record_for, verdicts  # noqa: F401 - the fixture, used by name
 from tests.tiny import FAMILIES, garbage, new_engine, pixels, request, with_guidance
 
 
