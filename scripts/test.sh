@@ -14,4 +14,7 @@ if ! command -v chromium >/dev/null 2>&1; then
   fi
 fi
 python -m ruff check lora_spectrum tests app.py
-python -m pytest -q --durations=15 "$@"  # the slowest tests are printed at the end
+# Two workers (pytest-xdist), one per core: each test file runs whole in one worker (--dist loadfile), so a file's
+# shared fixtures (the Ray pool, the quick trainer run) are built once; every process renders on one torch thread
+# (tests/conftest.py), so two workers never fight over a core. The slowest tests are printed at the end.
+python -m pytest -q -n 2 --dist loadfile --durations=15 "$@"
