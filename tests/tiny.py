@@ -53,3 +53,15 @@ class Boom:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+def copied_epochs(demo_loras: dict, family: str, n: int, folder):
+    """The first ``n`` demo epochs of ``family`` copied into ``folder`` (made here), scanned: (catalog, the ready
+    entries in order)."""
+    from lora_spectrum.loras.catalog import Catalog
+
+    folder.mkdir()
+    for p in demo_loras[family][:n]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    catalog = Catalog(folder)
+    return catalog, [e for e in catalog.scan() if e.state == "ready"]

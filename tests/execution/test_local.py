@@ -5,24 +5,20 @@ from __future__ import annotations
 
 from lora_spectrum.execution import Batch, Engine, LocalExecutor, execute, executor_for
 from lora_spectrum.execution.remote_engine import RemoteEngine, engine_facts
-from lora_spectrum.loras.catalog import Catalog
 from lora_spectrum.render.engine import RenderRequest
 from lora_spectrum.render.plan import make_plan
 from lora_spectrum.render.runs import run_plan
 from lora_spectrum.render.sampling import Sampling
 from lora_spectrum.workbench import EngineChoice
-from tests.tiny import new_engine, pixels, request
+from tests.tiny import copied_epochs, new_engine, pixels, request
 
 
 def test_the_local_and_a_pool_s_engine_share_one_protocol_and_render_the_same_grid(demo_loras, tmp_path):
     """``run_plan`` reads only the protocol: a ``RemoteEngine`` whose executor renders on a real engine (here this
     process's, as a Ray worker would) gives the local grid, cell for cell."""
     family = "sdxl"
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    for p in demo_loras[family][:2]:
-        (folder / p.name).write_bytes(p.read_bytes())
-    catalog = Catalog(folder)
+    catalog, _entries = copied_epochs(demo_loras, family, 2, tmp_path / "loras")
+    folder = catalog.folder
     local = new_engine(family)
     remote = RemoteEngine(engine_facts(EngineChoice(local, folder, False)), LocalExecutor(new_engine(family)))
     assert isinstance(local, Engine) and isinstance(remote, Engine)

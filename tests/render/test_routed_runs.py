@@ -27,7 +27,7 @@ from tests.adapters.helpers import (
     te_state,
 )
 from tests.render.test_fuse_policy import record_for, verdicts  # noqa: F401 - the fixture, used by name
-from tests.tiny import FAMILIES, garbage, new_engine, pixels, request, with_guidance
+from tests.tiny import FAMILIES, copied_epochs, garbage, new_engine, pixels, request, with_guidance
 
 
 def render_routed(engine, req, routes, **kwargs):
@@ -144,12 +144,7 @@ def test_a_file_that_adapts_an_unbatched_layer_renders_on_its_own(demo_loras, tm
 
 def test_run_plan_with_mix_gives_the_grid_of_epoch_by_epoch(demo_loras, tmp_path):
     family = "sdxl"
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    for p in demo_loras[family][:3]:
-        (folder / p.name).write_bytes(p.read_bytes())
-    catalog = Catalog(folder)
-    entries = [e for e in catalog.scan() if e.state == "ready"]
+    catalog, entries = copied_epochs(demo_loras, family, 3, tmp_path / "loras")
     engine = new_engine(family)
     sampling = Sampling("", 2, 5.0, 64, 64, "Euler")
     plan = make_plan(engine.defaults, [None, *entries], [1, 2], [1.0, 0.5], ["a red circle", "a blue square"],
@@ -306,12 +301,7 @@ def test_progress_reports_each_step_with_what_renders(demo_loras, tmp_path):
     """One ``on_step(step, steps, label)`` from the engine to the caller of ``run_plan``: the label names the
     columns of the batch that is rendering."""
     family = "sdxl"
-    folder = tmp_path / "loras"
-    folder.mkdir()
-    for p in demo_loras[family][:2]:
-        (folder / p.name).write_bytes(p.read_bytes())
-    catalog = Catalog(folder)
-    entries = [e for e in catalog.scan() if e.state == "ready"]
+    catalog, entries = copied_epochs(demo_loras, family, 2, tmp_path / "loras")
     engine = new_engine(family)
     plan = make_plan(engine.defaults, [None, *entries], [1], [1.0], ["a red circle"],
                      Sampling("", 2, 5.0, 64, 64, "Euler"))
