@@ -28,6 +28,7 @@ from lora_spectrum.ui.text import md_escape
 # The px width of the row labels' column: short names (epoch 20, seed 1) or whole prompts.
 LABEL_WIDTH = {"short": 110, "prompt": 220}
 MIN_CELL = 120  # px: the least an image's column is given, for its caption
+VIEWER_MB = 24  # PNGs up to this size are carried by the viewer by itself; beyond it, on request
 
 
 def draw_grid(state: dict) -> None:
@@ -45,6 +46,16 @@ def draw_grid(state: dict) -> None:
         _draw(plan, cells, Layout(plan, other), epochs_as)
 
 
+def _viewer_wanted(cells) -> bool:
+    """Whether the page carries the full-size viewer: it holds every PNG once more, sent on each rerun, so a grid
+    whose PNGs weigh more than ``VIEWER_MB`` gets it only when the person turns it on (and the page says how much)."""
+    mb = sum(len(c.png) for c in cells if c.png is not None) / 2**20
+    if mb <= VIEWER_MB:
+        return True
+    return st.toggle(_("Full-size viewer (sends {mb} MB more to the browser on each change)").format(mb=f"{mb:.0f}"),
+                     value=False, key="grid_viewer")
+
+
 def _draw(plan, cells, layout: Layout, epochs_as: str) -> None:
     index = index_cells(cells)
     # 2. How big each image is drawn: the largest whole multiple that fits its column.
@@ -55,7 +66,7 @@ def _draw(plan, cells, layout: Layout, epochs_as: str) -> None:
             width=width, height=height, factor=factor))
     # 3. The viewer (its open button and keys; the overlay is hidden until an image is clicked), then the grid.
     order = [s for s in _drawn(layout, epochs_as) if getattr(_cell(layout, index, s), "png", None) is not None]
-    viewer = viewer_html(layout, cells, order)
+    viewer = viewer_html(layout, cells, order) if _viewer_wanted(cells) else ""
     st.html(_grid_style(factor > 1) + viewer, unsafe_allow_javascript=True)
     with st.container(key=GRID_KEY):
         for block in layout.blocks:

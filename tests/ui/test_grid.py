@@ -97,3 +97,22 @@ def test_several_prompts_are_rows_with_the_prompt_as_their_label(app_config):
     assert captions(at, 4) == ["base · seed 1", "epoch 20 · strength 1 · seed 1"] * 2
     viewer = next(h.proto.body for h in at.main.get("html") if "lsv-root" in h.proto.body)
     assert "a blue *square* &lt;b&gt;bold&lt;/b&gt;" in viewer and "<b>bold" not in viewer
+
+
+def test_a_heavy_grid_carries_the_viewer_only_when_asked(app_config, monkeypatch):
+    """The viewer holds every PNG once more and goes to the browser on each rerun: past VIEWER_MB of PNGs the page
+    says how much and sends it only once the person turns it on (here every grid counts as heavy)."""
+    import lora_spectrum.ui.grid as grid
+
+    def viewer_on_page(at) -> bool:
+        return any("lsv-overlay" in h.proto.body for h in at.main.get("html"))
+
+    at = start()
+    at.sidebar.multiselect(key="epochs").set_value(["jimeng_20.safetensors"])
+    at.button(key="render").click().run()
+    assert not at.exception and viewer_on_page(at), "a light grid carries its viewer by itself"
+    monkeypatch.setattr(grid, "VIEWER_MB", 0)
+    at.run()
+    assert not viewer_on_page(at) and "MB more to the browser" in at.toggle(key="grid_viewer").label
+    at.toggle(key="grid_viewer").set_value(True).run()
+    assert not at.exception and viewer_on_page(at)
