@@ -244,7 +244,9 @@ def inspector_and_base(page, main, shots: Path) -> None:
     main.get_by_text("Inspector", exact=True).first.click()
     fields = page.locator(".st-key-inspector_fields")
     fields.wait_for(timeout=60_000)
-    text = fields.inner_text()
+    # The page may still show the previous view's elements in it for a moment (Streamlit replaces them as the run
+    # goes): wait for the Inspector's own words.
+    text = _poll(fields.inner_text, lambda t: "algorithm:" in t, 60, "the Inspector's fields")
     assert "algorithm: lora" in text and SHA256.search(text) and "None" not in text, text
     _settle(page)
     page.screenshot(path=str(shots / "inspector.png"), full_page=True)
