@@ -20,7 +20,7 @@ PLAIN = ("base_id", "defaults", "fuse_mode", "compiled", "compile_note", "prefet
 def engine_facts(choice) -> dict:
     """A worker's loaded engine and its start-up choice (``workbench.EngineChoice``) as plain values."""
     e = choice.engine
-    return {**{name: getattr(e, name) for name in PLAIN}, "family": e.family.name,
+    return {**{name: getattr(e, name) for name in PLAIN}, "family": e.family.name, "variant": e.family.variant,
             "dtype": str(e.dtype).removeprefix("torch."), "device": str(e.device), "device_type": e.device.type,
             "is_demo": choice.is_demo, "loras_dir": str(choice.loras_dir), "reason": choice.reason,
             "prompt": choice.prompt, "logs_dir": None if choice.logs_dir is None else str(choice.logs_dir)}
@@ -44,7 +44,7 @@ class RemoteEngine:
         self.executor = executor
         for name in PLAIN:
             setattr(self, name, facts[name])
-        self.family = get_family(facts["family"])
+        self.family = get_family(facts["family"], facts.get("variant", ""))  # Z-Image base, FLUX.1-schnell
         self.dtype = getattr(torch, facts["dtype"])
         self.device = torch.device(facts["device"])
         self.admission = Admission(max_queued)

@@ -45,3 +45,13 @@ def test_execute_renders_the_route_s_seeds_and_reports_steps_with_the_label(demo
     [outcome] = execute(new_engine(family), batch, on_step=lambda step, n, label: steps.append((step, n, label)))
     assert outcome.error is None and (pixels(outcome.images) == expected).all()
     assert steps == [(1, 2, "epoch 3"), (2, 2, "epoch 3")]
+
+
+def test_a_pool_s_engine_keeps_the_family_variant_of_its_workers(tmp_path):
+    """A Z-Image base (not Turbo) on the workers stays the base variant on the driver: its defaults and name."""
+    from lora_spectrum.bases.families import get_family
+
+    local = new_engine("z-image")
+    local.family = get_family("z-image", "base")
+    remote = RemoteEngine(engine_facts(EngineChoice(local, tmp_path, False)), LocalExecutor(local))
+    assert (remote.family.name, remote.family.variant) == ("z-image", "base")
