@@ -29,6 +29,7 @@ from lora_spectrum.decision.strengths import strength_advice, strength_lines
 from lora_spectrum.errors import ConfigError
 from lora_spectrum.language import N_, _
 from lora_spectrum.measures.columns import MEASURES
+from lora_spectrum.measures.numbers import number as finite
 from lora_spectrum.measures.verdict import DEFAULT_PREFERENCE, Verdict
 
 TOP_TAGS = 8
@@ -106,7 +107,7 @@ def epoch_measures(insight: dict | None, file: str, epoch: int | None) -> dict:
     if image.get("measure") and any(k.startswith("image_") for k in out):
         out["image_measure"] = str(image["measure"])
     loss = row.get("epoch_loss") if isinstance(row.get("epoch_loss"), dict) else {}
-    out.update({f"loss:{k}": v for k, v in loss.items() if _is_number(v)})
+    out.update({f"loss:{k}": v for k, v in loss.items() if finite(v) is not None})
     return out
 
 
@@ -118,10 +119,6 @@ def verdict_of(insight: dict | None) -> dict | None:
         return Verdict.from_json(block).to_json() if block is not None else None
     except (ConfigError, TypeError):
         return None
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
 
 
 def public_path(value: str) -> str:
@@ -145,7 +142,7 @@ def summary(key: str, raw: str) -> str:
         counts: dict[str, float] = {}
         for tags in data.values():
             for tag, n in (tags.items() if isinstance(tags, dict) else ()):
-                if _is_number(n):
+                if finite(n) is not None:
                     counts[str(tag)] = counts.get(str(tag), 0) + n
         top = sorted(counts.items(), key=lambda kv: -kv[1])[:TOP_TAGS]
         return ", ".join(f"{t} ({n:g})" for t, n in top) + (f" ... ({len(counts)} tags)" if len(counts) > TOP_TAGS
@@ -238,9 +235,9 @@ def _why_section(place, source, sha256, epoch, note, ranking, insight) -> str:
         lines.append("- " + _("Blind A/B ranking: this epoch was not judged ({n} vote(s) on others).").format(
             n=row["total_votes"] or 0))
     elif row:
-        score = (_("score {score}").format(score=number(row["score"])) if _is_number(row.get("score"))
+        score = (_("score {score}").format(score=number(row["score"])) if finite(row.get("score")) is not None
                  else _("no score yet"))
-        if _is_number(row.get("score")) and _is_number(row.get("stderr")):
+        if finite(row.get("score")) is not None and finite(row.get("stderr")) is not None:
             score += f" ± {number(row['stderr'])}"
         votes = _(", {n} vote(s) on this epoch").format(n=row["votes"]) if row.get("votes") is not None else ""
         total = _(" of {n} cast").format(n=row["total_votes"]) if row.get("total_votes") is not None else ""

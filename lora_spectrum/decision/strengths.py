@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from lora_spectrum.language import _
+from lora_spectrum.measures.numbers import number
 from lora_spectrum.measures.verdict import DEFAULT_PREFERENCE, PREFERENCES, trade_off
 
 
@@ -23,9 +24,10 @@ def strength_advice(image: dict | None, file: str, preference: str | None = None
               "clip_score": r.get("clip_score")} for r in rows]
     advice = {"strengths": table, "recommended": None, "preference": preference or DEFAULT_PREFERENCE,
               "measure": image.get("measure")}
-    effect = np.array([_number(t["change_from_base"]) for t in table])
-    score = np.array([_number(t["clip_score"]) for t in table])
-    base_score = _number((image.get("base") or {}).get("clip_score"))
+    # Numbers only (a missing or non-finite value is NaN here, and then no strength is recommended).
+    effect = np.array([number(t["change_from_base"]) for t in table], dtype=float)
+    score = np.array([number(t["clip_score"]) for t in table], dtype=float)
+    base_score = number((image.get("base") or {}).get("clip_score")) or 0.0
     if np.isnan(effect).any() or np.isnan(score).any() or not base_score > 0 or not effect.max() > 0:
         advice["why_none"] = _("the sweep has no prompt score to weigh against the style (no CLIP model, or no base "
                                "column in the grid)")
@@ -63,10 +65,6 @@ def strength_lines(advice: dict | None, name: str, preference: str) -> list[str]
                  "weighs them.").format(strength=f"{advice['recommended']:g}", name=name, strengths=shown,
                                         preference=preference)
     return [head, "\n".join(rows)]
-
-
-def _number(v) -> float:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
 
 
 def _cell(v, fmt: str) -> str:

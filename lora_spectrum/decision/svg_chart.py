@@ -10,15 +10,10 @@ from __future__ import annotations
 import html
 import math
 
+from lora_spectrum.measures.numbers import number as _num  # a finite float, or None (never a bool)
+
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 Point = tuple[float, float | None]  # (x, y); a y of None is left out (not measured there)
-
-
-def _num(v) -> float | None:
-    """A finite float, or None (booleans, strings, NaN and infinities are not numbers here)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return None
-    return float(v)
 
 
 def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
