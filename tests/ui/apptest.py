@@ -40,3 +40,16 @@ def start(steps=2) -> AppTest:
 
 def epoch_options(at):
     return list(at.sidebar.multiselect(key="epochs").options)
+
+
+def ship_from_insight(at: AppTest, note: str = "") -> AppTest:
+    """Ship this epoch from Insight's panel: the note typed, the first epoch chosen by hand (no verdict without a
+    probe), shipped; the app raised nothing."""
+    at.segmented_control(key="view").set_value("Insight").run()
+    assert not at.exception, at.exception
+    if note:
+        at.text_input(key="ship_note").set_value(note).run()
+    at.selectbox(key="ship_epoch").select_index(0).run()
+    at.button(key="ship_go").click().run()
+    assert not at.exception, at.exception
+    return at

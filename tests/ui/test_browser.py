@@ -101,10 +101,7 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path, shots):
         page.goto(server, timeout=120_000)
         page.wait_for_selector("[data-testid='stApp']", timeout=120_000)
         page.get_by_text("Demo mode").first.wait_for(timeout=180_000)
-        seeds = page.get_by_label("Seeds")
-        seeds.fill("1")
-        seeds.press("Enter")
-        page.wait_for_timeout(1500)
+        enter(page.get_by_label("Seeds"), "1", settle_ms=1500)
         page.locator(".st-key-render button").click()  # the top one (the stale marker has its own)
         page.get_by_text("epoch 18 · strength 1 · seed 1").filter(visible=True).first.wait_for(timeout=240_000)
         images = page.locator("[data-testid='stMain'] [data-testid='stImage'] img")
@@ -132,10 +129,7 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path, shots):
         main = page.locator("[data-testid='stMain']")
         main.get_by_text("Compare", exact=True).first.click()
         page.get_by_text("Sampling").first.click()
-        steps = page.get_by_label("Steps")
-        steps.fill("200")  # the most the Steps box allows
-        steps.press("Enter")
-        page.wait_for_timeout(1500)
+        steps = enter(page.get_by_label("Steps"), "200", settle_ms=1500)  # the most the Steps box allows
         assert steps.input_value() == "200"
         page.locator(".st-key-render button").click()  # the top one (the stale marker has its own)
         page.get_by_text("epoch 6: step").first.wait_for(timeout=240_000)  # the base and epoch 3 are done
@@ -151,9 +145,7 @@ def test_render_demo_epochs_side_by_side_in_chromium(server, tmp_path, shots):
                 break
         kept, missing = counts[-1]
         assert 2 <= kept < 7 and kept + missing == 7, counts
-        steps.fill("3")  # not cached: the engine must really render after the cancel
-        steps.press("Enter")
-        page.wait_for_timeout(1500)
+        enter(steps, "3", settle_ms=1500)  # not cached: the engine must really render after the cancel
         page.locator(".st-key-render button").click()  # the top one (the stale marker has its own)
         page.get_by_text("epoch 18 · strength 1 · seed 1").filter(visible=True).first.wait_for(timeout=240_000)
         assert main.get_by_text("Cancelled; showing").count() == 0
@@ -181,6 +173,16 @@ def _no_marker(page) -> None:
     _poll(lambda: page.locator(MARKER).count(), lambda n: n == 0, 60, "the grid to be what the sidebar says")
 
 
+def enter(box, value: str, settle_ms: int = 0):
+    """Type ``value`` into a sidebar box and press Enter (Streamlit takes a text or number input's value then);
+    ``settle_ms``: wait that long for the rerun it starts. The box, for more."""
+    box.fill(value)
+    box.press("Enter")
+    if settle_ms:
+        box.page.wait_for_timeout(settle_ms)
+    return box
+
+
 def _sidebar_value(page, label: str) -> str:
     return page.locator("[data-testid='stSidebar']").get_by_label(label, exact=True).input_value()
 
@@ -188,9 +190,7 @@ def _sidebar_value(page, label: str) -> str:
 def stale_marker(page, shots: Path) -> None:
     """The sidebar moves on: the grid stays, marked stale with what differs; Set the sidebar to this grid puts it
     back and the marker goes."""
-    seeds = page.get_by_label("Seeds")
-    seeds.fill("1, 2")
-    seeds.press("Enter")
+    enter(page.get_by_label("Seeds"), "1, 2")
     marker = page.locator(MARKER)
     marker.wait_for(timeout=60_000)
     _poll(marker.inner_text, lambda t: "seeds: the grid has 1, the sidebar 1, 2" in t, 30, "what differs")
@@ -225,8 +225,7 @@ def open_paths(page, shots: Path) -> None:
     _open_shows(page, shots, "insight-open.png", "seed 11")
     # 3. The sidebar moves on; History's Open of the first grid sets it back (six epochs, seed 1).
     page.get_by_label("Prompt", exact=True).fill("a blue triangle")
-    page.get_by_label("Seeds").fill("3")
-    page.get_by_label("Seeds").press("Enter")
+    enter(page.get_by_label("Seeds"), "3")
     page.locator(MARKER).wait_for(timeout=60_000)
     main.get_by_text("History", exact=True).first.click()
     opens = main.get_by_role("button", name="Open", exact=True)
@@ -438,15 +437,10 @@ def stale_pair_press(browser, server: str, tmp_path: Path) -> None:
     page.route_web_socket(re.compile(r"/_stcore/stream"), relay)
     page.goto(server, timeout=120_000)
     page.get_by_text("Demo mode").first.wait_for(timeout=180_000)
-    seeds = page.get_by_label("Seeds")  # this new session: the cached seed and steps, so the pool is instant
-    seeds.fill("1")
-    seeds.press("Enter")
-    page.wait_for_timeout(1000)
+    # This new session: the cached seed and steps, so the pool is instant.
+    enter(page.get_by_label("Seeds"), "1", settle_ms=1000)
     page.get_by_text("Sampling").first.click()
-    steps = page.get_by_label("Steps")
-    steps.fill("3")
-    steps.press("Enter")
-    page.wait_for_timeout(1000)
+    enter(page.get_by_label("Steps"), "3", settle_ms=1000)
     main = page.locator("[data-testid='stMain']")
     main.get_by_text("Rank", exact=True).first.click()
     page.get_by_role("button", name="Start blind ranking").click()

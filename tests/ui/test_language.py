@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from lora_spectrum import language
-from tests.ui.apptest import APP
+from tests.ui.apptest import APP, ship_from_insight
 
 ZH = language.translator("zh_CN")
 VIEWS = ("Compare", "Rank", "Insight", "History", "Inspector")
@@ -120,13 +120,7 @@ def test_every_view_renders_in_both_languages(app_config, code):
 
 
 def test_shipping_from_a_chinese_session_writes_a_chinese_model_card(app_config, tmp_path):
-    at = started(choice="zh_CN")
-    at.segmented_control(key="view").set_value("Insight").run()
-    assert not at.exception, at.exception
-    at.text_input(key="ship_note").set_value("墨线干净，颜色还在").run()
-    at.selectbox(key="ship_epoch").select_index(0).run()  # no verdict without a probe: the person chooses
-    at.button(key="ship_go").click().run()
-    assert not at.exception, at.exception
+    ship_from_insight(started(choice="zh_CN"), note="墨线干净，颜色还在")
     card = (tmp_path / "shipped" / "jimeng.md").read_text(encoding="utf-8")
     assert f"\n## {zh('Why this epoch')}\n" in card and "\n## Why this epoch\n" not in card
     assert "墨线干净，颜色还在" in card and "jimeng" in card  # the note and the names as they were typed

@@ -10,17 +10,11 @@ from lora_spectrum.decision.card_front_matter import split_front_matter
 from lora_spectrum.ui.operator import BOX
 from lora_spectrum.ui.text import md_escape
 from tests.hub_server import HubServer
-from tests.ui.apptest import start
+from tests.ui.apptest import ship_from_insight, start
 
 
 def test_the_shipped_card_is_shown_rendered_with_its_front_matter_and_offered_raw(app_config, tmp_path):
-    at = start()
-    at.segmented_control(key="view").set_value("Insight").run()
-    assert not at.exception, at.exception
-    at.text_input(key="ship_note").set_value("clean *lines*").run()
-    at.selectbox(key="ship_epoch").select_index(0).run()  # no verdict without a probe: the person chooses
-    at.button(key="ship_go").click().run()
-    assert not at.exception, at.exception
+    at = ship_from_insight(start(), note="clean *lines*")
     raw = (tmp_path / "shipped" / "jimeng.md").read_text(encoding="utf-8")
     # The raw file as the download.
     assert [d.proto.label for d in at.get("download_button")].count("Model card") == 1
@@ -49,11 +43,7 @@ def test_push_to_hub_says_one_sentence_without_a_token_keeps_the_release_then_pu
         config.write_text(config.read_text(encoding="utf-8") + f"hub_endpoint: {hub.url}\n", encoding="utf-8")
         monkeypatch.delenv("HF_TOKEN", raising=False)
         monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-saved-login"))
-        at = start()
-        at.segmented_control(key="view").set_value("Insight").run()
-        at.selectbox(key="ship_epoch").select_index(0).run()
-        at.button(key="ship_go").click().run()
-        assert not at.exception, at.exception
+        at = ship_from_insight(start())
         shipped = {p.name: p.read_bytes() for p in (tmp_path / "shipped").iterdir()}
         assert at.button(key="ship_push").disabled, "no repository typed yet"
         at.text_input(key="ship_repo").set_value("tiny-lab/jimeng").run()
@@ -93,9 +83,7 @@ def test_only_the_operator_pushes_with_this_machines_token(app_config, tmp_path,
         monkeypatch.setenv("HF_TOKEN", hub.token)
         at = start()
         at.sidebar.text_input(key=BOX).set_value("operator-token-of-this-test").run()
-        at.segmented_control(key="view").set_value("Insight").run()
-        at.selectbox(key="ship_epoch").select_index(0).run()
-        at.button(key="ship_go").click().run()
+        ship_from_insight(at)
         at.text_input(key="ship_repo").set_value("tiny-lab/jimeng").run()
         assert not at.button(key="ship_push").disabled
         at.button(key="operator_leave").click().run()

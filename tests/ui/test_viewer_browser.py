@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from lora_spectrum.records.grid_files import parse_parameters
-from tests.ui.test_browser import CHROMIUM, server  # noqa: F401  (server: the fixture, one app per test)
+from tests.ui.test_browser import CHROMIUM, enter, server  # noqa: F401  (server: the fixture, one app per test)
 
 pytestmark = pytest.mark.browser
 NBSP = "\u00a0"
@@ -63,15 +63,9 @@ def test_viewer_steps_through_epochs_and_seeds_with_keys_and_buttons(server, tmp
         page.get_by_text("Demo mode").first.wait_for(timeout=180_000)
         # 1. A small grid: base and six epochs, two seeds, two strengths, three steps.
         for name, value in (("Seeds", "1, 2"), ("Strengths", "0.6, 1")):
-            box = page.get_by_role("textbox", name=name)
-            box.fill(value)
-            box.press("Enter")
-            page.wait_for_timeout(800)
+            enter(page.get_by_role("textbox", name=name), value, settle_ms=800)
         page.get_by_text("Sampling").first.click()
-        steps = page.get_by_label("Steps")
-        steps.fill("3")
-        steps.press("Enter")
-        page.wait_for_timeout(800)
+        enter(page.get_by_label("Steps"), "3", settle_ms=800)
         page.get_by_role("button", name="Render").click()
         page.get_by_role("button", name="Grid PNG").wait_for(timeout=120_000)
         grid = page.locator(GRID)
