@@ -16,11 +16,11 @@ import streamlit as st
 from lora_spectrum.errors import CatalogError
 from lora_spectrum.loras.catalog import Catalog, LoraEntry
 from lora_spectrum.render.sampling import Sampling
+from lora_spectrum.ui.grid_layout import cell_label
 from lora_spectrum.ui.language import _, active, column_name, error_text
 from lora_spectrum.ui.state import OPEN_RENDER, PENDING
 from lora_spectrum.ui.text import md_escape, no_none
 
-NBSP = "\u00a0"  # inside "seed 1", "strength 0.6": a caption never wraps between a word and its number
 SHOWN = 80  # characters of a prompt quoted in a difference
 
 
@@ -255,11 +255,7 @@ def differences(plan, controls: Controls) -> list[tuple[str, str, str]]:
 
 
 def caption_for(label: str, strength: float | None, seed: int) -> str:
-    """A cell's caption: its column, strength and seed. Each word keeps its number on its line (non-breaking
-    spaces inside ``epoch 20``, ``strength 0.6``, ``seed 1``): a narrow column wraps between the parts, never
-    inside one (a file's own name, spaces and all, may wrap where it has spaces)."""
-    parts = [label if label.count(" ") > 1 else label.replace(" ", NBSP)]
-    if strength is not None:
-        parts.append(_("strength {strength}").format(strength=f"{strength:g}").replace(" ", NBSP))
-    parts.append(_("seed {seed}").format(seed=seed).replace(" ", NBSP))
-    return md_escape(" · ".join(parts))
+    """A cell's caption, as the grid writes its labels (``grid_layout.cell_label``: a narrow column wraps between
+    ``epoch 20``, ``strength 0.6`` and ``seed 1``, never inside one), in the session's language, escaped."""
+    with active():
+        return md_escape(cell_label(label, strength, seed))
